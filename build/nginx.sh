@@ -1,0 +1,166 @@
+#!/bin/sh
+# Builds nginx with the module, from Debian's nginx source packages.
+#
+#   build/nginx.sh [--asan] [--static] 1.22|1.26|1.30
+#   build/nginx.sh packaged
+#
+# 1.22, 1.26 and 1.30 are the nginx of Debian bookworm, trixie and sid.
+# Sources come through apt with a private source list and lists dir
+# under .build/apt, so the system's apt configuration is left alone.
+# "packaged" builds the module against Debian's own nginx (nginx-dev) and
+# is loaded into /usr/sbin/nginx.
+#
+# Prints the env file to source: it sets LLM_NGINX and LLM_MODULE
+# (empty for a static build), which the tests and tools read.
+set -eu
+
+top=$(cd "$(dirname "$0")/.." && pwd)
+asan=no
+static=no
+
+while [ $# -gt 0 ]; do
+    case "$1" in
+    --asan) asan=yes ;;
+    --static) static=yes ;;
+    -*) echo "unknown option $1" >&2; exit 2 ;;
+    *) break ;;
+    esac
+    shift
+done
+
+want=${1:-1.22}
+jobs=$(nproc 2>/dev/null || echo 2)
+out="$top/.build"
+mkdir -p "$out"
+
+sh "$top/build/deps.sh" >&2
+
+if [ "$want" = packaged ]; then
+    sh "$top/build/deps.sh" nginx nginx-dev >&2
+    dir="$out/packaged"
+    rm -rf "$dir"
+    mkdir -p "$dir"
+    cp -r /usr/share/nginx/src "$dir/src"
+    (
+        cd "$dir/src"
+        # conf_flags is a bash array of Debian's configure flags
+        bash -c '. ./conf_flags && ./configure "${NGX_CONF_FLAGS[@]}" \
+                    --add-dynamic-module="$0"' "$top" >configure.log 2>&1 \
+            || { tail -30 configure.log >&2; exit 1; }
+        make -j"$jobs" -f objs/Makefile modules >make.log 2>&1 \
+            || { tail -40 make.log >&2; exit 1; }
+    )
+    cp "$dir/src/objs/ngx_http_llm_module.so" "$dir/"
+    cat >"$dir/env" <<END
+LLM_NGINX=/usr/sbin/nginx
+LLM_MODULE=$dir/ngx_http_llm_module.so
+export LLM_NGINX LLM_MODULE
+END
+    echo "$dir/env"
+    exit 0
+fi
+
+case "$want" in
+1.22*) suite=bookworm ;;
+1.26*) suite=trixie ;;
+1.30*) suite=sid ;;
+*) echo "unknown nginx version $want (1.22, 1.26, 1.30 or packaged)" >&2
+   exit 2 ;;
+esac
+
+apt="$out/apt"
+mkdir -p "$apt/lists/partial" "$apt/parts" "$apt/cache/archives/partial" \
+         "$apt/dl"
+cat >"$apt/parts/debian-src.sources" <<END
+Types: deb-src
+URIs: http://deb.debian.org/debian
+Suites: bookworm trixie sid
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+END
+
+aptopts="-o Dir::Etc::SourceList=/dev/null
+         -o Dir::Etc::SourceParts=$apt/parts
+         -o Dir::State::Lists=$apt/lists
+         -o Dir::Cache=$apt/cache
+         -o APT::Sandbox::User=root"
+
+# shellcheck disable=SC2086
+if [ -z "$(find "$apt/lists" -name '*Sources*' -mmin -1440 2>/dev/null)" ]
+then
+    apt-get $aptopts update -qq >&2
+fi
+
+# shellcheck disable=SC2086
+ver=$(apt-cache $aptopts showsrc nginx 2>/dev/null \
+      | awk '/^Version: /{print $2}' | grep "^$want" | sort -rV | head -1)
+
+if [ -z "$ver" ]; then
+    echo "no nginx $want source package in Debian $suite lists" >&2
+    exit 3
+fi
+
+upstream=${ver%%-*}
+tarball="$apt/dl/nginx_$upstream.orig.tar.gz"
+
+if [ ! -s "$tarball" ]; then
+    # shellcheck disable=SC2086
+    (cd "$apt/dl" && apt-get $aptopts source --download-only -qq \
+        "nginx=$ver" >&2) || true
+fi
+
+if [ ! -s "$tarball" ]; then
+    echo "could not download nginx $ver sources from Debian" >&2
+    exit 3
+fi
+
+name="nginx-$upstream"
+[ $asan = yes ] && name="$name-asan"
+[ $static = yes ] && name="$name-static"
+dir="$out/$name"
+
+src="$out/src/$name"
+rm -rf "$src"
+mkdir -p "$src"
+tar xzf "$tarball" -C "$src" --strip-components=1
+
+ccopt="-g -O2"
+ldopt=""
+if [ $asan = yes ]; then
+    ccopt="-g -O1 -fno-omit-frame-pointer -fsanitize=address,undefined"
+    ccopt="$ccopt -fno-sanitize-recover=undefined"
+    ldopt="-fsanitize=address,undefined"
+fi
+
+if [ $static = yes ]; then
+    addon="--add-module=$top"
+else
+    addon="--add-dynamic-module=$top"
+fi
+
+echo "building nginx $upstream ($name) in $src" >&2
+start=$(date +%s)
+(
+    cd "$src"
+    ./configure --prefix="$dir" --with-compat --with-debug \
+        --with-http_ssl_module --with-http_v2_module \
+        --with-http_stub_status_module \
+        --with-cc-opt="$ccopt" --with-ld-opt="$ldopt" \
+        "$addon" >configure.log 2>&1 \
+        || { tail -30 configure.log >&2; exit 1; }
+    make -j"$jobs" >make.log 2>&1 || { grep -B2 -A8 -E 'error|Error' \
+        make.log | head -60 >&2; exit 1; }
+    rm -rf "$dir"
+    make install >install.log 2>&1
+)
+echo "built $name in $(( $(date +%s) - start )) s" >&2
+
+module=""
+[ $static = yes ] || module="$dir/modules/ngx_http_llm_module.so"
+
+cat >"$dir/env" <<END
+LLM_NGINX=$dir/sbin/nginx
+LLM_MODULE=$module
+export LLM_NGINX LLM_MODULE
+END
+echo "$dir/env"

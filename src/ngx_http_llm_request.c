@@ -1,0 +1,364 @@
+
+/*
+ * Copyright (C) nginx-llm-router authors
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+#include "ngx_http_llm_module.h"
+
+
+static void ngx_http_llm_body_handler(ngx_http_request_t *r);
+static ngx_int_t ngx_http_llm_check_encoding(ngx_http_request_t *r,
+    ngx_http_llm_ctx_t *ctx);
+static ngx_int_t ngx_http_llm_body_contents(ngx_http_request_t *r,
+    ngx_str_t *body);
+static void ngx_http_llm_parse(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx);
+static void ngx_http_llm_fail(ngx_http_llm_ctx_t *ctx, ngx_uint_t status,
+    const char *code, const char *message);
+
+
+/*
+ * A phase handler that reads the whole body first, the way the mirror
+ * module does: NGX_DONE while reading, then phases run again from the
+ * body handler and the second call finds the verdict in the context.
+ */
+
+ngx_int_t
+ngx_http_llm_request_handler(ngx_http_request_t *r)
+{
+    ngx_int_t                 rc;
+    ngx_http_llm_ctx_t       *ctx;
+    ngx_http_llm_loc_conf_t  *llcf;
+
+    if (r != r->main) {
+        return NGX_DECLINED;
+    }
+
+    llcf = ngx_http_get_module_loc_conf(r, ngx_http_llm_module);
+
+    if (!llcf->route) {
+        return NGX_DECLINED;
+    }
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_llm_module);
+
+    if (ctx) {
+        if (ctx->error == 0) {
+            return ctx->status;
+        }
+
+        rc = ngx_http_llm_send_error(r, ctx->error, ctx->error_code,
+                                     &ctx->error_message);
+        ngx_http_finalize_request(r, rc);
+        return NGX_DONE;
+    }
+
+    ngx_log_debug0(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "llm route handler");
+
+    ctx = ngx_pcalloc(r->pool, sizeof(ngx_http_llm_ctx_t));
+    if (ctx == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_http_set_ctx(r, ctx, ngx_http_llm_module);
+
+    ngx_http_llm_deployment_from_uri(&r->uri, &ctx->deployment);
+    ctx->model = ctx->deployment;
+    ctx->choices = 1;
+
+    /* only requests that carry a JSON body are inspected */
+
+    if (!(r->method & (NGX_HTTP_POST|NGX_HTTP_PUT|NGX_HTTP_PATCH))) {
+        ctx->status = NGX_DECLINED;
+        return NGX_DECLINED;
+    }
+
+    if (ngx_http_llm_check_encoding(r, ctx) != NGX_OK
+        || (r->headers_in.content_length_n >= 0
+            && (size_t) r->headers_in.content_length_n > llcf->max_body_size))
+    {
+        if (ctx->error == 0) {
+            ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                          "llm: client body of %O bytes is larger than "
+                          "llm_max_body_size %uz",
+                          r->headers_in.content_length_n,
+                          llcf->max_body_size);
+
+            ngx_http_llm_fail(ctx, NGX_HTTP_REQUEST_ENTITY_TOO_LARGE,
+                              "RequestTooLarge",
+                              "The request body is larger than this "
+                              "endpoint accepts.");
+        }
+
+        rc = ngx_http_discard_request_body(r);
+        if (rc != NGX_OK) {
+            return rc;
+        }
+
+        rc = ngx_http_llm_send_error(r, ctx->error, ctx->error_code,
+                                     &ctx->error_message);
+        ngx_http_finalize_request(r, rc);
+        return NGX_DONE;
+    }
+
+    ctx->status = NGX_DONE;
+
+    rc = ngx_http_read_client_request_body(r, ngx_http_llm_body_handler);
+    if (rc >= NGX_HTTP_SPECIAL_RESPONSE) {
+        return rc;
+    }
+
+    ngx_http_finalize_request(r, NGX_DONE);
+    return NGX_DONE;
+}
+
+
+static void
+ngx_http_llm_body_handler(ngx_http_request_t *r)
+{
+    ngx_http_llm_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_llm_module);
+
+    ngx_http_llm_parse(r, ctx);
+
+    ctx->status = NGX_DECLINED;
+
+    r->preserve_body = 1;
+
+    r->write_event_handler = ngx_http_core_run_phases;
+    ngx_http_core_run_phases(r);
+}
+
+
+/*
+ * A compressed body cannot be counted, and Azure does not accept one
+ * either: refuse it clearly instead of proxying what we cannot account.
+ */
+
+static ngx_int_t
+ngx_http_llm_check_encoding(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
+{
+    ngx_uint_t        i;
+    ngx_list_part_t  *part;
+    ngx_table_elt_t  *h;
+
+    part = &r->headers_in.headers.part;
+    h = part->elts;
+
+    for (i = 0; /* void */ ; i++) {
+
+        if (i >= part->nelts) {
+            if (part->next == NULL) {
+                break;
+            }
+
+            part = part->next;
+            h = part->elts;
+            i = 0;
+        }
+
+        if (h[i].key.len != sizeof("Content-Encoding") - 1
+            || ngx_strncasecmp(h[i].key.data, (u_char *) "Content-Encoding",
+                               sizeof("Content-Encoding") - 1)
+               != 0)
+        {
+            continue;
+        }
+
+        if (h[i].value.len == sizeof("identity") - 1
+            && ngx_strncasecmp(h[i].value.data, (u_char *) "identity",
+                               sizeof("identity") - 1)
+               == 0)
+        {
+            continue;
+        }
+
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                      "llm: client body with Content-Encoding \"%V\" "
+                      "refused", &h[i].value);
+
+        ngx_http_llm_fail(ctx, NGX_HTTP_UNSUPPORTED_MEDIA_TYPE,
+                          "UnsupportedContentEncoding",
+                          "Compressed request bodies are not supported; "
+                          "send the JSON body uncompressed.");
+        return NGX_DECLINED;
+    }
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_llm_parse(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
+{
+    cJSON                    *root;
+    ngx_str_t                 body;
+    const char               *end;
+    ngx_http_llm_loc_conf_t  *llcf;
+
+    llcf = ngx_http_get_module_loc_conf(r, ngx_http_llm_module);
+
+    if (r->request_body == NULL || r->request_body->bufs == NULL) {
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                      "llm: empty client body");
+        ngx_http_llm_fail(ctx, NGX_HTTP_BAD_REQUEST, "BadRequest",
+                          "The request body is empty; a JSON object "
+                          "was expected.");
+        return;
+    }
+
+    switch (ngx_http_llm_body_contents(r, &body)) {
+
+    case NGX_OK:
+        break;
+
+    case NGX_DECLINED:
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                      "llm: client body of %uz bytes is larger than "
+                      "llm_max_body_size %uz", body.len,
+                      llcf->max_body_size);
+        ngx_http_llm_fail(ctx, NGX_HTTP_REQUEST_ENTITY_TOO_LARGE,
+                          "RequestTooLarge",
+                          "The request body is larger than this "
+                          "endpoint accepts.");
+        return;
+
+    default:
+        ngx_http_llm_fail(ctx, NGX_HTTP_INTERNAL_SERVER_ERROR,
+                          "InternalServerError",
+                          "The gateway could not read the request body.");
+        return;
+    }
+
+    end = NULL;
+    root = cJSON_ParseWithLengthOpts((const char *) body.data, body.len,
+                                     &end, 0);
+
+    if (root == NULL) {
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                      "llm: malformed JSON in client body near byte %uz",
+                      end ? (size_t) (end - (const char *) body.data)
+                          : (size_t) 0);
+        ngx_http_llm_fail(ctx, NGX_HTTP_BAD_REQUEST, "BadRequest",
+                          "We could not parse the JSON body of your "
+                          "request.");
+        return;
+    }
+
+    if (!cJSON_IsObject(root)) {
+        cJSON_Delete(root);
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                      "llm: client body is JSON but not an object");
+        ngx_http_llm_fail(ctx, NGX_HTTP_BAD_REQUEST, "BadRequest",
+                          "The request body must be a JSON object.");
+        return;
+    }
+
+    if (ngx_http_llm_inspect(r, ctx, root) != NGX_OK) {
+        cJSON_Delete(root);
+        ngx_http_llm_fail(ctx, NGX_HTTP_INTERNAL_SERVER_ERROR,
+                          "InternalServerError",
+                          "The gateway could not inspect the request.");
+        return;
+    }
+
+    cJSON_Delete(root);
+
+    ctx->parsed = 1;
+
+    ngx_log_debug4(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "llm request: model \"%V\", prompt ~%ui, "
+                   "reserve %ui x %ui",
+                   &ctx->model, ctx->prompt_estimate, ctx->reserve,
+                   ctx->choices);
+}
+
+
+/*
+ * cJSON needs the body in one piece: a single memory buffer is used as
+ * it is, anything else (several buffers of a chunked body, a temp file)
+ * is gathered once into the request pool.  NGX_DECLINED: over the limit.
+ */
+
+static ngx_int_t
+ngx_http_llm_body_contents(ngx_http_request_t *r, ngx_str_t *body)
+{
+    off_t                     size;
+    u_char                   *p;
+    ssize_t                   n;
+    ngx_buf_t                *b;
+    ngx_chain_t              *cl, *in;
+    ngx_http_llm_loc_conf_t  *llcf;
+
+    llcf = ngx_http_get_module_loc_conf(r, ngx_http_llm_module);
+
+    in = r->request_body->bufs;
+    size = 0;
+
+    for (cl = in; cl; cl = cl->next) {
+        size += ngx_buf_size(cl->buf);
+    }
+
+    body->len = (size_t) size;
+
+    if ((size_t) size > llcf->max_body_size) {
+        return NGX_DECLINED;
+    }
+
+    if (in->next == NULL && !in->buf->in_file) {
+        body->data = in->buf->pos;
+        return NGX_OK;
+    }
+
+    body->data = ngx_pnalloc(r->pool, body->len + 1);
+    if (body->data == NULL) {
+        return NGX_ERROR;
+    }
+
+    p = body->data;
+
+    for (cl = in; cl; cl = cl->next) {
+        b = cl->buf;
+
+        if (!b->in_file) {
+            p = ngx_cpymem(p, b->pos, b->last - b->pos);
+            continue;
+        }
+
+        n = ngx_read_file(b->file, p, (size_t) (b->file_last - b->file_pos),
+                          b->file_pos);
+
+        if (n == NGX_ERROR) {
+            return NGX_ERROR;
+        }
+
+        if (n != b->file_last - b->file_pos) {
+            ngx_log_error(NGX_LOG_ALERT, r->connection->log, 0,
+                          ngx_read_file_n " read only %z of %O from \"%V\"",
+                          n, b->file_last - b->file_pos, &b->file->name);
+            return NGX_ERROR;
+        }
+
+        p += n;
+    }
+
+    *p = '\0';
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_llm_fail(ngx_http_llm_ctx_t *ctx, ngx_uint_t status,
+    const char *code, const char *message)
+{
+    ctx->error = status;
+    ctx->error_code = code;
+    ctx->error_message.data = (u_char *) message;
+    ctx->error_message.len = ngx_strlen(message);
+}

@@ -1,0 +1,467 @@
+package LLMTest;
+
+# A small harness for the module's tests: starts nginx with a generated
+# config on free loopback ports, starts mock backends and the Azure
+# OpenAI simulator, talks HTTP over real sockets, stops everything on
+# exit and fails the test on [alert]/[emerg] or a sanitizer report.
+#
+# Environment: LLM_NGINX (nginx binary), LLM_MODULE (the .so to load;
+# empty for a static build), LLM_TEST_TIMEOUT (seconds per test file).
+
+use strict;
+use warnings;
+
+use Cwd qw(abs_path);
+use Digest::MD5 qw(md5_hex);
+use File::Basename qw(dirname);
+use File::Temp qw(tempdir);
+use IO::Select;
+use IO::Socket::INET;
+use JSON::PP;
+use POSIX qw(WNOHANG);
+use Test::More;
+use Time::HiRes qw(sleep time);
+
+use Exporter qw(import);
+our @EXPORT = qw(http_request http_get http_post json_decode json_encode
+                 free_port);
+
+my $TOP = abs_path(dirname(__FILE__) . '/../..');
+my @ALL;
+
+sub new {
+    my ($class, %opt) = @_;
+
+    my $nginx = $ENV{LLM_NGINX} or plan skip_all => 'LLM_NGINX is not set';
+    plan skip_all => "LLM_NGINX $nginx is not executable" unless -x $nginx;
+
+    my $self = bless {
+        nginx   => $nginx,
+        module  => $ENV{LLM_MODULE} // '',
+        dir     => tempdir('llmtest-XXXXXX', TMPDIR => 1,
+                           CLEANUP => !$ENV{LLM_TEST_KEEP}),
+        pids    => [],
+        top     => $TOP,
+    }, $class;
+
+    # nginx opens its compiled-in error log before it reads the config
+    mkdir "$self->{dir}/logs";
+
+    # workers of a root master run as nobody and must reach temp paths
+    chmod 0755, $self->{dir};
+
+    push @ALL, $self;
+
+    my $timeout = $ENV{LLM_TEST_TIMEOUT} || 120;
+    $SIG{ALRM} = sub { die "test timed out after $timeout s\n" };
+    alarm $timeout;
+
+    return $self;
+}
+
+sub dir { $_[0]{dir} }
+sub top { $_[0]{top} }
+
+sub free_port {
+    my $s = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => 0,
+                                  Proto => 'tcp', Listen => 1, ReuseAddr => 1)
+        or die "cannot bind: $!";
+    my $port = $s->sockport;
+    close $s;
+    return $port;
+}
+
+# nginx.conf around the http block a test gives; returns the conf text
+
+sub nginx_conf {
+    my ($self, $http, %opt) = @_;
+
+    my $dir = $self->{dir};
+    my $load = $self->{module} ? "load_module $self->{module};\n" : '';
+    my $workers = $opt{workers} // 1;
+
+    return <<"END";
+${load}worker_processes $workers;
+daemon off;
+master_process on;
+pid $dir/nginx.pid;
+error_log $dir/error.log debug;
+events { worker_connections 256; }
+http {
+    access_log $dir/access.log;
+    client_body_temp_path $dir/client_body;
+    proxy_temp_path $dir/proxy_temp;
+    fastcgi_temp_path $dir/fastcgi_temp;
+    uwsgi_temp_path $dir/uwsgi_temp;
+    scgi_temp_path $dir/scgi_temp;
+$http
+}
+END
+}
+
+sub write_conf {
+    my ($self, $http, %opt) = @_;
+    my $file = "$self->{dir}/nginx.conf";
+    open my $fh, '>', $file or die "$file: $!";
+    print $fh $self->nginx_conf($http, %opt);
+    close $fh;
+    return $file;
+}
+
+# nginx -t on a config; returns (exit status, output)
+
+sub test_conf {
+    my ($self, $http, %opt) = @_;
+    my $file = $self->write_conf($http, %opt);
+    my $out = `$self->{nginx} -p $self->{dir} -c $file -t 2>&1`;
+    return ($? >> 8, $out);
+}
+
+sub start_nginx {
+    my ($self, $http, %opt) = @_;
+
+    my $file = $self->write_conf($http, %opt);
+    my $dir = $self->{dir};
+
+    $ENV{ASAN_OPTIONS} //= 'detect_leaks=0:abort_on_error=0';
+    $ENV{UBSAN_OPTIONS} //= 'print_stacktrace=1';
+
+    my $pid = fork // die "fork: $!";
+    if ($pid == 0) {
+        open STDOUT, '>>', "$dir/stderr.log";
+        open STDERR, '>>', "$dir/stderr.log";
+        exec $self->{nginx}, '-p', $dir, '-c', $file;
+        die "exec: $!";
+    }
+
+    $self->{nginx_pid} = $pid;
+
+    for my $port (@{ $opt{ports} || [] }) {
+        wait_port($port, 10) or die "nginx did not listen on $port:\n"
+                                    . $self->read_file('error.log')
+                                    . $self->read_file('stderr.log');
+    }
+
+    return $pid;
+}
+
+sub reload_nginx {
+    my ($self, $http, %opt) = @_;
+    $self->write_conf($http, %opt) if defined $http;
+    kill 'HUP', $self->{nginx_pid};
+}
+
+sub stop_nginx {
+    my ($self) = @_;
+    my $pid = delete $self->{nginx_pid} or return;
+    kill 'QUIT', $pid;
+    my $deadline = time + 10;
+    while (time < $deadline) {
+        return if waitpid($pid, WNOHANG) == $pid;
+        sleep 0.05;
+    }
+    kill 'KILL', $pid;
+    waitpid $pid, 0;
+}
+
+sub read_file {
+    my ($self, $name) = @_;
+    open my $fh, '<', "$self->{dir}/$name" or return '';
+    local $/;
+    return <$fh>;
+}
+
+sub error_log { $_[0]->read_file('error.log') }
+
+# a mock backend: answers every request with a JSON description of what
+# it received, so tests can see what nginx forwarded
+
+sub start_echo {
+    my ($self) = @_;
+    my $port = free_port();
+    my $srv = IO::Socket::INET->new(LocalAddr => '127.0.0.1',
+                                    LocalPort => $port, Listen => 64,
+                                    ReuseAddr => 1, Proto => 'tcp')
+        or die "echo listen: $!";
+
+    my $log = "$self->{dir}/echo.log";
+    my $pid = fork // die "fork: $!";
+    if ($pid == 0) {
+        $SIG{ALRM} = 'DEFAULT';
+        alarm 0;
+        $SIG{CHLD} = 'IGNORE';
+        while (my $c = $srv->accept) {
+            my $k = fork;
+            if (defined $k && $k == 0) {
+                echo_connection($c, $log);
+                POSIX::_exit(0);
+            }
+            close $c;
+        }
+        POSIX::_exit(0);
+    }
+    close $srv;
+    push @{ $self->{pids} }, $pid;
+    return $port;
+}
+
+sub echo_connection {
+    my ($c, $log) = @_;
+    binmode $c;
+    while (1) {
+        my $head = '';
+        while ($head !~ /\r\n\r\n/) {
+            my $n = sysread($c, $head, 65536, length $head);
+            return unless $n;
+        }
+        my ($h, $rest) = split /\r\n\r\n/, $head, 2;
+        my ($line, @lines) = split /\r\n/, $h;
+        my ($method, $uri) = split / /, $line;
+        my %hdr;
+        for (@lines) {
+            my ($k, $v) = /^([^:]+):\s*(.*)$/ or next;
+            $hdr{lc $k} = $v;
+        }
+        my $body = $rest;
+        if (defined $hdr{'content-length'}) {
+            while (length $body < $hdr{'content-length'}) {
+                my $n = sysread($c, $body, 65536, length $body);
+                return unless $n;
+            }
+        } elsif (($hdr{'transfer-encoding'} // '') =~ /chunked/i) {
+            $body = read_chunked($c, $body);
+        }
+        if (open my $fh, '>>', $log) {
+            print $fh "$method $uri\n";
+            close $fh;
+        }
+        my $out = JSON::PP->new->canonical->encode({
+            method => $method, uri => $uri, headers => \%hdr,
+            body_len => length $body, body_md5 => md5_hex($body),
+            choices => [ { message => { role => 'assistant',
+                                        content => 'echo' } } ],
+        });
+        syswrite $c, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                     . "Content-Length: " . length($out) . "\r\n\r\n$out";
+        return if ($hdr{connection} // '') =~ /close/i;
+    }
+}
+
+# requests the echo backends have seen, as "METHOD URI" lines
+
+sub echo_requests {
+    my ($self) = @_;
+    return grep { length } split /\n/, $self->read_file('echo.log');
+}
+
+sub read_chunked {
+    my ($c, $buf) = @_;
+    my $body = '';
+    while (1) {
+        while ($buf !~ /\r\n/) {
+            sysread($c, $buf, 65536, length $buf) or return $body;
+        }
+        $buf =~ s/^([0-9a-fA-F]+)[^\r]*\r\n// or return $body;
+        my $size = hex $1;
+        while (length $buf < $size + 2) {
+            sysread($c, $buf, 65536, length $buf) or return $body;
+        }
+        if ($size == 0) {
+            return $body;
+        }
+        $body .= substr $buf, 0, $size;
+        substr($buf, 0, $size + 2) = '';
+    }
+}
+
+# the Azure OpenAI simulator (tools/aoai-sim) with a JSON config; returns
+# the listening ports by deployment name
+
+sub start_sim {
+    my ($self, $config, @args) = @_;
+    my $file = "$self->{dir}/sim.json";
+    open my $fh, '>', $file or die "$file: $!";
+    print $fh JSON::PP->new->canonical->encode($config);
+    close $fh;
+
+    my $pid = fork // die "fork: $!";
+    if ($pid == 0) {
+        open STDOUT, '>>', "$self->{dir}/sim.log";
+        open STDERR, '>>', "$self->{dir}/sim.log";
+        exec 'python3', "$TOP/tools/aoai-sim", '--config', $file, @args;
+        die "exec: $!";
+    }
+    push @{ $self->{pids} }, $pid;
+
+    my $ctl = $config->{control_port};
+    wait_port($ctl, 10) or die "simulator did not start:\n"
+                               . $self->read_file('sim.log');
+    for my $d (@{ $config->{deployments} }) {
+        wait_port($d->{port}, 10) or die "simulator port $d->{port}\n";
+    }
+    $self->{sim_ctl} = $ctl;
+    return $pid;
+}
+
+sub sim_stats {
+    my ($self) = @_;
+    my ($st, $h, $body) = http_get($self->{sim_ctl}, '/sim/stats');
+    die "simulator stats: $st" unless $st == 200;
+    return json_decode($body);
+}
+
+sub sim_reset {
+    my ($self) = @_;
+    http_post($self->{sim_ctl}, '/sim/reset', '{}');
+}
+
+sub wait_port {
+    my ($port, $secs) = @_;
+    my $deadline = time + $secs;
+    while (time < $deadline) {
+        my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1',
+                                      PeerPort => $port, Proto => 'tcp');
+        if ($s) { close $s; return 1 }
+        sleep 0.05;
+    }
+    return 0;
+}
+
+# HTTP over a real socket; the raw request is sent as given (tests of
+# chunked bodies and odd framing write their own).  Returns (status,
+# headers with lower-case names, body) after the server closes or the
+# response is complete.
+
+sub http_request {
+    my ($port, $raw, %opt) = @_;
+    my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $port,
+                                  Proto => 'tcp', Timeout => 5)
+        or die "connect $port: $!";
+    binmode $s;
+    my $off = 0;
+    while ($off < length $raw) {
+        my $n = syswrite($s, $raw, 65536, $off);
+        die "write: $!" unless defined $n;
+        $off += $n;
+    }
+    my $buf = '';
+    my $sel = IO::Select->new($s);
+    my $deadline = time + ($opt{timeout} // 30);
+    while (time < $deadline) {
+        last unless $sel->can_read($deadline - time);
+        my $n = sysread($s, $buf, 65536, length $buf);
+        last unless $n;
+        last if response_complete($buf);
+    }
+    close $s;
+    return parse_response($buf);
+}
+
+sub response_complete {
+    my ($buf) = @_;
+    my $i = index($buf, "\r\n\r\n");
+    return 0 if $i < 0;
+    my $head = substr $buf, 0, $i;
+    if ($head =~ /^content-length:\s*(\d+)/mi) {
+        return length($buf) - $i - 4 >= $1;
+    }
+    if ($head =~ /^transfer-encoding:\s*chunked/mi) {
+        return $buf =~ /\r\n0\r\n\r\n$/ ? 1 : 0;
+    }
+    return 0;
+}
+
+sub parse_response {
+    my ($buf) = @_;
+    my $i = index($buf, "\r\n\r\n");
+    return (0, {}, $buf) if $i < 0;
+    my ($line, @lines) = split /\r\n/, substr($buf, 0, $i);
+    my $body = substr $buf, $i + 4;
+    my ($status) = $line =~ m{^HTTP/\d\.\d (\d+)};
+    my %h;
+    for (@lines) {
+        my ($k, $v) = /^([^:]+):\s*(.*)$/ or next;
+        $h{lc $k} = exists $h{lc $k} ? "$h{lc $k}, $v" : $v;
+    }
+    if (($h{'transfer-encoding'} // '') =~ /chunked/i) {
+        my $out = '';
+        while ($body =~ s/^([0-9a-fA-F]+)[^\r]*\r\n//) {
+            my $size = hex $1;
+            last if $size == 0;
+            $out .= substr $body, 0, $size;
+            substr($body, 0, $size + 2) = '';
+        }
+        $body = $out;
+    }
+    return ($status // 0, \%h, $body);
+}
+
+sub http_get {
+    my ($port, $uri, %hdr) = @_;
+    my $h = join '', map { "$_: $hdr{$_}\r\n" } sort keys %hdr;
+    return http_request($port, "GET $uri HTTP/1.1\r\nHost: localhost\r\n"
+                               . "${h}Connection: close\r\n\r\n");
+}
+
+sub http_post {
+    my ($port, $uri, $body, %hdr) = @_;
+    my $h = join '', map { "$_: $hdr{$_}\r\n" } sort keys %hdr;
+    return http_request($port, "POST $uri HTTP/1.1\r\nHost: localhost\r\n"
+                               . "Content-Type: application/json\r\n$h"
+                               . "Content-Length: " . length($body) . "\r\n"
+                               . "Connection: close\r\n\r\n$body");
+}
+
+sub json_decode { JSON::PP->new->utf8->decode($_[0]) }
+sub json_encode { JSON::PP->new->utf8->canonical->encode($_[0]) }
+
+# on exit: stop what we started, then fail on alerts, emergencies and
+# sanitizer reports (an [emerg] test may clear the log first)
+
+sub check_logs {
+    my ($self) = @_;
+    my $log = $self->error_log . $self->read_file('stderr.log');
+    my $allow = $self->{allow_re} // '^$';
+    my @bad = grep { /\[(alert|emerg|crit)\]/ && !/$allow/ }
+              split /\n/, $log;
+    push @bad, grep { /AddressSanitizer|runtime error:|LeakSanitizer/ }
+               split /\n/, $log;
+    return @bad;
+}
+
+sub allow_log { $_[0]{allow_re} = $_[1] }
+
+sub DESTROY {}
+
+# stop everything, check the logs as one more test, and end the plan
+
+sub done {
+    my ($self) = @_;
+    $self->cleanup;
+    done_testing();
+}
+
+sub cleanup {
+    my ($self) = @_;
+    return if $self->{cleaned}++;
+    $self->stop_nginx;
+    for my $pid (@{ $self->{pids} }) {
+        kill 'TERM', $pid;
+        waitpid $pid, 0;
+    }
+    $self->{allow_re} //= '^$';
+    my @bad = $self->check_logs;
+    if (@bad) {
+        splice @bad, 20;
+        diag "error log:\n" . join "\n", @bad;
+    }
+    ok(!@bad, 'no [alert], [crit], [emerg] or sanitizer report in logs');
+}
+
+END {
+    my $status = $?;
+    $_->cleanup for @ALL;
+    $? = $status;
+}
+
+1;

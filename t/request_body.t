@@ -1,0 +1,204 @@
+#!/usr/bin/perl
+
+# llm_route reads the whole client body (memory, temp file, chunked),
+# estimates its tokens, refuses what it cannot parse with Azure-style
+# errors and otherwise proxies the request unchanged.
+
+use strict;
+use warnings;
+
+use FindBin;
+use lib "$FindBin::Bin/lib";
+use Digest::MD5 qw(md5_hex);
+use Test::More;
+use LLMTest;
+
+my $t = LLMTest->new;
+my $echo = $t->start_echo;
+my $port = free_port();
+my $dir = $t->dir;
+
+$t->start_nginx(<<"END", ports => [$port]);
+    log_format llm '\$request_uri \$status m=\$llm_model e=\$llm_tokens_estimate';
+    access_log $dir/llm.log llm;
+    client_max_body_size 1m;
+
+    server {
+        listen 127.0.0.1:$port;
+
+        location /openai/ {
+            llm_route;
+            llm_max_body_size 64k;
+            client_body_buffer_size 1k;
+            add_header X-LLM-Model \$llm_model always;
+            add_header X-LLM-Estimate \$llm_tokens_estimate always;
+            proxy_pass http://127.0.0.1:$echo;
+        }
+
+        location /reserve/ {
+            llm_route;
+            llm_completion_reserve 100;
+            add_header X-LLM-Estimate \$llm_tokens_estimate always;
+            proxy_pass http://127.0.0.1:$echo;
+        }
+
+        location /unbuffered/ {
+            llm_route;
+            proxy_request_buffering off;
+            proxy_http_version 1.1;
+            add_header X-LLM-Estimate \$llm_tokens_estimate always;
+            proxy_pass http://127.0.0.1:$echo;
+        }
+
+        location /plain/ {
+            add_header X-LLM-Estimate "[\$llm_tokens_estimate]" always;
+            proxy_pass http://127.0.0.1:$echo;
+        }
+    }
+END
+
+my $chat = '/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21';
+
+sub post_json {
+    my ($uri, $body, %hdr) = @_;
+    my ($st, $h, $b) = http_post($port, $uri, $body, %hdr);
+    my $j = eval { json_decode($b) };
+    return ($st, $h, $j, $b);
+}
+
+# "user" + "Hello world!" = 16 characters -> 4, + 3 framing + 3 reply = 10,
+# + max_tokens 100 x n 2 = 210
+my $body = '{"model":"gpt-4o-mini","messages":[{"role":"user",'
+         . '"content":"Hello world!"}],"max_tokens":100,"n":2}';
+my ($st, $h, $j) = post_json($chat, $body);
+is($st, 200, 'chat request proxied');
+is($h->{'x-llm-model'}, 'gpt-4o-mini', '$llm_model from the body');
+is($h->{'x-llm-estimate'}, 210, '$llm_tokens_estimate with max_tokens and n');
+is($j->{body_md5}, md5_hex($body), 'body forwarded unchanged');
+is($j->{uri}, $chat, 'URI forwarded unchanged');
+is($j->{method}, 'POST', 'method forwarded');
+
+# characters, not bytes: "user" + 5 kana = 9 -> 3, + 6 framing = 9, + 50
+$body = '{"messages":[{"role":"user","content":"'
+      . "\xe3\x81\x93\xe3\x82\x93\xe3\x81\xab\xe3\x81\xa1\xe3\x81\xaf"
+      . '"}],"max_completion_tokens":50,"max_tokens":999}';
+($st, $h, $j) = post_json($chat, $body);
+is($h->{'x-llm-estimate'}, 59, 'UTF-8 characters; max_completion_tokens wins');
+is($h->{'x-llm-model'}, 'gpt-4o', '$llm_model falls back to the deployment');
+
+# content parts: text counts, image parts do not count as characters
+$body = '{"messages":[{"role":"user","content":[{"type":"text",'
+      . '"text":"abcdefgh"},{"type":"image_url","image_url":{"url":'
+      . '"data:image/png;base64,' . ('A' x 4000) . '"}}]}],"max_tokens":1}';
+($st, $h) = post_json($chat, $body);
+is($h->{'x-llm-estimate'}, 3 + 6 + 1, 'base64 image is not counted as text');
+
+# no max_tokens: the default reserve (640), and a configured one
+$body = '{"messages":[{"role":"system","content":"abcdef"},'
+      . '{"role":"user","content":"abcd","name":"bob"}]}';
+# system(6)+abcdef(6)+user(4)+abcd(4)+bob(3) = 23 -> 6, + 2*3 + 3 = 15
+($st, $h) = post_json($chat, $body);
+is($h->{'x-llm-estimate'}, 15 + 640, 'default completion reserve');
+($st, $h) = post_json('/reserve/x', $body);
+is($h->{'x-llm-estimate'}, 15 + 100, 'llm_completion_reserve');
+
+# embeddings reserve nothing
+($st, $h) = post_json('/openai/deployments/emb/embeddings',
+                      '{"input":["abcd","efgh"]}');
+is($h->{'x-llm-estimate'}, 2, 'embeddings: characters / 4, no reserve');
+
+# Responses API
+($st, $h) = post_json('/openai/v1/responses',
+                      '{"model":"gpt-5","instructions":"abcd",'
+                      . '"input":"efgh","max_output_tokens":10}');
+is($h->{'x-llm-estimate'}, 12, 'Responses API: instructions, input, '
+                              . 'max_output_tokens');
+is($h->{'x-llm-model'}, 'gpt-5', 'v1 model from the body');
+
+# a body spilled to a temp file (client_body_buffer_size 1k)
+my $long = 'x' x 40000;
+$body = '{"messages":[{"role":"user","content":"' . $long . '"}],'
+      . '"max_tokens":7}';
+($st, $h, $j) = post_json($chat, $body);
+is($st, 200, 'temp file body proxied');
+is($h->{'x-llm-estimate'}, int((40004 + 3) / 4) + 6 + 7, 'temp file estimate');
+is($j->{body_md5}, md5_hex($body), 'temp file body forwarded unchanged');
+like($t->error_log, qr/a client request body is buffered to a temporary/,
+     'the body really was in a temp file');
+
+# chunked, in several chunks, small and spilled to a file
+for my $size (100, 30000) {
+    my $b = '{"messages":[{"role":"user","content":"' . ('y' x $size)
+          . '"}],"max_tokens":5}';
+    my @chunks = unpack '(a777)*', $b;
+    my $raw = "POST $chat HTTP/1.1\r\nHost: localhost\r\n"
+            . "Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+            . join('', map { sprintf("%x\r\n%s\r\n", length, $_) } @chunks)
+            . "0\r\n\r\n";
+    my ($cst, $ch, $cb) = http_request($port, $raw);
+    my $cj = json_decode($cb);
+    is($cst, 200, "chunked body of $size proxied");
+    is($ch->{'x-llm-estimate'}, int(($size + 4 + 3) / 4) + 6 + 5,
+       "chunked body of $size estimated");
+    is($cj->{body_md5}, md5_hex($b), "chunked body of $size unchanged");
+}
+
+# proxy_request_buffering off still gets the whole, unchanged body
+($st, $h, $j) = post_json('/unbuffered/x', $body);
+is($st, 200, 'unbuffered location proxied');
+is($j->{body_md5}, md5_hex($body), 'unbuffered body unchanged');
+is($h->{'x-llm-estimate'}, int((40004 + 3) / 4) + 6 + 7, 'unbuffered estimate');
+
+# GET passes untouched and is not estimated
+($st, $h, $j) = (http_get($port, '/openai/models?api-version=2024-10-21'));
+is($st, 200, 'GET proxied');
+ok(!defined $h->{'x-llm-estimate'}, 'GET is not estimated');
+
+# no llm_route: variables are empty
+($st, $h) = post_json('/plain/x', '{"messages":[]}');
+is($h->{'x-llm-estimate'}, '[]', 'no llm_route, no estimate');
+
+my $before = () = $t->echo_requests;
+
+# malformed and non-object JSON, empty body: 400, Azure's shape, not proxied
+for my $bad ('{"messages": [', '[1,2,3]', '"text"', 'not json at all', '') {
+    my ($bst, $bh, $bj, $raw) = post_json($chat, $bad);
+    is($bst, 400, "400 for '$bad'");
+    is($bh->{'content-type'}, 'application/json', "JSON error for '$bad'");
+    is($bj->{error}{code}, 'BadRequest', "Azure error shape for '$bad'")
+        or diag $raw;
+    ok(length $bj->{error}{message}, "error message for '$bad'");
+}
+like($t->error_log, qr/\[info\].*llm: malformed JSON in client body/,
+     'malformed JSON logged at info');
+
+# over llm_max_body_size: by Content-Length, and chunked
+$body = '{"messages":[{"role":"user","content":"' . ('z' x 70000) . '"}]}';
+($st, $h, $j) = post_json($chat, $body);
+is($st, 413, '413 by Content-Length');
+is($j->{error}{code}, 'RequestTooLarge', '413 in Azure shape');
+
+my $raw = "POST $chat HTTP/1.1\r\nHost: localhost\r\n"
+        . "Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+        . join('', map { sprintf("%x\r\n%s\r\n", length, $_) }
+                   unpack '(a4096)*', $body)
+        . "0\r\n\r\n";
+($st, $h, my $b) = http_request($port, $raw);
+is($st, 413, '413 for a chunked body over the limit');
+like($b, qr/"RequestTooLarge"/, 'chunked 413 in Azure shape');
+
+# a compressed body cannot be counted
+($st, $h, $j) = post_json($chat, "\x1f\x8b\x08\x00garbage",
+                          'Content-Encoding' => 'gzip');
+is($st, 415, 'gzip body refused');
+is($j->{error}{code}, 'UnsupportedContentEncoding', '415 in Azure shape');
+
+my $after = () = $t->echo_requests;
+is($after, $before, 'no refused request reached the backend');
+
+$t->stop_nginx;
+my $log = $t->read_file('llm.log');
+like($log, qr{chat/completions\S* 200 m=gpt-4o-mini e=210$}m,
+     'variables in the access log');
+
+$t->done;
