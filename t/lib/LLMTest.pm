@@ -317,6 +317,81 @@ sub sim_reset {
     http_post($self->{sim_ctl}, '/sim/reset', '{}');
 }
 
+# change a simulated deployment's settings live (a partial object, e.g.
+# { faults => { 500 => 1 } } or { tpm => 1000 }); returns the new settings
+
+sub sim_update {
+    my ($self, $name, $partial) = @_;
+    my ($st, $h, $body) = http_post($self->{sim_ctl}, "/sim/deployments/$name",
+                                    json_encode($partial));
+    die "simulator update of $name: $st $body" unless $st == 200;
+    return json_decode($body);
+}
+
+# the events of a text/event-stream body: a list of { event => NAME or
+# undef, data => TEXT } (several data: lines are joined by "\n")
+
+sub sse_events {
+    my ($body) = @_;
+    my @events;
+    for my $block (split /\n\n/, $body) {
+        my (%e, @data);
+        for my $line (split /\n/, $block) {
+            if ($line =~ /^data: ?(.*)$/s) { push @data, $1 }
+            elsif ($line =~ /^event: ?(.*)$/) { $e{event} = $1 }
+        }
+        next unless @data;
+        $e{data} = join "\n", @data;
+        push @events, \%e;
+    }
+    return @events;
+}
+
+# a request with a chosen Host header (the simulator routes by Host);
+# returns what http_request returns
+
+sub post_host {
+    my ($port, $host, $uri, $body, %hdr) = @_;
+    return http_request($port, raw_post($host, $uri, $body, %hdr));
+}
+
+sub raw_post {
+    my ($host, $uri, $body, %hdr) = @_;
+    my $h = join '', map { "$_: $hdr{$_}\r\n" } sort keys %hdr;
+    return "POST $uri HTTP/1.1\r\nHost: $host\r\n"
+           . "Content-Type: application/json\r\n$h"
+           . "Content-Length: " . length($body) . "\r\n"
+           . "Connection: close\r\n\r\n$body";
+}
+
+# the same over TLS: SNI $opt{sni}, certificate verified against
+# $opt{ca} for the name $opt{verify} (default: the SNI); dies when the
+# handshake or the verification fails
+
+sub https_request {
+    my ($port, $raw, %opt) = @_;
+    require IO::Socket::SSL;
+    my $name = $opt{verify} // $opt{sni};
+    my $s = IO::Socket::SSL->new(
+        PeerAddr => '127.0.0.1', PeerPort => $port, Timeout => 5,
+        SSL_hostname => $opt{sni},
+        SSL_ca_file => $opt{ca},
+        SSL_verify_mode => IO::Socket::SSL::SSL_VERIFY_PEER(),
+        SSL_verifycn_name => $name,
+        SSL_verifycn_scheme => 'http')
+        or die "TLS to $port ($opt{sni}): " . IO::Socket::SSL::errstr() . "\n";
+    binmode $s;
+    print $s $raw;
+    my $buf = '';
+    while (1) {
+        my $n = sysread($s, $buf, 65536, length $buf);
+        last unless $n;
+        last if response_complete($buf);
+    }
+    close $s;
+    return parse_response($buf);
+}
+
 sub wait_port {
     my ($port, $secs) = @_;
     my $deadline = time + $secs;
