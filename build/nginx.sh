@@ -129,9 +129,11 @@ then
 fi
 
 src="$out/src/$name"
-rm -rf "$src"
-mkdir -p "$src"
-tar xzf "$tarball" -C "$src" --strip-components=1
+if [ ! -f "$src/configure" ]; then
+    rm -rf "$src"
+    mkdir -p "$src"
+    tar xzf "$tarball" -C "$src" --strip-components=1
+fi
 
 ccopt="-g -O2"
 ldopt=""
@@ -154,6 +156,9 @@ echo "building nginx $upstream ($name) in $src" >&2
 start=$(date +%s)
 (
     cd "$src"
+    # configure again only when the addon's config changed; make itself
+    # rebuilds just what changed
+    [ -f objs/Makefile ] && [ ! "$top/config" -nt objs/Makefile ] || \
     ./configure --prefix="$dir" --with-compat --with-debug \
         --with-http_ssl_module --with-http_v2_module \
         --with-http_stub_status_module \

@@ -20,10 +20,35 @@ ngx_int_t
 ngx_http_llm_send_error(ngx_http_request_t *r, ngx_uint_t status,
     const char *code, ngx_str_t *message)
 {
-    size_t        len, code_len;
-    ngx_buf_t    *b;
     ngx_int_t     rc;
+    ngx_buf_t    *b;
     ngx_chain_t   out;
+
+    if (ngx_http_llm_error_body(r, status, code, message, &b) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    rc = ngx_http_send_header(r);
+
+    if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {
+        return rc;
+    }
+
+    out.buf = b;
+    out.next = NULL;
+
+    return ngx_http_output_filter(r, &out);
+}
+
+
+/* the body, and the response headers that go with it */
+
+ngx_int_t
+ngx_http_llm_error_body(ngx_http_request_t *r, ngx_uint_t status,
+    const char *code, ngx_str_t *message, ngx_buf_t **out)
+{
+    size_t      len, code_len;
+    ngx_buf_t  *b;
 
     static u_char  head[] = "{\"error\":{\"code\":\"";
     static u_char  middle[] = "\",\"message\":\"";
@@ -37,7 +62,7 @@ ngx_http_llm_send_error(ngx_http_request_t *r, ngx_uint_t status,
 
     b = ngx_create_temp_buf(r->pool, len);
     if (b == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        return NGX_ERROR;
     }
 
     b->last = ngx_cpymem(b->last, head, sizeof(head) - 1);
@@ -52,9 +77,15 @@ ngx_http_llm_send_error(ngx_http_request_t *r, ngx_uint_t status,
     r->headers_out.status = status;
     r->headers_out.content_length_n = b->last - b->pos;
 
+    if (r->headers_out.content_length) {
+        r->headers_out.content_length->hash = 0;
+        r->headers_out.content_length = NULL;
+    }
+
     ngx_str_set(&r->headers_out.content_type, "application/json");
     r->headers_out.content_type_len = r->headers_out.content_type.len;
     r->headers_out.content_type_lowcase = NULL;
+    r->headers_out.charset.len = 0;
 
     ngx_http_clear_accept_ranges(r);
     ngx_http_clear_last_modified(r);
@@ -64,14 +95,7 @@ ngx_http_llm_send_error(ngx_http_request_t *r, ngx_uint_t status,
         b->pos = b->last;
     }
 
-    rc = ngx_http_send_header(r);
+    *out = b;
 
-    if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {
-        return rc;
-    }
-
-    out.buf = b;
-    out.next = NULL;
-
-    return ngx_http_output_filter(r, &out);
+    return NGX_OK;
 }

@@ -99,20 +99,25 @@ ngx_http_llm_inspect(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
                                       sizeof("/embeddings") - 1)
                           == 0);
 
+    if (ngx_http_llm_number(root, "max_completion_tokens",
+                            NGX_HTTP_LLM_MAX_TOKENS, &value)
+        == NGX_OK
+        || ngx_http_llm_number(root, "max_tokens",
+                               NGX_HTTP_LLM_MAX_TOKENS, &value)
+           == NGX_OK
+        || ngx_http_llm_number(root, "max_output_tokens",
+                               NGX_HTTP_LLM_MAX_TOKENS, &value)
+           == NGX_OK)
+    {
+        ctx->has_reserve = 1;
+        ctx->explicit_reserve = value;
+    }
+
     if (ctx->embeddings) {
         ctx->reserve = 0;
 
-    } else if (ngx_http_llm_number(root, "max_completion_tokens",
-                                   NGX_HTTP_LLM_MAX_TOKENS, &value)
-               == NGX_OK
-               || ngx_http_llm_number(root, "max_tokens",
-                                      NGX_HTTP_LLM_MAX_TOKENS, &value)
-                  == NGX_OK
-               || ngx_http_llm_number(root, "max_output_tokens",
-                                      NGX_HTTP_LLM_MAX_TOKENS, &value)
-                  == NGX_OK)
-    {
-        ctx->reserve = value;
+    } else if (ctx->has_reserve) {
+        ctx->reserve = ctx->explicit_reserve;
 
     } else {
         ctx->reserve = llcf->completion_reserve;

@@ -10,8 +10,23 @@
 #include "ngx_http_llm_module.h"
 
 
+typedef struct {
+    ngx_http_upstream_srv_conf_t  *upstream;
+    ngx_str_t                      name;
+    u_char                        *file;
+    ngx_uint_t                     line;
+} ngx_http_llm_route_ref_t;
+
+
+typedef struct {
+    ngx_array_t                    routes;   /* ngx_http_llm_route_ref_t */
+} ngx_http_llm_main_conf_t;
+
+
 static ngx_int_t ngx_http_llm_preconfiguration(ngx_conf_t *cf);
 static ngx_int_t ngx_http_llm_init(ngx_conf_t *cf);
+static void *ngx_http_llm_create_main_conf(ngx_conf_t *cf);
+static void *ngx_http_llm_create_srv_conf(ngx_conf_t *cf);
 static void *ngx_http_llm_create_loc_conf(ngx_conf_t *cf);
 static char *ngx_http_llm_merge_loc_conf(ngx_conf_t *cf, void *parent,
     void *child);
@@ -21,8 +36,29 @@ static char *ngx_http_llm_route(ngx_conf_t *cf, ngx_command_t *cmd,
 
 static ngx_command_t  ngx_http_llm_commands[] = {
 
+    { ngx_string("llm_zone"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_http_llm_zone,
+      0,
+      0,
+      NULL },
+
+    { ngx_string("llm_balance"),
+      NGX_HTTP_UPS_CONF|NGX_CONF_1MORE,
+      ngx_http_llm_balance,
+      NGX_HTTP_SRV_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("llm_backend"),
+      NGX_HTTP_UPS_CONF|NGX_CONF_2MORE,
+      ngx_http_llm_backend,
+      NGX_HTTP_SRV_CONF_OFFSET,
+      0,
+      NULL },
+
     { ngx_string("llm_route"),
-      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS|NGX_CONF_TAKE1,
       ngx_http_llm_route,
       NGX_HTTP_LOC_CONF_OFFSET,
       0,
@@ -50,10 +86,10 @@ static ngx_http_module_t  ngx_http_llm_module_ctx = {
     ngx_http_llm_preconfiguration,         /* preconfiguration */
     ngx_http_llm_init,                     /* postconfiguration */
 
-    NULL,                                  /* create main configuration */
+    ngx_http_llm_create_main_conf,         /* create main configuration */
     NULL,                                  /* init main configuration */
 
-    NULL,                                  /* create server configuration */
+    ngx_http_llm_create_srv_conf,          /* create server configuration */
     NULL,                                  /* merge server configuration */
 
     ngx_http_llm_create_loc_conf,          /* create location configuration */
@@ -87,8 +123,30 @@ ngx_http_llm_preconfiguration(ngx_conf_t *cf)
 static ngx_int_t
 ngx_http_llm_init(ngx_conf_t *cf)
 {
-    ngx_http_handler_pt        *h;
-    ngx_http_core_main_conf_t  *cmcf;
+    ngx_uint_t                 i;
+    ngx_http_handler_pt       *h;
+    ngx_http_llm_pool_t       *pool;
+    ngx_http_llm_route_ref_t  *ref;
+    ngx_http_llm_main_conf_t  *lmcf;
+    ngx_http_core_main_conf_t *cmcf;
+
+    /* every upstream that llm_route names is now known */
+
+    lmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_llm_module);
+    ref = lmcf->routes.elts;
+
+    for (i = 0; i < lmcf->routes.nelts; i++) {
+        pool = ref[i].upstream->srv_conf
+               ? ngx_http_llm_pool_of(ref[i].upstream) : NULL;
+
+        if (pool == NULL || !pool->balance) {
+            ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                          "\"llm_route\" names upstream \"%V\" that has no "
+                          "\"llm_balance\" in %s:%ui", &ref[i].name,
+                          ref[i].file, ref[i].line);
+            return NGX_ERROR;
+        }
+    }
 
     cmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_core_module);
 
@@ -109,6 +167,61 @@ ngx_http_llm_init(ngx_conf_t *cf)
 
 
 static void *
+ngx_http_llm_create_main_conf(ngx_conf_t *cf)
+{
+    ngx_http_llm_main_conf_t  *conf;
+
+    conf = ngx_pcalloc(cf->pool, sizeof(ngx_http_llm_main_conf_t));
+    if (conf == NULL) {
+        return NULL;
+    }
+
+    if (ngx_array_init(&conf->routes, cf->pool, 4,
+                       sizeof(ngx_http_llm_route_ref_t))
+        != NGX_OK)
+    {
+        return NULL;
+    }
+
+    return conf;
+}
+
+
+/* server blocks get one too, unused; upstream blocks hold a pool in it */
+
+static void *
+ngx_http_llm_create_srv_conf(ngx_conf_t *cf)
+{
+    ngx_http_llm_pool_t  *conf;
+
+    conf = ngx_pcalloc(cf->pool, sizeof(ngx_http_llm_pool_t));
+    if (conf == NULL) {
+        return NULL;
+    }
+
+    /*
+     * set by ngx_pcalloc():
+     *
+     *     conf->shm_zone = NULL;
+     *     conf->balance = 0;
+     */
+
+    conf->cooldown = NGX_CONF_UNSET_MSEC;
+    conf->cooldown_max = NGX_CONF_UNSET_MSEC;
+    conf->window = NGX_CONF_UNSET_MSEC;
+
+    if (ngx_array_init(&conf->backends, cf->pool, 4,
+                       sizeof(ngx_http_llm_backend_t))
+        != NGX_OK)
+    {
+        return NULL;
+    }
+
+    return conf;
+}
+
+
+static void *
 ngx_http_llm_create_loc_conf(ngx_conf_t *cf)
 {
     ngx_http_llm_loc_conf_t  *conf;
@@ -119,6 +232,7 @@ ngx_http_llm_create_loc_conf(ngx_conf_t *cf)
     }
 
     conf->route = NGX_CONF_UNSET;
+    conf->upstream = NGX_CONF_UNSET_PTR;
     conf->max_body_size = NGX_CONF_UNSET_SIZE;
     conf->completion_reserve = NGX_CONF_UNSET_UINT;
 
@@ -133,6 +247,7 @@ ngx_http_llm_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_http_llm_loc_conf_t *conf = child;
 
     ngx_conf_merge_value(conf->route, prev->route, 0);
+    ngx_conf_merge_ptr_value(conf->upstream, prev->upstream, NULL);
     ngx_conf_merge_size_value(conf->max_body_size, prev->max_body_size,
                               8 * 1024 * 1024);
 
@@ -160,11 +275,47 @@ ngx_http_llm_route(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
     ngx_http_llm_loc_conf_t *llcf = conf;
 
+    ngx_str_t                 *value;
+    ngx_url_t                  u;
+    ngx_http_llm_route_ref_t  *ref;
+    ngx_http_llm_main_conf_t  *lmcf;
+
     if (llcf->route != NGX_CONF_UNSET) {
         return "is duplicate";
     }
 
     llcf->route = 1;
+
+    if (cf->args->nelts == 1) {
+        llcf->upstream = NULL;
+        return NGX_CONF_OK;
+    }
+
+    value = cf->args->elts;
+
+    /* the upstream block may come later in the configuration */
+
+    ngx_memzero(&u, sizeof(ngx_url_t));
+
+    u.url = value[1];
+    u.no_resolve = 1;
+
+    llcf->upstream = ngx_http_upstream_add(cf, &u, 0);
+    if (llcf->upstream == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    lmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_llm_module);
+
+    ref = ngx_array_push(&lmcf->routes);
+    if (ref == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    ref->upstream = llcf->upstream;
+    ref->name = value[1];
+    ref->file = cf->conf_file->file.name.data;
+    ref->line = cf->conf_file->line;
 
     return NGX_CONF_OK;
 }

@@ -19,8 +19,126 @@
 #define NGX_HTTP_LLM_MAX_CHOICES   128
 
 
+/*
+ * Azure's token window is 60 s and its request window 10 s: 240 slots of
+ * 250 ms and 100 of 100 ms, plus one each (see below)
+ */
+
+#define NGX_HTTP_LLM_TOKEN_SLOTS     241
+#define NGX_HTTP_LLM_REQ_SLOTS       101
+
+#define NGX_HTTP_LLM_UNLIMITED       ((ngx_uint_t) 0x7fffffff)
+
+
+/*
+ * A backend's state in the shared zone, keyed by "pool/backend" so that
+ * it survives reloads.  Windows are rings of slots with an absolute slot
+ * number for the newest one; one slot more than the window, so a charge
+ * leaves our window no earlier than it leaves Azure's.
+ */
+
+typedef struct {
+    ngx_rbtree_node_t            node;
+    ngx_queue_t                  queue;
+    ngx_uint_t                   generation;
+
+    ngx_msec_t                   tokens_last;
+    ngx_uint_t                   tokens_sum;
+    ngx_msec_t                   requests_last;
+    ngx_uint_t                   requests_sum;
+
+    ngx_msec_t                   cooldown_until;
+    ngx_uint_t                   in_flight;
+
+    ngx_int_t                    remote_tokens;
+    ngx_int_t                    remote_requests;
+    ngx_msec_t                   remote_time;
+
+    ngx_atomic_uint_t            requests;
+    ngx_atomic_uint_t            backend_throttled;
+    ngx_atomic_uint_t            failures;
+    ngx_atomic_uint_t            tokens_charged;
+
+    uint32_t                     tokens[NGX_HTTP_LLM_TOKEN_SLOTS];
+    uint32_t                     requests_slot[NGX_HTTP_LLM_REQ_SLOTS];
+
+    u_short                      len;
+    u_char                       name[1];
+} ngx_http_llm_backend_sh_t;
+
+
+typedef struct {
+    ngx_rbtree_t                 rbtree;
+    ngx_rbtree_node_t            sentinel;
+    ngx_queue_t                  queue;
+    ngx_uint_t                   generation;
+} ngx_http_llm_shctx_t;
+
+
+typedef struct {
+    ngx_http_llm_shctx_t        *sh;
+    ngx_slab_pool_t             *shpool;
+    ngx_array_t                  pools;      /* ngx_http_llm_pool_t * */
+} ngx_http_llm_zone_t;
+
+
+typedef struct ngx_http_llm_pool_s  ngx_http_llm_pool_t;
+
+
+/* a secret read from a file, re-read by each worker when it changes */
+
+typedef struct {
+    ngx_str_t                    path;
+    ngx_str_t                    value;
+    time_t                       mtime;
+    time_t                       checked;
+    unsigned                     bearer:1;
+} ngx_http_llm_secret_t;
+
+
+typedef struct {
+    ngx_str_t                    name;
+    ngx_str_t                    host;       /* Host and TLS name */
+    ngx_str_t                    deployment;
+    ngx_uint_t                   tpm;        /* 0: unlimited */
+    ngx_uint_t                   rpm;
+    ngx_uint_t                   priority;
+    ngx_uint_t                   weight;
+    ngx_uint_t                   reserve;    /* NGX_CONF_UNSET_UINT: none */
+    ngx_http_llm_secret_t       *secret;
+
+    ngx_uint_t                   server;     /* index in uscf->servers */
+    ngx_http_upstream_rr_peer_t **peers;
+    ngx_uint_t                   npeers;
+    ngx_uint_t                   first_peer;  /* position in rr peers */
+    ngx_uint_t                   next_peer;
+
+    ngx_http_llm_backend_sh_t   *sh;
+    ngx_http_llm_pool_t         *pool;
+
+    unsigned                     ptu:1;
+    unsigned                     plain:1;    /* a "server" line */
+    unsigned                     ssl:1;
+} ngx_http_llm_backend_t;
+
+
+struct ngx_http_llm_pool_s {
+    ngx_str_t                    name;
+    ngx_shm_zone_t              *shm_zone;
+    ngx_array_t                  backends;   /* ngx_http_llm_backend_t */
+    ngx_http_upstream_srv_conf_t *upstream;
+    ngx_msec_t                   cooldown;
+    ngx_msec_t                   cooldown_max;
+    ngx_msec_t                   window;
+    ngx_msec_t                   token_slot_ms;
+    ngx_msec_t                   request_slot_ms;
+    unsigned                     balance:1;
+};
+
+
 typedef struct {
     ngx_flag_t                   route;
+    ngx_http_upstream_srv_conf_t *upstream;   /* the pool of llm_route */
     size_t                       max_body_size;
     ngx_uint_t                   completion_reserve;
 } ngx_http_llm_loc_conf_t;
@@ -43,10 +161,36 @@ typedef struct {
     ngx_uint_t                   choices;
     ngx_uint_t                   tokens_estimate;
 
+    /* the body named its own completion limit */
+    ngx_uint_t                   explicit_reserve;
+    ngx_uint_t                   prompt_chars;
+
+    ngx_http_llm_pool_t         *pool;
+    ngx_http_llm_backend_t      *backend;     /* current attempt's */
+    ngx_uint_t                   charged;     /* tokens charged to it */
+    ngx_msec_t                   charged_at;
+    ngx_uint_t                   attempts;
+    ngx_msec_t                   retry_after; /* when throttled locally */
+    ngx_buf_t                   *throttled_body;
+
     unsigned                     parsed:1;
     unsigned                     stream:1;
     unsigned                     embeddings:1;
+    unsigned                     has_reserve:1;
+    unsigned                     admitted:1;
+    unsigned                     throttle:2;  /* none, local, backend */
+    unsigned                     all_throttled:1;
+    unsigned                     replace_body:1;
 } ngx_http_llm_ctx_t;
+
+
+#define NGX_HTTP_LLM_THROTTLE_NONE     0
+#define NGX_HTTP_LLM_THROTTLE_LOCAL    1
+#define NGX_HTTP_LLM_THROTTLE_BACKEND  2
+
+#define NGX_HTTP_LLM_DONE_OK           0
+#define NGX_HTTP_LLM_DONE_THROTTLED    1
+#define NGX_HTTP_LLM_DONE_FAILED       2
 
 
 ngx_int_t ngx_http_llm_request_handler(ngx_http_request_t *r);
@@ -59,6 +203,37 @@ ngx_int_t ngx_http_llm_send_error(ngx_http_request_t *r, ngx_uint_t status,
     const char *code, ngx_str_t *message);
 
 ngx_int_t ngx_http_llm_add_variables(ngx_conf_t *cf);
+
+char *ngx_http_llm_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
+ngx_int_t ngx_http_llm_zone_add_pool(ngx_conf_t *cf, ngx_shm_zone_t *zone,
+    ngx_http_llm_pool_t *pool);
+ngx_uint_t ngx_http_llm_charge_for(ngx_http_llm_ctx_t *ctx,
+    ngx_http_llm_backend_t *b, ngx_uint_t location_reserve);
+ngx_http_llm_backend_t *ngx_http_llm_choose(ngx_http_llm_pool_t *pool,
+    ngx_http_llm_ctx_t *ctx, uintptr_t *tried, uintptr_t *down,
+    ngx_uint_t reserve, ngx_msec_t *wait);
+void ngx_http_llm_refund(ngx_http_llm_backend_t *b, ngx_http_llm_ctx_t *ctx);
+void ngx_http_llm_backend_done(ngx_http_llm_backend_t *b, ngx_uint_t status,
+    ngx_msec_t cooldown, ngx_int_t remote_tokens, ngx_int_t remote_requests);
+
+char *ngx_http_llm_balance(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
+char *ngx_http_llm_backend(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
+ngx_int_t ngx_http_llm_secret_value(ngx_log_t *log,
+    ngx_http_llm_secret_t *secret);
+ngx_int_t ngx_http_llm_parse_duration(ngx_str_t *value);
+
+ngx_int_t ngx_http_llm_admit(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx);
+ngx_int_t ngx_http_llm_send_throttled(ngx_http_request_t *r,
+    ngx_http_llm_ctx_t *ctx);
+ngx_int_t ngx_http_llm_throttled_response(ngx_http_request_t *r,
+    ngx_http_llm_ctx_t *ctx, ngx_buf_t **out);
+ngx_int_t ngx_http_llm_error_body(ngx_http_request_t *r, ngx_uint_t status,
+    const char *code, ngx_str_t *message, ngx_buf_t **out);
+
+
+#define ngx_http_llm_pool_of(uscf)                                           \
+    ((ngx_http_llm_pool_t *)                                                 \
+         ngx_http_conf_upstream_srv_conf(uscf, ngx_http_llm_module))
 
 
 extern ngx_module_t  ngx_http_llm_module;

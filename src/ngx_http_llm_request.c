@@ -47,6 +47,12 @@ ngx_http_llm_request_handler(ngx_http_request_t *r)
 
     if (ctx) {
         if (ctx->error == 0) {
+            if (ctx->status == NGX_DECLINED && llcf->upstream
+                && !ctx->admitted)
+            {
+                return ngx_http_llm_admit(r, ctx);
+            }
+
             return ctx->status;
         }
 
@@ -74,6 +80,11 @@ ngx_http_llm_request_handler(ngx_http_request_t *r)
 
     if (!(r->method & (NGX_HTTP_POST|NGX_HTTP_PUT|NGX_HTTP_PATCH))) {
         ctx->status = NGX_DECLINED;
+
+        if (llcf->upstream) {
+            return ngx_http_llm_admit(r, ctx);
+        }
+
         return NGX_DECLINED;
     }
 

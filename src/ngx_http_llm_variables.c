@@ -14,6 +14,14 @@ static ngx_int_t ngx_http_llm_model_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
 static ngx_int_t ngx_http_llm_number_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
+static ngx_int_t ngx_http_llm_backend_variable(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data);
+static ngx_int_t ngx_http_llm_secret_variable(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data);
+static ngx_int_t ngx_http_llm_attempts_variable(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data);
+static ngx_int_t ngx_http_llm_throttle_variable(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data);
 
 
 static ngx_http_variable_t  ngx_http_llm_vars[] = {
@@ -25,6 +33,26 @@ static ngx_http_variable_t  ngx_http_llm_vars[] = {
       ngx_http_llm_number_variable,
       offsetof(ngx_http_llm_ctx_t, tokens_estimate),
       NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("llm_backend"), NULL,
+      ngx_http_llm_backend_variable, offsetof(ngx_http_llm_backend_t, name),
+      NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("llm_backend_host"), NULL,
+      ngx_http_llm_backend_variable, offsetof(ngx_http_llm_backend_t, host),
+      NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("llm_backend_key"), NULL,
+      ngx_http_llm_secret_variable, 0, NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("llm_backend_authorization"), NULL,
+      ngx_http_llm_secret_variable, 1, NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("llm_attempts"), NULL,
+      ngx_http_llm_attempts_variable, 0, NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("llm_throttle"), NULL,
+      ngx_http_llm_throttle_variable, 0, NGX_HTTP_VAR_NOCACHEABLE, 0 },
 
       ngx_http_null_variable
 };
@@ -101,6 +129,134 @@ ngx_http_llm_number_variable(ngx_http_request_t *r,
     v->no_cacheable = 0;
     v->not_found = 0;
     v->data = p;
+
+    return NGX_OK;
+}
+
+
+/*
+ * The backend of the current attempt: these change between attempts,
+ * hence NGX_HTTP_VAR_NOCACHEABLE, and proxy reads them again each time
+ * the balancer rebuilds the request for another backend.
+ */
+
+static ngx_int_t
+ngx_http_llm_backend_variable(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data)
+{
+    ngx_str_t           *s;
+    ngx_http_llm_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r->main, ngx_http_llm_module);
+
+    if (ctx == NULL || ctx->backend == NULL) {
+        v->not_found = 1;
+        return NGX_OK;
+    }
+
+    s = (ngx_str_t *) ((char *) ctx->backend + data);
+
+    v->len = s->len;
+    v->valid = 1;
+    v->no_cacheable = 1;
+    v->not_found = 0;
+    v->data = s->data;
+
+    return NGX_OK;
+}
+
+
+/*
+ * $llm_backend_key is the api-key of a key_file= backend and
+ * $llm_backend_authorization the "Bearer ..." of a bearer_file= one; the
+ * other is empty, so proxy_set_header with both sends only the right
+ * one and never the client's own
+ */
+
+static ngx_int_t
+ngx_http_llm_secret_variable(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data)
+{
+    ngx_http_llm_ctx_t     *ctx;
+    ngx_http_llm_secret_t  *secret;
+
+    ctx = ngx_http_get_module_ctx(r->main, ngx_http_llm_module);
+
+    if (ctx == NULL || ctx->backend == NULL
+        || ctx->backend->secret == NULL
+        || ctx->backend->secret->bearer != data)
+    {
+        v->not_found = 1;
+        return NGX_OK;
+    }
+
+    secret = ctx->backend->secret;
+
+    (void) ngx_http_llm_secret_value(r->connection->log, secret);
+
+    v->len = secret->value.len;
+    v->valid = 1;
+    v->no_cacheable = 1;
+    v->not_found = 0;
+    v->data = secret->value.data;
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_llm_attempts_variable(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data)
+{
+    u_char              *p;
+    ngx_http_llm_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r->main, ngx_http_llm_module);
+
+    if (ctx == NULL) {
+        v->not_found = 1;
+        return NGX_OK;
+    }
+
+    p = ngx_pnalloc(r->pool, NGX_INT_T_LEN);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    v->len = ngx_sprintf(p, "%ui", ctx->attempts) - p;
+    v->valid = 1;
+    v->no_cacheable = 1;
+    v->not_found = 0;
+    v->data = p;
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_llm_throttle_variable(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data)
+{
+    ngx_http_llm_ctx_t  *ctx;
+
+    static ngx_str_t  names[] = {
+        ngx_string("none"),
+        ngx_string("local"),
+        ngx_string("backend")
+    };
+
+    ctx = ngx_http_get_module_ctx(r->main, ngx_http_llm_module);
+
+    if (ctx == NULL) {
+        v->not_found = 1;
+        return NGX_OK;
+    }
+
+    v->len = names[ctx->throttle].len;
+    v->valid = 1;
+    v->no_cacheable = 1;
+    v->not_found = 0;
+    v->data = names[ctx->throttle].data;
 
     return NGX_OK;
 }

@@ -1,0 +1,143 @@
+
+/*
+ * Copyright (C) nginx-llm-router authors
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+#include "ngx_http_llm_module.h"
+
+
+static ngx_int_t ngx_http_llm_filter_init(ngx_conf_t *cf);
+static ngx_int_t ngx_http_llm_header_filter(ngx_http_request_t *r);
+static ngx_int_t ngx_http_llm_body_filter(ngx_http_request_t *r,
+    ngx_chain_t *in);
+
+
+static ngx_http_module_t  ngx_http_llm_filter_module_ctx = {
+    NULL,                                  /* preconfiguration */
+    ngx_http_llm_filter_init,              /* postconfiguration */
+
+    NULL,                                  /* create main configuration */
+    NULL,                                  /* init main configuration */
+
+    NULL,                                  /* create server configuration */
+    NULL,                                  /* merge server configuration */
+
+    NULL,                                  /* create location configuration */
+    NULL                                   /* merge location configuration */
+};
+
+
+ngx_module_t  ngx_http_llm_filter_module = {
+    NGX_MODULE_V1,
+    &ngx_http_llm_filter_module_ctx,       /* module context */
+    NULL,                                  /* module directives */
+    NGX_HTTP_MODULE,                       /* module type */
+    NULL,                                  /* init master */
+    NULL,                                  /* init module */
+    NULL,                                  /* init process */
+    NULL,                                  /* init thread */
+    NULL,                                  /* exit thread */
+    NULL,                                  /* exit process */
+    NULL,                                  /* exit master */
+    NGX_MODULE_V1_PADDING
+};
+
+
+static ngx_http_output_header_filter_pt  ngx_http_next_header_filter;
+static ngx_http_output_body_filter_pt    ngx_http_next_body_filter;
+
+
+/*
+ * When a retry finds every backend of the pool without room, the
+ * balancer says NGX_BUSY and nginx answers 502 "no live upstreams".
+ * The backends are not down, only full: the client gets one 429 in
+ * Azure's shape with the earliest time any backend has room again.
+ */
+
+static ngx_int_t
+ngx_http_llm_header_filter(ngx_http_request_t *r)
+{
+    ngx_http_llm_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_llm_module);
+
+    if (ctx == NULL
+        || !ctx->all_throttled
+        || r != r->main
+        || r->headers_out.status != NGX_HTTP_BAD_GATEWAY)
+    {
+        return ngx_http_next_header_filter(r);
+    }
+
+    ngx_log_debug0(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "llm header filter: 502 becomes 429");
+
+    if (ngx_http_llm_throttled_response(r, ctx, &ctx->throttled_body)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    ctx->replace_body = 1;
+
+    return ngx_http_next_header_filter(r);
+}
+
+
+static ngx_int_t
+ngx_http_llm_body_filter(ngx_http_request_t *r, ngx_chain_t *in)
+{
+    ngx_uint_t           last;
+    ngx_chain_t         *cl, out;
+    ngx_http_llm_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_llm_module);
+
+    if (ctx == NULL || !ctx->replace_body) {
+        return ngx_http_next_body_filter(r, in);
+    }
+
+    /* nginx's HTML error page is consumed; ours goes out in its place */
+
+    last = 0;
+
+    for (cl = in; cl; cl = cl->next) {
+        cl->buf->pos = cl->buf->last;
+
+        if (cl->buf->in_file) {
+            cl->buf->file_pos = cl->buf->file_last;
+        }
+
+        if (cl->buf->last_buf) {
+            last = 1;
+        }
+    }
+
+    if (!last) {
+        return NGX_OK;
+    }
+
+    ctx->replace_body = 0;
+
+    out.buf = ctx->throttled_body;
+    out.next = NULL;
+
+    return ngx_http_next_body_filter(r, &out);
+}
+
+
+static ngx_int_t
+ngx_http_llm_filter_init(ngx_conf_t *cf)
+{
+    ngx_http_next_header_filter = ngx_http_top_header_filter;
+    ngx_http_top_header_filter = ngx_http_llm_header_filter;
+
+    ngx_http_next_body_filter = ngx_http_top_body_filter;
+    ngx_http_top_body_filter = ngx_http_llm_body_filter;
+
+    return NGX_OK;
+}

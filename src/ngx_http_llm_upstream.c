@@ -1,0 +1,1394 @@
+
+/*
+ * Copyright (C) nginx-llm-router authors
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+#include "ngx_http_llm_module.h"
+
+
+#define NGX_HTTP_LLM_BITS  (8 * sizeof(uintptr_t))
+
+
+typedef struct {
+    /* the round-robin data comes first: its TLS session helpers use it */
+    ngx_http_upstream_rr_peer_data_t   rrp;
+
+    ngx_http_llm_pool_t               *pool;
+    ngx_http_request_t                *request;
+
+    /* the backend whose Host, key and path the request buffer carries */
+    ngx_http_llm_backend_t            *built_for;
+    unsigned                           path_built:1;
+
+    uintptr_t                         *tried;
+    uintptr_t                         *down;
+} ngx_http_llm_peer_data_t;
+
+
+static ngx_int_t ngx_http_llm_upstream_init(ngx_conf_t *cf,
+    ngx_http_upstream_srv_conf_t *us);
+static ngx_int_t ngx_http_llm_upstream_init_peer(ngx_http_request_t *r,
+    ngx_http_upstream_srv_conf_t *us);
+static ngx_int_t ngx_http_llm_get_peer(ngx_peer_connection_t *pc,
+    void *data);
+static ngx_http_upstream_rr_peer_t *ngx_http_llm_backend_peer(
+    ngx_http_llm_peer_data_t *pd, ngx_http_llm_backend_t *b, time_t now,
+    ngx_uint_t *index);
+static ngx_int_t ngx_http_llm_rebuild_request(ngx_http_request_t *r,
+    ngx_http_llm_peer_data_t *pd, ngx_http_llm_backend_t *b);
+static void ngx_http_llm_free_peer(ngx_peer_connection_t *pc, void *data,
+    ngx_uint_t state);
+static ngx_msec_t ngx_http_llm_cooldown(ngx_http_upstream_t *u,
+    ngx_http_llm_pool_t *pool, ngx_int_t *remote_tokens,
+    ngx_int_t *remote_requests);
+static ngx_int_t ngx_http_llm_parse_count(u_char *p, size_t len);
+static ngx_int_t ngx_http_llm_secret_read(ngx_log_t *log,
+    ngx_http_llm_secret_t *secret, ngx_file_info_t *fi);
+
+
+char *
+ngx_http_llm_balance(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_llm_pool_t *pool = conf;
+
+    ngx_str_t                     *value, s;
+    ngx_msec_t                     ms;
+    ngx_uint_t                     i;
+    ngx_http_upstream_srv_conf_t  *uscf;
+
+    uscf = ngx_http_conf_get_module_srv_conf(cf, ngx_http_upstream_module);
+
+    if (pool->balance) {
+        return "is duplicate";
+    }
+
+    /*
+     * keepalive and other methods wrap or replace init_upstream when
+     * their directive is read: ours must be the first one in the block
+     */
+
+    if (uscf->peer.init_upstream) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"llm_balance\" must come before \"keepalive\" "
+                           "and any other balancing directive in upstream "
+                           "\"%V\"", &uscf->host);
+        return NGX_CONF_ERROR;
+    }
+
+    value = cf->args->elts;
+
+    for (i = 1; i < cf->args->nelts; i++) {
+
+        if (ngx_strncmp(value[i].data, "zone=", 5) == 0) {
+            s.data = value[i].data + 5;
+            s.len = value[i].len - 5;
+
+            pool->shm_zone = ngx_shared_memory_add(cf, &s, 0,
+                                                   &ngx_http_llm_module);
+            if (pool->shm_zone == NULL) {
+                return NGX_CONF_ERROR;
+            }
+
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "cooldown=", 9) == 0) {
+            s.data = value[i].data + 9;
+            s.len = value[i].len - 9;
+
+            ms = ngx_parse_time(&s, 0);
+            if (ms == (ngx_msec_t) NGX_ERROR) {
+                goto invalid;
+            }
+
+            pool->cooldown = ms;
+            continue;
+        }
+
+        /*
+         * window=: only to match a time-compressed simulator; the request
+         * window is a sixth of it, as Azure's 10 s is of its 60 s
+         */
+
+        if (ngx_strncmp(value[i].data, "window=", 7) == 0) {
+            s.data = value[i].data + 7;
+            s.len = value[i].len - 7;
+
+            ms = ngx_parse_time(&s, 0);
+            if (ms == (ngx_msec_t) NGX_ERROR || ms < 1000 || ms > 3600000) {
+                goto invalid;
+            }
+
+            pool->window = ms;
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "cooldown_max=", 13) == 0) {
+            s.data = value[i].data + 13;
+            s.len = value[i].len - 13;
+
+            ms = ngx_parse_time(&s, 0);
+            if (ms == (ngx_msec_t) NGX_ERROR || ms == 0) {
+                goto invalid;
+            }
+
+            pool->cooldown_max = ms;
+            continue;
+        }
+
+        goto invalid;
+    }
+
+    if (pool->shm_zone == NULL) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"llm_balance\" needs \"zone=\"");
+        return NGX_CONF_ERROR;
+    }
+
+    if (ngx_http_llm_zone_add_pool(cf, pool->shm_zone, pool) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
+
+    pool->balance = 1;
+    pool->name = uscf->host;
+    pool->upstream = uscf;
+
+    if (pool->cooldown == NGX_CONF_UNSET_MSEC) {
+        pool->cooldown = 5000;
+    }
+
+    if (pool->cooldown_max == NGX_CONF_UNSET_MSEC) {
+        pool->cooldown_max = 60000;
+    }
+
+    if (pool->window == NGX_CONF_UNSET_MSEC) {
+        pool->window = 60000;
+    }
+
+    pool->token_slot_ms = pool->window / (NGX_HTTP_LLM_TOKEN_SLOTS - 1);
+    pool->request_slot_ms = pool->window / 6 / (NGX_HTTP_LLM_REQ_SLOTS - 1);
+
+    uscf->peer.init_upstream = ngx_http_llm_upstream_init;
+
+    uscf->flags = NGX_HTTP_UPSTREAM_CREATE
+                  |NGX_HTTP_UPSTREAM_WEIGHT
+                  |NGX_HTTP_UPSTREAM_MAX_CONNS
+                  |NGX_HTTP_UPSTREAM_MAX_FAILS
+                  |NGX_HTTP_UPSTREAM_FAIL_TIMEOUT
+                  |NGX_HTTP_UPSTREAM_DOWN;
+
+    return NGX_CONF_OK;
+
+invalid:
+
+    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                       "invalid parameter \"%V\"", &value[i]);
+
+    return NGX_CONF_ERROR;
+}
+
+
+/*
+ * llm_backend name URL [deployment=] [tpm=] [rpm=] [priority=] [weight=]
+ *             [ptu] [reserve=] [key_file= | bearer_file=] [address=]
+ *             [max_fails=] [fail_timeout=]
+ */
+
+char *
+ngx_http_llm_backend(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_llm_pool_t *pool = conf;
+
+    u_char                        *p, *last;
+    time_t                         fail_timeout;
+    ngx_int_t                      n, max_fails;
+    ngx_str_t                     *value, s, address, host;
+    ngx_url_t                      u;
+    ngx_uint_t                     i, rpm_set, ssl, port;
+    ngx_http_llm_backend_t        *b, *ob;
+    ngx_http_upstream_server_t    *us;
+    ngx_http_upstream_srv_conf_t  *uscf;
+
+    uscf = ngx_http_conf_get_module_srv_conf(cf, ngx_http_upstream_module);
+
+    if (!pool->balance) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"llm_backend\" needs \"llm_balance\" before it "
+                           "in upstream \"%V\"", &uscf->host);
+        return NGX_CONF_ERROR;
+    }
+
+    value = cf->args->elts;
+
+    ob = pool->backends.elts;
+
+    for (i = 0; i < pool->backends.nelts; i++) {
+        if (ob[i].name.len == value[1].len
+            && ngx_strncmp(ob[i].name.data, value[1].data, value[1].len)
+               == 0)
+        {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "duplicate llm_backend \"%V\" in upstream "
+                               "\"%V\"", &value[1], &uscf->host);
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    b = ngx_array_push(&pool->backends);
+    if (b == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    ngx_memzero(b, sizeof(ngx_http_llm_backend_t));
+
+    b->name = value[1];
+    b->priority = 1;
+    b->weight = 1;
+    b->reserve = NGX_CONF_UNSET_UINT;
+    b->pool = pool;
+
+    /* the URL: scheme, host and port; a path is not used */
+
+    s = value[2];
+
+    if (s.len > 8 && ngx_strncasecmp(s.data, (u_char *) "https://", 8) == 0) {
+        ssl = 1;
+        port = 443;
+        s.data += 8;
+        s.len -= 8;
+
+    } else if (s.len > 7
+               && ngx_strncasecmp(s.data, (u_char *) "http://", 7) == 0)
+    {
+        ssl = 0;
+        port = 80;
+        s.data += 7;
+        s.len -= 7;
+
+    } else {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid URL \"%V\": http:// or https:// "
+                           "expected", &value[2]);
+        return NGX_CONF_ERROR;
+    }
+
+    last = s.data + s.len;
+    p = ngx_strlchr(s.data, last, '/');
+    host.data = s.data;
+    host.len = (p ? p : last) - s.data;
+
+    if (host.len == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid URL \"%V\"", &value[2]);
+        return NGX_CONF_ERROR;
+    }
+
+    b->host = host;
+    b->ssl = ssl;
+    address = host;
+
+    rpm_set = 0;
+    max_fails = 1;
+    fail_timeout = 10;
+
+    for (i = 3; i < cf->args->nelts; i++) {
+
+        if (ngx_strncmp(value[i].data, "deployment=", 11) == 0) {
+            b->deployment.data = value[i].data + 11;
+            b->deployment.len = value[i].len - 11;
+
+            if (b->deployment.len == 0
+                || ngx_strlchr(b->deployment.data,
+                               b->deployment.data + b->deployment.len, '/'))
+            {
+                goto invalid;
+            }
+
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "tpm=", 4) == 0) {
+            n = ngx_http_llm_parse_count(value[i].data + 4, value[i].len - 4);
+            if (n == NGX_ERROR) {
+                goto invalid;
+            }
+
+            b->tpm = n;
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "rpm=", 4) == 0) {
+            n = ngx_http_llm_parse_count(value[i].data + 4, value[i].len - 4);
+            if (n == NGX_ERROR) {
+                goto invalid;
+            }
+
+            b->rpm = n;
+            rpm_set = 1;
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "priority=", 9) == 0) {
+            n = ngx_atoi(value[i].data + 9, value[i].len - 9);
+            if (n == NGX_ERROR) {
+                goto invalid;
+            }
+
+            b->priority = n;
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "weight=", 7) == 0) {
+            n = ngx_atoi(value[i].data + 7, value[i].len - 7);
+            if (n == NGX_ERROR || n == 0 || n > 1000) {
+                goto invalid;
+            }
+
+            b->weight = n;
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "reserve=", 8) == 0) {
+            n = ngx_http_llm_parse_count(value[i].data + 8, value[i].len - 8);
+            if (n == NGX_ERROR || n > NGX_HTTP_LLM_MAX_TOKENS) {
+                goto invalid;
+            }
+
+            b->reserve = n;
+            continue;
+        }
+
+        if (ngx_strcmp(value[i].data, "ptu") == 0) {
+            b->ptu = 1;
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "key_file=", 9) == 0
+            || ngx_strncmp(value[i].data, "bearer_file=", 12) == 0)
+        {
+            if (b->secret) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "llm_backend \"%V\" has both key_file= "
+                                   "and bearer_file=", &b->name);
+                return NGX_CONF_ERROR;
+            }
+
+            b->secret = ngx_pcalloc(cf->pool, sizeof(ngx_http_llm_secret_t));
+            if (b->secret == NULL) {
+                return NGX_CONF_ERROR;
+            }
+
+            b->secret->bearer = (value[i].data[0] == 'b');
+            s.data = value[i].data + (b->secret->bearer ? 12 : 9);
+            s.len = value[i].data + value[i].len - s.data;
+
+            if (s.len == 0) {
+                goto invalid;
+            }
+
+            if (ngx_conf_full_name(cf->cycle, &s, 1) != NGX_OK) {
+                return NGX_CONF_ERROR;
+            }
+
+            b->secret->path = s;
+
+            if (ngx_http_llm_secret_value(cf->log, b->secret) != NGX_OK) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "llm_backend \"%V\": cannot read a "
+                                   "credential from \"%V\"", &b->name, &s);
+                return NGX_CONF_ERROR;
+            }
+
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "address=", 8) == 0) {
+            address.data = value[i].data + 8;
+            address.len = value[i].len - 8;
+
+            if (address.len == 0) {
+                goto invalid;
+            }
+
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "max_fails=", 10) == 0) {
+            max_fails = ngx_atoi(value[i].data + 10, value[i].len - 10);
+            if (max_fails == NGX_ERROR) {
+                goto invalid;
+            }
+
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "fail_timeout=", 13) == 0) {
+            s.data = value[i].data + 13;
+            s.len = value[i].len - 13;
+
+            fail_timeout = ngx_parse_time(&s, 1);
+            if (fail_timeout == (time_t) NGX_ERROR) {
+                goto invalid;
+            }
+
+            continue;
+        }
+
+        goto invalid;
+    }
+
+    /* Azure: 6 requests a minute per 1,000 tokens a minute */
+
+    if (!rpm_set) {
+        b->rpm = b->tpm * 6 / 1000;
+    }
+
+    ngx_memzero(&u, sizeof(ngx_url_t));
+
+    u.url = address;
+    u.default_port = (in_port_t) port;
+
+    if (ngx_parse_url(cf->pool, &u) != NGX_OK) {
+        if (u.err) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "%s in llm_backend \"%V\" of upstream \"%V\"",
+                               u.err, &address, &uscf->host);
+        }
+
+        return NGX_CONF_ERROR;
+    }
+
+    us = ngx_array_push(uscf->servers);
+    if (us == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    ngx_memzero(us, sizeof(ngx_http_upstream_server_t));
+
+    us->name = u.url;
+    us->addrs = u.addrs;
+    us->naddrs = u.naddrs;
+    us->weight = b->weight;
+    us->max_fails = max_fails;
+    us->fail_timeout = fail_timeout;
+
+    b->server = uscf->servers->nelts - 1;
+
+    return NGX_CONF_OK;
+
+invalid:
+
+    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                       "invalid parameter \"%V\"", &value[i]);
+
+    return NGX_CONF_ERROR;
+}
+
+
+/*
+ * Round-robin builds the peers from every server of the block, in order;
+ * each server then becomes a backend: ours carry their llm_backend
+ * settings, plain "server" lines are backends without limits or rewrite.
+ */
+
+static ngx_int_t
+ngx_http_llm_upstream_init(ngx_conf_t *cf, ngx_http_upstream_srv_conf_t *us)
+{
+    ngx_uint_t                     i, j, k, pos, nservers;
+    ngx_array_t                    backends;
+    ngx_http_llm_pool_t           *pool;
+    ngx_http_llm_backend_t        *b, *ob;
+    ngx_http_upstream_server_t    *server;
+    ngx_http_upstream_rr_peer_t   *peer;
+    ngx_http_upstream_rr_peers_t  *peers;
+
+    ngx_log_debug0(NGX_LOG_DEBUG_HTTP, cf->log, 0, "init llm balance");
+
+    if (ngx_http_upstream_init_round_robin(cf, us) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    us->peer.init = ngx_http_llm_upstream_init_peer;
+
+    pool = ngx_http_conf_upstream_srv_conf(us, ngx_http_llm_module);
+    peers = us->peer.data;
+
+    server = us->servers->elts;
+    nservers = us->servers->nelts;
+
+    if (ngx_array_init(&backends, cf->pool, nservers,
+                       sizeof(ngx_http_llm_backend_t))
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    ob = pool->backends.elts;
+    peer = peers->peer;
+    pos = 0;
+
+    for (i = 0; i < nservers; i++) {
+
+        if (server[i].backup) {
+            continue;
+        }
+
+        b = ngx_array_push(&backends);
+        if (b == NULL) {
+            return NGX_ERROR;
+        }
+
+        for (j = 0; j < pool->backends.nelts; j++) {
+            if (ob[j].server == i) {
+                break;
+            }
+        }
+
+        if (j < pool->backends.nelts) {
+            *b = ob[j];
+
+        } else {
+            ngx_memzero(b, sizeof(ngx_http_llm_backend_t));
+            b->name = server[i].name;
+            b->host = server[i].name;
+            b->priority = 1;
+            b->weight = server[i].weight;
+            b->reserve = NGX_CONF_UNSET_UINT;
+            b->plain = 1;
+            b->pool = pool;
+            b->server = i;
+        }
+
+        b->npeers = server[i].naddrs;
+        b->first_peer = pos;
+        pos += b->npeers;
+        b->peers = ngx_palloc(cf->pool,
+                              b->npeers * sizeof(ngx_http_upstream_rr_peer_t *));
+        if (b->peers == NULL) {
+            return NGX_ERROR;
+        }
+
+        for (k = 0; k < b->npeers; k++) {
+            if (peer == NULL) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "llm upstream \"%V\": peers and servers "
+                                   "do not match", &us->host);
+                return NGX_ERROR;
+            }
+
+            b->peers[k] = peer;
+            peer = peer->next;
+        }
+    }
+
+    if (backends.nelts > 64 * NGX_HTTP_LLM_BITS) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "too many backends in upstream \"%V\"", &us->host);
+        return NGX_ERROR;
+    }
+
+    pool->backends = backends;
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_llm_upstream_init_peer(ngx_http_request_t *r,
+    ngx_http_upstream_srv_conf_t *us)
+{
+    size_t                     words;
+    ngx_http_llm_ctx_t        *ctx;
+    ngx_http_llm_pool_t       *pool;
+    ngx_http_llm_peer_data_t  *pd;
+
+    ngx_log_debug0(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "init llm peer");
+
+    pool = ngx_http_conf_upstream_srv_conf(us, ngx_http_llm_module);
+
+    pd = ngx_pcalloc(r->pool, sizeof(ngx_http_llm_peer_data_t));
+    if (pd == NULL) {
+        return NGX_ERROR;
+    }
+
+    words = (pool->backends.nelts + NGX_HTTP_LLM_BITS - 1) / NGX_HTTP_LLM_BITS;
+
+    pd->tried = ngx_pcalloc(r->pool, 2 * words * sizeof(uintptr_t));
+    if (pd->tried == NULL) {
+        return NGX_ERROR;
+    }
+
+    pd->down = pd->tried + words;
+
+    r->upstream->peer.data = &pd->rrp;
+
+    if (ngx_http_upstream_init_round_robin_peer(r, us) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    r->upstream->peer.get = ngx_http_llm_get_peer;
+    r->upstream->peer.free = ngx_http_llm_free_peer;
+
+    pd->pool = pool;
+    pd->request = r;
+
+    /* create_request has run: the buffer carries the admitted backend */
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_llm_module);
+
+    if (ctx == NULL) {
+        ctx = ngx_pcalloc(r->pool, sizeof(ngx_http_llm_ctx_t));
+        if (ctx == NULL) {
+            return NGX_ERROR;
+        }
+
+        ngx_http_set_ctx(r, ctx, ngx_http_llm_module);
+    }
+
+    ctx->pool = pool;
+    pd->built_for = ctx->backend;
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_llm_get_peer(ngx_peer_connection_t *pc, void *data)
+{
+    ngx_http_llm_peer_data_t  *pd = data;
+
+    time_t                        now;
+    ngx_msec_t                    wait;
+    ngx_uint_t                    i, words, index;
+    ngx_http_request_t           *r;
+    ngx_http_llm_ctx_t           *ctx;
+    ngx_http_llm_backend_t       *b, *backends;
+    ngx_http_llm_loc_conf_t      *llcf;
+    ngx_http_upstream_rr_peer_t  *peer;
+
+    r = pd->request;
+    ctx = ngx_http_get_module_ctx(r, ngx_http_llm_module);
+    llcf = ngx_http_get_module_loc_conf(r, ngx_http_llm_module);
+
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, pc->log, 0,
+                   "get llm peer, try: %ui, attempts: %ui",
+                   pc->tries, ctx->attempts);
+
+    now = ngx_time();
+    backends = pd->pool->backends.elts;
+    words = (pd->pool->backends.nelts + NGX_HTTP_LLM_BITS - 1)
+            / NGX_HTTP_LLM_BITS;
+
+    b = NULL;
+    peer = NULL;
+    index = 0;
+
+    /* the first attempt goes where admission charged the request */
+
+    if (ctx->attempts == 0 && ctx->backend && ctx->charged_at) {
+        b = ctx->backend;
+        peer = ngx_http_llm_backend_peer(pd, b, now, &index);
+
+        if (peer == NULL) {
+            ngx_http_llm_refund(b, ctx);
+            ngx_http_llm_backend_done(b, NGX_HTTP_LLM_DONE_OK, 0, -1, -1);
+            pd->tried[(b - backends) / NGX_HTTP_LLM_BITS] |=
+                          (uintptr_t) 1 << (b - backends) % NGX_HTTP_LLM_BITS;
+            b = NULL;
+        }
+    }
+
+    while (peer == NULL) {
+
+        /* backends whose addresses are all unusable (down, failed) */
+
+        for (i = 0; i < words; i++) {
+            pd->down[i] = 0;
+        }
+
+        for (i = 0; i < pd->pool->backends.nelts; i++) {
+            if (ngx_http_llm_backend_peer(pd, &backends[i], now, NULL)
+                == NULL)
+            {
+                pd->down[i / NGX_HTTP_LLM_BITS] |=
+                                    (uintptr_t) 1 << i % NGX_HTTP_LLM_BITS;
+            }
+        }
+
+        b = ngx_http_llm_choose(pd->pool, ctx, pd->tried, pd->down,
+                                llcf->completion_reserve, &wait);
+
+        if (b == NULL) {
+            ctx->backend = NULL;
+
+            if (wait == NGX_MAX_INT32_VALUE) {
+                /* nothing is throttled: the backends are down */
+                return NGX_BUSY;
+            }
+
+            /* the filter turns nginx's 502 into one 429 for the client */
+
+            ctx->all_throttled = 1;
+            ctx->retry_after = wait;
+
+            if (ctx->throttle == NGX_HTTP_LLM_THROTTLE_NONE) {
+                ctx->throttle = NGX_HTTP_LLM_THROTTLE_LOCAL;
+            }
+
+            ngx_log_error(NGX_LOG_WARN, pc->log, 0,
+                          "llm: no backend of \"%V\" has room after %ui "
+                          "attempts, retry in %M ms",
+                          &pd->pool->name, ctx->attempts, wait);
+
+            return NGX_BUSY;
+        }
+
+        peer = ngx_http_llm_backend_peer(pd, b, now, &index);
+
+        if (peer == NULL) {
+            /* cannot happen: the backend was not skipped */
+            ngx_http_llm_refund(b, ctx);
+            ngx_http_llm_backend_done(b, NGX_HTTP_LLM_DONE_OK, 0, -1, -1);
+        }
+
+        pd->tried[(b - backends) / NGX_HTTP_LLM_BITS] |=
+                          (uintptr_t) 1 << (b - backends) % NGX_HTTP_LLM_BITS;
+    }
+
+    pd->tried[(b - backends) / NGX_HTTP_LLM_BITS] |=
+                          (uintptr_t) 1 << (b - backends) % NGX_HTTP_LLM_BITS;
+
+    ctx->backend = b;
+    ctx->attempts++;
+
+    pd->rrp.current = peer;
+    pd->rrp.tried[index / NGX_HTTP_LLM_BITS] |=
+                                  (uintptr_t) 1 << index % NGX_HTTP_LLM_BITS;
+
+    if (now - peer->checked > peer->fail_timeout) {
+        peer->checked = now;
+    }
+
+    peer->conns++;
+
+    pc->sockaddr = peer->sockaddr;
+    pc->socklen = peer->socklen;
+    pc->name = &peer->name;
+
+    ngx_log_debug3(NGX_LOG_DEBUG_HTTP, pc->log, 0,
+                   "get llm peer: backend \"%V\", %V, charged %ui",
+                   &b->name, &peer->name, ctx->charged);
+
+    if (pd->built_for != b || (b->deployment.len && !pd->path_built)) {
+        if (ngx_http_llm_rebuild_request(r, pd, b) != NGX_OK) {
+            return NGX_ERROR;
+        }
+    }
+
+    return NGX_OK;
+}
+
+
+/*
+ * A usable address of the backend, round-robin among its addresses:
+ * not down, not failed within fail_timeout, under max_conns, not tried.
+ * "index" gets the peer's position in the round-robin list.
+ */
+
+static ngx_http_upstream_rr_peer_t *
+ngx_http_llm_backend_peer(ngx_http_llm_peer_data_t *pd,
+    ngx_http_llm_backend_t *b, time_t now, ngx_uint_t *index)
+{
+    ngx_uint_t                    k, n, pos;
+    ngx_http_upstream_rr_peer_t  *peer;
+
+    for (k = 0; k < b->npeers; k++) {
+        n = (b->next_peer + k) % b->npeers;
+        peer = b->peers[n];
+        pos = b->first_peer + n;
+
+        if (pd->rrp.tried[pos / NGX_HTTP_LLM_BITS]
+            & ((uintptr_t) 1 << pos % NGX_HTTP_LLM_BITS))
+        {
+            continue;
+        }
+
+        if (peer->down) {
+            continue;
+        }
+
+        if (peer->max_fails && peer->fails >= peer->max_fails
+            && now - peer->checked <= peer->fail_timeout)
+        {
+            continue;
+        }
+
+        if (peer->max_conns && peer->conns >= peer->max_conns) {
+            continue;
+        }
+
+        if (index) {
+            b->next_peer = n + 1;
+            *index = pos;
+        }
+
+        return peer;
+    }
+
+    return NULL;
+}
+
+
+/*
+ * The request buffer was built once, before the balancer ran; a new
+ * backend needs its own Host, credentials and path.  Proxy builds it
+ * again from the body chain, with the backend's deployment in place of
+ * the client's in the unparsed URI; variables give the new backend's
+ * values because ctx->backend already points to it.
+ */
+
+static ngx_int_t
+ngx_http_llm_rebuild_request(ngx_http_request_t *r,
+    ngx_http_llm_peer_data_t *pd, ngx_http_llm_backend_t *b)
+{
+    u_char               *p, *start, *end, *last;
+    size_t                len;
+    ngx_int_t             rc;
+    ngx_str_t             saved, base, uri;
+    ngx_uint_t            valid, escape;
+    ngx_http_upstream_t  *u;
+
+    static u_char  prefix[] = "/deployments/";
+
+    u = r->upstream;
+
+    saved = r->unparsed_uri;
+    valid = r->valid_unparsed_uri;
+    uri.len = 0;
+
+    if (b->deployment.len) {
+
+        /*
+         * the path proxy would send: the client's own, or after a rewrite
+         * the escaped new URI and its arguments
+         */
+
+        if (valid) {
+            base = saved;
+
+        } else {
+            escape = 2 * ngx_escape_uri(NULL, r->uri.data, r->uri.len,
+                                        NGX_ESCAPE_URI);
+
+            base.len = r->uri.len + escape
+                       + (r->args.len ? r->args.len + 1 : 0);
+            base.data = ngx_pnalloc(r->pool, base.len);
+            if (base.data == NULL) {
+                return NGX_ERROR;
+            }
+
+            if (escape) {
+                p = (u_char *) ngx_escape_uri(base.data, r->uri.data,
+                                              r->uri.len, NGX_ESCAPE_URI);
+            } else {
+                p = ngx_cpymem(base.data, r->uri.data, r->uri.len);
+            }
+
+            if (r->args.len) {
+                *p++ = '?';
+                ngx_memcpy(p, r->args.data, r->args.len);
+            }
+        }
+
+        last = base.data + base.len;
+        p = ngx_strlcasestrn(base.data, last, prefix, sizeof(prefix) - 2);
+
+        if (p) {
+            start = p + sizeof(prefix) - 1;
+
+            for (end = start; end < last && *end != '/' && *end != '?';
+                 end++)
+            {
+                /* void */
+            }
+
+            len = base.len - (end - start) + b->deployment.len;
+
+            uri.data = ngx_pnalloc(r->pool, len);
+            if (uri.data == NULL) {
+                return NGX_ERROR;
+            }
+
+            p = ngx_cpymem(uri.data, base.data, start - base.data);
+            p = ngx_cpymem(p, b->deployment.data, b->deployment.len);
+            p = ngx_cpymem(p, end, last - end);
+            uri.len = p - uri.data;
+        }
+
+        pd->path_built = 1;
+    }
+
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "llm rebuild request for \"%V\": \"%V\"", &b->name, &uri);
+
+    if (uri.len) {
+        r->unparsed_uri = uri;
+        r->valid_unparsed_uri = 1;
+    }
+
+    u->request_bufs = r->request_body ? r->request_body->bufs : NULL;
+
+    rc = u->create_request(r);
+
+    r->unparsed_uri = saved;
+    r->valid_unparsed_uri = valid;
+
+    if (rc != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    pd->built_for = b;
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_llm_free_peer(ngx_peer_connection_t *pc, void *data,
+    ngx_uint_t state)
+{
+    ngx_http_llm_peer_data_t  *pd = data;
+
+    ngx_int_t                remote_tokens, remote_requests;
+    ngx_msec_t               cooldown;
+    ngx_uint_t               status;
+    ngx_http_request_t      *r;
+    ngx_http_upstream_t     *u;
+    ngx_http_llm_ctx_t      *ctx;
+    ngx_http_llm_backend_t  *b;
+
+    r = pd->request;
+    u = r->upstream;
+    ctx = ngx_http_get_module_ctx(r, ngx_http_llm_module);
+    b = ctx->backend;
+
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, pc->log, 0,
+                   "free llm peer %ui %ui", pc->tries, state);
+
+    if (b == NULL) {
+        ngx_http_upstream_free_round_robin_peer(pc, &pd->rrp, state);
+        return;
+    }
+
+    status = (u->state && u->state->header_time != (ngx_msec_t) -1)
+             ? u->headers_in.status_n : 0;
+
+    remote_tokens = -1;
+    remote_requests = -1;
+
+    if (status == NGX_HTTP_TOO_MANY_REQUESTS) {
+
+        /*
+         * throttled: Azure charged nothing, the backend is not broken
+         * (not a failure for max_fails), it cools down for its Retry-After
+         */
+
+        cooldown = ngx_http_llm_cooldown(u, pd->pool, &remote_tokens,
+                                         &remote_requests);
+
+        ngx_log_error(NGX_LOG_WARN, pc->log, 0,
+                      "llm: backend \"%V\" of \"%V\" answered 429, "
+                      "cooling down for %M ms", &b->name, &pd->pool->name,
+                      cooldown);
+
+        ngx_http_llm_refund(b, ctx);
+        ngx_http_llm_backend_done(b, NGX_HTTP_LLM_DONE_THROTTLED, cooldown,
+                                  remote_tokens, remote_requests);
+        ctx->throttle = NGX_HTTP_LLM_THROTTLE_BACKEND;
+
+        state &= ~NGX_PEER_FAILED;
+
+    } else if (state & NGX_PEER_FAILED) {
+
+        /* a request that never reached the backend cost it nothing */
+
+        if (!u->request_sent) {
+            ngx_http_llm_refund(b, ctx);
+        }
+
+        if (status) {
+            (void) ngx_http_llm_cooldown(u, pd->pool, &remote_tokens,
+                                         &remote_requests);
+        }
+
+        ngx_http_llm_backend_done(b, NGX_HTTP_LLM_DONE_FAILED, 0,
+                                  remote_tokens, remote_requests);
+
+    } else {
+        if (status) {
+            (void) ngx_http_llm_cooldown(u, pd->pool, &remote_tokens,
+                                         &remote_requests);
+        }
+
+        ngx_http_llm_backend_done(b, NGX_HTTP_LLM_DONE_OK, 0, remote_tokens,
+                                  remote_requests);
+    }
+
+    ctx->charged = 0;
+
+    ngx_http_upstream_free_round_robin_peer(pc, &pd->rrp, state);
+}
+
+
+/*
+ * How long a throttled backend rests: retry-after-ms, else retry-after
+ * (seconds), else x-ratelimit-reset-tokens (seconds or a duration such
+ * as "6m0s" or "17ms"), else the pool's default; never over the cap.
+ * Also picks up the backend's remaining-* headers.
+ */
+
+static ngx_msec_t
+ngx_http_llm_cooldown(ngx_http_upstream_t *u, ngx_http_llm_pool_t *pool,
+    ngx_int_t *remote_tokens, ngx_int_t *remote_requests)
+{
+    ngx_int_t         n, ms_value, s_value, reset_value;
+    ngx_uint_t        i;
+    ngx_list_part_t  *part;
+    ngx_table_elt_t  *h;
+    ngx_msec_t        cooldown;
+
+    ms_value = -1;
+    s_value = -1;
+    reset_value = -1;
+
+    part = &u->headers_in.headers.part;
+    h = part->elts;
+
+    for (i = 0; /* void */ ; i++) {
+
+        if (i >= part->nelts) {
+            if (part->next == NULL) {
+                break;
+            }
+
+            part = part->next;
+            h = part->elts;
+            i = 0;
+        }
+
+        if (h[i].key.len < 11
+            || ((h[i].key.data[0] | 0x20) != 'r'
+                && (h[i].key.data[0] | 0x20) != 'x'))
+        {
+            continue;
+        }
+
+        if (h[i].key.len == sizeof("retry-after-ms") - 1
+            && ngx_strncasecmp(h[i].key.data, (u_char *) "retry-after-ms",
+                               h[i].key.len) == 0)
+        {
+            ms_value = ngx_atoi(h[i].value.data, h[i].value.len);
+            continue;
+        }
+
+        if (h[i].key.len == sizeof("retry-after") - 1
+            && ngx_strncasecmp(h[i].key.data, (u_char *) "retry-after",
+                               h[i].key.len) == 0)
+        {
+            n = ngx_atoi(h[i].value.data, h[i].value.len);
+            s_value = (n == NGX_ERROR) ? -1 : n * 1000;
+            continue;
+        }
+
+        if ((h[i].key.len == sizeof("x-ratelimit-reset-tokens") - 1
+             && ngx_strncasecmp(h[i].key.data,
+                                (u_char *) "x-ratelimit-reset-tokens",
+                                h[i].key.len) == 0)
+            || (h[i].key.len == sizeof("x-rate-limit-reset-tokens") - 1
+                && ngx_strncasecmp(h[i].key.data,
+                                   (u_char *) "x-rate-limit-reset-tokens",
+                                   h[i].key.len) == 0))
+        {
+            reset_value = ngx_http_llm_parse_duration(&h[i].value);
+            continue;
+        }
+
+        if (h[i].key.len == sizeof("x-ratelimit-remaining-tokens") - 1
+            && ngx_strncasecmp(h[i].key.data,
+                               (u_char *) "x-ratelimit-remaining-tokens",
+                               h[i].key.len) == 0)
+        {
+            n = ngx_atoi(h[i].value.data, h[i].value.len);
+            *remote_tokens = (n == NGX_ERROR) ? -1 : n;
+            continue;
+        }
+
+        if (h[i].key.len == sizeof("x-ratelimit-remaining-requests") - 1
+            && ngx_strncasecmp(h[i].key.data,
+                               (u_char *) "x-ratelimit-remaining-requests",
+                               h[i].key.len) == 0)
+        {
+            n = ngx_atoi(h[i].value.data, h[i].value.len);
+            *remote_requests = (n == NGX_ERROR) ? -1 : n;
+            continue;
+        }
+    }
+
+    if (ms_value > 0) {
+        cooldown = ms_value;
+
+    } else if (s_value > 0) {
+        cooldown = s_value;
+
+    } else if (reset_value > 0) {
+        cooldown = reset_value;
+
+    } else {
+        cooldown = pool->cooldown;
+    }
+
+    return ngx_min(cooldown, pool->cooldown_max);
+}
+
+
+/*
+ * "17", "17ms", "1.5s", "6m0s", "1h2m3.5s": milliseconds, or -1.  A bare
+ * number is seconds, as Azure sends it; OpenAI sends durations.
+ */
+
+ngx_int_t
+ngx_http_llm_parse_duration(ngx_str_t *value)
+{
+    u_char      *p, *last;
+    ngx_int_t    total, whole, frac, scale, unit;
+
+    p = value->data;
+    last = p + value->len;
+    total = 0;
+
+    if (p == last) {
+        return -1;
+    }
+
+    while (p < last) {
+        whole = 0;
+        frac = 0;
+        scale = 1;
+
+        if (*p < '0' || *p > '9') {
+            return -1;
+        }
+
+        while (p < last && *p >= '0' && *p <= '9') {
+            whole = whole * 10 + (*p++ - '0');
+
+            if (whole > 100000000) {
+                return -1;
+            }
+        }
+
+        if (p < last && *p == '.') {
+            p++;
+
+            while (p < last && *p >= '0' && *p <= '9') {
+                if (scale < 1000) {
+                    frac = frac * 10 + (*p - '0');
+                    scale *= 10;
+                }
+
+                p++;
+            }
+        }
+
+        if (p == last) {
+            unit = 1000;
+
+        } else if (last - p >= 2 && p[0] == 'm' && p[1] == 's') {
+            unit = 1;
+            p += 2;
+
+        } else if (*p == 's') {
+            unit = 1000;
+            p++;
+
+        } else if (*p == 'm') {
+            unit = 60000;
+            p++;
+
+        } else if (*p == 'h') {
+            unit = 3600000;
+            p++;
+
+        } else {
+            return -1;
+        }
+
+        total += whole * unit + frac * unit / scale;
+    }
+
+    return total;
+}
+
+
+/* "150000", "150k", "1m": a count; NGX_ERROR if invalid */
+
+static ngx_int_t
+ngx_http_llm_parse_count(u_char *p, size_t len)
+{
+    ngx_int_t  n, scale;
+
+    scale = 1;
+
+    if (len > 1) {
+        switch (p[len - 1]) {
+        case 'k':
+        case 'K':
+            scale = 1000;
+            len--;
+            break;
+
+        case 'm':
+        case 'M':
+            scale = 1000000;
+            len--;
+            break;
+        }
+    }
+
+    n = ngx_atoi(p, len);
+
+    if (n == NGX_ERROR || n > NGX_MAX_INT32_VALUE / scale) {
+        return NGX_ERROR;
+    }
+
+    return n * scale;
+}
+
+
+/*
+ * The current value of a credential file.  Each worker looks at the
+ * file at most once a second and reads it again when it changed, so a
+ * rotated key is picked up without a reload; a file that cannot be read
+ * keeps the last good value.
+ */
+
+ngx_int_t
+ngx_http_llm_secret_value(ngx_log_t *log, ngx_http_llm_secret_t *secret)
+{
+    time_t           now;
+    ngx_file_info_t  fi;
+
+    now = ngx_time();
+
+    if (secret->value.len && secret->checked == now) {
+        return NGX_OK;
+    }
+
+    secret->checked = now;
+
+    if (ngx_file_info(secret->path.data, &fi) == NGX_FILE_ERROR) {
+        ngx_log_error(NGX_LOG_ERR, log, ngx_errno,
+                      ngx_file_info_n " \"%V\" failed", &secret->path);
+        return secret->value.len ? NGX_OK : NGX_ERROR;
+    }
+
+    if (secret->value.len && ngx_file_mtime(&fi) == secret->mtime) {
+        return NGX_OK;
+    }
+
+    if (ngx_http_llm_secret_read(log, secret, &fi) != NGX_OK) {
+        return secret->value.len ? NGX_OK : NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_llm_secret_read(ngx_log_t *log, ngx_http_llm_secret_t *secret,
+    ngx_file_info_t *fi)
+{
+    u_char      *p, *start, *end, buf[4096];
+    size_t       len, prefix;
+    ssize_t      n;
+    ngx_fd_t     fd;
+    ngx_file_t   file;
+
+    fd = ngx_open_file(secret->path.data, NGX_FILE_RDONLY, NGX_FILE_OPEN, 0);
+
+    if (fd == NGX_INVALID_FILE) {
+        ngx_log_error(NGX_LOG_ERR, log, ngx_errno,
+                      ngx_open_file_n " \"%V\" failed", &secret->path);
+        return NGX_ERROR;
+    }
+
+    ngx_memzero(&file, sizeof(ngx_file_t));
+    file.fd = fd;
+    file.name = secret->path;
+    file.log = log;
+
+    n = ngx_read_file(&file, buf, sizeof(buf), 0);
+
+    if (ngx_close_file(fd) == NGX_FILE_ERROR) {
+        ngx_log_error(NGX_LOG_ALERT, log, ngx_errno,
+                      ngx_close_file_n " \"%V\" failed", &secret->path);
+    }
+
+    if (n == NGX_ERROR) {
+        return NGX_ERROR;
+    }
+
+    /* the first line, without surrounding blanks */
+
+    start = buf;
+    end = buf + n;
+
+    while (start < end && (*start == ' ' || *start == '\t')) {
+        start++;
+    }
+
+    for (p = start; p < end && *p != '\r' && *p != '\n'; p++) {
+        /* void */
+    }
+
+    while (p > start && (p[-1] == ' ' || p[-1] == '\t')) {
+        p--;
+    }
+
+    len = p - start;
+
+    if (len == 0 || (size_t) n == sizeof(buf)) {
+        ngx_log_error(NGX_LOG_ERR, log, 0,
+                      "credential file \"%V\" is empty or too long",
+                      &secret->path);
+        return NGX_ERROR;
+    }
+
+    prefix = secret->bearer ? sizeof("Bearer ") - 1 : 0;
+
+    p = ngx_alloc(prefix + len, log);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_memcpy(p, "Bearer ", prefix);
+    ngx_memcpy(p + prefix, start, len);
+
+    if (secret->value.data) {
+        ngx_explicit_memzero(secret->value.data, secret->value.len);
+        ngx_free(secret->value.data);
+    }
+
+    ngx_explicit_memzero(buf, sizeof(buf));
+
+    secret->value.data = p;
+    secret->value.len = prefix + len;
+    secret->mtime = ngx_file_mtime(fi);
+
+    return NGX_OK;
+}

@@ -1,0 +1,707 @@
+
+/*
+ * Copyright (C) nginx-llm-router authors
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+#include "ngx_http_llm_module.h"
+
+
+static ngx_int_t ngx_http_llm_init_zone(ngx_shm_zone_t *shm_zone, void *data);
+static void ngx_http_llm_rbtree_insert_value(ngx_rbtree_node_t *temp,
+    ngx_rbtree_node_t *node, ngx_rbtree_node_t *sentinel);
+static ngx_http_llm_backend_sh_t *ngx_http_llm_lookup(
+    ngx_http_llm_zone_t *zone, ngx_str_t *key, uint32_t hash);
+static void ngx_http_llm_window_advance(uint32_t *slots, ngx_uint_t n,
+    ngx_msec_t slot_ms, ngx_msec_t *last, ngx_uint_t *sum, ngx_msec_t now);
+static ngx_msec_t ngx_http_llm_window_wait(uint32_t *slots, ngx_uint_t n,
+    ngx_msec_t slot_ms, ngx_msec_t last, ngx_uint_t sum, ngx_uint_t limit,
+    ngx_uint_t need, ngx_msec_t now);
+static void ngx_http_llm_window_remove(uint32_t *slots, ngx_uint_t n,
+    ngx_msec_t slot_ms, ngx_msec_t last, ngx_uint_t *sum, ngx_uint_t value,
+    ngx_msec_t at);
+
+
+char *
+ngx_http_llm_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    u_char               *p;
+    ssize_t               size;
+    ngx_str_t            *value, name, s;
+    ngx_shm_zone_t       *shm_zone;
+    ngx_http_llm_zone_t  *zone;
+
+    value = cf->args->elts;
+
+    p = (u_char *) ngx_strchr(value[1].data, ':');
+
+    if (p == NULL) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid zone size \"%V\"", &value[1]);
+        return NGX_CONF_ERROR;
+    }
+
+    name.data = value[1].data;
+    name.len = p - name.data;
+
+    s.data = p + 1;
+    s.len = value[1].data + value[1].len - s.data;
+
+    size = ngx_parse_size(&s);
+
+    if (size == NGX_ERROR || name.len == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid zone size \"%V\"", &value[1]);
+        return NGX_CONF_ERROR;
+    }
+
+    if (size < (ssize_t) (8 * ngx_pagesize)) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "zone \"%V\" is too small", &value[1]);
+        return NGX_CONF_ERROR;
+    }
+
+    shm_zone = ngx_shared_memory_add(cf, &name, size, &ngx_http_llm_module);
+    if (shm_zone == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    zone = shm_zone->data;
+
+    if (zone && zone->sh == (void *) 1) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "duplicate zone \"%V\"", &name);
+        return NGX_CONF_ERROR;
+    }
+
+    if (ngx_http_llm_zone_add_pool(cf, shm_zone, NULL) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
+
+    zone = shm_zone->data;
+
+    /* marks the zone as declared until init_zone sets the real pointer */
+    zone->sh = (void *) 1;
+
+    return NGX_CONF_OK;
+}
+
+
+/*
+ * Pools may name a zone before or after "llm_zone" declares it: the first
+ * to see it creates the zone's data, and every pool registers itself so
+ * that init_zone can give each backend its shared state.
+ */
+
+ngx_int_t
+ngx_http_llm_zone_add_pool(ngx_conf_t *cf, ngx_shm_zone_t *shm_zone,
+    ngx_http_llm_pool_t *pool)
+{
+    ngx_http_llm_pool_t  **pp;
+    ngx_http_llm_zone_t   *zone;
+
+    zone = shm_zone->data;
+
+    if (zone == NULL) {
+        zone = ngx_pcalloc(cf->pool, sizeof(ngx_http_llm_zone_t));
+        if (zone == NULL) {
+            return NGX_ERROR;
+        }
+
+        if (ngx_array_init(&zone->pools, cf->pool, 4,
+                           sizeof(ngx_http_llm_pool_t *))
+            != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+
+        shm_zone->data = zone;
+        shm_zone->init = ngx_http_llm_init_zone;
+    }
+
+    if (pool == NULL) {
+        return NGX_OK;
+    }
+
+    pp = ngx_array_push(&zone->pools);
+    if (pp == NULL) {
+        return NGX_ERROR;
+    }
+
+    *pp = pool;
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_llm_init_zone(ngx_shm_zone_t *shm_zone, void *data)
+{
+    ngx_http_llm_zone_t  *ozone = data;
+
+    size_t                      len;
+    u_char                      key[512];
+    uint32_t                    hash;
+    ngx_str_t                   k;
+    ngx_uint_t                  i, j, gen, nfreed;
+    ngx_queue_t                *q, *next;
+    ngx_http_llm_pool_t       **pools;
+    ngx_http_llm_zone_t        *zone;
+    ngx_http_llm_backend_t     *b;
+    ngx_http_llm_backend_sh_t  *node;
+
+    zone = shm_zone->data;
+
+    if (ozone) {
+        zone->sh = ozone->sh;
+        zone->shpool = ozone->shpool;
+
+    } else {
+        zone->shpool = (ngx_slab_pool_t *) shm_zone->shm.addr;
+
+        if (shm_zone->shm.exists) {
+            zone->sh = zone->shpool->data;
+
+        } else {
+            zone->sh = ngx_slab_alloc(zone->shpool,
+                                      sizeof(ngx_http_llm_shctx_t));
+            if (zone->sh == NULL) {
+                return NGX_ERROR;
+            }
+
+            zone->shpool->data = zone->sh;
+
+            ngx_rbtree_init(&zone->sh->rbtree, &zone->sh->sentinel,
+                            ngx_http_llm_rbtree_insert_value);
+            ngx_queue_init(&zone->sh->queue);
+            zone->sh->generation = 0;
+
+            len = sizeof(" in llm_zone \"\"") + shm_zone->shm.name.len;
+
+            zone->shpool->log_ctx = ngx_slab_alloc(zone->shpool, len);
+            if (zone->shpool->log_ctx == NULL) {
+                return NGX_ERROR;
+            }
+
+            ngx_sprintf(zone->shpool->log_ctx, " in llm_zone \"%V\"%Z",
+                        &shm_zone->shm.name);
+        }
+    }
+
+    /*
+     * workers of the previous configuration still run while this one
+     * starts: everything below is under the zone's lock
+     */
+
+    ngx_shmtx_lock(&zone->shpool->mutex);
+
+    gen = ++zone->sh->generation;
+
+    pools = zone->pools.elts;
+
+    for (i = 0; i < zone->pools.nelts; i++) {
+        b = pools[i]->backends.elts;
+
+        for (j = 0; j < pools[i]->backends.nelts; j++) {
+
+            if (pools[i]->name.len + b[j].name.len + 1 > sizeof(key)) {
+                ngx_shmtx_unlock(&zone->shpool->mutex);
+                ngx_log_error(NGX_LOG_EMERG, shm_zone->shm.log, 0,
+                              "llm backend name \"%V\" is too long",
+                              &b[j].name);
+                return NGX_ERROR;
+            }
+
+            k.data = key;
+            k.len = ngx_sprintf(key, "%V/%V", &pools[i]->name, &b[j].name)
+                    - key;
+
+            hash = ngx_crc32_short(k.data, k.len);
+
+            node = ngx_http_llm_lookup(zone, &k, hash);
+
+            if (node == NULL) {
+                node = ngx_slab_calloc_locked(zone->shpool,
+                               offsetof(ngx_http_llm_backend_sh_t, name)
+                               + k.len);
+                if (node == NULL) {
+                    ngx_shmtx_unlock(&zone->shpool->mutex);
+                    ngx_log_error(NGX_LOG_EMERG, shm_zone->shm.log, 0,
+                                  "llm_zone \"%V\" is too small for its "
+                                  "backends", &shm_zone->shm.name);
+                    return NGX_ERROR;
+                }
+
+                node->node.key = hash;
+                node->len = (u_short) k.len;
+                ngx_memcpy(node->name, k.data, k.len);
+                node->remote_tokens = -1;
+                node->remote_requests = -1;
+
+                ngx_rbtree_insert(&zone->sh->rbtree, &node->node);
+                ngx_queue_insert_head(&zone->sh->queue, &node->queue);
+            }
+
+            node->generation = gen;
+            b[j].sh = node;
+        }
+    }
+
+    /*
+     * state of backends gone from the configuration is freed one reload
+     * later: workers of the configuration just replaced may still use it
+     */
+
+    nfreed = 0;
+
+    for (q = ngx_queue_head(&zone->sh->queue);
+         q != ngx_queue_sentinel(&zone->sh->queue);
+         q = next)
+    {
+        next = ngx_queue_next(q);
+        node = ngx_queue_data(q, ngx_http_llm_backend_sh_t, queue);
+
+        if (node->generation + 1 < gen) {
+            ngx_queue_remove(q);
+            ngx_rbtree_delete(&zone->sh->rbtree, &node->node);
+            ngx_slab_free_locked(zone->shpool, node);
+            nfreed++;
+        }
+    }
+
+    ngx_shmtx_unlock(&zone->shpool->mutex);
+
+    if (nfreed) {
+        ngx_log_error(NGX_LOG_NOTICE, shm_zone->shm.log, 0,
+                      "llm_zone \"%V\": freed the state of %ui removed "
+                      "backends", &shm_zone->shm.name, nfreed);
+    }
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_llm_rbtree_insert_value(ngx_rbtree_node_t *temp,
+    ngx_rbtree_node_t *node, ngx_rbtree_node_t *sentinel)
+{
+    ngx_rbtree_node_t          **p;
+    ngx_http_llm_backend_sh_t   *n, *t;
+
+    for ( ;; ) {
+
+        if (node->key < temp->key) {
+            p = &temp->left;
+
+        } else if (node->key > temp->key) {
+            p = &temp->right;
+
+        } else {
+            n = (ngx_http_llm_backend_sh_t *) node;
+            t = (ngx_http_llm_backend_sh_t *) temp;
+
+            p = (ngx_memn2cmp(n->name, t->name, n->len, t->len) < 0)
+                ? &temp->left : &temp->right;
+        }
+
+        if (*p == sentinel) {
+            break;
+        }
+
+        temp = *p;
+    }
+
+    *p = node;
+    node->parent = temp;
+    node->left = sentinel;
+    node->right = sentinel;
+    ngx_rbt_red(node);
+}
+
+
+static ngx_http_llm_backend_sh_t *
+ngx_http_llm_lookup(ngx_http_llm_zone_t *zone, ngx_str_t *key, uint32_t hash)
+{
+    ngx_int_t                   rc;
+    ngx_rbtree_node_t          *node, *sentinel;
+    ngx_http_llm_backend_sh_t  *b;
+
+    node = zone->sh->rbtree.root;
+    sentinel = zone->sh->rbtree.sentinel;
+
+    while (node != sentinel) {
+
+        if (hash < node->key) {
+            node = node->left;
+            continue;
+        }
+
+        if (hash > node->key) {
+            node = node->right;
+            continue;
+        }
+
+        b = (ngx_http_llm_backend_sh_t *) node;
+
+        rc = ngx_memn2cmp(key->data, b->name, key->len, b->len);
+
+        if (rc == 0) {
+            return b;
+        }
+
+        node = (rc < 0) ? node->left : node->right;
+    }
+
+    return NULL;
+}
+
+
+/*
+ * What a backend's own limiter charges this request (DESIGN.md "What
+ * each backend is charged"): the prompt estimate plus the completion
+ * reserve for every choice.  The reserve is the body's own limit, else
+ * the backend's, else the location's.
+ */
+
+ngx_uint_t
+ngx_http_llm_charge_for(ngx_http_llm_ctx_t *ctx, ngx_http_llm_backend_t *b,
+    ngx_uint_t location_reserve)
+{
+    ngx_uint_t  reserve;
+
+    if (ctx == NULL || !ctx->parsed) {
+        return 0;
+    }
+
+    if (ctx->embeddings) {
+        reserve = 0;
+
+    } else if (ctx->has_reserve) {
+        reserve = ctx->explicit_reserve;
+
+    } else if (b->reserve != NGX_CONF_UNSET_UINT) {
+        reserve = b->reserve;
+
+    } else {
+        reserve = location_reserve;
+    }
+
+    return ctx->prompt_estimate + reserve * ctx->choices;
+}
+
+
+/*
+ * The backend for a new attempt, charged atomically: lowest priority
+ * number first; among equals the one with the most room left times its
+ * weight.  Backends already tried, in cool-down, without room in either
+ * window or without a usable address ("down") are passed over; *wait
+ * gets the earliest time one of them (not the down ones) has room, or
+ * NGX_MAX_INT32_VALUE when none is just waiting for room.
+ */
+
+ngx_http_llm_backend_t *
+ngx_http_llm_choose(ngx_http_llm_pool_t *pool, ngx_http_llm_ctx_t *ctx,
+    uintptr_t *tried, uintptr_t *down, ngx_uint_t reserve, ngx_msec_t *wait)
+{
+    ngx_msec_t                  now, w, wr;
+    ngx_uint_t                  i, charge, best_charge, room, score,
+                                best_score, per10s, word, bit, was_tried;
+    ngx_slab_pool_t            *shpool;
+    ngx_http_llm_zone_t        *zone;
+    ngx_http_llm_backend_t     *b, *best;
+    ngx_http_llm_backend_sh_t  *sh;
+
+    zone = pool->shm_zone->data;
+    shpool = zone->shpool;
+
+    now = ngx_current_msec;
+    best = NULL;
+    best_score = 0;
+    best_charge = 0;
+    *wait = NGX_MAX_INT32_VALUE;
+
+    b = pool->backends.elts;
+
+    ngx_shmtx_lock(&shpool->mutex);
+
+    for (i = 0; i < pool->backends.nelts; i++) {
+
+        word = i / (8 * sizeof(uintptr_t));
+        bit = i % (8 * sizeof(uintptr_t));
+
+        /* a backend with no usable address tells nothing of room */
+
+        if (down && (down[word] & ((uintptr_t) 1 << bit))) {
+            continue;
+        }
+
+        was_tried = tried && (tried[word] & ((uintptr_t) 1 << bit));
+
+        if (best && (was_tried || b[i].priority > best->priority)) {
+            continue;
+        }
+
+        sh = b[i].sh;
+        charge = ngx_http_llm_charge_for(ctx, &b[i], reserve);
+
+        if ((ngx_msec_int_t) (sh->cooldown_until - now) > 0) {
+            w = sh->cooldown_until - now;
+            *wait = ngx_min(*wait, w);
+            continue;
+        }
+
+        ngx_http_llm_window_advance(sh->tokens, NGX_HTTP_LLM_TOKEN_SLOTS,
+                                    pool->token_slot_ms,
+                                    &sh->tokens_last, &sh->tokens_sum, now);
+        ngx_http_llm_window_advance(sh->requests_slot, NGX_HTTP_LLM_REQ_SLOTS,
+                                    pool->request_slot_ms,
+                                    &sh->requests_last, &sh->requests_sum,
+                                    now);
+
+        if (b[i].tpm) {
+            w = ngx_http_llm_window_wait(sh->tokens,
+                                         NGX_HTTP_LLM_TOKEN_SLOTS,
+                                         pool->token_slot_ms,
+                                         sh->tokens_last, sh->tokens_sum,
+                                         b[i].tpm, charge, now);
+            room = (sh->tokens_sum < b[i].tpm) ? b[i].tpm - sh->tokens_sum
+                                               : 0;
+
+        } else {
+            w = 0;
+            room = NGX_HTTP_LLM_UNLIMITED;
+        }
+
+        if (b[i].rpm) {
+            per10s = ngx_max(b[i].rpm / 6, 1);
+            wr = ngx_http_llm_window_wait(sh->requests_slot,
+                                          NGX_HTTP_LLM_REQ_SLOTS,
+                                          pool->request_slot_ms,
+                                          sh->requests_last,
+                                          sh->requests_sum, per10s, 1, now);
+            w = ngx_max(w, wr);
+        }
+
+        if (w) {
+            *wait = ngx_min(*wait, w);
+            continue;
+        }
+
+        /* tried once already: only its cool-down or window counts */
+
+        if (was_tried) {
+            continue;
+        }
+
+        score = room * b[i].weight;
+
+        if (best == NULL || b[i].priority < best->priority
+            || score > best_score)
+        {
+            best = &b[i];
+            best_score = score;
+            best_charge = charge;
+        }
+    }
+
+    if (best) {
+        sh = best->sh;
+
+        sh->tokens[sh->tokens_last % NGX_HTTP_LLM_TOKEN_SLOTS] +=
+                                                          (uint32_t) best_charge;
+        sh->tokens_sum += best_charge;
+        sh->requests_slot[sh->requests_last % NGX_HTTP_LLM_REQ_SLOTS]++;
+        sh->requests_sum++;
+        sh->in_flight++;
+        sh->requests++;
+        sh->tokens_charged += best_charge;
+
+        if (ctx) {
+            ctx->charged = best_charge;
+            ctx->charged_at = now;
+        }
+    }
+
+    ngx_shmtx_unlock(&shpool->mutex);
+
+    return best;
+}
+
+
+/* gives back a charge the backend did not make (a 429, a failed connect) */
+
+void
+ngx_http_llm_refund(ngx_http_llm_backend_t *b, ngx_http_llm_ctx_t *ctx)
+{
+    ngx_slab_pool_t            *shpool;
+    ngx_http_llm_pool_t        *pool;
+    ngx_http_llm_zone_t        *zone;
+    ngx_http_llm_backend_sh_t  *sh;
+
+    pool = b->pool;
+    zone = pool->shm_zone->data;
+    shpool = zone->shpool;
+    sh = b->sh;
+
+    ngx_shmtx_lock(&shpool->mutex);
+
+    ngx_http_llm_window_advance(sh->tokens, NGX_HTTP_LLM_TOKEN_SLOTS,
+                                pool->token_slot_ms,
+                                &sh->tokens_last, &sh->tokens_sum,
+                                ngx_current_msec);
+    ngx_http_llm_window_advance(sh->requests_slot, NGX_HTTP_LLM_REQ_SLOTS,
+                                pool->request_slot_ms,
+                                &sh->requests_last, &sh->requests_sum,
+                                ngx_current_msec);
+
+    ngx_http_llm_window_remove(sh->tokens, NGX_HTTP_LLM_TOKEN_SLOTS,
+                               pool->token_slot_ms, sh->tokens_last,
+                               &sh->tokens_sum, ctx->charged,
+                               ctx->charged_at);
+    ngx_http_llm_window_remove(sh->requests_slot, NGX_HTTP_LLM_REQ_SLOTS,
+                               pool->request_slot_ms, sh->requests_last,
+                               &sh->requests_sum, 1, ctx->charged_at);
+
+    sh->tokens_charged -= ngx_min(sh->tokens_charged, ctx->charged);
+
+    ngx_shmtx_unlock(&shpool->mutex);
+
+    ctx->charged = 0;
+}
+
+
+/* the end of an attempt: cool-down, counters, the backend's own view */
+
+void
+ngx_http_llm_backend_done(ngx_http_llm_backend_t *b, ngx_uint_t outcome,
+    ngx_msec_t cooldown, ngx_int_t remote_tokens, ngx_int_t remote_requests)
+{
+    ngx_msec_t                  now;
+    ngx_slab_pool_t            *shpool;
+    ngx_http_llm_zone_t        *zone;
+    ngx_http_llm_backend_sh_t  *sh;
+
+    zone = b->pool->shm_zone->data;
+    shpool = zone->shpool;
+    sh = b->sh;
+    now = ngx_current_msec;
+
+    ngx_shmtx_lock(&shpool->mutex);
+
+    if (sh->in_flight) {
+        sh->in_flight--;
+    }
+
+    switch (outcome) {
+
+    case NGX_HTTP_LLM_DONE_THROTTLED:
+        sh->backend_throttled++;
+
+        if ((ngx_msec_int_t) (now + cooldown - sh->cooldown_until) > 0) {
+            sh->cooldown_until = now + cooldown;
+        }
+
+        break;
+
+    case NGX_HTTP_LLM_DONE_FAILED:
+        sh->failures++;
+        break;
+
+    default:
+        break;
+    }
+
+    if (remote_tokens >= 0 || remote_requests >= 0) {
+        sh->remote_tokens = remote_tokens;
+        sh->remote_requests = remote_requests;
+        sh->remote_time = now;
+    }
+
+    ngx_shmtx_unlock(&shpool->mutex);
+}
+
+
+static void
+ngx_http_llm_window_advance(uint32_t *slots, ngx_uint_t n, ngx_msec_t slot_ms,
+    ngx_msec_t *last, ngx_uint_t *sum, ngx_msec_t now)
+{
+    ngx_msec_t  cur, s;
+
+    cur = now / slot_ms;
+
+    if (cur <= *last) {
+        return;
+    }
+
+    if (cur - *last >= n) {
+        ngx_memzero(slots, n * sizeof(uint32_t));
+        *sum = 0;
+
+    } else {
+        for (s = *last + 1; s <= cur; s++) {
+            *sum -= slots[s % n];
+            slots[s % n] = 0;
+        }
+    }
+
+    *last = cur;
+}
+
+
+/*
+ * Milliseconds until "need" more fits under "limit": walk the slots from
+ * the oldest, each leaves the window (slot + n) * slot_ms.  A request
+ * larger than the limit fits an empty window, as the only way it can.
+ */
+
+static ngx_msec_t
+ngx_http_llm_window_wait(uint32_t *slots, ngx_uint_t n, ngx_msec_t slot_ms,
+    ngx_msec_t last, ngx_uint_t sum, ngx_uint_t limit, ngx_uint_t need,
+    ngx_msec_t now)
+{
+    ngx_msec_t  s, first;
+    ngx_uint_t  freed, excess;
+
+    if (sum == 0 || sum + need <= limit) {
+        return 0;
+    }
+
+    excess = (need > limit) ? sum : sum + need - limit;
+    freed = 0;
+    first = (last >= n - 1) ? last - (n - 1) : 0;
+
+    for (s = first; s <= last; s++) {
+        freed += slots[s % n];
+
+        if (freed >= excess) {
+            return (s + n) * slot_ms - now;
+        }
+    }
+
+    return (last + n) * slot_ms - now;
+}
+
+
+static void
+ngx_http_llm_window_remove(uint32_t *slots, ngx_uint_t n, ngx_msec_t slot_ms,
+    ngx_msec_t last, ngx_uint_t *sum, ngx_uint_t value, ngx_msec_t at)
+{
+    ngx_msec_t  s;
+    uint32_t   *slot;
+
+    s = at / slot_ms;
+
+    if (s > last || last - s >= n) {
+        /* already gone from the window */
+        return;
+    }
+
+    slot = &slots[s % n];
+    value = ngx_min(value, *slot);
+
+    *slot -= (uint32_t) value;
+    *sum -= value;
+}
