@@ -52,6 +52,11 @@ sub new {
 
     push @ALL, $self;
 
+    # nginx frees its pools at exit only in part, and every dynamic
+    # module defines its own ngx_module_names: neither is a bug of ours
+    $ENV{ASAN_OPTIONS} //= 'detect_leaks=0:detect_odr_violation=0';
+    $ENV{UBSAN_OPTIONS} //= 'print_stacktrace=1';
+
     my $timeout = $ENV{LLM_TEST_TIMEOUT} || 120;
     $SIG{ALRM} = sub { die "test timed out after $timeout s\n" };
     alarm $timeout;
@@ -123,10 +128,6 @@ sub start_nginx {
     my $file = $self->write_conf($http, %opt);
     my $dir = $self->{dir};
 
-    # nginx frees its pools at exit only in part, and every dynamic
-    # module defines its own ngx_module_names: neither is a bug of ours
-    $ENV{ASAN_OPTIONS} //= 'detect_leaks=0:detect_odr_violation=0';
-    $ENV{UBSAN_OPTIONS} //= 'print_stacktrace=1';
 
     my $pid = fork // die "fork: $!";
     if ($pid == 0) {
