@@ -26,6 +26,17 @@ for my $file (@files) {
     my %port;
     $conf =~ s{\b(80[89]\d)\b}{$port{$1} //= free_port()}ge;
 
+    # no DNS here: backends connect to loopback; keys come from our dir
+    my $keys = $t->dir . '/keys';
+    mkdir $keys;
+    $conf =~ s{(llm_backend\s[^;]*?)(;)}
+              {$1 =~ /address=/ ? "$1;" : "$1 address=127.0.0.1:1;"}ge;
+    while ($conf =~ s{/etc/nginx/llm/([\w.-]+)}{$keys/$1}) {
+        open my $k, '>', "$keys/$1" or die;
+        print $k "example-key\n";
+        close $k;
+    }
+
     my $out = $t->dir . '/example.conf';
     open $fh, '>', $out or die "$out: $!";
     print $fh $conf;
