@@ -333,3 +333,120 @@ ngx_http_llm_copy_string(ngx_pool_t *pool, cJSON *item, ngx_str_t *dst)
 
     return NGX_OK;
 }
+
+
+/*
+ * The bytes of a top-level string member's value, quotes included, in
+ * the raw body: the v1 API names the deployment in "model", which each
+ * backend needs replaced by its own.  cJSON gives no positions, so this
+ * walks the body once more, but only until the member is found.
+ */
+
+ngx_int_t
+ngx_http_llm_find_member(ngx_str_t *json, ngx_str_t *name, size_t *start,
+    size_t *end)
+{
+    u_char      *p, *last, *key, *key_end;
+    ngx_uint_t   depth;
+
+    p = json->data;
+    last = p + json->len;
+
+    while (p < last && (*p == ' ' || *p == '\t' || *p == '\r' || *p == '\n'))
+    {
+        p++;
+    }
+
+    if (p == last || *p++ != '{') {
+        return NGX_DECLINED;
+    }
+
+    depth = 1;
+    key = NULL;
+    key_end = NULL;
+
+    /* expecting: a key at depth 1, then ':' and its value */
+
+    while (p < last) {
+
+        switch (*p) {
+
+        case '"':
+            key = ++p;
+
+            while (p < last && *p != '"') {
+                p += (*p == '\\') ? 2 : 1;
+            }
+
+            if (p >= last) {
+                return NGX_DECLINED;
+            }
+
+            key_end = p++;
+
+            if (depth != 1) {
+                break;
+            }
+
+            while (p < last && (*p == ' ' || *p == '\t' || *p == '\r'
+                                || *p == '\n'))
+            {
+                p++;
+            }
+
+            if (p == last || *p != ':') {
+                /* a string value, not a key */
+                break;
+            }
+
+            p++;
+
+            while (p < last && (*p == ' ' || *p == '\t' || *p == '\r'
+                                || *p == '\n'))
+            {
+                p++;
+            }
+
+            if (p < last && *p == '"'
+                && (size_t) (key_end - key) == name->len
+                && ngx_strncmp(key, name->data, name->len) == 0)
+            {
+                *start = p - json->data;
+                p++;
+
+                while (p < last && *p != '"') {
+                    p += (*p == '\\') ? 2 : 1;
+                }
+
+                if (p >= last) {
+                    return NGX_DECLINED;
+                }
+
+                *end = p + 1 - json->data;
+                return NGX_OK;
+            }
+
+            break;
+
+        case '{':
+        case '[':
+            depth++;
+            p++;
+            break;
+
+        case '}':
+        case ']':
+            if (--depth == 0) {
+                return NGX_DECLINED;
+            }
+
+            p++;
+            break;
+
+        default:
+            p++;
+        }
+    }
+
+    return NGX_DECLINED;
+}

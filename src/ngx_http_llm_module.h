@@ -156,6 +156,11 @@ typedef struct {
     ngx_str_t                    model;
     ngx_str_t                    deployment;
 
+    /* the body in one piece, and where its "model" value is */
+    ngx_str_t                    body;
+    size_t                       model_start;
+    size_t                       model_end;
+
     ngx_uint_t                   prompt_estimate;
     ngx_uint_t                   reserve;
     ngx_uint_t                   choices;
@@ -198,6 +203,8 @@ ngx_int_t ngx_http_llm_request_handler(ngx_http_request_t *r);
 ngx_int_t ngx_http_llm_inspect(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
     cJSON *root);
 void ngx_http_llm_deployment_from_uri(ngx_str_t *uri, ngx_str_t *deployment);
+ngx_int_t ngx_http_llm_find_member(ngx_str_t *json, ngx_str_t *name,
+    size_t *start, size_t *end);
 
 ngx_int_t ngx_http_llm_send_error(ngx_http_request_t *r, ngx_uint_t status,
     const char *code, ngx_str_t *message);

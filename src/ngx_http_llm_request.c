@@ -212,6 +212,8 @@ ngx_http_llm_parse(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
     const char               *end;
     ngx_http_llm_loc_conf_t  *llcf;
 
+    static ngx_str_t  model_name = ngx_string("model");
+
     llcf = ngx_http_get_module_loc_conf(r, ngx_http_llm_module);
 
     if (r->request_body == NULL || r->request_body->bufs == NULL) {
@@ -281,6 +283,14 @@ ngx_http_llm_parse(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
     cJSON_Delete(root);
 
     ctx->parsed = 1;
+    ctx->body = body;
+
+    /* the v1 API: the deployment is the body's "model" */
+
+    if (llcf->upstream && ctx->deployment.len == 0) {
+        (void) ngx_http_llm_find_member(&body, &model_name, &ctx->model_start,
+                                        &ctx->model_end);
+    }
 
     ngx_log_debug4(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
                    "llm request: model \"%V\", prompt ~%ui, "

@@ -40,6 +40,8 @@ static ngx_http_upstream_rr_peer_t *ngx_http_llm_backend_peer(
     ngx_uint_t *index);
 static ngx_int_t ngx_http_llm_rebuild_request(ngx_http_request_t *r,
     ngx_http_llm_peer_data_t *pd, ngx_http_llm_backend_t *b);
+static ngx_chain_t *ngx_http_llm_splice_model(ngx_http_request_t *r,
+    ngx_http_llm_ctx_t *ctx, ngx_str_t *deployment);
 static void ngx_http_llm_free_peer(ngx_peer_connection_t *pc, void *data,
     ngx_uint_t state);
 static ngx_msec_t ngx_http_llm_cooldown(ngx_http_upstream_t *u,
@@ -301,10 +303,20 @@ ngx_http_llm_backend(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
             b->deployment.data = value[i].data + 11;
             b->deployment.len = value[i].len - 11;
 
-            if (b->deployment.len == 0
-                || ngx_strlchr(b->deployment.data,
-                               b->deployment.data + b->deployment.len, '/'))
+            /* it goes into a path and into a JSON string as it is */
+
+            for (p = b->deployment.data;
+                 p < b->deployment.data + b->deployment.len;
+                 p++)
             {
+                if (*p <= ' ' || *p == '/' || *p == '?' || *p == '"'
+                    || *p == '\\' || *p == '%' || *p == '#' || *p >= 0x7f)
+                {
+                    goto invalid;
+                }
+            }
+
+            if (b->deployment.len == 0) {
                 goto invalid;
             }
 
@@ -856,16 +868,21 @@ static ngx_int_t
 ngx_http_llm_rebuild_request(ngx_http_request_t *r,
     ngx_http_llm_peer_data_t *pd, ngx_http_llm_backend_t *b)
 {
+    off_t                 content_length;
     u_char               *p, *start, *end, *last;
     size_t                len;
     ngx_int_t             rc;
     ngx_str_t             saved, base, uri;
-    ngx_uint_t            valid, escape;
+    ngx_uint_t            valid, escape, in_path;
+    ngx_chain_t          *body;
     ngx_http_upstream_t  *u;
+    ngx_http_llm_ctx_t   *ctx;
 
     static u_char  prefix[] = "/deployments/";
 
     u = r->upstream;
+    ctx = ngx_http_get_module_ctx(r, ngx_http_llm_module);
+    in_path = 0;
 
     saved = r->unparsed_uri;
     valid = r->valid_unparsed_uri;
@@ -928,6 +945,7 @@ ngx_http_llm_rebuild_request(ngx_http_request_t *r,
             p = ngx_cpymem(p, b->deployment.data, b->deployment.len);
             p = ngx_cpymem(p, end, last - end);
             uri.len = p - uri.data;
+            in_path = 1;
         }
 
         pd->path_built = 1;
@@ -941,12 +959,29 @@ ngx_http_llm_rebuild_request(ngx_http_request_t *r,
         r->valid_unparsed_uri = 1;
     }
 
-    u->request_bufs = r->request_body ? r->request_body->bufs : NULL;
+    body = r->request_body ? r->request_body->bufs : NULL;
+    content_length = r->headers_in.content_length_n;
+
+    if (b->deployment.len && !in_path && ctx->model_end) {
+        body = ngx_http_llm_splice_model(r, ctx, &b->deployment);
+        if (body == NULL) {
+            return NGX_ERROR;
+        }
+
+        /* proxy takes the length it sends from the request's */
+
+        r->headers_in.content_length_n = ctx->body.len
+                                         - (ctx->model_end - ctx->model_start)
+                                         + b->deployment.len + 2;
+    }
+
+    u->request_bufs = body;
 
     rc = u->create_request(r);
 
     r->unparsed_uri = saved;
     r->valid_unparsed_uri = valid;
+    r->headers_in.content_length_n = content_length;
 
     if (rc != NGX_OK) {
         return NGX_ERROR;
@@ -955,6 +990,72 @@ ngx_http_llm_rebuild_request(ngx_http_request_t *r,
     pd->built_for = b;
 
     return NGX_OK;
+}
+
+
+/*
+ * The body with "model" set to the backend's deployment: the bytes
+ * before and after the value are used where they are, so the body is
+ * neither copied nor serialized again.
+ */
+
+static ngx_chain_t *
+ngx_http_llm_splice_model(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
+    ngx_str_t *deployment)
+{
+    u_char       *p;
+    ngx_buf_t    *b[3];
+    ngx_uint_t    i;
+    ngx_chain_t  *cl, *out, **ll;
+
+    p = ngx_pnalloc(r->pool, deployment->len + 2);
+    if (p == NULL) {
+        return NULL;
+    }
+
+    p[0] = '"';
+    ngx_memcpy(p + 1, deployment->data, deployment->len);
+    p[deployment->len + 1] = '"';
+
+    for (i = 0; i < 3; i++) {
+        b[i] = ngx_calloc_buf(r->pool);
+        if (b[i] == NULL) {
+            return NULL;
+        }
+
+        b[i]->memory = 1;
+    }
+
+    b[0]->pos = ctx->body.data;
+    b[0]->last = ctx->body.data + ctx->model_start;
+
+    b[1]->pos = p;
+    b[1]->last = p + deployment->len + 2;
+
+    b[2]->pos = ctx->body.data + ctx->model_end;
+    b[2]->last = ctx->body.data + ctx->body.len;
+    b[2]->last_buf = 1;
+
+    out = NULL;
+    ll = &out;
+
+    for (i = 0; i < 3; i++) {
+        b[i]->start = b[i]->pos;
+        b[i]->end = b[i]->last;
+
+        cl = ngx_alloc_chain_link(r->pool);
+        if (cl == NULL) {
+            return NULL;
+        }
+
+        cl->buf = b[i];
+        *ll = cl;
+        ll = &cl->next;
+    }
+
+    *ll = NULL;
+
+    return out;
 }
 
 

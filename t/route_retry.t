@@ -245,6 +245,29 @@ is($s->{requests}, 2, 'the refused request never reached the backend');
 is($s->{status}{429} // 0, 0, 'the backend never said 429');
 
 ###########################################################################
+# the v1 API: the deployment is the body's "model", spliced per backend;
+# a body in a temp file too; the simulator answers 404 for a wrong model
+
+sleep 2.5;    # the cool-downs of the chain above end
+$t->sim_reset;
+$t->sim_update('alpha', { faults => { overload429 => 1 } });
+
+my $v1 = '/openai/v1/chat/completions';
+for my $size (10, 40000) {
+    my $b1 = json_encode({ model => 'client-model', max_tokens => 5,
+                           messages => [ { role => 'user',
+                                           content => 'y' x $size } ] });
+    ($st, $h, $raw) = call($v1, $b1);
+    is($st, 200, "v1, $size: routed") or diag $raw;
+    is($h->{'x-backend'}, 'beta', "v1, $size: beta, alpha being throttled");
+}
+$stats = $t->sim_stats->{deployments};
+is($stats->{alpha}{status}{429}, 1, 'v1: alpha refused the first, then cooled down');
+is($stats->{beta}{status}{200}, 2, 'v1: beta took both with its model');
+is_deeply([keys %{ $stats->{beta}{paths} }], [$v1], 'v1: path unchanged');
+$t->sim_update('alpha', { faults => { overload429 => 0 } });
+
+###########################################################################
 # every backend throttled on a retry: one 429, not nginx's 502
 
 $t->sim_update($_, { faults => { overload429 => 1 } }) for @names;
