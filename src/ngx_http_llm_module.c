@@ -10,19 +10,6 @@
 #include "ngx_http_llm_module.h"
 
 
-typedef struct {
-    ngx_http_upstream_srv_conf_t  *upstream;
-    ngx_str_t                      name;
-    u_char                        *file;
-    ngx_uint_t                     line;
-} ngx_http_llm_route_ref_t;
-
-
-typedef struct {
-    ngx_array_t                    routes;   /* ngx_http_llm_route_ref_t */
-} ngx_http_llm_main_conf_t;
-
-
 static ngx_int_t ngx_http_llm_preconfiguration(ngx_conf_t *cf);
 static ngx_int_t ngx_http_llm_init(ngx_conf_t *cf);
 static void *ngx_http_llm_create_main_conf(ngx_conf_t *cf);
@@ -125,7 +112,7 @@ ngx_http_llm_init(ngx_conf_t *cf)
 {
     ngx_uint_t                 i;
     ngx_http_handler_pt       *h;
-    ngx_http_llm_pool_t       *pool;
+    ngx_http_llm_pool_t       *pool, **pools;
     ngx_http_llm_route_ref_t  *ref;
     ngx_http_llm_main_conf_t  *lmcf;
     ngx_http_core_main_conf_t *cmcf;
@@ -144,6 +131,14 @@ ngx_http_llm_init(ngx_conf_t *cf)
                           "\"llm_route\" names upstream \"%V\" that has no "
                           "\"llm_balance\" in %s:%ui", &ref[i].name,
                           ref[i].file, ref[i].line);
+            return NGX_ERROR;
+        }
+    }
+
+    pools = lmcf->pools.elts;
+
+    for (i = 0; i < lmcf->pools.nelts; i++) {
+        if (ngx_http_llm_pool_check(cf, pools[i]) != NGX_OK) {
             return NGX_ERROR;
         }
     }
@@ -183,6 +178,13 @@ ngx_http_llm_create_main_conf(ngx_conf_t *cf)
         return NULL;
     }
 
+    if (ngx_array_init(&conf->pools, cf->pool, 4,
+                       sizeof(ngx_http_llm_pool_t *))
+        != NGX_OK)
+    {
+        return NULL;
+    }
+
     return conf;
 }
 
@@ -209,6 +211,8 @@ ngx_http_llm_create_srv_conf(ngx_conf_t *cf)
     conf->cooldown = NGX_CONF_UNSET_MSEC;
     conf->cooldown_max = NGX_CONF_UNSET_MSEC;
     conf->window = NGX_CONF_UNSET_MSEC;
+    conf->keepalive_timeout = NGX_CONF_UNSET_MSEC;
+    conf->keepalive_requests = NGX_CONF_UNSET_UINT;
 
     if (ngx_array_init(&conf->backends, cf->pool, 4,
                        sizeof(ngx_http_llm_backend_t))

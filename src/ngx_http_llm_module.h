@@ -83,6 +83,7 @@ typedef struct {
 
 
 typedef struct ngx_http_llm_pool_s  ngx_http_llm_pool_t;
+typedef struct ngx_http_llm_idle_s  ngx_http_llm_idle_t;
 
 
 /* a secret read from a file, re-read by each worker when it changes */
@@ -116,6 +117,8 @@ typedef struct {
     ngx_http_llm_backend_sh_t   *sh;
     ngx_http_llm_pool_t         *pool;
 
+    ngx_queue_t                  idle;       /* parked connections */
+
     unsigned                     ptu:1;
     unsigned                     plain:1;    /* a "server" line */
     unsigned                     ssl:1;
@@ -132,8 +135,29 @@ struct ngx_http_llm_pool_s {
     ngx_msec_t                   window;
     ngx_msec_t                   token_slot_ms;
     ngx_msec_t                   request_slot_ms;
+
+    ngx_uint_t                   keepalive;
+    ngx_msec_t                   keepalive_timeout;
+    ngx_uint_t                   keepalive_requests;
+    ngx_queue_t                  idle_free;
+    ngx_queue_t                  idle_lru;
+
     unsigned                     balance:1;
 };
+
+
+typedef struct {
+    ngx_http_upstream_srv_conf_t  *upstream;
+    ngx_str_t                      name;
+    u_char                        *file;
+    ngx_uint_t                     line;
+} ngx_http_llm_route_ref_t;
+
+
+typedef struct {
+    ngx_array_t                    routes;   /* ngx_http_llm_route_ref_t */
+    ngx_array_t                    pools;    /* ngx_http_llm_pool_t * */
+} ngx_http_llm_main_conf_t;
 
 
 typedef struct {
@@ -228,6 +252,14 @@ char *ngx_http_llm_backend(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 ngx_int_t ngx_http_llm_secret_value(ngx_log_t *log,
     ngx_http_llm_secret_t *secret);
 ngx_int_t ngx_http_llm_parse_duration(ngx_str_t *value);
+ngx_int_t ngx_http_llm_pool_check(ngx_conf_t *cf, ngx_http_llm_pool_t *pool);
+
+ngx_int_t ngx_http_llm_keepalive_init(ngx_conf_t *cf,
+    ngx_http_llm_pool_t *pool);
+ngx_int_t ngx_http_llm_keepalive_get(ngx_peer_connection_t *pc,
+    ngx_http_llm_backend_t *b);
+void ngx_http_llm_keepalive_save(ngx_peer_connection_t *pc,
+    ngx_http_llm_backend_t *b, ngx_http_upstream_t *u, ngx_uint_t state);
 
 ngx_int_t ngx_http_llm_admit(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx);
 ngx_int_t ngx_http_llm_send_throttled(ngx_http_request_t *r,

@@ -57,9 +57,12 @@ ngx_http_llm_balance(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
     ngx_http_llm_pool_t *pool = conf;
 
+    ngx_int_t                      n;
     ngx_str_t                     *value, s;
     ngx_msec_t                     ms;
     ngx_uint_t                     i;
+    ngx_http_llm_pool_t          **pp;
+    ngx_http_llm_main_conf_t      *lmcf;
     ngx_http_upstream_srv_conf_t  *uscf;
 
     uscf = ngx_http_conf_get_module_srv_conf(cf, ngx_http_upstream_module);
@@ -129,6 +132,39 @@ ngx_http_llm_balance(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
             continue;
         }
 
+        if (ngx_strncmp(value[i].data, "keepalive=", 10) == 0) {
+            n = ngx_atoi(value[i].data + 10, value[i].len - 10);
+            if (n == NGX_ERROR || n == 0) {
+                goto invalid;
+            }
+
+            pool->keepalive = n;
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "keepalive_timeout=", 18) == 0) {
+            s.data = value[i].data + 18;
+            s.len = value[i].len - 18;
+
+            ms = ngx_parse_time(&s, 0);
+            if (ms == (ngx_msec_t) NGX_ERROR || ms == 0) {
+                goto invalid;
+            }
+
+            pool->keepalive_timeout = ms;
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "keepalive_requests=", 19) == 0) {
+            n = ngx_atoi(value[i].data + 19, value[i].len - 19);
+            if (n == NGX_ERROR || n == 0) {
+                goto invalid;
+            }
+
+            pool->keepalive_requests = n;
+            continue;
+        }
+
         if (ngx_strncmp(value[i].data, "cooldown_max=", 13) == 0) {
             s.data = value[i].data + 13;
             s.len = value[i].len - 13;
@@ -155,6 +191,15 @@ ngx_http_llm_balance(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         return NGX_CONF_ERROR;
     }
 
+    lmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_llm_module);
+
+    pp = ngx_array_push(&lmcf->pools);
+    if (pp == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    *pp = pool;
+
     pool->balance = 1;
     pool->name = uscf->host;
     pool->upstream = uscf;
@@ -169,6 +214,14 @@ ngx_http_llm_balance(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     if (pool->window == NGX_CONF_UNSET_MSEC) {
         pool->window = 60000;
+    }
+
+    if (pool->keepalive_timeout == NGX_CONF_UNSET_MSEC) {
+        pool->keepalive_timeout = 60000;
+    }
+
+    if (pool->keepalive_requests == NGX_CONF_UNSET_UINT) {
+        pool->keepalive_requests = 1000;
     }
 
     pool->token_slot_ms = pool->window / (NGX_HTTP_LLM_TOKEN_SLOTS - 1);
@@ -605,6 +658,79 @@ ngx_http_llm_upstream_init(ngx_conf_t *cf, ngx_http_upstream_srv_conf_t *us)
 
     pool->backends = backends;
 
+    if (pool->keepalive && ngx_http_llm_keepalive_init(cf, pool) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+/*
+ * After every upstream is set up: nginx's own keepalive matches cached
+ * connections by address only, so it must not serve backends that share
+ * an address under different TLS names; and it cannot be combined with
+ * the pool's own cache.
+ */
+
+ngx_int_t
+ngx_http_llm_pool_check(ngx_conf_t *cf, ngx_http_llm_pool_t *pool)
+{
+    ngx_uint_t                     i, j, k, l;
+    ngx_http_llm_backend_t        *b;
+    ngx_http_upstream_rr_peer_t   *p, *q;
+    ngx_http_upstream_srv_conf_t  *us;
+
+    us = pool->upstream;
+
+    if (us->peer.init == ngx_http_llm_upstream_init_peer) {
+        return NGX_OK;
+    }
+
+    if (pool->keepalive) {
+        ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                      "upstream \"%V\" has both \"keepalive\" and "
+                      "\"llm_balance keepalive=\": use one", &us->host);
+        return NGX_ERROR;
+    }
+
+    b = pool->backends.elts;
+
+    for (i = 0; i < pool->backends.nelts; i++) {
+        for (j = i + 1; j < pool->backends.nelts; j++) {
+
+            if (!b[i].ssl || !b[j].ssl
+                || (b[i].host.len == b[j].host.len
+                    && ngx_strncasecmp(b[i].host.data, b[j].host.data,
+                                       b[i].host.len) == 0))
+            {
+                continue;
+            }
+
+            for (k = 0; k < b[i].npeers; k++) {
+                for (l = 0; l < b[j].npeers; l++) {
+                    p = b[i].peers[k];
+                    q = b[j].peers[l];
+
+                    if (ngx_cmp_sockaddr(p->sockaddr, p->socklen,
+                                         q->sockaddr, q->socklen, 1)
+                        == NGX_OK)
+                    {
+                        ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                                      "llm_backend \"%V\" and \"%V\" of "
+                                      "upstream \"%V\" share the address "
+                                      "%V: with \"keepalive\" one could "
+                                      "reuse the other's TLS connection; "
+                                      "use \"llm_balance keepalive=\" "
+                                      "instead", &b[i].name, &b[j].name,
+                                      &us->host, &p->name);
+                        return NGX_ERROR;
+                    }
+                }
+            }
+        }
+    }
+
     return NGX_OK;
 }
 
@@ -800,6 +926,10 @@ ngx_http_llm_get_peer(ngx_peer_connection_t *pc, void *data)
         if (ngx_http_llm_rebuild_request(r, pd, b) != NGX_OK) {
             return NGX_ERROR;
         }
+    }
+
+    if (pd->pool->keepalive) {
+        return ngx_http_llm_keepalive_get(pc, b);
     }
 
     return NGX_OK;
@@ -1141,6 +1271,10 @@ ngx_http_llm_free_peer(ngx_peer_connection_t *pc, void *data,
     }
 
     ctx->charged = 0;
+
+    if (pd->pool->keepalive) {
+        ngx_http_llm_keepalive_save(pc, b, u, state);
+    }
 
     ngx_http_upstream_free_round_robin_peer(pc, &pd->rrp, state);
 }

@@ -29,8 +29,10 @@ for my $file (@files) {
     # no DNS here: backends connect to loopback; keys come from our dir
     my $keys = $t->dir . '/keys';
     mkdir $keys;
+    my $n = 0;
     $conf =~ s{(llm_backend\s[^;]*?)(;)}
-              {$1 =~ /address=/ ? "$1;" : "$1 address=127.0.0.1:1;"}ge;
+              {$1 =~ /address=/ ? "$1;"
+                                : "$1 address=127.0.0." . ++$n . ":1;"}ge;
     while ($conf =~ s{/etc/nginx/llm/([\w.-]+)}{$keys/$1}) {
         open my $k, '>', "$keys/$1" or die;
         print $k "example-key\n";
