@@ -1,0 +1,96 @@
+
+/*
+ * Copyright (C) nginx-llm-router authors
+ *
+ * libFuzzer target: the split patterns and both merge paths on arbitrary
+ * bytes, for both vocabularies, under ASan and UBSan.  The array merge
+ * and the heap merge must agree; nothing may read out of bounds.
+ *
+ *   build/tokenizer.sh --fuzz SECONDS
+ *
+ * Vocabularies come from $LLM_VOCAB_DIR (o200k_base.json, cl100k_base.json).
+ */
+
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ngx_http_llm_tokenizer.h"
+
+
+static ngx_http_llm_vocab_t   *ngx_http_llm_fuzz_vocab[2];
+static ngx_http_llm_tok_ws_t   ngx_http_llm_fuzz_ws;
+static ngx_http_llm_tok_ws_t   ngx_http_llm_fuzz_heap_ws;
+
+
+int LLVMFuzzerInitialize(int *argc, char ***argv);
+int LLVMFuzzerTestOneInput(const unsigned char *data, size_t size);
+
+
+int
+LLVMFuzzerInitialize(int *argc, char ***argv)
+{
+    int          i;
+    char         path[4096], err[256];
+    const char  *dir, *name[2] = { "o200k_base", "cl100k_base" };
+
+    (void) argc;
+    (void) argv;
+
+    dir = getenv("LLM_VOCAB_DIR");
+    if (dir == NULL) {
+        dir = ".build/npm/node_modules/tiktoken/encoders";
+    }
+
+    for (i = 0; i < 2; i++) {
+        snprintf(path, sizeof(path), "%s/%s.json", dir, name[i]);
+
+        ngx_http_llm_fuzz_vocab[i] = ngx_http_llm_vocab_load(path, err,
+                                                             sizeof(err));
+        if (ngx_http_llm_fuzz_vocab[i] == NULL) {
+            fprintf(stderr, "fuzz: %s\n", err);
+            exit(1);
+        }
+    }
+
+    ngx_http_llm_tok_ws_init(&ngx_http_llm_fuzz_ws, NULL, NULL, NULL);
+    ngx_http_llm_tok_ws_init(&ngx_http_llm_fuzz_heap_ws, NULL, NULL, NULL);
+    ngx_http_llm_fuzz_heap_ws.small_max = 0;
+
+    return 0;
+}
+
+
+int
+LLVMFuzzerTestOneInput(const unsigned char *data, size_t size)
+{
+    int             i;
+    size_t          a, b;
+    unsigned char  *copy;
+
+    /* an exact-size copy, so ASan sees any read past the end */
+    copy = malloc(size ? size : 1);
+    if (copy == NULL) {
+        return 0;
+    }
+
+    memcpy(copy, data, size);
+
+    for (i = 0; i < 2; i++) {
+        a = ngx_http_llm_count_tokens(ngx_http_llm_fuzz_vocab[i],
+                                      &ngx_http_llm_fuzz_ws, copy, size);
+        b = ngx_http_llm_count_tokens(ngx_http_llm_fuzz_vocab[i],
+                                      &ngx_http_llm_fuzz_heap_ws, copy, size);
+
+        if (a != b || a > size * 3) {
+            fprintf(stderr, "fuzz: counts %zu and %zu for %zu bytes\n",
+                    a, b, size);
+            abort();
+        }
+    }
+
+    free(copy);
+
+    return 0;
+}

@@ -1,0 +1,58 @@
+#!/usr/bin/perl
+
+# Worst cases stay near linear: strings without a split point (one piece
+# of a megabyte) take the heap merge, O(n log n).  Counting 1 MB must not
+# cost much more than 10 times counting 100 KB, and the counts of shorter
+# ones equal tiktoken's.
+
+use strict;
+use warnings;
+
+use FindBin;
+use lib "$FindBin::Bin/tokenizer";
+use Test::More;
+use TokTest;
+
+TokTest::setup();
+
+# a fixed pseudo-random lowercase run: merges of every kind, no split point
+my $seed = 12345;
+my $letters = join '', map {
+    $seed = ($seed * 1103515245 + 12345) % 2147483648;
+    chr(97 + ($seed >> 16) % 26)
+} 1 .. 1024 * 1024;
+
+my %gen = (
+    'one letter' => sub { 'a' x $_[0] },
+    'letters' => sub { substr($letters, 0, $_[0]) },
+    'spaces' => sub { ' ' x $_[0] },
+    'digits' => sub { '7' x $_[0] },
+    'kanji' => sub { "\xe6\xbc\xa2" x ($_[0] / 3) },
+    'invalid' => sub { "\xff" x $_[0] },
+);
+
+for my $name (sort keys %gen) {
+    for my $enc (@TokTest::ENCODINGS) {
+        my %t;
+        for my $size (100 * 1024, 1024 * 1024) {
+            my $file = TokTest::write_temp($gen{$name}->($size));
+            my ($n, $bench) = TokTest::run_lines(
+                "$TokTest::COUNT --encoding $enc --bench 1 < $file");
+            my ($ns) = $bench =~ /(\d+) ns per run/;
+            $t{$size} = $ns / 1e9;
+            ok($n > 0, "$enc $name: $size bytes count $n in "
+               . sprintf('%.4f s', $t{$size}));
+        }
+
+        # counting time alone, the fastest of 5 rounds (llm-count --bench)
+        my $ratio = $t{1024 * 1024} / $t{100 * 1024};
+        ok($ratio < 25, "$enc $name: 10x the bytes, "
+           . sprintf('%.1f', $ratio) . 'x the time');
+
+        my @case = (['short', unpack('H*', $gen{$name}->(3 * 4096))]);
+        my ($ours, $ref) = TokTest::counts($enc, \@case);
+        is($ours->[0], $ref->[0], "$enc $name: 12 KB equals tiktoken");
+    }
+}
+
+done_testing();
