@@ -28,6 +28,9 @@ sh build/deps.sh
 env=$(sh build/nginx.sh $opts "$version")
 . "$env"
 
+# the tiktoken vocabularies (npm) and llm-count, for the tokenizer tests
+sh build/tokenizer.sh >/dev/null
+
 echo "testing $LLM_NGINX ${LLM_MODULE:+with $LLM_MODULE}"
 "$LLM_NGINX" -V 2>&1 | head -1
 

@@ -23,9 +23,20 @@
     (cJSON_IsString(item) && (item)->valuestring != NULL)
 
 
-static size_t ngx_http_llm_utf8_chars(const char *s);
-static size_t ngx_http_llm_content_chars(cJSON *content);
-static size_t ngx_http_llm_input_chars(cJSON *input, ngx_uint_t *items);
+/* what the walk adds up: characters always, tokens with a vocabulary */
+
+typedef struct {
+    size_t                   chars;
+    size_t                   tokens;
+    ngx_http_llm_vocab_t    *vocab;
+} ngx_http_llm_sum_t;
+
+
+static void ngx_http_llm_add_text(ngx_http_llm_sum_t *sum, const char *s);
+static void ngx_http_llm_add_content(ngx_http_llm_sum_t *sum,
+    cJSON *content);
+static void ngx_http_llm_add_input(ngx_http_llm_sum_t *sum, cJSON *input,
+    ngx_uint_t *items);
 static ngx_int_t ngx_http_llm_number(cJSON *root, const char *name,
     ngx_uint_t max, ngx_uint_t *value);
 static ngx_int_t ngx_http_llm_copy_string(ngx_pool_t *pool, cJSON *item,
@@ -36,12 +47,14 @@ ngx_int_t
 ngx_http_llm_inspect(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
     cJSON *root)
 {
-    size_t                    chars;
-    cJSON                    *item, *msg;
-    ngx_uint_t                messages, value;
-    ngx_http_llm_loc_conf_t  *llcf;
+    cJSON                     *item, *msg, *name;
+    ngx_uint_t                 messages, value, enc;
+    ngx_http_llm_sum_t         sum;
+    ngx_http_llm_loc_conf_t   *llcf;
+    ngx_http_llm_main_conf_t  *lmcf;
 
     llcf = ngx_http_get_module_loc_conf(r, ngx_http_llm_module);
+    lmcf = ngx_http_get_module_main_conf(r, ngx_http_llm_module);
 
     item = cJSON_GetObjectItemCaseSensitive(root, "model");
 
@@ -54,40 +67,63 @@ ngx_http_llm_inspect(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
     item = cJSON_GetObjectItemCaseSensitive(root, "stream");
     ctx->stream = cJSON_IsTrue(item) ? 1 : 0;
 
-    chars = 0;
+    /* exact counts when the model's vocabulary is loaded */
+
+    ngx_memzero(&sum, sizeof(ngx_http_llm_sum_t));
+
+    if (llcf->count == NGX_HTTP_LLM_COUNT_EXACT) {
+        enc = llcf->encoding ? llcf->encoding
+                             : ngx_http_llm_encoding_for(&ctx->model);
+        sum.vocab = lmcf->vocab[enc];
+    }
+
     messages = 0;
 
-    /* chat completions */
+    /*
+     * chat completions: OpenAI's recipe, 3 tokens a message, its role,
+     * content and name, 1 more with a name, and 3 to prime the reply
+     */
 
     item = cJSON_GetObjectItemCaseSensitive(root, "messages");
 
     cJSON_ArrayForEach(msg, item) {
         messages++;
 
-        chars += ngx_http_llm_content_chars(
-                     cJSON_GetObjectItemCaseSensitive(msg, "role"));
-        chars += ngx_http_llm_content_chars(
-                     cJSON_GetObjectItemCaseSensitive(msg, "content"));
+        ngx_http_llm_add_content(&sum,
+                           cJSON_GetObjectItemCaseSensitive(msg, "role"));
+        ngx_http_llm_add_content(&sum,
+                           cJSON_GetObjectItemCaseSensitive(msg, "content"));
 
-        if (cJSON_GetObjectItemCaseSensitive(msg, "name")) {
-            chars += ngx_http_llm_content_chars(
-                         cJSON_GetObjectItemCaseSensitive(msg, "name"));
+        name = cJSON_GetObjectItemCaseSensitive(msg, "name");
+
+        if (ngx_http_llm_is_string(name)) {
+            ngx_http_llm_add_text(&sum, name->valuestring);
+            sum.tokens++;
         }
     }
 
     /* legacy completions, embeddings and the Responses API */
 
-    chars += ngx_http_llm_input_chars(
-                 cJSON_GetObjectItemCaseSensitive(root, "prompt"), &messages);
-    chars += ngx_http_llm_input_chars(
-                 cJSON_GetObjectItemCaseSensitive(root, "input"), &messages);
-    chars += ngx_http_llm_content_chars(
-                 cJSON_GetObjectItemCaseSensitive(root, "instructions"));
+    ngx_http_llm_add_input(&sum,
+                           cJSON_GetObjectItemCaseSensitive(root, "prompt"),
+                           &messages);
+    ngx_http_llm_add_input(&sum,
+                           cJSON_GetObjectItemCaseSensitive(root, "input"),
+                           &messages);
+    ngx_http_llm_add_content(&sum,
+                     cJSON_GetObjectItemCaseSensitive(root, "instructions"));
 
-    ctx->prompt_estimate = (chars + 3) / 4;
+    ctx->prompt_estimate = (sum.chars + 3) / 4;
 
     if (messages) {
         ctx->prompt_estimate += 3 * messages + 3;
+        sum.tokens += 3 * messages + 3;
+    }
+
+    if (sum.vocab) {
+        ctx->exact = 1;
+        ctx->prompt_tokens = ngx_min(sum.tokens, NGX_HTTP_LLM_MAX_TOKENS);
+        ngx_http_llm_count_done(ctx->body.len);
     }
 
     /* the completion reserve: the most specific limit the body names */
@@ -141,7 +177,8 @@ ngx_http_llm_inspect(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
         ctx->prompt_estimate = NGX_HTTP_LLM_MAX_TOKENS;
     }
 
-    ctx->tokens_estimate = ctx->prompt_estimate
+    ctx->tokens_estimate = (ctx->exact ? ctx->prompt_tokens
+                                       : ctx->prompt_estimate)
                            + ctx->reserve * ctx->choices;
 
     return NGX_OK;
@@ -181,8 +218,8 @@ ngx_http_llm_deployment_from_uri(ngx_str_t *uri, ngx_str_t *deployment)
 }
 
 
-static size_t
-ngx_http_llm_utf8_chars(const char *s)
+static void
+ngx_http_llm_add_text(ngx_http_llm_sum_t *sum, const char *s)
 {
     size_t         n;
     const u_char  *p;
@@ -194,7 +231,12 @@ ngx_http_llm_utf8_chars(const char *s)
         n += ((*p & 0xc0) != 0x80);
     }
 
-    return n;
+    sum->chars += n;
+
+    if (sum->vocab) {
+        sum->tokens += ngx_http_llm_count(sum->vocab, (u_char *) s,
+                                          p - (const u_char *) s);
+    }
 }
 
 
@@ -204,71 +246,67 @@ ngx_http_llm_utf8_chars(const char *s)
  * their own rules later
  */
 
-static size_t
-ngx_http_llm_content_chars(cJSON *content)
+static void
+ngx_http_llm_add_content(ngx_http_llm_sum_t *sum, cJSON *content)
 {
-    size_t   chars;
-    cJSON   *part, *text;
+    cJSON  *part, *text;
 
     if (ngx_http_llm_is_string(content)) {
-        return ngx_http_llm_utf8_chars(content->valuestring);
+        ngx_http_llm_add_text(sum, content->valuestring);
+        return;
     }
 
     if (!cJSON_IsArray(content)) {
-        return 0;
+        return;
     }
-
-    chars = 0;
 
     cJSON_ArrayForEach(part, content) {
 
         if (ngx_http_llm_is_string(part)) {
-            chars += ngx_http_llm_utf8_chars(part->valuestring);
+            ngx_http_llm_add_text(sum, part->valuestring);
             continue;
         }
 
         text = cJSON_GetObjectItemCaseSensitive(part, "text");
 
         if (ngx_http_llm_is_string(text)) {
-            chars += ngx_http_llm_utf8_chars(text->valuestring);
+            ngx_http_llm_add_text(sum, text->valuestring);
         }
     }
-
-    return chars;
 }
 
 
 /*
  * "prompt" and "input": a string, an array of strings, or (Responses
  * API) an array of items with a role and content; arrays of token ids
- * count as one character each, which is close enough for an estimate
+ * count one character and one token each
  */
 
-static size_t
-ngx_http_llm_input_chars(cJSON *input, ngx_uint_t *items)
+static void
+ngx_http_llm_add_input(ngx_http_llm_sum_t *sum, cJSON *input,
+    ngx_uint_t *items)
 {
-    size_t   chars;
-    cJSON   *item, *content;
+    cJSON  *item, *content;
 
     if (input == NULL) {
-        return 0;
+        return;
     }
 
     if (!cJSON_IsArray(input)) {
-        return ngx_http_llm_content_chars(input);
+        ngx_http_llm_add_content(sum, input);
+        return;
     }
-
-    chars = 0;
 
     cJSON_ArrayForEach(item, input) {
 
         if (cJSON_IsNumber(item)) {
-            chars++;
+            sum->chars++;
+            sum->tokens++;
             continue;
         }
 
         if (!cJSON_IsObject(item)) {
-            chars += ngx_http_llm_content_chars(item);
+            ngx_http_llm_add_content(sum, item);
             continue;
         }
 
@@ -276,16 +314,14 @@ ngx_http_llm_input_chars(cJSON *input, ngx_uint_t *items)
 
         if (content) {
             (*items)++;
-            chars += ngx_http_llm_content_chars(
-                         cJSON_GetObjectItemCaseSensitive(item, "role"));
-            chars += ngx_http_llm_content_chars(content);
+            ngx_http_llm_add_content(sum,
+                          cJSON_GetObjectItemCaseSensitive(item, "role"));
+            ngx_http_llm_add_content(sum, content);
             continue;
         }
 
-        chars += ngx_http_llm_content_chars(item);
+        ngx_http_llm_add_content(sum, item);
     }
-
-    return chars;
 }
 
 

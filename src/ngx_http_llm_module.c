@@ -21,6 +21,21 @@ static char *ngx_http_llm_route(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 
 
+static ngx_conf_enum_t  ngx_http_llm_count_modes[] = {
+    { ngx_string("exact"), NGX_HTTP_LLM_COUNT_EXACT },
+    { ngx_string("estimate"), NGX_HTTP_LLM_COUNT_ESTIMATE },
+    { ngx_null_string, 0 }
+};
+
+
+static ngx_conf_enum_t  ngx_http_llm_encodings[] = {
+    { ngx_string("auto"), NGX_HTTP_LLM_ENC_UNKNOWN },
+    { ngx_string("o200k_base"), NGX_HTTP_LLM_ENC_O200K },
+    { ngx_string("cl100k_base"), NGX_HTTP_LLM_ENC_CL100K },
+    { ngx_null_string, 0 }
+};
+
+
 static ngx_command_t  ngx_http_llm_commands[] = {
 
     { ngx_string("llm_zone"),
@@ -29,6 +44,27 @@ static ngx_command_t  ngx_http_llm_commands[] = {
       0,
       0,
       NULL },
+
+    { ngx_string("llm_tokenizer"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE2,
+      ngx_http_llm_tokenizer,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("llm_count"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_enum_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_llm_loc_conf_t, count),
+      &ngx_http_llm_count_modes },
+
+    { ngx_string("llm_encoding"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_enum_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_llm_loc_conf_t, encoding),
+      &ngx_http_llm_encodings },
 
     { ngx_string("llm_balance"),
       NGX_HTTP_UPS_CONF|NGX_CONF_1MORE,
@@ -239,6 +275,8 @@ ngx_http_llm_create_loc_conf(ngx_conf_t *cf)
     conf->upstream = NGX_CONF_UNSET_PTR;
     conf->max_body_size = NGX_CONF_UNSET_SIZE;
     conf->completion_reserve = NGX_CONF_UNSET_UINT;
+    conf->count = NGX_CONF_UNSET_UINT;
+    conf->encoding = NGX_CONF_UNSET_UINT;
 
     return conf;
 }
@@ -262,6 +300,11 @@ ngx_http_llm_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
 
     ngx_conf_merge_uint_value(conf->completion_reserve,
                               prev->completion_reserve, 640);
+
+    ngx_conf_merge_uint_value(conf->count, prev->count,
+                              NGX_HTTP_LLM_COUNT_EXACT);
+    ngx_conf_merge_uint_value(conf->encoding, prev->encoding,
+                              NGX_HTTP_LLM_ENC_UNKNOWN);
 
     if (conf->completion_reserve > NGX_HTTP_LLM_MAX_TOKENS) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,

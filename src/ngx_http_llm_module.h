@@ -12,6 +12,7 @@
 #include <ngx_core.h>
 #include <ngx_http.h>
 #include <cjson/cJSON.h>
+#include "ngx_http_llm_tokenizer.h"
 
 
 /* a sane bound for one request; keeps sums far from overflow */
@@ -157,6 +158,7 @@ typedef struct {
 typedef struct {
     ngx_array_t                    routes;   /* ngx_http_llm_route_ref_t */
     ngx_array_t                    pools;    /* ngx_http_llm_pool_t * */
+    ngx_http_llm_vocab_t          *vocab[3]; /* by ngx_http_llm_encoding_e */
 } ngx_http_llm_main_conf_t;
 
 
@@ -165,7 +167,13 @@ typedef struct {
     ngx_http_upstream_srv_conf_t *upstream;   /* the pool of llm_route */
     size_t                       max_body_size;
     ngx_uint_t                   completion_reserve;
+    ngx_uint_t                   count;      /* exact or estimate */
+    ngx_uint_t                   encoding;   /* 0: by the model's name */
 } ngx_http_llm_loc_conf_t;
+
+
+#define NGX_HTTP_LLM_COUNT_EXACT     1
+#define NGX_HTTP_LLM_COUNT_ESTIMATE  2
 
 
 typedef struct {
@@ -186,6 +194,7 @@ typedef struct {
     size_t                       model_end;
 
     ngx_uint_t                   prompt_estimate;
+    ngx_uint_t                   prompt_tokens;  /* exact, if counted */
     ngx_uint_t                   reserve;
     ngx_uint_t                   choices;
     ngx_uint_t                   tokens_estimate;
@@ -203,6 +212,7 @@ typedef struct {
     ngx_buf_t                   *throttled_body;
 
     unsigned                     parsed:1;
+    unsigned                     exact:1;
     unsigned                     stream:1;
     unsigned                     embeddings:1;
     unsigned                     has_reserve:1;
@@ -234,6 +244,12 @@ ngx_int_t ngx_http_llm_send_error(ngx_http_request_t *r, ngx_uint_t status,
     const char *code, ngx_str_t *message);
 
 ngx_int_t ngx_http_llm_add_variables(ngx_conf_t *cf);
+
+char *ngx_http_llm_tokenizer(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
+ngx_uint_t ngx_http_llm_encoding_for(ngx_str_t *model);
+size_t ngx_http_llm_count(ngx_http_llm_vocab_t *vocab, u_char *text,
+    size_t len);
+void ngx_http_llm_count_done(size_t body_len);
 
 char *ngx_http_llm_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 ngx_int_t ngx_http_llm_zone_add_pool(ngx_conf_t *cf, ngx_shm_zone_t *zone,

@@ -272,6 +272,8 @@ ngx_http_llm_parse(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
         return;
     }
 
+    ctx->body = body;
+
     if (ngx_http_llm_inspect(r, ctx, root) != NGX_OK) {
         cJSON_Delete(root);
         ngx_http_llm_fail(ctx, NGX_HTTP_INTERNAL_SERVER_ERROR,
@@ -283,7 +285,6 @@ ngx_http_llm_parse(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
     cJSON_Delete(root);
 
     ctx->parsed = 1;
-    ctx->body = body;
 
     /* the v1 API: the deployment is the body's "model" */
 

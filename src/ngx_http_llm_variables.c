@@ -34,6 +34,11 @@ static ngx_http_variable_t  ngx_http_llm_vars[] = {
       offsetof(ngx_http_llm_ctx_t, tokens_estimate),
       NGX_HTTP_VAR_NOCACHEABLE, 0 },
 
+    { ngx_string("llm_prompt_tokens"), NULL,
+      ngx_http_llm_number_variable,
+      offsetof(ngx_http_llm_ctx_t, prompt_tokens),
+      NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
     { ngx_string("llm_backend"), NULL,
       ngx_http_llm_backend_variable, offsetof(ngx_http_llm_backend_t, name),
       NGX_HTTP_VAR_NOCACHEABLE, 0 },
@@ -112,7 +117,10 @@ ngx_http_llm_number_variable(ngx_http_request_t *r,
 
     ctx = ngx_http_get_module_ctx(r->main, ngx_http_llm_module);
 
-    if (ctx == NULL || !ctx->parsed) {
+    if (ctx == NULL || !ctx->parsed
+        || (data == offsetof(ngx_http_llm_ctx_t, prompt_tokens)
+            && !ctx->exact))
+    {
         v->not_found = 1;
         return NGX_OK;
     }

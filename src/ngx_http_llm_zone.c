@@ -389,7 +389,14 @@ ngx_http_llm_charge_for(ngx_http_llm_ctx_t *ctx, ngx_http_llm_backend_t *b,
         reserve = location_reserve;
     }
 
-    return ctx->prompt_estimate + reserve * ctx->choices;
+    /*
+     * a Standard deployment charges its own character estimate; a PTU
+     * one the real prompt tokens
+     */
+
+    return ((b->ptu && ctx->exact) ? ctx->prompt_tokens
+                                   : ctx->prompt_estimate)
+           + reserve * ctx->choices;
 }
 
 

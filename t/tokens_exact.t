@@ -1,0 +1,182 @@
+#!/usr/bin/perl
+
+# Exact prompt counts in nginx: llm_tokenizer loads the tiktoken
+# vocabularies, the encoding follows the model (or llm_encoding), chat
+# framing follows OpenAI's recipe (the cookbook example: 124 tokens with
+# o200k_base, 129 with cl100k_base), llm_count estimate turns it off, a
+# ptu backend is charged the exact count and a Standard one Azure's
+# character estimate.
+
+use strict;
+use warnings;
+
+use FindBin;
+use lib "$FindBin::Bin/lib";
+use Test::More;
+use LLMTest;
+
+my $t = LLMTest->new;
+my $dir = $t->dir;
+my $top = $t->top;
+my $enc = "$top/.build/npm/node_modules/tiktoken/encoders";
+my $count = "$top/.build/llm-count";
+
+plan skip_all => "no vocabularies in $enc (run build/tokenizer.sh)"
+    unless -f "$enc/o200k_base.json" && -x $count;
+
+my $echo = $t->start_echo;
+my $ctl = free_port();
+my %p = map { $_ => free_port() } qw(ptu std);
+$t->start_sim({ control_port => $ctl, deployments => [ map {
+    { name => $_, port => $p{$_}, host => "$_.example", api_key => 'k',
+      deployment => 'd', tpm => 100000, ttft_ms => [0, 0],
+      tokens_per_s => 5000, completion_tokens => 1 } } qw(ptu std) ] });
+open my $fh, '>', "$dir/k.key" or die;
+print $fh "k\n";
+close $fh;
+
+my $listen = free_port();
+$t->start_nginx(<<"END", ports => [$listen]);
+    llm_tokenizer o200k_base $enc/o200k_base.json;
+    llm_tokenizer cl100k_base $enc/cl100k_base.json;
+    llm_zone llm:1m;
+
+    upstream ptu {
+        llm_balance zone=llm;
+        llm_backend ptu http://ptu.example tpm=2000 rpm=1000 ptu
+                    key_file=$dir/k.key address=127.0.0.1:$p{ptu};
+    }
+
+    upstream std {
+        llm_balance zone=llm;
+        llm_backend std http://std.example tpm=2000 rpm=1000
+                    key_file=$dir/k.key address=127.0.0.1:$p{std};
+    }
+
+    server {
+        listen 127.0.0.1:$listen;
+        add_header X-Prompt "[\$llm_prompt_tokens]" always;
+        add_header X-Estimate \$llm_tokens_estimate always;
+
+        location /auto/ {
+            llm_route;
+            proxy_pass http://127.0.0.1:$echo;
+        }
+
+        location /cl100k/ {
+            llm_route;
+            llm_encoding cl100k_base;
+            proxy_pass http://127.0.0.1:$echo;
+        }
+
+        location /estimate/ {
+            llm_route;
+            llm_count estimate;
+            proxy_pass http://127.0.0.1:$echo;
+        }
+
+        location /ptu/ {
+            llm_route ptu;
+            rewrite ^/ptu(/.*)\$ \$1 break;
+            proxy_pass http://ptu;
+            proxy_set_header Host \$llm_backend_host;
+            proxy_set_header api-key \$llm_backend_key;
+        }
+
+        location /std/ {
+            llm_route std;
+            rewrite ^/std(/.*)\$ \$1 break;
+            proxy_pass http://std;
+            proxy_set_header Host \$llm_backend_host;
+            proxy_set_header api-key \$llm_backend_key;
+        }
+    }
+END
+
+sub slurp {
+    open my $f, '<', $_[0] or die "$_[0]: $!";
+    local $/;
+    return <$f>;
+}
+
+sub prompt_tokens {
+    my ($uri, $body) = @_;
+    my ($st, $h) = http_post($listen, $uri, $body);
+    is($st, 200, "$uri answered");
+    my ($n) = ($h->{'x-prompt'} // '') =~ /^\[(\d*)\]$/;
+    return ($n, $h);
+}
+
+my $cookbook = json_decode(slurp("$top/t/tokenizer/chat/cookbook.json"));
+my %model = (o200k_base => 'gpt-4o', cl100k_base => 'gpt-4');
+
+$cookbook->{model} = 'gpt-4o';
+my ($n, $h) = prompt_tokens('/auto/x', json_encode($cookbook));
+is($n, 124, 'gpt-4o: the cookbook example counts 124 (o200k_base)');
+is($h->{'x-estimate'}, 124 + 640, '$llm_tokens_estimate: exact + reserve');
+
+$cookbook->{model} = 'gpt-4-0613';
+($n) = prompt_tokens('/auto/x', json_encode($cookbook));
+is($n, 129, 'gpt-4: 129 (cl100k_base)');
+
+$cookbook->{model} = 'gpt-4o';
+($n) = prompt_tokens('/cl100k/x', json_encode($cookbook));
+is($n, 129, 'llm_encoding cl100k_base overrides the model');
+
+($n, $h) = prompt_tokens('/estimate/x', json_encode($cookbook));
+is($n, '', 'llm_count estimate: no exact count');
+
+# the other fixtures equal llm-count (which equals tiktoken, see
+# tokenizer_chat.t) for both encodings
+for my $f (sort glob "$top/t/tokenizer/chat/*.json") {
+    my $j = json_decode(slurp($f));
+    for my $e (sort keys %model) {
+        $j->{model} = $model{$e};
+        my $want = `$count --encoding $e --vocab $enc/$e.json --chat < $f`;
+        chomp $want;
+        ($n) = prompt_tokens('/auto/x', json_encode($j));
+        my $name = $f =~ s{.*/}{}r;
+        is($n, $want, "$name, $e: as llm-count --chat");
+    }
+}
+
+# Japanese: Azure's Standard limiter charges ~characters / 4, a PTU the
+# real tokens (about 0.8 per character with o200k_base)
+my $ja = "\x{65e5}\x{672c}\x{306e}\x{56db}\x{5b63}\x{306b}\x{3064}\x{3044}"
+       . "\x{3066}\x{8aac}\x{660e}\x{3057}\x{3066}\x{304f}\x{3060}\x{3055}"
+       . "\x{3044}\x{3002}";
+my $body = json_encode({ model => 'gpt-4o', max_tokens => 1,
+                         messages => [ { role => 'user',
+                                         content => $ja x 100 } ] });
+($n, $h) = prompt_tokens('/auto/x', $body);
+my $chars = 18 * 100 + 4;
+my $azure = int(($chars + 3) / 4) + 6;
+cmp_ok($n, '>', 1.5 * $azure,
+       "Japanese: $n exact tokens, Azure's estimate $azure");
+
+# 2,000 TPM: a ptu backend admits what the exact count allows, a
+# Standard one what Azure's character estimate allows
+my $uri = '/openai/deployments/d/chat/completions?api-version=2024-10-21';
+my $want_ptu = int(2000 / ($n + 1));
+my $want_std = int(2000 / ($azure + 1));
+ok($want_std > $want_ptu, "the two rules differ: $want_ptu vs $want_std");
+
+for my $case (['ptu', $want_ptu], ['std', $want_std]) {
+    my ($pool, $want) = @$case;
+    my @st = map { (http_post($listen, "/$pool$uri", $body))[0] }
+             1 .. $want + 1;
+    is_deeply(\@st, [(200) x $want, 429],
+              "$pool: $want admitted, then 429");
+}
+
+# bad vocabularies are refused with the reason
+my ($rc, $out) = $t->test_conf("    llm_tokenizer o200k_base $dir/none.json;");
+like($out, qr/cannot load the "o200k_base" vocabulary from "\Q$dir\E\/none.json": /,
+     'missing vocabulary: [emerg] with the reason');
+($rc, $out) = $t->test_conf(
+    "    llm_tokenizer o200k_base $enc/cl100k_base.json;");
+like($out, qr/holds the cl100k_base vocabulary, not o200k_base/,
+     'wrong vocabulary for the name');
+
+$t->allow_log(qr/\[emerg\].*vocabulary/);
+$t->done;
