@@ -33,6 +33,8 @@ for my $file (@files) {
     $conf =~ s{(llm_backend\s[^;]*?)(;)}
               {$1 =~ /address=/ ? "$1;"
                                 : "$1 address=127.0.0." . ++$n . ":1;"}ge;
+    my $vocab = $t->top . '/.build/npm/node_modules/tiktoken/encoders';
+    $conf =~ s{/usr/share/nginx-llm/}{$vocab/}g;
     while ($conf =~ s{/etc/nginx/llm/([\w.-]+)}{$keys/$1}) {
         open my $k, '>', "$keys/$1" or die;
         print $k "example-key\n";
