@@ -52,6 +52,8 @@ ngx_http_llm_admit(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
     ctx->all_throttled = 1;
     ctx->retry_after = wait;
 
+    ngx_http_llm_count_local_throttle(ctx->pool);
+
     ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
                   "llm: no backend of \"%V\" has room for %ui tokens, "
                   "retry in %M ms", &ctx->pool->name, ctx->tokens_estimate,

@@ -12,6 +12,8 @@
 
 static ngx_int_t ngx_http_llm_filter_init(ngx_conf_t *cf);
 static ngx_int_t ngx_http_llm_header_filter(ngx_http_request_t *r);
+static void ngx_http_llm_scan_reply(ngx_http_request_t *r,
+    ngx_http_llm_ctx_t *ctx);
 static ngx_int_t ngx_http_llm_body_filter(ngx_http_request_t *r,
     ngx_chain_t *in);
 
@@ -65,9 +67,17 @@ ngx_http_llm_header_filter(ngx_http_request_t *r)
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_llm_module);
 
-    if (ctx == NULL
-        || !ctx->all_throttled
-        || r != r->main
+    if (ctx == NULL || r != r->main) {
+        return ngx_http_next_header_filter(r);
+    }
+
+    if (ctx->backend && r->upstream
+        && r->headers_out.status == NGX_HTTP_OK)
+    {
+        ngx_http_llm_scan_reply(r, ctx);
+    }
+
+    if (!ctx->all_throttled
         || r->headers_out.status != NGX_HTTP_BAD_GATEWAY)
     {
         return ngx_http_next_header_filter(r);
@@ -88,6 +98,47 @@ ngx_http_llm_header_filter(ngx_http_request_t *r)
 }
 
 
+/*
+ * A 200 from a backend in JSON or SSE is scanned for its usage as it
+ * passes; an encoded reply (gzip) is not, rather than read as garbage.
+ */
+
+static void
+ngx_http_llm_scan_reply(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
+{
+    ngx_str_t  *type;
+
+    if (r->headers_out.content_encoding
+        && r->headers_out.content_encoding->value.len
+        && ngx_strcasecmp(r->headers_out.content_encoding->value.data,
+                          (u_char *) "identity") != 0)
+    {
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                      "llm: reply with Content-Encoding \"%V\" not "
+                      "scanned for usage",
+                      &r->headers_out.content_encoding->value);
+        return;
+    }
+
+    type = &r->headers_out.content_type;
+
+    if (type->len >= sizeof("text/event-stream") - 1
+        && ngx_strncasecmp(type->data, (u_char *) "text/event-stream",
+                           sizeof("text/event-stream") - 1) == 0)
+    {
+        ctx->sse = 1;
+
+    } else if (type->len < sizeof("application/json") - 1
+               || ngx_strncasecmp(type->data, (u_char *) "application/json",
+                                  sizeof("application/json") - 1) != 0)
+    {
+        return;
+    }
+
+    ctx->scan = ngx_pcalloc(r->pool, sizeof(ngx_http_llm_scan_t));
+}
+
+
 static ngx_int_t
 ngx_http_llm_body_filter(ngx_http_request_t *r, ngx_chain_t *in)
 {
@@ -97,7 +148,26 @@ ngx_http_llm_body_filter(ngx_http_request_t *r, ngx_chain_t *in)
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_llm_module);
 
-    if (ctx == NULL || !ctx->replace_body) {
+    if (ctx == NULL) {
+        return ngx_http_next_body_filter(r, in);
+    }
+
+    if (ctx->scan) {
+        for (cl = in; cl; cl = cl->next) {
+
+            if (!ctx->first_byte && ngx_buf_size(cl->buf)) {
+                ctx->first_byte = 1;
+                ctx->ttft = ngx_current_msec - ctx->start;
+            }
+
+            if (ngx_buf_in_memory(cl->buf)) {
+                ngx_http_llm_scan(ctx->scan, cl->buf->pos, cl->buf->last,
+                                  r->connection->log);
+            }
+        }
+    }
+
+    if (!ctx->replace_body) {
         return ngx_http_next_body_filter(r, in);
     }
 

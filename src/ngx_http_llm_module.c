@@ -193,6 +193,13 @@ ngx_http_llm_init(ngx_conf_t *cf)
 
     *h = ngx_http_llm_request_handler;
 
+    h = ngx_array_push(&cmcf->phases[NGX_HTTP_LOG_PHASE].handlers);
+    if (h == NULL) {
+        return NGX_ERROR;
+    }
+
+    *h = ngx_http_llm_log_handler;
+
     return NGX_OK;
 }
 

@@ -57,8 +57,19 @@ typedef struct {
 
     ngx_atomic_uint_t            requests;
     ngx_atomic_uint_t            backend_throttled;
+    ngx_atomic_uint_t            local_throttled;
     ngx_atomic_uint_t            failures;
+    ngx_atomic_uint_t            responses[6];   /* by status / 100 */
     ngx_atomic_uint_t            tokens_charged;
+    ngx_atomic_uint_t            prompt_tokens;
+    ngx_atomic_uint_t            completion_tokens;
+    ngx_atomic_uint_t            cached_tokens;
+    ngx_atomic_uint_t            reasoning_tokens;
+    ngx_atomic_uint_t            usage_counted;
+
+    /* exponentially weighted, in milliseconds and tokens/s x 1000 */
+    ngx_uint_t                   ttft_ewma;
+    ngx_uint_t                   tps_ewma;
 
     uint32_t                     tokens[NGX_HTTP_LLM_TOKEN_SLOTS];
     uint32_t                     requests_slot[NGX_HTTP_LLM_REQ_SLOTS];
@@ -128,6 +139,7 @@ typedef struct {
 
 struct ngx_http_llm_pool_s {
     ngx_str_t                    name;
+    ngx_http_llm_backend_sh_t   *sh;         /* the pool's own counters */
     ngx_shm_zone_t              *shm_zone;
     ngx_array_t                  backends;   /* ngx_http_llm_backend_t */
     ngx_http_upstream_srv_conf_t *upstream;
@@ -176,6 +188,39 @@ typedef struct {
 #define NGX_HTTP_LLM_COUNT_ESTIMATE  2
 
 
+#define NGX_HTTP_LLM_USAGE_MAX  1024
+
+
+/* the reply scanner's state: see ngx_http_llm_usage.c */
+
+typedef struct {
+    ngx_uint_t                   prompt;
+    ngx_uint_t                   completion;
+    ngx_uint_t                   total;
+    ngx_uint_t                   cached;
+    ngx_uint_t                   reasoning;
+    ngx_uint_t                   deltas;
+
+    ngx_uint_t                   depth;
+    size_t                       len;
+    size_t                       klen;
+    u_char                       key[24];
+
+    unsigned                     in_string:1;
+    unsigned                     escaped:1;
+    unsigned                     after_string:1;
+    unsigned                     after_colon:1;
+    unsigned                     usage_key:1;
+    unsigned                     text_key:1;
+    unsigned                     value_of_text:1;
+    unsigned                     value_chars:1;
+    unsigned                     overflow:1;
+    unsigned                     found:1;
+
+    u_char                       buf[NGX_HTTP_LLM_USAGE_MAX];
+} ngx_http_llm_scan_t;
+
+
 typedef struct {
     /* NGX_DONE while the body is read, then NGX_DECLINED */
     ngx_int_t                    status;
@@ -211,6 +256,14 @@ typedef struct {
     ngx_msec_t                   retry_after; /* when throttled locally */
     ngx_buf_t                   *throttled_body;
 
+    /* the attempt that answered: its charge, for the PTU correction */
+    ngx_uint_t                   final_charge;
+    ngx_msec_t                   final_at;
+
+    ngx_msec_t                   start;
+    ngx_msec_t                   ttft;
+    ngx_http_llm_scan_t         *scan;
+
     unsigned                     parsed:1;
     unsigned                     exact:1;
     unsigned                     stream:1;
@@ -220,6 +273,9 @@ typedef struct {
     unsigned                     throttle:2;  /* none, local, backend */
     unsigned                     all_throttled:1;
     unsigned                     replace_body:1;
+    unsigned                     sse:1;
+    unsigned                     first_byte:1;
+    unsigned                     accounted:1;
 } ngx_http_llm_ctx_t;
 
 
@@ -276,6 +332,14 @@ ngx_int_t ngx_http_llm_keepalive_get(ngx_peer_connection_t *pc,
     ngx_http_llm_backend_t *b);
 void ngx_http_llm_keepalive_save(ngx_peer_connection_t *pc,
     ngx_http_llm_backend_t *b, ngx_http_upstream_t *u, ngx_uint_t state);
+
+void ngx_http_llm_scan(ngx_http_llm_scan_t *s, u_char *p, u_char *last,
+    ngx_log_t *log);
+void ngx_http_llm_account(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx);
+void ngx_http_llm_count_local_throttle(ngx_http_llm_pool_t *pool);
+ngx_int_t ngx_http_llm_log_handler(ngx_http_request_t *r);
+ngx_int_t ngx_http_llm_usage_of(ngx_http_llm_ctx_t *ctx,
+    ngx_http_llm_scan_t *out);
 
 ngx_int_t ngx_http_llm_admit(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx);
 ngx_int_t ngx_http_llm_send_throttled(ngx_http_request_t *r,

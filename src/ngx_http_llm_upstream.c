@@ -786,6 +786,7 @@ ngx_http_llm_upstream_init_peer(ngx_http_request_t *r,
         }
 
         ngx_http_set_ctx(r, ctx, ngx_http_llm_module);
+        ctx->start = ngx_current_msec;
     }
 
     ctx->pool = pool;
@@ -873,6 +874,8 @@ ngx_http_llm_get_peer(ngx_peer_connection_t *pc, void *data)
 
             ctx->all_throttled = 1;
             ctx->retry_after = wait;
+
+            ngx_http_llm_count_local_throttle(pd->pool);
 
             if (ctx->throttle == NGX_HTTP_LLM_THROTTLE_NONE) {
                 ctx->throttle = NGX_HTTP_LLM_THROTTLE_LOCAL;
@@ -1268,6 +1271,11 @@ ngx_http_llm_free_peer(ngx_peer_connection_t *pc, void *data,
 
         ngx_http_llm_backend_done(b, NGX_HTTP_LLM_DONE_OK, 0, remote_tokens,
                                   remote_requests);
+
+        /* the log phase corrects a PTU backend's charge to the usage */
+
+        ctx->final_charge = ctx->charged;
+        ctx->final_at = ctx->charged_at;
     }
 
     ctx->charged = 0;

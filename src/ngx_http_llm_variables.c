@@ -16,6 +16,14 @@ static ngx_int_t ngx_http_llm_number_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
 static ngx_int_t ngx_http_llm_backend_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
+static ngx_int_t ngx_http_llm_usage_variable(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data);
+static ngx_int_t ngx_http_llm_usage_source_variable(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data);
+static ngx_int_t ngx_http_llm_ttft_variable(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data);
+static ngx_int_t ngx_http_llm_set_number(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, ngx_uint_t n);
 static ngx_int_t ngx_http_llm_secret_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
 static ngx_int_t ngx_http_llm_attempts_variable(ngx_http_request_t *r,
@@ -35,9 +43,32 @@ static ngx_http_variable_t  ngx_http_llm_vars[] = {
       NGX_HTTP_VAR_NOCACHEABLE, 0 },
 
     { ngx_string("llm_prompt_tokens"), NULL,
-      ngx_http_llm_number_variable,
-      offsetof(ngx_http_llm_ctx_t, prompt_tokens),
+      ngx_http_llm_usage_variable, offsetof(ngx_http_llm_scan_t, prompt),
       NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("llm_completion_tokens"), NULL,
+      ngx_http_llm_usage_variable,
+      offsetof(ngx_http_llm_scan_t, completion),
+      NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("llm_total_tokens"), NULL,
+      ngx_http_llm_usage_variable, offsetof(ngx_http_llm_scan_t, total),
+      NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("llm_cached_tokens"), NULL,
+      ngx_http_llm_usage_variable, offsetof(ngx_http_llm_scan_t, cached),
+      NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("llm_reasoning_tokens"), NULL,
+      ngx_http_llm_usage_variable,
+      offsetof(ngx_http_llm_scan_t, reasoning),
+      NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("llm_usage_source"), NULL,
+      ngx_http_llm_usage_source_variable, 0, NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("llm_ttft_ms"), NULL,
+      ngx_http_llm_ttft_variable, 0, NGX_HTTP_VAR_NOCACHEABLE, 0 },
 
     { ngx_string("llm_backend"), NULL,
       ngx_http_llm_backend_variable, offsetof(ngx_http_llm_backend_t, name),
@@ -117,10 +148,7 @@ ngx_http_llm_number_variable(ngx_http_request_t *r,
 
     ctx = ngx_http_get_module_ctx(r->main, ngx_http_llm_module);
 
-    if (ctx == NULL || !ctx->parsed
-        || (data == offsetof(ngx_http_llm_ctx_t, prompt_tokens)
-            && !ctx->exact))
-    {
+    if (ctx == NULL || !ctx->parsed) {
         v->not_found = 1;
         return NGX_OK;
     }
@@ -265,6 +293,112 @@ ngx_http_llm_throttle_variable(ngx_http_request_t *r,
     v->no_cacheable = 1;
     v->not_found = 0;
     v->data = names[ctx->throttle].data;
+
+    return NGX_OK;
+}
+
+
+/*
+ * The reply's usage, as the backend reported it or as counted from a
+ * stream's deltas; before the reply (or without one) $llm_prompt_tokens
+ * is our own exact count
+ */
+
+static ngx_int_t
+ngx_http_llm_usage_variable(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data)
+{
+    ngx_http_llm_ctx_t   *ctx;
+    ngx_http_llm_scan_t   usage;
+
+    ctx = ngx_http_get_module_ctx(r->main, ngx_http_llm_module);
+
+    if (ctx == NULL) {
+        v->not_found = 1;
+        return NGX_OK;
+    }
+
+    if (ngx_http_llm_usage_of(ctx, &usage)) {
+        return ngx_http_llm_set_number(r, v,
+                                *(ngx_uint_t *) ((char *) &usage + data));
+    }
+
+    if (data == offsetof(ngx_http_llm_scan_t, prompt) && ctx->exact) {
+        return ngx_http_llm_set_number(r, v, ctx->prompt_tokens);
+    }
+
+    v->not_found = 1;
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_llm_usage_source_variable(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data)
+{
+    ngx_int_t             source;
+    ngx_http_llm_ctx_t   *ctx;
+    ngx_http_llm_scan_t   usage;
+
+    static ngx_str_t  names[] = {
+        ngx_null_string,
+        ngx_string("reported"),
+        ngx_string("counted")
+    };
+
+    ctx = ngx_http_get_module_ctx(r->main, ngx_http_llm_module);
+
+    source = ctx ? ngx_http_llm_usage_of(ctx, &usage) : 0;
+
+    if (source == 0) {
+        v->not_found = 1;
+        return NGX_OK;
+    }
+
+    v->len = names[source].len;
+    v->valid = 1;
+    v->no_cacheable = 1;
+    v->not_found = 0;
+    v->data = names[source].data;
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_llm_ttft_variable(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data)
+{
+    ngx_http_llm_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r->main, ngx_http_llm_module);
+
+    if (ctx == NULL || !ctx->first_byte) {
+        v->not_found = 1;
+        return NGX_OK;
+    }
+
+    return ngx_http_llm_set_number(r, v, ctx->ttft);
+}
+
+
+static ngx_int_t
+ngx_http_llm_set_number(ngx_http_request_t *r, ngx_http_variable_value_t *v,
+    ngx_uint_t n)
+{
+    u_char  *p;
+
+    p = ngx_pnalloc(r->pool, NGX_INT_T_LEN);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    v->len = ngx_sprintf(p, "%ui", n) - p;
+    v->valid = 1;
+    v->no_cacheable = 1;
+    v->not_found = 0;
+    v->data = p;
 
     return NGX_OK;
 }

@@ -23,6 +23,9 @@ static ngx_msec_t ngx_http_llm_window_wait(uint32_t *slots, ngx_uint_t n,
 static void ngx_http_llm_window_remove(uint32_t *slots, ngx_uint_t n,
     ngx_msec_t slot_ms, ngx_msec_t last, ngx_uint_t *sum, ngx_uint_t value,
     ngx_msec_t at);
+static void ngx_http_llm_window_add(uint32_t *slots, ngx_uint_t n,
+    ngx_msec_t slot_ms, ngx_msec_t last, ngx_uint_t *sum, ngx_uint_t value,
+    ngx_msec_t at);
 
 
 char *
@@ -142,10 +145,12 @@ ngx_http_llm_init_zone(ngx_shm_zone_t *shm_zone, void *data)
 {
     ngx_http_llm_zone_t  *ozone = data;
 
+    static ngx_str_t  empty = ngx_null_string;
+
     size_t                      len;
     u_char                      key[512];
     uint32_t                    hash;
-    ngx_str_t                   k;
+    ngx_str_t                   k, *name;
     ngx_uint_t                  i, j, gen, nfreed;
     ngx_queue_t                *q, *next;
     ngx_http_llm_pool_t       **pools;
@@ -205,19 +210,21 @@ ngx_http_llm_init_zone(ngx_shm_zone_t *shm_zone, void *data)
     for (i = 0; i < zone->pools.nelts; i++) {
         b = pools[i]->backends.elts;
 
-        for (j = 0; j < pools[i]->backends.nelts; j++) {
+        /* j == nelts: the pool's own node, "name/", for its counters */
 
-            if (pools[i]->name.len + b[j].name.len + 1 > sizeof(key)) {
+        for (j = 0; j <= pools[i]->backends.nelts; j++) {
+
+            name = (j < pools[i]->backends.nelts) ? &b[j].name : &empty;
+
+            if (pools[i]->name.len + name->len + 1 > sizeof(key)) {
                 ngx_shmtx_unlock(&zone->shpool->mutex);
                 ngx_log_error(NGX_LOG_EMERG, shm_zone->shm.log, 0,
-                              "llm backend name \"%V\" is too long",
-                              &b[j].name);
+                              "llm backend name \"%V\" is too long", name);
                 return NGX_ERROR;
             }
 
             k.data = key;
-            k.len = ngx_sprintf(key, "%V/%V", &pools[i]->name, &b[j].name)
-                    - key;
+            k.len = ngx_sprintf(key, "%V/%V", &pools[i]->name, name) - key;
 
             hash = ngx_crc32_short(k.data, k.len);
 
@@ -246,7 +253,13 @@ ngx_http_llm_init_zone(ngx_shm_zone_t *shm_zone, void *data)
             }
 
             node->generation = gen;
-            b[j].sh = node;
+
+            if (j < pools[i]->backends.nelts) {
+                b[j].sh = node;
+
+            } else {
+                pools[i]->sh = node;
+            }
         }
     }
 
@@ -628,6 +641,119 @@ ngx_http_llm_backend_done(ngx_http_llm_backend_t *b, ngx_uint_t outcome,
     }
 
     ngx_shmtx_unlock(&shpool->mutex);
+}
+
+
+/*
+ * The log phase: the reply's usage into the backend's counters, the
+ * time to first token and tokens/s into its moving averages, and a PTU
+ * backend's arrival charge corrected to what the request really used
+ * (a Standard backend keeps Azure's arrival charge: so does Azure).
+ */
+
+void
+ngx_http_llm_account(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
+{
+    ngx_msec_t                  now, gen;
+    ngx_uint_t                  source, actual, tps, cls;
+    ngx_slab_pool_t            *shpool;
+    ngx_http_llm_pool_t        *pool;
+    ngx_http_llm_zone_t        *zone;
+    ngx_http_llm_scan_t         usage;
+    ngx_http_llm_backend_t     *b;
+    ngx_http_llm_backend_sh_t  *sh;
+
+    b = ctx->backend;
+
+    if (ctx->accounted || b == NULL) {
+        return;
+    }
+
+    ctx->accounted = 1;
+
+    pool = b->pool;
+    zone = pool->shm_zone->data;
+    shpool = zone->shpool;
+    sh = b->sh;
+    now = ngx_current_msec;
+
+    source = ngx_http_llm_usage_of(ctx, &usage);
+    cls = ngx_min(r->headers_out.status / 100, 5);
+
+    ngx_shmtx_lock(&shpool->mutex);
+
+    sh->responses[cls]++;
+
+    if (source) {
+        sh->prompt_tokens += usage.prompt;
+        sh->completion_tokens += usage.completion;
+        sh->cached_tokens += usage.cached;
+        sh->reasoning_tokens += usage.reasoning;
+
+        if (source == 2) {
+            sh->usage_counted++;
+        }
+    }
+
+    if (b->ptu && source == 1 && ctx->final_at) {
+        actual = usage.prompt - ngx_min(usage.cached, usage.prompt)
+                 + usage.completion;
+
+        ngx_http_llm_window_advance(sh->tokens, NGX_HTTP_LLM_TOKEN_SLOTS,
+                                    pool->token_slot_ms, &sh->tokens_last,
+                                    &sh->tokens_sum, now);
+        ngx_http_llm_window_remove(sh->tokens, NGX_HTTP_LLM_TOKEN_SLOTS,
+                                   pool->token_slot_ms, sh->tokens_last,
+                                   &sh->tokens_sum, ctx->final_charge,
+                                   ctx->final_at);
+        ngx_http_llm_window_add(sh->tokens, NGX_HTTP_LLM_TOKEN_SLOTS,
+                                pool->token_slot_ms, sh->tokens_last,
+                                &sh->tokens_sum, actual, ctx->final_at);
+    }
+
+    if (ctx->first_byte) {
+        sh->ttft_ewma = sh->ttft_ewma ? (sh->ttft_ewma * 7 + ctx->ttft) / 8
+                                      : ctx->ttft;
+
+        gen = now - ctx->start - ctx->ttft;
+
+        if (source && usage.completion > 1 && gen > 0) {
+            tps = usage.completion * 1000 * 1000 / gen;
+            sh->tps_ewma = sh->tps_ewma ? (sh->tps_ewma * 7 + tps) / 8 : tps;
+        }
+    }
+
+    ngx_shmtx_unlock(&shpool->mutex);
+}
+
+
+void
+ngx_http_llm_count_local_throttle(ngx_http_llm_pool_t *pool)
+{
+    ngx_http_llm_zone_t  *zone;
+
+    zone = pool->shm_zone->data;
+
+    ngx_shmtx_lock(&zone->shpool->mutex);
+    pool->sh->local_throttled++;
+    ngx_shmtx_unlock(&zone->shpool->mutex);
+}
+
+
+static void
+ngx_http_llm_window_add(uint32_t *slots, ngx_uint_t n, ngx_msec_t slot_ms,
+    ngx_msec_t last, ngx_uint_t *sum, ngx_uint_t value, ngx_msec_t at)
+{
+    ngx_msec_t  s;
+
+    s = at / slot_ms;
+
+    if (s > last || last - s >= n) {
+        return;
+    }
+
+    slots[s % n] += (uint32_t) value;
+    *sum += value;
 }
 
 
