@@ -123,6 +123,10 @@ ngx_http_llm_encoding_for(ngx_str_t *model)
 {
     u_char  *p, *last;
 
+    if (model->len < 2) {
+        return NGX_HTTP_LLM_ENC_O200K;
+    }
+
     p = model->data;
     last = p + model->len;
 

@@ -23,8 +23,8 @@ use Test::More;
 use Time::HiRes qw(sleep time);
 
 use Exporter qw(import);
-our @EXPORT = qw(http_request http_get http_post json_decode json_encode
-                 free_port);
+our @EXPORT = qw(http_request http_get http_post http_parallel post_raw
+                 json_decode json_encode free_port);
 
 my $TOP = abs_path(dirname(__FILE__) . '/../..');
 my @ALL;
@@ -433,6 +433,41 @@ sub http_request {
     }
     close $s;
     return parse_response($buf);
+}
+
+# several requests at once, each on its own connection, all written
+# before any answer is read; returns [status, headers, body] for each
+
+sub http_parallel {
+    my ($port, @raws) = @_;
+    my @socks = map {
+        my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1',
+                                      PeerPort => $port, Proto => 'tcp')
+            or die "connect $port: $!";
+        binmode $s;
+        print $s $_;
+        $s;
+    } @raws;
+    my @out;
+    for my $s (@socks) {
+        my $buf = '';
+        my $sel = IO::Select->new($s);
+        while ($sel->can_read(30)) {
+            my $n = sysread($s, $buf, 65536, length $buf);
+            last unless $n;
+            last if response_complete($buf);
+        }
+        close $s;
+        push @out, [parse_response($buf)];
+    }
+    return @out;
+}
+
+sub post_raw {
+    my ($uri, $body) = @_;
+    return "POST $uri HTTP/1.1\r\nHost: localhost\r\n"
+         . "Content-Type: application/json\r\nConnection: close\r\n"
+         . "Content-Length: " . length($body) . "\r\n\r\n$body";
 }
 
 sub response_complete {
