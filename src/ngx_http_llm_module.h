@@ -337,6 +337,9 @@ void ngx_http_llm_scan(ngx_http_llm_scan_t *s, u_char *p, u_char *last,
     ngx_log_t *log);
 void ngx_http_llm_account(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx);
 void ngx_http_llm_count_local_throttle(ngx_http_llm_pool_t *pool);
+void ngx_http_llm_windows_update(ngx_http_llm_pool_t *pool,
+    ngx_http_llm_backend_sh_t *sh, ngx_msec_t now);
+char *ngx_http_llm_status(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 ngx_int_t ngx_http_llm_log_handler(ngx_http_request_t *r);
 ngx_int_t ngx_http_llm_usage_of(ngx_http_llm_ctx_t *ctx,
     ngx_http_llm_scan_t *out);

@@ -727,6 +727,21 @@ ngx_http_llm_account(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
 }
 
 
+/* under the zone's lock */
+
+void
+ngx_http_llm_windows_update(ngx_http_llm_pool_t *pool,
+    ngx_http_llm_backend_sh_t *sh, ngx_msec_t now)
+{
+    ngx_http_llm_window_advance(sh->tokens, NGX_HTTP_LLM_TOKEN_SLOTS,
+                                pool->token_slot_ms, &sh->tokens_last,
+                                &sh->tokens_sum, now);
+    ngx_http_llm_window_advance(sh->requests_slot, NGX_HTTP_LLM_REQ_SLOTS,
+                                pool->request_slot_ms, &sh->requests_last,
+                                &sh->requests_sum, now);
+}
+
+
 void
 ngx_http_llm_count_local_throttle(ngx_http_llm_pool_t *pool)
 {

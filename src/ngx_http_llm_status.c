@@ -1,0 +1,555 @@
+
+/*
+ * Copyright (C) nginx-llm-router authors
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+#include "ngx_http_llm_module.h"
+
+
+/*
+ * llm_status: every pool and backend, in JSON (the default) or in the
+ * Prometheus text format (?format=prometheus, or an Accept header that
+ * asks for text/plain or OpenMetrics).  Names, hosts, limits, windows,
+ * counters; never a key or a token.
+ */
+
+
+#define NGX_HTTP_LLM_STATUS_JSON        0
+#define NGX_HTTP_LLM_STATUS_PROMETHEUS  1
+
+
+typedef struct {
+    ngx_http_llm_backend_sh_t   sh;
+    ngx_msec_t                  cooldown;
+    ngx_msec_t                  remote_age;
+} ngx_http_llm_snap_t;
+
+
+static ngx_int_t ngx_http_llm_status_handler(ngx_http_request_t *r);
+static ngx_uint_t ngx_http_llm_status_format(ngx_http_request_t *r);
+static u_char *ngx_http_llm_status_json(u_char *p, ngx_http_llm_pool_t *pool,
+    ngx_http_llm_snap_t *snap, ngx_http_llm_snap_t *total);
+static u_char *ngx_http_llm_status_prometheus(u_char *p,
+    ngx_http_llm_pool_t **pools, ngx_uint_t npools,
+    ngx_http_llm_snap_t **snaps, ngx_http_llm_snap_t *totals);
+static u_char *ngx_http_llm_sample(u_char *p, const char *name,
+    ngx_http_llm_pool_t *pool, ngx_http_llm_backend_t *b);
+static u_char *ngx_http_llm_label(u_char *p, ngx_str_t *value);
+static void ngx_http_llm_snapshot(ngx_http_llm_pool_t *pool,
+    ngx_http_llm_snap_t *snap, ngx_http_llm_snap_t *total);
+
+
+char *
+ngx_http_llm_status(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_core_loc_conf_t  *clcf;
+
+    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
+    clcf->handler = ngx_http_llm_status_handler;
+
+    return NGX_CONF_OK;
+}
+
+
+static ngx_int_t
+ngx_http_llm_status_handler(ngx_http_request_t *r)
+{
+    size_t                     size;
+    u_char                    *p;
+    ngx_int_t                  rc;
+    ngx_buf_t                 *b;
+    ngx_uint_t                 i, format, n;
+    ngx_chain_t                out;
+    ngx_http_llm_pool_t      **pools;
+    ngx_http_llm_snap_t      **snaps, *totals;
+    ngx_http_llm_main_conf_t  *lmcf;
+
+    if (!(r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD))) {
+        return NGX_HTTP_NOT_ALLOWED;
+    }
+
+    rc = ngx_http_discard_request_body(r);
+    if (rc != NGX_OK) {
+        return rc;
+    }
+
+    lmcf = ngx_http_get_module_main_conf(r, ngx_http_llm_module);
+    pools = lmcf->pools.elts;
+    n = lmcf->pools.nelts;
+    format = ngx_http_llm_status_format(r);
+
+    snaps = ngx_palloc(r->pool, (n + 1) * sizeof(ngx_http_llm_snap_t *));
+    totals = ngx_palloc(r->pool, (n + 1) * sizeof(ngx_http_llm_snap_t));
+    if (snaps == NULL || totals == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    /* an upper bound: a fixed part and names, per backend and pool */
+
+    size = 8192;
+
+    for (i = 0; i < n; i++) {
+        snaps[i] = ngx_palloc(r->pool, (pools[i]->backends.nelts + 1)
+                                       * sizeof(ngx_http_llm_snap_t));
+        if (snaps[i] == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        ngx_http_llm_snapshot(pools[i], snaps[i], &totals[i]);
+
+        size += 512 + 16 * pools[i]->name.len
+                + pools[i]->backends.nelts * (6144 + 32 * 256);
+    }
+
+    b = ngx_create_temp_buf(r->pool, size);
+    if (b == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    p = b->last;
+
+    if (format == NGX_HTTP_LLM_STATUS_JSON) {
+        p = ngx_sprintf(p, "{\"pools\":[");
+
+        for (i = 0; i < n; i++) {
+            if (i) {
+                *p++ = ',';
+            }
+
+            p = ngx_http_llm_status_json(p, pools[i], snaps[i], &totals[i]);
+        }
+
+        p = ngx_sprintf(p, "]}\n");
+        ngx_str_set(&r->headers_out.content_type, "application/json");
+
+    } else {
+        p = ngx_http_llm_status_prometheus(p, pools, n, snaps, totals);
+        ngx_str_set(&r->headers_out.content_type,
+                    "text/plain; version=0.0.4; charset=utf-8");
+    }
+
+    b->last = p;
+    b->last_buf = (r == r->main) ? 1 : 0;
+    b->last_in_chain = 1;
+
+    r->headers_out.content_type_len = r->headers_out.content_type.len;
+    r->headers_out.content_type_lowcase = NULL;
+    r->headers_out.status = NGX_HTTP_OK;
+    r->headers_out.content_length_n = b->last - b->pos;
+
+    rc = ngx_http_send_header(r);
+
+    if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {
+        return rc;
+    }
+
+    out.buf = b;
+    out.next = NULL;
+
+    return ngx_http_output_filter(r, &out);
+}
+
+
+static ngx_uint_t
+ngx_http_llm_status_format(ngx_http_request_t *r)
+{
+    ngx_str_t         value;
+    ngx_table_elt_t  *accept;
+
+    if (ngx_http_arg(r, (u_char *) "format", 6, &value) == NGX_OK) {
+        return (value.len == 10
+                && ngx_strncmp(value.data, "prometheus", 10) == 0)
+               ? NGX_HTTP_LLM_STATUS_PROMETHEUS : NGX_HTTP_LLM_STATUS_JSON;
+    }
+
+#if (NGX_HTTP_HEADERS)
+    accept = r->headers_in.accept;
+#else
+    accept = NULL;
+#endif
+
+    if (accept
+        && (ngx_strlcasestrn(accept->value.data,
+                             accept->value.data + accept->value.len,
+                             (u_char *) "text/plain", 10 - 1)
+            || ngx_strlcasestrn(accept->value.data,
+                                accept->value.data + accept->value.len,
+                                (u_char *) "openmetrics", 11 - 1))
+        && !ngx_strlcasestrn(accept->value.data,
+                             accept->value.data + accept->value.len,
+                             (u_char *) "application/json", 16 - 1))
+    {
+        return NGX_HTTP_LLM_STATUS_PROMETHEUS;
+    }
+
+    return NGX_HTTP_LLM_STATUS_JSON;
+}
+
+
+/*
+ * The shared state of a pool, copied under its lock, the windows brought
+ * up to date first
+ */
+
+static void
+ngx_http_llm_snapshot(ngx_http_llm_pool_t *pool, ngx_http_llm_snap_t *snap,
+    ngx_http_llm_snap_t *total)
+{
+    ngx_msec_t                  now;
+    ngx_uint_t                  i;
+    ngx_http_llm_zone_t        *zone;
+    ngx_http_llm_backend_t     *b;
+    ngx_http_llm_backend_sh_t  *sh;
+
+    zone = pool->shm_zone->data;
+    b = pool->backends.elts;
+    now = ngx_current_msec;
+
+    ngx_shmtx_lock(&zone->shpool->mutex);
+
+    for (i = 0; i < pool->backends.nelts; i++) {
+        sh = b[i].sh;
+
+        ngx_http_llm_windows_update(pool, sh, now);
+
+        snap[i].sh = *sh;
+        snap[i].cooldown = ((ngx_msec_int_t) (sh->cooldown_until - now) > 0)
+                           ? sh->cooldown_until - now : 0;
+        snap[i].remote_age = now - sh->remote_time;
+    }
+
+    total->sh = *pool->sh;
+
+    ngx_shmtx_unlock(&zone->shpool->mutex);
+}
+
+
+static u_char *
+ngx_http_llm_status_json(u_char *p, ngx_http_llm_pool_t *pool,
+    ngx_http_llm_snap_t *snap, ngx_http_llm_snap_t *total)
+{
+    ngx_uint_t                  i;
+    ngx_http_llm_backend_t     *b;
+    ngx_http_llm_backend_sh_t  *sh;
+
+    b = pool->backends.elts;
+
+    p = ngx_sprintf(p, "{\"name\":\"");
+    p = (u_char *) ngx_escape_json(p, pool->name.data, pool->name.len);
+    p = ngx_sprintf(p, "\",\"window_ms\":%M,\"local_throttled\":%uA,"
+                    "\"backends\":[", pool->window,
+                    total->sh.local_throttled);
+
+    for (i = 0; i < pool->backends.nelts; i++) {
+        sh = &snap[i].sh;
+
+        p = ngx_sprintf(p, "%s{\"name\":\"", i ? "," : "");
+        p = (u_char *) ngx_escape_json(p, b[i].name.data, b[i].name.len);
+        p = ngx_sprintf(p, "\",\"host\":\"");
+        p = (u_char *) ngx_escape_json(p, b[i].host.data, b[i].host.len);
+
+        p = ngx_sprintf(p, "\",\"priority\":%ui,\"weight\":%ui,"
+                        "\"ptu\":%s,\"plain\":%s,"
+                        "\"limit_tokens\":%ui,\"limit_requests_10s\":%ui,"
+                        "\"window_tokens\":%ui,\"window_requests\":%ui,"
+                        "\"in_flight\":%ui,\"cooldown_ms\":%M,",
+                        b[i].priority, b[i].weight,
+                        b[i].ptu ? "true" : "false",
+                        b[i].plain ? "true" : "false",
+                        b[i].tpm, b[i].rpm ? ngx_max(b[i].rpm / 6, 1) : 0,
+                        sh->tokens_sum, sh->requests_sum, sh->in_flight,
+                        snap[i].cooldown);
+
+        if (sh->remote_tokens >= 0 || sh->remote_requests >= 0) {
+            p = ngx_sprintf(p, "\"remote_remaining_tokens\":%i,"
+                            "\"remote_remaining_requests\":%i,"
+                            "\"remote_age_ms\":%M,",
+                            sh->remote_tokens, sh->remote_requests,
+                            snap[i].remote_age);
+
+        } else {
+            p = ngx_sprintf(p, "\"remote_remaining_tokens\":null,"
+                            "\"remote_remaining_requests\":null,"
+                            "\"remote_age_ms\":null,");
+        }
+
+        p = ngx_sprintf(p, "\"ttft_ms_ewma\":%ui,"
+                        "\"tokens_per_second_ewma\":%ui.%03ui,"
+                        "\"requests\":%uA,\"backend_throttled\":%uA,"
+                        "\"failures\":%uA,"
+                        "\"responses\":{\"1xx\":%uA,\"2xx\":%uA,"
+                        "\"3xx\":%uA,\"4xx\":%uA,\"5xx\":%uA},"
+                        "\"tokens\":{\"charged\":%uA,\"prompt\":%uA,"
+                        "\"completion\":%uA,\"cached\":%uA,"
+                        "\"reasoning\":%uA},\"usage_counted\":%uA}",
+                        sh->ttft_ewma, sh->tps_ewma / 1000,
+                        sh->tps_ewma % 1000,
+                        sh->requests, sh->backend_throttled, sh->failures,
+                        sh->responses[1], sh->responses[2], sh->responses[3],
+                        sh->responses[4], sh->responses[5],
+                        sh->tokens_charged, sh->prompt_tokens,
+                        sh->completion_tokens, sh->cached_tokens,
+                        sh->reasoning_tokens, sh->usage_counted);
+    }
+
+    return ngx_sprintf(p, "]}");
+}
+
+
+/*
+ * One family after another with its HELP and TYPE (Prometheus wants a
+ * family's samples together); labels pool and backend; base units.
+ */
+
+typedef struct {
+    const char                  *name;
+    const char                  *type;
+    const char                  *help;
+} ngx_http_llm_metric_t;
+
+
+static ngx_http_llm_metric_t  ngx_http_llm_metrics[] = {
+    { "llm_backend_limit_tokens", "gauge",
+      "Tokens a minute the backend allows (0: unlimited)." },
+    { "llm_backend_limit_requests", "gauge",
+      "Requests per 10 seconds the backend allows (0: unlimited)." },
+    { "llm_backend_window_tokens", "gauge",
+      "Tokens charged in the backend's current token window." },
+    { "llm_backend_window_requests", "gauge",
+      "Requests in the backend's current 10 second window." },
+    { "llm_backend_in_flight", "gauge",
+      "Requests sent to the backend and not finished." },
+    { "llm_backend_cooldown_seconds", "gauge",
+      "Seconds until the backend's cool-down after a 429 ends." },
+    { "llm_backend_remote_remaining_tokens", "gauge",
+      "The backend's last x-ratelimit-remaining-tokens." },
+    { "llm_backend_remote_age_seconds", "gauge",
+      "Seconds since the backend's last remaining-* headers." },
+    { "llm_backend_ttft_seconds", "gauge",
+      "Moving average of the time to the first byte of a reply." },
+    { "llm_backend_output_tokens_per_second", "gauge",
+      "Moving average of completion tokens a second." },
+    { "llm_backend_requests_total", "counter",
+      "Attempts sent to the backend." },
+    { "llm_backend_throttled_total", "counter",
+      "Replies with status 429 from the backend." },
+    { "llm_backend_failures_total", "counter",
+      "Failed attempts: errors, timeouts, 5xx." },
+    { "llm_backend_responses_total", "counter",
+      "Responses to clients by status class." },
+    { "llm_backend_tokens_total", "counter",
+      "Tokens by kind: charged at admission, and prompt, completion, "
+      "cached, reasoning from usage." },
+    { "llm_backend_usage_counted_total", "counter",
+      "Replies whose usage was counted from stream deltas." },
+    { "llm_pool_local_throttled_total", "counter",
+      "Requests answered 429 by nginx for want of room in the pool." },
+    { NULL, NULL, NULL }
+};
+
+
+static u_char *
+ngx_http_llm_status_prometheus(u_char *p, ngx_http_llm_pool_t **pools,
+    ngx_uint_t npools, ngx_http_llm_snap_t **snaps,
+    ngx_http_llm_snap_t *totals)
+{
+    ngx_uint_t                  i, j, m, k;
+    ngx_atomic_uint_t           v[5];
+    ngx_http_llm_metric_t      *metric;
+    ngx_http_llm_backend_t     *b;
+    ngx_http_llm_snap_t        *snap;
+    ngx_http_llm_backend_sh_t  *sh;
+
+    static const char  *classes[] = { "1xx", "2xx", "3xx", "4xx", "5xx" };
+    static const char  *kinds[] = { "charged", "prompt", "completion",
+                                    "cached", "reasoning" };
+
+    /* a family's samples stay together: metrics outside, pools inside */
+
+    for (m = 0; ngx_http_llm_metrics[m].name; m++) {
+        metric = &ngx_http_llm_metrics[m];
+
+        p = ngx_sprintf(p, "# HELP %s %s\n# TYPE %s %s\n",
+                        metric->name, metric->help, metric->name,
+                        metric->type);
+
+        for (i = 0; i < npools; i++) {
+
+            if (m == 16) {
+                p = ngx_sprintf(p, "%s{pool=\"", metric->name);
+                p = ngx_http_llm_label(p, &pools[i]->name);
+                p = ngx_sprintf(p, "\"} %uA\n", totals[i].sh.local_throttled);
+                continue;
+            }
+
+            b = pools[i]->backends.elts;
+
+            for (j = 0; j < pools[i]->backends.nelts; j++) {
+                snap = &snaps[i][j];
+                sh = &snap->sh;
+
+                switch (m) {
+
+                case 0:
+                    p = ngx_http_llm_sample(p, metric->name, pools[i], &b[j]);
+                    p = ngx_sprintf(p, "} %ui\n", b[j].tpm);
+                    break;
+
+                case 1:
+                    p = ngx_http_llm_sample(p, metric->name, pools[i], &b[j]);
+                    p = ngx_sprintf(p, "} %ui\n",
+                                    b[j].rpm ? ngx_max(b[j].rpm / 6, 1) : 0);
+                    break;
+
+                case 2:
+                    p = ngx_http_llm_sample(p, metric->name, pools[i], &b[j]);
+                    p = ngx_sprintf(p, "} %ui\n", sh->tokens_sum);
+                    break;
+
+                case 3:
+                    p = ngx_http_llm_sample(p, metric->name, pools[i], &b[j]);
+                    p = ngx_sprintf(p, "} %ui\n", sh->requests_sum);
+                    break;
+
+                case 4:
+                    p = ngx_http_llm_sample(p, metric->name, pools[i], &b[j]);
+                    p = ngx_sprintf(p, "} %ui\n", sh->in_flight);
+                    break;
+
+                case 5:
+                    p = ngx_http_llm_sample(p, metric->name, pools[i], &b[j]);
+                    p = ngx_sprintf(p, "} %M.%03M\n", snap->cooldown / 1000,
+                                    snap->cooldown % 1000);
+                    break;
+
+                case 6:
+                    if (sh->remote_tokens >= 0) {
+                        p = ngx_http_llm_sample(p, metric->name, pools[i],
+                                                &b[j]);
+                        p = ngx_sprintf(p, "} %i\n", sh->remote_tokens);
+                    }
+
+                    break;
+
+                case 7:
+                    if (sh->remote_tokens >= 0 || sh->remote_requests >= 0) {
+                        p = ngx_http_llm_sample(p, metric->name, pools[i],
+                                                &b[j]);
+                        p = ngx_sprintf(p, "} %M.%03M\n",
+                                        snap->remote_age / 1000,
+                                        snap->remote_age % 1000);
+                    }
+
+                    break;
+
+                case 8:
+                    p = ngx_http_llm_sample(p, metric->name, pools[i], &b[j]);
+                    p = ngx_sprintf(p, "} %ui.%03ui\n", sh->ttft_ewma / 1000,
+                                    sh->ttft_ewma % 1000);
+                    break;
+
+                case 9:
+                    p = ngx_http_llm_sample(p, metric->name, pools[i], &b[j]);
+                    p = ngx_sprintf(p, "} %ui.%03ui\n", sh->tps_ewma / 1000,
+                                    sh->tps_ewma % 1000);
+                    break;
+
+                case 10:
+                    p = ngx_http_llm_sample(p, metric->name, pools[i], &b[j]);
+                    p = ngx_sprintf(p, "} %uA\n", sh->requests);
+                    break;
+
+                case 11:
+                    p = ngx_http_llm_sample(p, metric->name, pools[i], &b[j]);
+                    p = ngx_sprintf(p, "} %uA\n", sh->backend_throttled);
+                    break;
+
+                case 12:
+                    p = ngx_http_llm_sample(p, metric->name, pools[i], &b[j]);
+                    p = ngx_sprintf(p, "} %uA\n", sh->failures);
+                    break;
+
+                case 13:
+                    for (k = 0; k < 5; k++) {
+                        p = ngx_http_llm_sample(p, metric->name, pools[i],
+                                                &b[j]);
+                        p = ngx_sprintf(p, ",code=\"%s\"} %uA\n",
+                                        classes[k], sh->responses[k + 1]);
+                    }
+
+                    break;
+
+                case 14:
+                    v[0] = sh->tokens_charged;
+                    v[1] = sh->prompt_tokens;
+                    v[2] = sh->completion_tokens;
+                    v[3] = sh->cached_tokens;
+                    v[4] = sh->reasoning_tokens;
+
+                    for (k = 0; k < 5; k++) {
+                        p = ngx_http_llm_sample(p, metric->name, pools[i],
+                                                &b[j]);
+                        p = ngx_sprintf(p, ",kind=\"%s\"} %uA\n", kinds[k],
+                                        v[k]);
+                    }
+
+                    break;
+
+                default: /* 15 */
+                    p = ngx_http_llm_sample(p, metric->name, pools[i], &b[j]);
+                    p = ngx_sprintf(p, "} %uA\n", sh->usage_counted);
+                    break;
+                }
+            }
+        }
+    }
+
+    return p;
+}
+
+
+/* "name{pool="...",backend="..."", the caller closes the labels */
+
+static u_char *
+ngx_http_llm_sample(u_char *p, const char *name, ngx_http_llm_pool_t *pool,
+    ngx_http_llm_backend_t *b)
+{
+    p = ngx_sprintf(p, "%s{pool=\"", name);
+    p = ngx_http_llm_label(p, &pool->name);
+    p = ngx_sprintf(p, "\",backend=\"");
+    p = ngx_http_llm_label(p, &b->name);
+    *p++ = '"';
+
+    return p;
+}
+
+
+/* a label value: backslash, double quote and newline escaped */
+
+static u_char *
+ngx_http_llm_label(u_char *p, ngx_str_t *value)
+{
+    u_char  *s, *last;
+
+    last = value->data + value->len;
+
+    for (s = value->data; s < last; s++) {
+        if (*s == '\\' || *s == '"') {
+            *p++ = '\\';
+            *p++ = *s;
+
+        } else if (*s == '\n') {
+            *p++ = '\\';
+            *p++ = 'n';
+
+        } else {
+            *p++ = *s;
+        }
+    }
+
+    return p;
+}
