@@ -54,6 +54,7 @@ typedef struct {
     ngx_int_t                    remote_tokens;
     ngx_int_t                    remote_requests;
     ngx_msec_t                   remote_time;
+    ngx_uint_t                   remote_charged;  /* by us since then */
 
     ngx_atomic_uint_t            requests;
     ngx_atomic_uint_t            backend_throttled;
@@ -146,6 +147,7 @@ struct ngx_http_llm_pool_s {
     ngx_msec_t                   cooldown;
     ngx_msec_t                   cooldown_max;
     ngx_msec_t                   window;
+    ngx_msec_t                   remote_fresh;
     ngx_msec_t                   token_slot_ms;
     ngx_msec_t                   request_slot_ms;
 

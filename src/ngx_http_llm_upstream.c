@@ -224,6 +224,9 @@ ngx_http_llm_balance(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         pool->keepalive_requests = 1000;
     }
 
+    /* a remote remaining-* value is trusted for 2 s of a 60 s window */
+
+    pool->remote_fresh = pool->window / 30;
     pool->token_slot_ms = pool->window / (NGX_HTTP_LLM_TOKEN_SLOTS - 1);
     pool->request_slot_ms = pool->window / 6 / (NGX_HTTP_LLM_REQ_SLOTS - 1);
 

@@ -428,7 +428,8 @@ ngx_http_llm_choose(ngx_http_llm_pool_t *pool, ngx_http_llm_ctx_t *ctx,
 {
     ngx_msec_t                  now, w, wr;
     ngx_uint_t                  i, charge, best_charge, room, score,
-                                best_score, per10s, word, bit, was_tried;
+                                best_score, per10s, word, bit, was_tried,
+                                remote;
     ngx_slab_pool_t            *shpool;
     ngx_http_llm_zone_t        *zone;
     ngx_http_llm_backend_t     *b, *best;
@@ -495,6 +496,25 @@ ngx_http_llm_choose(ngx_http_llm_pool_t *pool, ngx_http_llm_ctx_t *ctx,
             room = NGX_HTTP_LLM_UNLIMITED;
         }
 
+        /*
+         * remote truth wins: what the backend said it had left a moment
+         * ago, less what we charged it since, bounds our own view; other
+         * nginx instances' traffic shows up only there
+         */
+
+        if (sh->remote_tokens > 0
+            && now - sh->remote_time < pool->remote_fresh)
+        {
+            remote = ((ngx_uint_t) sh->remote_tokens > sh->remote_charged)
+                     ? sh->remote_tokens - sh->remote_charged : 0;
+
+            if (charge > remote) {
+                w = ngx_max(w, sh->remote_time + pool->remote_fresh - now);
+            }
+
+            room = ngx_min(room, remote);
+        }
+
         if (b[i].rpm) {
             per10s = ngx_max(b[i].rpm / 6, 1);
             wr = ngx_http_llm_window_wait(sh->requests_slot,
@@ -538,6 +558,7 @@ ngx_http_llm_choose(ngx_http_llm_pool_t *pool, ngx_http_llm_ctx_t *ctx,
         sh->in_flight++;
         sh->requests++;
         sh->tokens_charged += best_charge;
+        sh->remote_charged += best_charge;
 
         if (ctx) {
             ctx->charged = best_charge;
@@ -638,6 +659,7 @@ ngx_http_llm_backend_done(ngx_http_llm_backend_t *b, ngx_uint_t outcome,
         sh->remote_tokens = remote_tokens;
         sh->remote_requests = remote_requests;
         sh->remote_time = now;
+        sh->remote_charged = 0;
     }
 
     ngx_shmtx_unlock(&shpool->mutex);
