@@ -69,24 +69,28 @@ case "$want" in
 esac
 
 apt="$out/apt"
-mkdir -p "$apt/lists/partial" "$apt/parts" "$apt/cache/archives/partial" \
-         "$apt/dl"
-cat >"$apt/parts/debian-src.sources" <<END
+mkdir -p "$apt/cache/archives/partial" "$apt/dl"
+# only the suite needed: a stale Release of another suite cannot fail us
+mkdir -p "$apt/parts-$suite" "$apt/lists-$suite/partial"
+cat >"$apt/parts-$suite/debian-src.sources" <<END
 Types: deb-src
 URIs: http://deb.debian.org/debian
-Suites: bookworm trixie sid
+Suites: $suite
 Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 END
 
+# Check-Valid-Until: mirrors serving a snapshot have expired Release files
 aptopts="-o Dir::Etc::SourceList=/dev/null
-         -o Dir::Etc::SourceParts=$apt/parts
-         -o Dir::State::Lists=$apt/lists
+         -o Dir::Etc::SourceParts=$apt/parts-$suite
+         -o Dir::State::Lists=$apt/lists-$suite
          -o Dir::Cache=$apt/cache
+         -o Acquire::Check-Valid-Until=false
          -o APT::Sandbox::User=root"
 
 # shellcheck disable=SC2086
-if [ -z "$(find "$apt/lists" -name '*Sources*' -mmin -1440 2>/dev/null)" ]
+if [ -z "$(find "$apt/lists-$suite" -name '*Sources*' -mmin -1440 \
+           2>/dev/null)" ]
 then
     apt-get $aptopts update -qq >&2
 fi

@@ -218,24 +218,41 @@ ngx_http_llm_deployment_from_uri(ngx_str_t *uri, ngx_str_t *deployment)
 }
 
 
+/*
+ * Characters are the bytes that do not continue a UTF-8 sequence
+ * (10xxxxxx), counted eight at a time: a continuation byte has bit 7 set
+ * and bit 6 clear.
+ */
+
 static void
 ngx_http_llm_add_text(ngx_http_llm_sum_t *sum, const char *s)
 {
-    size_t         n;
+    size_t         len, n, i;
+    uint64_t       w, c;
     const u_char  *p;
 
-    n = 0;
+    p = (const u_char *) s;
+    len = ngx_strlen(s);
+    n = len;
 
-    for (p = (const u_char *) s; *p; p++) {
-        /* count every byte that does not continue a character */
-        n += ((*p & 0xc0) != 0x80);
+    for (i = 0; i + 8 <= len; i += 8) {
+        ngx_memcpy(&w, p + i, 8);
+        c = (w & ~(w << 1)) & 0x8080808080808080ULL;
+
+        /* the number of set bits, each one a continuation byte */
+        c >>= 7;
+        c = (c * 0x0101010101010101ULL) >> 56;
+        n -= (size_t) c;
+    }
+
+    for ( /* void */ ; i < len; i++) {
+        n -= ((p[i] & 0xc0) == 0x80);
     }
 
     sum->chars += n;
 
     if (sum->vocab) {
-        sum->tokens += ngx_http_llm_count(sum->vocab, (u_char *) s,
-                                          p - (const u_char *) s);
+        sum->tokens += ngx_http_llm_count(sum->vocab, (u_char *) s, len);
     }
 }
 

@@ -143,6 +143,19 @@ for my $size (100, 30000) {
     is($cj->{body_md5}, md5_hex($b), "chunked body of $size unchanged");
 }
 
+# conversations of many sizes and shapes: the parse's pool must hold
+# every node and string whatever the body's length (it once did not)
+my $failed = 0;
+for my $i (0 .. 60) {
+    my @msgs = map { { role => $_ % 2 ? 'assistant' : 'user',
+                       content => ('w' x (20 + ($i * 7 + $_ * 13) % 190)) } }
+               1 .. 20 + $i * 2;
+    my $b = json_encode({ messages => \@msgs, max_tokens => 1 });
+    my ($cst, $ch) = http_post($port, $chat, $b);
+    $failed++ unless $cst == 200 && $ch->{'x-llm-estimate'};
+}
+is($failed, 0, '61 conversations of 20 to 140 messages all parsed');
+
 # proxy_request_buffering off still gets the whole, unchanged body
 ($st, $h, $j) = post_json('/unbuffered/x', $body);
 is($st, 200, 'unbuffered location proxied');
