@@ -10,6 +10,11 @@
 #include "ngx_http_llm_module.h"
 
 
+static void ngx_http_llm_wait_handler(ngx_http_request_t *r);
+static ngx_int_t ngx_http_llm_enqueue(ngx_http_request_t *r,
+    ngx_http_llm_ctx_t *ctx);
+static void ngx_http_llm_dequeue(ngx_http_llm_ctx_t *ctx);
+static void ngx_http_llm_wait_cleanup(void *data);
 static ngx_int_t ngx_http_llm_throttle_headers(ngx_http_request_t *r,
     ngx_msec_t wait);
 static void ngx_http_llm_throttle_message(ngx_http_request_t *r,
@@ -27,42 +32,193 @@ ngx_int_t
 ngx_http_llm_admit(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
 {
     ngx_int_t                 rc;
-    ngx_msec_t                wait;
+    ngx_msec_t                wait, now, delay;
+    ngx_http_llm_pool_t      *pool;
     ngx_http_llm_backend_t   *b;
     ngx_http_llm_loc_conf_t  *llcf;
 
     llcf = ngx_http_get_module_loc_conf(r, ngx_http_llm_module);
 
-    ctx->admitted = 1;
-    ctx->pool = ngx_http_llm_pool_of(llcf->upstream);
+    pool = ngx_http_llm_pool_of(llcf->upstream);
+    ctx->pool = pool;
+    ctx->request = r;
+    now = ngx_current_msec;
 
-    b = ngx_http_llm_choose(ctx->pool, ctx, NULL, NULL,
-                            llcf->completion_reserve, &wait);
+    /* first come, first served: only the head of the queue may try */
+
+    if (!ngx_queue_empty(&pool->waiting)
+        && (!ctx->queued || ngx_queue_head(&pool->waiting) != &ctx->queue))
+    {
+        b = NULL;
+        wait = ctx->retry_after ? ctx->retry_after : 50;
+
+    } else {
+        b = ngx_http_llm_choose(pool, ctx, NULL, NULL,
+                                llcf->completion_reserve, &wait);
+    }
 
     if (b) {
         ngx_log_debug3(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
                        "llm admit: backend \"%V\" of \"%V\", %ui tokens",
-                       &b->name, &ctx->pool->name, ctx->charged);
+                       &b->name, &pool->name, ctx->charged);
 
+        ngx_http_llm_dequeue(ctx);
+
+        ctx->admitted = 1;
         ctx->backend = b;
         return NGX_DECLINED;
     }
 
+    /* llm_wait: queue while room is expected within the time allowed */
+
+    if (llcf->wait && wait != NGX_MAX_INT32_VALUE) {
+
+        if (!ctx->queued && !ctx->deadline) {
+            if (wait <= llcf->wait && pool->nwaiting < llcf->wait_queue
+                && ngx_http_llm_enqueue(r, ctx) == NGX_OK)
+            {
+                ctx->deadline = now + llcf->wait;
+            }
+        }
+
+        if (ctx->queued && (ngx_msec_int_t) (ctx->deadline - now) > 0) {
+            delay = ngx_min(wait, ctx->deadline - now);
+            delay = ngx_max(delay, 10);
+
+            ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                           "llm wait: %M ms", delay);
+
+            ctx->retry_after = delay;
+
+            r->read_event_handler = ngx_http_test_reading;
+            r->write_event_handler = ngx_http_llm_wait_handler;
+
+            r->connection->write->delayed = 1;
+            ngx_add_timer(r->connection->write, delay);
+
+            return NGX_AGAIN;
+        }
+
+        ngx_http_llm_dequeue(ctx);
+    }
+
+    ctx->admitted = 1;
     ctx->throttle = NGX_HTTP_LLM_THROTTLE_LOCAL;
     ctx->all_throttled = 1;
-    ctx->retry_after = wait;
+    ctx->retry_after = (wait == NGX_MAX_INT32_VALUE) ? pool->cooldown : wait;
 
-    ngx_http_llm_count_local_throttle(ctx->pool);
+    ngx_http_llm_count_local_throttle(pool);
 
     ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
                   "llm: no backend of \"%V\" has room for %ui tokens, "
-                  "retry in %M ms", &ctx->pool->name, ctx->tokens_estimate,
-                  wait);
+                  "retry in %M ms", &pool->name, ctx->tokens_estimate,
+                  ctx->retry_after);
 
     rc = ngx_http_llm_send_throttled(r, ctx);
 
     ngx_http_finalize_request(r, rc);
     return NGX_DONE;
+}
+
+
+/* a waiting request's timer: back to the phases, admission again */
+
+static void
+ngx_http_llm_wait_handler(ngx_http_request_t *r)
+{
+    ngx_event_t  *wev;
+
+    wev = r->connection->write;
+
+    if (wev->delayed) {
+        if (ngx_handle_write_event(wev, 0) != NGX_OK) {
+            ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
+        }
+
+        return;
+    }
+
+    if (ngx_handle_read_event(r->connection->read, 0) != NGX_OK) {
+        ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
+        return;
+    }
+
+    r->read_event_handler = ngx_http_block_reading;
+    r->write_event_handler = ngx_http_core_run_phases;
+
+    ngx_http_core_run_phases(r);
+}
+
+
+static ngx_int_t
+ngx_http_llm_enqueue(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
+{
+    ngx_pool_cleanup_t  *cln;
+
+    if (!ctx->cleanup) {
+        cln = ngx_pool_cleanup_add(r->pool, 0);
+        if (cln == NULL) {
+            return NGX_ERROR;
+        }
+
+        cln->handler = ngx_http_llm_wait_cleanup;
+        cln->data = ctx;
+        ctx->cleanup = 1;
+    }
+
+    ngx_queue_insert_tail(&ctx->pool->waiting, &ctx->queue);
+    ctx->pool->nwaiting++;
+    ctx->queued = 1;
+
+    return NGX_OK;
+}
+
+
+/*
+ * Leaving the queue, admitted, refused or gone: the next in line tries
+ * at once instead of at the end of its own timer
+ */
+
+static void
+ngx_http_llm_dequeue(ngx_http_llm_ctx_t *ctx)
+{
+    ngx_uint_t           head;
+    ngx_event_t         *wev;
+    ngx_http_llm_ctx_t  *next;
+
+    if (!ctx->queued) {
+        return;
+    }
+
+    head = (ngx_queue_head(&ctx->pool->waiting) == &ctx->queue);
+
+    ngx_queue_remove(&ctx->queue);
+    ctx->pool->nwaiting--;
+    ctx->queued = 0;
+
+    if (!head || ngx_queue_empty(&ctx->pool->waiting)) {
+        return;
+    }
+
+    next = ngx_queue_data(ngx_queue_head(&ctx->pool->waiting),
+                          ngx_http_llm_ctx_t, queue);
+    wev = next->request->connection->write;
+
+    if (wev->timer_set) {
+        ngx_del_timer(wev);
+    }
+
+    wev->delayed = 0;
+    ngx_post_event(wev, &ngx_posted_events);
+}
+
+
+static void
+ngx_http_llm_wait_cleanup(void *data)
+{
+    ngx_http_llm_ctx_t  *ctx = data;
+
+    ngx_http_llm_dequeue(ctx);
 }
 
 

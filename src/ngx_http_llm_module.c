@@ -19,6 +19,8 @@ static char *ngx_http_llm_merge_loc_conf(ngx_conf_t *cf, void *parent,
     void *child);
 static char *ngx_http_llm_route(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+static char *ngx_http_llm_wait(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
 
 
 static ngx_conf_enum_t  ngx_http_llm_count_modes[] = {
@@ -83,6 +85,13 @@ static ngx_command_t  ngx_http_llm_commands[] = {
     { ngx_string("llm_route"),
       NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS|NGX_CONF_TAKE1,
       ngx_http_llm_route,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("llm_wait"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE12,
+      ngx_http_llm_wait,
       NGX_HTTP_LOC_CONF_OFFSET,
       0,
       NULL },
@@ -290,6 +299,8 @@ ngx_http_llm_create_loc_conf(ngx_conf_t *cf)
     conf->max_body_size = NGX_CONF_UNSET_SIZE;
     conf->completion_reserve = NGX_CONF_UNSET_UINT;
     conf->count = NGX_CONF_UNSET_UINT;
+    conf->wait = NGX_CONF_UNSET_MSEC;
+    conf->wait_queue = NGX_CONF_UNSET_UINT;
     conf->encoding = NGX_CONF_UNSET_UINT;
 
     return conf;
@@ -317,6 +328,8 @@ ngx_http_llm_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
 
     ngx_conf_merge_uint_value(conf->count, prev->count,
                               NGX_HTTP_LLM_COUNT_EXACT);
+    ngx_conf_merge_msec_value(conf->wait, prev->wait, 0);
+    ngx_conf_merge_uint_value(conf->wait_queue, prev->wait_queue, 100);
     ngx_conf_merge_uint_value(conf->encoding, prev->encoding,
                               NGX_HTTP_LLM_ENC_UNKNOWN);
 
@@ -379,4 +392,51 @@ ngx_http_llm_route(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     ref->line = cf->conf_file->line;
 
     return NGX_CONF_OK;
+}
+
+
+/* llm_wait time [queue=number]; */
+
+static char *
+ngx_http_llm_wait(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_llm_loc_conf_t *llcf = conf;
+
+    ngx_int_t   n;
+    ngx_str_t  *value;
+
+    if (llcf->wait != NGX_CONF_UNSET_MSEC) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    llcf->wait = ngx_parse_time(&value[1], 0);
+    if (llcf->wait == (ngx_msec_t) NGX_ERROR) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid value \"%V\"", &value[1]);
+        return NGX_CONF_ERROR;
+    }
+
+    if (cf->args->nelts == 3) {
+        if (ngx_strncmp(value[2].data, "queue=", 6) != 0) {
+            goto invalid;
+        }
+
+        n = ngx_atoi(value[2].data + 6, value[2].len - 6);
+        if (n == NGX_ERROR || n == 0) {
+            goto invalid;
+        }
+
+        llcf->wait_queue = n;
+    }
+
+    return NGX_CONF_OK;
+
+invalid:
+
+    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                       "invalid parameter \"%V\"", &value[2]);
+
+    return NGX_CONF_ERROR;
 }

@@ -151,6 +151,10 @@ struct ngx_http_llm_pool_s {
     ngx_msec_t                   token_slot_ms;
     ngx_msec_t                   request_slot_ms;
 
+    /* requests waiting for room in this worker, first come first */
+    ngx_queue_t                  waiting;
+    ngx_uint_t                   nwaiting;
+
     ngx_uint_t                   keepalive;
     ngx_msec_t                   keepalive_timeout;
     ngx_uint_t                   keepalive_requests;
@@ -182,6 +186,8 @@ typedef struct {
     size_t                       max_body_size;
     ngx_uint_t                   completion_reserve;
     ngx_uint_t                   count;      /* exact or estimate */
+    ngx_msec_t                   wait;
+    ngx_uint_t                   wait_queue;
     ngx_uint_t                   encoding;   /* 0: by the model's name */
 } ngx_http_llm_loc_conf_t;
 
@@ -264,6 +270,10 @@ typedef struct {
 
     ngx_msec_t                   start;
     ngx_msec_t                   ttft;
+
+    ngx_http_request_t          *request;
+    ngx_queue_t                  queue;       /* in pool->waiting */
+    ngx_msec_t                   deadline;
     ngx_http_llm_scan_t         *scan;
 
     unsigned                     parsed:1;
@@ -278,6 +288,8 @@ typedef struct {
     unsigned                     sse:1;
     unsigned                     first_byte:1;
     unsigned                     accounted:1;
+    unsigned                     queued:1;
+    unsigned                     cleanup:1;
 } ngx_http_llm_ctx_t;
 
 

@@ -204,6 +204,8 @@ ngx_http_llm_balance(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     pool->name = uscf->host;
     pool->upstream = uscf;
 
+    ngx_queue_init(&pool->waiting);
+
     if (pool->cooldown == NGX_CONF_UNSET_MSEC) {
         pool->cooldown = 5000;
     }
