@@ -29,6 +29,11 @@ typedef struct {
     size_t                   chars;
     size_t                   tokens;
     ngx_http_llm_vocab_t    *vocab;
+
+    /* images: where to decode headers, the model's prices */
+    ngx_pool_t              *pool;
+    ngx_uint_t               mini;
+    ngx_uint_t               remote_image;
 } ngx_http_llm_sum_t;
 
 
@@ -76,6 +81,13 @@ ngx_http_llm_inspect(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
                              : ngx_http_llm_encoding_for(&ctx->model);
         sum.vocab = lmcf->vocab[enc];
     }
+
+    sum.pool = r->pool;
+    sum.remote_image = llcf->image_tokens;
+    sum.mini = (ngx_strlcasestrn(ctx->model.data,
+                                 ctx->model.data + ctx->model.len,
+                                 (u_char *) "4o-mini", 7 - 1)
+                != NULL);
 
     messages = 0;
 
@@ -259,14 +271,14 @@ ngx_http_llm_add_text(ngx_http_llm_sum_t *sum, const char *s)
 
 /*
  * A message's content: a string, or an array of parts of which only
- * text is characters; images and audio are not text and are counted by
- * their own rules later
+ * text is characters; images count by the tile rule (exact counts only),
+ * audio and files not at all
  */
 
 static void
 ngx_http_llm_add_content(ngx_http_llm_sum_t *sum, cJSON *content)
 {
-    cJSON  *part, *text;
+    cJSON  *part, *text, *image, *url, *detail;
 
     if (ngx_http_llm_is_string(content)) {
         ngx_http_llm_add_text(sum, content->valuestring);
@@ -288,6 +300,26 @@ ngx_http_llm_add_content(ngx_http_llm_sum_t *sum, cJSON *content)
 
         if (ngx_http_llm_is_string(text)) {
             ngx_http_llm_add_text(sum, text->valuestring);
+            continue;
+        }
+
+        image = cJSON_GetObjectItemCaseSensitive(part, "image_url");
+
+        if (image && sum->vocab) {
+            url = cJSON_GetObjectItemCaseSensitive(image, "url");
+            detail = cJSON_GetObjectItemCaseSensitive(image, "detail");
+
+            if (ngx_http_llm_is_string(image)) {
+                url = image;
+            }
+
+            if (ngx_http_llm_is_string(url)) {
+                sum->tokens += ngx_http_llm_image_tokens(sum->pool,
+                                  url->valuestring,
+                                  ngx_http_llm_is_string(detail)
+                                  ? detail->valuestring : NULL,
+                                  sum->mini, sum->remote_image);
+            }
         }
     }
 }

@@ -89,6 +89,13 @@ static ngx_command_t  ngx_http_llm_commands[] = {
       0,
       NULL },
 
+    { ngx_string("llm_image_tokens"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_num_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_llm_loc_conf_t, image_tokens),
+      NULL },
+
     { ngx_string("llm_wait"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE12,
       ngx_http_llm_wait,
@@ -301,6 +308,7 @@ ngx_http_llm_create_loc_conf(ngx_conf_t *cf)
     conf->count = NGX_CONF_UNSET_UINT;
     conf->wait = NGX_CONF_UNSET_MSEC;
     conf->wait_queue = NGX_CONF_UNSET_UINT;
+    conf->image_tokens = NGX_CONF_UNSET_UINT;
     conf->encoding = NGX_CONF_UNSET_UINT;
 
     return conf;
@@ -330,6 +338,10 @@ ngx_http_llm_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
                               NGX_HTTP_LLM_COUNT_EXACT);
     ngx_conf_merge_msec_value(conf->wait, prev->wait, 0);
     ngx_conf_merge_uint_value(conf->wait_queue, prev->wait_queue, 100);
+
+    /* a 1024 x 1024 image at high detail for gpt-4o: 4 tiles + base */
+
+    ngx_conf_merge_uint_value(conf->image_tokens, prev->image_tokens, 765);
     ngx_conf_merge_uint_value(conf->encoding, prev->encoding,
                               NGX_HTTP_LLM_ENC_UNKNOWN);
 

@@ -188,6 +188,7 @@ typedef struct {
     ngx_uint_t                   count;      /* exact or estimate */
     ngx_msec_t                   wait;
     ngx_uint_t                   wait_queue;
+    ngx_uint_t                   image_tokens;
     ngx_uint_t                   encoding;   /* 0: by the model's name */
 } ngx_http_llm_loc_conf_t;
 
@@ -320,6 +321,8 @@ ngx_uint_t ngx_http_llm_encoding_for(ngx_str_t *model);
 size_t ngx_http_llm_count(ngx_http_llm_vocab_t *vocab, u_char *text,
     size_t len);
 void ngx_http_llm_count_done(size_t body_len);
+ngx_uint_t ngx_http_llm_image_tokens(ngx_pool_t *pool, const char *url,
+    const char *detail, ngx_uint_t mini, ngx_uint_t remote);
 
 char *ngx_http_llm_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 ngx_int_t ngx_http_llm_zone_add_pool(ngx_conf_t *cf, ngx_shm_zone_t *zone,

@@ -134,6 +134,16 @@ for my $f (sort glob "$top/t/tokenizer/chat/*.json") {
         $j->{model} = $model{$e};
         my $want = `$count --encoding $e --vocab $enc/$e.json --chat < $f`;
         chomp $want;
+
+        # llm-count counts text only; remote images cost 765, low 85
+        for my $m (@{ $j->{messages} }) {
+            next unless ref $m->{content} eq 'ARRAY';
+            for my $part (@{ $m->{content} }) {
+                next unless $part->{image_url};
+                $want += ($part->{image_url}{detail} // '') eq 'low'
+                         ? 85 : 765;
+            }
+        }
         ($n) = prompt_tokens('/auto/x', json_encode($j));
         my $name = $f =~ s{.*/}{}r;
         is($n, $want, "$name, $e: as llm-count --chat");
@@ -170,6 +180,55 @@ for my $case (['ptu', $want_ptu], ['std', $want_std]) {
     is_deeply(\@st, [(200) x $want, 429],
               "$pool: $want admitted, then 429");
 }
+
+# images by the tile rule, sizes read from the data URL's header
+use MIME::Base64 qw(encode_base64);
+my %img = (
+    png => sub { "\x89PNG\r\n\x1a\n" . pack('N', 13) . 'IHDR'
+                 . pack('NN', @_) . "\x08\x02\0\0\0" . 'crc!' . ('x' x 64) },
+    gif => sub { 'GIF89a' . pack('vv', @_) . "\0\0\0" . ('x' x 64) },
+    jpeg => sub { "\xff\xd8\xff\xe0" . pack('n', 16) . ('J' x 14)
+                  . "\xff\xc0" . pack('n', 17) . "\x08"
+                  . pack('nn', $_[1], $_[0]) . "\x03" . ('x' x 64) },
+    webp => sub { 'RIFF' . pack('V', 30) . 'WEBPVP8X' . pack('V', 10)
+                  . "\0\0\0\0" . substr(pack('V', $_[0] - 1), 0, 3)
+                  . substr(pack('V', $_[1] - 1), 0, 3) . ('x' x 64) },
+);
+
+sub with_image {
+    my ($model, $url, $detail) = @_;
+    my $part = { type => 'image_url',
+                 image_url => { url => $url, $detail ? (detail => $detail)
+                                                     : () } };
+    my $b = json_encode({ model => $model, messages => [ { role => 'user',
+        content => [ { type => 'text', text => 'what is this?' }, $part ] } ] });
+    my ($n) = prompt_tokens('/auto/x', $b);
+    return $n;
+}
+
+my $plain = with_image('gpt-4o', 'data:image/png;base64,');
+my @cases = (
+    # format, w, h, detail, model, tokens (AOAI_FACTS.md section 7)
+    ['png', 1024, 1024, 'high', 'gpt-4o', 85 + 170 * 4],
+    ['png', 1024, 1024, 'low', 'gpt-4o', 85],
+    ['png', 2048, 4096, 'high', 'gpt-4o', 85 + 170 * 6],
+    ['gif', 512, 512, 'auto', 'gpt-4o', 85 + 170],
+    ['jpeg', 3000, 1000, undef, 'gpt-4o', 85 + 170 * 8],
+    ['webp', 800, 600, 'high', 'gpt-4o', 85 + 170 * 4],
+    ['png', 1024, 1024, 'low', 'gpt-4o-mini', 2833],
+    ['png', 512, 512, 'high', 'gpt-4o-mini', 2833 + 5667],
+);
+for my $c (@cases) {
+    my ($fmt, $w, $h, $detail, $model, $want) = @$c;
+    my $url = "data:image/$fmt;base64,"
+            . encode_base64($img{$fmt}->($w, $h), '');
+    my $base = with_image($model, 'data:image/png;base64,');
+    my $n = with_image($model, $url, $detail);
+    is($n - $base + 765, $want, "$fmt ${w}x$h " . ($detail // 'no detail')
+                                . " for $model: $want tokens");
+}
+my $remote = with_image('gpt-4o', 'https://example.com/cat.png', 'high');
+is($remote - $plain, 0, 'a remote image counts llm_image_tokens (765)');
 
 # bad vocabularies are refused with the reason
 my ($rc, $out) = $t->test_conf("    llm_tokenizer o200k_base $dir/none.json;");
