@@ -84,10 +84,11 @@ ngx_http_llm_inspect(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
 
     sum.pool = r->pool;
     sum.remote_image = llcf->image_tokens;
-    sum.mini = (ngx_strlcasestrn(ctx->model.data,
-                                 ctx->model.data + ctx->model.len,
-                                 (u_char *) "4o-mini", 7 - 1)
-                != NULL);
+    sum.mini = (ctx->model.len >= 7
+                && ngx_strlcasestrn(ctx->model.data,
+                                    ctx->model.data + ctx->model.len,
+                                    (u_char *) "4o-mini", 7 - 1)
+                   != NULL);
 
     messages = 0;
 

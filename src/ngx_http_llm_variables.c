@@ -142,7 +142,6 @@ static ngx_int_t
 ngx_http_llm_number_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data)
 {
-    u_char              *p;
     ngx_uint_t           n;
     ngx_http_llm_ctx_t  *ctx;
 
@@ -155,18 +154,7 @@ ngx_http_llm_number_variable(ngx_http_request_t *r,
 
     n = *(ngx_uint_t *) ((char *) ctx + data);
 
-    p = ngx_pnalloc(r->pool, NGX_INT_T_LEN);
-    if (p == NULL) {
-        return NGX_ERROR;
-    }
-
-    v->len = ngx_sprintf(p, "%ui", n) - p;
-    v->valid = 1;
-    v->no_cacheable = 0;
-    v->not_found = 0;
-    v->data = p;
-
-    return NGX_OK;
+    return ngx_http_llm_set_number(r, v, n);
 }
 
 
@@ -244,7 +232,6 @@ static ngx_int_t
 ngx_http_llm_attempts_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data)
 {
-    u_char              *p;
     ngx_http_llm_ctx_t  *ctx;
 
     ctx = ngx_http_get_module_ctx(r->main, ngx_http_llm_module);
@@ -254,18 +241,7 @@ ngx_http_llm_attempts_variable(ngx_http_request_t *r,
         return NGX_OK;
     }
 
-    p = ngx_pnalloc(r->pool, NGX_INT_T_LEN);
-    if (p == NULL) {
-        return NGX_ERROR;
-    }
-
-    v->len = ngx_sprintf(p, "%ui", ctx->attempts) - p;
-    v->valid = 1;
-    v->no_cacheable = 1;
-    v->not_found = 0;
-    v->data = p;
-
-    return NGX_OK;
+    return ngx_http_llm_set_number(r, v, ctx->attempts);
 }
 
 
