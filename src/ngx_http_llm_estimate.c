@@ -42,6 +42,9 @@ static void ngx_http_llm_add_content(ngx_http_llm_sum_t *sum,
     cJSON *content);
 static void ngx_http_llm_add_input(ngx_http_llm_sum_t *sum, cJSON *input,
     ngx_uint_t *items);
+static void ngx_http_llm_add_tools(ngx_http_llm_sum_t *sum, cJSON *root);
+static void ngx_http_llm_add_line(ngx_http_llm_sum_t *sum, cJSON *a,
+    cJSON *b, cJSON *c);
 static ngx_int_t ngx_http_llm_number(cJSON *root, const char *name,
     ngx_uint_t max, ngx_uint_t *value);
 static ngx_int_t ngx_http_llm_copy_string(ngx_pool_t *pool, cJSON *item,
@@ -113,6 +116,12 @@ ngx_http_llm_inspect(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
             ngx_http_llm_add_text(&sum, name->valuestring);
             sum.tokens++;
         }
+    }
+
+    /* tool and function definitions, and a response schema */
+
+    if (sum.vocab) {
+        ngx_http_llm_add_tools(&sum, root);
     }
 
     /* legacy completions, embeddings and the Responses API */
@@ -372,6 +381,155 @@ ngx_http_llm_add_input(ngx_http_llm_sum_t *sum, cJSON *input,
 
         ngx_http_llm_add_content(sum, item);
     }
+}
+
+
+/*
+ * Tools by OpenAI's published recipe (cookbook "How to count tokens with
+ * tiktoken"): per function 7 tokens (10 for the cl100k models) and the
+ * tokens of "name:description"; with properties 3 more, and per
+ * property 3 and "name:type:description", an enum -3 and 3 plus the
+ * tokens of each item; 12 at the end.  A trailing period of a
+ * description is dropped.  A json_schema response format has no
+ * published recipe: its compact JSON text is counted.
+ */
+
+static void
+ngx_http_llm_add_tools(ngx_http_llm_sum_t *sum, cJSON *root)
+{
+    char        *text;
+    cJSON       *tools, *tool, *fn, *props, *prop, *item, *en, *schema;
+    ngx_uint_t   nfunc;
+    ngx_int_t    tokens;
+
+    tokens = 0;
+    nfunc = 0;
+
+    tools = cJSON_GetObjectItemCaseSensitive(root, "tools");
+
+    if (tools == NULL) {
+        tools = cJSON_GetObjectItemCaseSensitive(root, "functions");
+    }
+
+    cJSON_ArrayForEach(tool, tools) {
+        fn = cJSON_GetObjectItemCaseSensitive(tool, "function");
+
+        if (fn == NULL) {
+            fn = tool;
+        }
+
+        if (!cJSON_IsObject(fn)) {
+            continue;
+        }
+
+        nfunc++;
+        tokens += (ngx_http_llm_vocab_encoding(sum->vocab)
+                   == NGX_HTTP_LLM_ENC_CL100K) ? 10 : 7;
+
+        ngx_http_llm_add_line(sum,
+                    cJSON_GetObjectItemCaseSensitive(fn, "name"), NULL,
+                    cJSON_GetObjectItemCaseSensitive(fn, "description"));
+
+        props = cJSON_GetObjectItemCaseSensitive(
+                    cJSON_GetObjectItemCaseSensitive(fn, "parameters"),
+                    "properties");
+
+        if (cJSON_GetArraySize(props) > 0) {
+            tokens += 3;
+        }
+
+        cJSON_ArrayForEach(prop, props) {
+            tokens += 3;
+
+            en = cJSON_GetObjectItemCaseSensitive(prop, "enum");
+
+            if (en) {
+                tokens -= 3;
+
+                cJSON_ArrayForEach(item, en) {
+                    tokens += 3;
+
+                    if (ngx_http_llm_is_string(item)) {
+                        sum->tokens += ngx_http_llm_count(sum->vocab,
+                                           (u_char *) item->valuestring,
+                                           ngx_strlen(item->valuestring));
+                    }
+                }
+            }
+
+            ngx_http_llm_add_line(sum, prop,
+                     cJSON_GetObjectItemCaseSensitive(prop, "type"),
+                     cJSON_GetObjectItemCaseSensitive(prop, "description"));
+        }
+    }
+
+    if (nfunc) {
+        tokens += 12;
+    }
+
+    sum->tokens += (tokens > 0) ? (size_t) tokens : 0;
+
+    schema = cJSON_GetObjectItemCaseSensitive(
+                 cJSON_GetObjectItemCaseSensitive(root, "response_format"),
+                 "json_schema");
+
+    if (schema) {
+        text = cJSON_PrintUnformatted(schema);
+
+        if (text) {
+            sum->tokens += ngx_http_llm_count(sum->vocab, (u_char *) text,
+                                              ngx_strlen(text));
+        }
+    }
+}
+
+
+/*
+ * "a:b:c" or "a:c" of a definition: a is the name (for a property, its
+ * key), c a description without its trailing period
+ */
+
+static void
+ngx_http_llm_add_line(ngx_http_llm_sum_t *sum, cJSON *a, cJSON *b, cJSON *c)
+{
+    u_char      *p, *line;
+    size_t       len, la, lb, lc;
+    const char  *sa, *sb, *sc;
+
+    sa = (a && a->string && !ngx_http_llm_is_string(a)) ? a->string
+         : (ngx_http_llm_is_string(a) ? a->valuestring : "");
+    sb = ngx_http_llm_is_string(b) ? b->valuestring : NULL;
+    sc = ngx_http_llm_is_string(c) ? c->valuestring : "";
+
+    la = ngx_strlen(sa);
+    lb = sb ? ngx_strlen(sb) : 0;
+    lc = ngx_strlen(sc);
+
+    if (lc && sc[lc - 1] == '.') {
+        lc--;
+    }
+
+    len = la + 1 + (sb ? lb + 1 : 0) + lc;
+
+    line = ngx_pnalloc(sum->pool, len + 1);
+    if (line == NULL) {
+        return;
+    }
+
+    p = ngx_cpymem(line, sa, la);
+    *p++ = ':';
+
+    if (sb) {
+        p = ngx_cpymem(p, sb, lb);
+        *p++ = ':';
+    }
+
+    p = ngx_cpymem(p, sc, lc);
+    *p = '\0';
+
+    /* characters of definitions are not prompt text for Azure's charge */
+
+    sum->tokens += ngx_http_llm_count(sum->vocab, line, p - line);
 }
 
 

@@ -181,6 +181,31 @@ for my $case (['ptu', $want_ptu], ['std', $want_std]) {
               "$pool: $want admitted, then 429");
 }
 
+# tools by OpenAI's published recipe: the cookbook's weather example
+# counts 101 prompt tokens for gpt-4o and 105 for gpt-4 (both measured
+# against the API in the cookbook)
+my $tools = [ { type => 'function', function => {
+    name => 'get_current_weather',
+    description => 'Get the current weather in a given location',
+    parameters => { type => 'object', required => ['location'],
+        properties => {
+            location => { type => 'string',
+                description => 'The city and state, e.g. San Francisco, CA' },
+            unit => { type => 'string',
+                description => 'The unit of temperature to return',
+                enum => ['celsius', 'fahrenheit'] } } } } } ];
+my $weather = [
+    { role => 'system', content => 'You are a helpful assistant that can '
+                                   . 'answer to questions about the weather.' },
+    { role => 'user', content => "What's the weather like in San Francisco?" },
+];
+for my $case (['gpt-4o', 101], ['gpt-4', 105]) {
+    my ($m, $want) = @$case;
+    ($n) = prompt_tokens('/auto/x', json_encode({ model => $m,
+        messages => $weather, tools => $tools }));
+    is($n, $want, "tools: the cookbook's example counts $want for $m");
+}
+
 # images by the tile rule, sizes read from the data URL's header
 use MIME::Base64 qw(encode_base64);
 my %img = (
