@@ -62,6 +62,7 @@ http {
     client_body_temp_path $work/client_body;
     proxy_temp_path $work/proxy_temp;
     client_max_body_size 2m;
+    keepalive_requests 100000;
     client_body_buffer_size 64k;
     $2
     llm_zone llm:1m;
