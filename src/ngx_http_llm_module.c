@@ -205,8 +205,8 @@ ngx_http_llm_init(ngx_conf_t *cf)
     cmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_core_module);
 
     /*
-     * preaccess: after rewrites chose the location, before the access
-     * checks and limits that later issues feed with the token count
+     * preaccess: after rewrites chose the location, and before proxying;
+     * a 429 here costs no access check or upstream connection
      */
 
     h = ngx_array_push(&cmcf->phases[NGX_HTTP_PREACCESS_PHASE].handlers);

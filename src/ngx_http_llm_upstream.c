@@ -637,7 +637,7 @@ ngx_http_llm_upstream_init(ngx_conf_t *cf, ngx_http_upstream_srv_conf_t *us)
         b->first_peer = pos;
         pos += b->npeers;
         b->peers = ngx_palloc(cf->pool,
-                              b->npeers * sizeof(ngx_http_upstream_rr_peer_t *));
+                         b->npeers * sizeof(ngx_http_upstream_rr_peer_t *));
         if (b->peers == NULL) {
             return NGX_ERROR;
         }

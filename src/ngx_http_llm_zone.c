@@ -551,7 +551,7 @@ ngx_http_llm_choose(ngx_http_llm_pool_t *pool, ngx_http_llm_ctx_t *ctx,
         sh = best->sh;
 
         sh->tokens[sh->tokens_last % NGX_HTTP_LLM_TOKEN_SLOTS] +=
-                                                          (uint32_t) best_charge;
+                                                      (uint32_t) best_charge;
         sh->tokens_sum += best_charge;
         sh->requests_slot[sh->requests_last % NGX_HTTP_LLM_REQ_SLOTS]++;
         sh->requests_sum++;
