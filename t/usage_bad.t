@@ -1,0 +1,132 @@
+#!/usr/bin/perl
+
+# Replies that go wrong: a malformed usage object, a stream with an error
+# event in the middle, a backend that closes in the middle of an event,
+# a gzip reply, usage bigger than the copy buffer.  No crash, usage
+# counted as documented, logged at warn (not alert).
+
+use strict;
+use warnings;
+
+use FindBin;
+use lib "$FindBin::Bin/lib";
+use Test::More;
+use IO::Socket::INET;
+use POSIX ();
+use LLMTest;
+
+my $t = LLMTest->new;
+my $dir = $t->dir;
+
+my $sse = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+        . "Connection: close\r\n\r\n";
+my $json = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+         . "Connection: close\r\n\r\n";
+my $delta = 'data: {"choices":[{"index":0,"delta":{"content":"tok"}}]}'
+          . "\n\n";
+
+my %reply = (
+    '/badusage' => $json . '{"choices":[],"usage":{"prompt_tokens":,}}',
+    '/noprompt' => $json . '{"usage":{"completion_tokens":3}}',
+    '/error' => $sse . $delta x 3
+        . 'data: {"error":{"code":"500","message":"boom"}}' . "\n\n",
+    '/cut' => $sse . $delta x 2 . 'data: {"choices":[{"index":0,"del',
+    '/gzip' => "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+        . "Content-Encoding: gzip\r\nConnection: close\r\n\r\n"
+        . "\x1f\x8b\x08\x00garbage",
+    '/huge' => $json . '{"usage":{"prompt_tokens":5,"completion_tokens":2,'
+        . '"x":"' . ('y' x 3000) . '"}}',
+    '/crlf' => $sse . "data: {\"choices\":[]}\r\n\r\n"
+        . "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":11,"
+        . "\"completion_tokens\":4,\"total_tokens\":15}}\r\n\r\n"
+        . "data: [DONE]\r\n\r\n",
+);
+
+# a backend that answers each path with its canned bytes, then closes
+my $bport = free_port();
+my $srv = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => $bport,
+                                Listen => 16, ReuseAddr => 1) or die;
+my $pid = fork // die;
+if ($pid == 0) {
+    alarm 0;
+    while (my $c = $srv->accept) {
+        my $buf = '';
+        while ($buf !~ /\r\n\r\n/) {
+            sysread($c, $buf, 65536, length $buf) or last;
+        }
+        my ($len) = $buf =~ /Content-Length: (\d+)/i;
+        my $body = substr $buf, index($buf, "\r\n\r\n") + 4;
+        while (defined $len && length $body < $len) {
+            sysread($c, $body, 65536, length $body) or last;
+        }
+        my ($path) = $buf =~ m{^POST (/\w+)};
+        syswrite $c, $reply{$path // ''} // "HTTP/1.1 404 X\r\n\r\n";
+        close $c;
+    }
+    POSIX::_exit(0);
+}
+push @{ $t->{pids} }, $pid;
+
+my $listen = free_port();
+$t->start_nginx(<<"END", ports => [$listen]);
+    llm_zone llm:1m;
+    log_format u '\$request_uri|\$status|\$llm_usage_source|'
+                 '\$llm_prompt_tokens|\$llm_completion_tokens';
+    access_log $dir/u.log u;
+
+    upstream pool {
+        llm_balance zone=llm;
+        server 127.0.0.1:$bport;
+    }
+
+    server {
+        listen 127.0.0.1:$listen;
+
+        location / {
+            llm_route pool;
+            proxy_pass http://pool;
+        }
+
+        location = /llm/status {
+            llm_status;
+        }
+    }
+END
+
+my $body = json_encode({ messages => [ { role => 'user', content => 'hi' } ],
+                         max_tokens => 5 });
+for my $path (sort keys %reply) {
+    my ($st) = http_post($listen, $path, $body);
+    ok($st == 200 || $st == 502, "$path answered ($st)");
+}
+
+my ($st, $h, $raw) = http_get($listen, '/llm/status');
+is($st, 200, 'status still answers');
+
+$t->stop_nginx;
+my %log = map { my @f = split /\|/; ($f[0] => \@f) }
+          split /\n/, $t->read_file('u.log');
+
+is($log{'/badusage'}[2], '-', 'malformed usage: no usage');
+is($log{'/noprompt'}[2], '-', 'usage without prompt tokens: no usage');
+is($log{'/error'}[2], 'counted', 'mid-stream error: counted from deltas');
+is($log{'/error'}[4], 3, 'mid-stream error: the three deltas');
+is($log{'/cut'}[2], 'counted', 'cut mid-event: counted');
+is($log{'/cut'}[4], 2, 'cut mid-event: the two whole deltas');
+is($log{'/gzip'}[2], '-', 'gzip: not scanned');
+is($log{'/huge'}[2], '-', 'usage longer than the copy buffer: ignored');
+is($log{'/crlf'}[2], 'reported', 'CRLF events: reported');
+is($log{'/crlf'}[3], 11, 'CRLF events: prompt tokens');
+is($log{'/crlf'}[4], 4, 'CRLF events: completion tokens');
+
+my $err = $t->error_log;
+like($err, qr/\[warn\].*llm: malformed usage object in the reply/,
+     'malformed usage logged at warn');
+like($err, qr/\[warn\].*usage object without prompt or input tokens/,
+     'usage without prompt logged at warn');
+like($err, qr/\[warn\].*usage object longer than 1024 bytes ignored/,
+     'oversized usage logged at warn');
+like($err, qr/\[info\].*Content-Encoding "gzip" not scanned/,
+     'gzip logged at info');
+
+$t->done;
