@@ -130,10 +130,14 @@ class ApiHandler(BaseHTTPRequestHandler):
             self.send_header(k, v)
         self.end_headers()
 
-    def send_json(self, status, obj, headers):
+    def send_json(self, status, obj, headers, record=None):
+        """With a record, the request is counted before the body goes out,
+        so a client that has the whole reply also sees it in /sim/stats."""
         body = replies.dumps(obj)
         self.send_head(status, self.base_headers() + list(headers) + [
             ('Content-Type', 'application/json'), ('Content-Length', str(len(body)))])
+        if record is not None:
+            self.done(status, record)
         self.wfile.write(body)
 
     def write(self, data):
@@ -205,8 +209,7 @@ class ApiHandler(BaseHTTPRequestHandler):
             call = self.check(route, resource, target, data, api_key, bearer, api_version)
             self.serve_call(target, call, api_version, record)
         except Answer as a:
-            self.send_json(a.status, a.body, a.headers)
-            self.done(a.status, record)
+            self.send_json(a.status, a.body, a.headers, record)
 
     def check(self, route, resource, target, data, api_key, bearer, api_version):
         """The Azure checks in order: resource, key, path, body, deployment."""
@@ -286,15 +289,29 @@ class ApiHandler(BaseHTTPRequestHandler):
         cut = fault == 'cut'
         record['fault'] = fault
         sent = 0
+        settled = []
+
+        def settle(tokens):
+            # counted before the last bytes go out: a client that has the
+            # whole reply finds it in /sim/stats already
+            if settled:
+                return
+            settled.append(tokens)
+            record['prompt_tokens'], record['completion_tokens'] = call.prompt_tokens, tokens
+            dep.complete(adm, call.prompt_tokens, tokens)
+            self.done(200, record)
+
         try:
             if call.stream:
-                sent = self.stream(reply, adm.headers, ttft, rate, cut)
+                sent = self.stream(reply, adm.headers, ttft, rate, cut, settle)
             else:
                 time.sleep(ttft + (per_choice / rate if call.op != 'embeddings' else 0))
                 body = replies.dumps(reply.json_body())
                 h = self.base_headers() + adm.headers + [
                     ('Content-Type', 'application/json'), ('Content-Length', str(len(body)))]
                 self.send_head(200, h)
+                if not cut:
+                    settle(reply.completion_tokens)
                 self.write(body[:len(body) // 2] if cut else body)
                 sent = 0 if cut else reply.completion_tokens
         except ClientGone:
@@ -302,11 +319,9 @@ class ApiHandler(BaseHTTPRequestHandler):
             self.close_connection = True
         if cut:
             self.close_connection = True
-        record['prompt_tokens'], record['completion_tokens'] = call.prompt_tokens, sent
-        dep.complete(adm, call.prompt_tokens, sent)
-        self.done(200, record)
+        settle(sent)
 
-    def stream(self, reply, rate_headers, ttft, rate, cut):
+    def stream(self, reply, rate_headers, ttft, rate, cut, settle):
         """Send SSE events paced at the generation rate; returns tokens sent."""
         events = reply.stream_events()
         if cut:
@@ -334,6 +349,7 @@ class ApiHandler(BaseHTTPRequestHandler):
             self.write(data)
             sent += tokens
         if not cut:
+            settle(sent)
             self.write(b'')
         return sent
 
@@ -341,16 +357,13 @@ class ApiHandler(BaseHTTPRequestHandler):
         """Misbehave as asked; nothing is charged."""
         speed = self.server.sim.speed
         if kind == '500':
-            self.send_json(500, replies.server_error(), dep.rate_headers())
-            self.done(500, record)
+            self.send_json(500, replies.server_error(), dep.rate_headers(), record)
         elif kind == '503':
-            self.send_json(503, replies.model_overloaded(), dep.rate_headers())
-            self.done(503, record)
+            self.send_json(503, replies.model_overloaded(), dep.rate_headers(), record)
         elif kind == 'overload429':
             retry = dep.cfg['overload_retry_s'] / speed
             self.send_json(429, replies.overloaded_429(max(1, math.ceil(retry - 1e-9))),
-                           dep.rate_headers() + retry_headers(retry))
-            self.done(429, record)
+                           dep.rate_headers() + retry_headers(retry), record)
         elif kind == 'reset':
             self.done('reset', record)
             self.abort(rst=True)
