@@ -900,10 +900,9 @@ ngx_http_llm_get_peer(ngx_peer_connection_t *pc, void *data)
             /* cannot happen: the backend was not skipped */
             ngx_http_llm_refund(b, ctx);
             ngx_http_llm_backend_done(b, NGX_HTTP_LLM_DONE_OK, 0, -1, -1);
-        }
-
-        pd->tried[(b - backends) / NGX_HTTP_LLM_BITS] |=
+            pd->tried[(b - backends) / NGX_HTTP_LLM_BITS] |=
                           (uintptr_t) 1 << (b - backends) % NGX_HTTP_LLM_BITS;
+        }
     }
 
     pd->tried[(b - backends) / NGX_HTTP_LLM_BITS] |=

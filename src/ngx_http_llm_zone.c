@@ -474,13 +474,7 @@ ngx_http_llm_choose(ngx_http_llm_pool_t *pool, ngx_http_llm_ctx_t *ctx,
             continue;
         }
 
-        ngx_http_llm_window_advance(sh->tokens, NGX_HTTP_LLM_TOKEN_SLOTS,
-                                    pool->token_slot_ms,
-                                    &sh->tokens_last, &sh->tokens_sum, now);
-        ngx_http_llm_window_advance(sh->requests_slot, NGX_HTTP_LLM_REQ_SLOTS,
-                                    pool->request_slot_ms,
-                                    &sh->requests_last, &sh->requests_sum,
-                                    now);
+        ngx_http_llm_windows_update(pool, sh, now);
 
         if (b[i].tpm) {
             w = ngx_http_llm_window_wait(sh->tokens,
@@ -589,14 +583,7 @@ ngx_http_llm_refund(ngx_http_llm_backend_t *b, ngx_http_llm_ctx_t *ctx)
 
     ngx_shmtx_lock(&shpool->mutex);
 
-    ngx_http_llm_window_advance(sh->tokens, NGX_HTTP_LLM_TOKEN_SLOTS,
-                                pool->token_slot_ms,
-                                &sh->tokens_last, &sh->tokens_sum,
-                                ngx_current_msec);
-    ngx_http_llm_window_advance(sh->requests_slot, NGX_HTTP_LLM_REQ_SLOTS,
-                                pool->request_slot_ms,
-                                &sh->requests_last, &sh->requests_sum,
-                                ngx_current_msec);
+    ngx_http_llm_windows_update(pool, sh, ngx_current_msec);
 
     ngx_http_llm_window_remove(sh->tokens, NGX_HTTP_LLM_TOKEN_SLOTS,
                                pool->token_slot_ms, sh->tokens_last,
@@ -721,9 +708,7 @@ ngx_http_llm_account(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
         actual = usage.prompt - ngx_min(usage.cached, usage.prompt)
                  + usage.completion;
 
-        ngx_http_llm_window_advance(sh->tokens, NGX_HTTP_LLM_TOKEN_SLOTS,
-                                    pool->token_slot_ms, &sh->tokens_last,
-                                    &sh->tokens_sum, now);
+        ngx_http_llm_windows_update(pool, sh, now);
         ngx_http_llm_window_remove(sh->tokens, NGX_HTTP_LLM_TOKEN_SLOTS,
                                    pool->token_slot_ms, sh->tokens_last,
                                    &sh->tokens_sum, ctx->final_charge,
