@@ -26,8 +26,7 @@ while [ $# -gt 0 ]; do
     esac
 done
 
-# unicode-data: the tables' source, and the tests' list of what it covers
-pkgs="libcjson-dev python3 unicode-data"
+pkgs="libcjson-dev python3"
 # Node.js may come from elsewhere (nodesource bundles npm): ask Debian
 # only for what is missing
 command -v node >/dev/null 2>&1 || pkgs="$pkgs nodejs"
@@ -37,7 +36,9 @@ command -v npm >/dev/null 2>&1 || pkgs="$pkgs npm"
 sh build/deps.sh $pkgs
 
 if [ -n "$tables" ]; then
-    python3 tools/gen-unicode-tables /usr/share/unicode src
+    # Unicode 16.0, as tiktoken's; a relative path in the files' header
+    ucd=$(sh build/unicode.sh)
+    python3 tools/gen-unicode-tables "${ucd#"$root"/}" src
 fi
 
 npm=$out/npm

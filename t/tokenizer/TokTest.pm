@@ -8,7 +8,6 @@ use strict;
 use warnings;
 
 use Cwd qw(abs_path);
-use Encode qw(decode);
 use File::Basename qw(dirname);
 use File::Temp qw(tempfile);
 use Test::More;
@@ -71,53 +70,6 @@ sub counts {
     my @ours = run_lines("$COUNT --encoding $enc --hex-lines @opts < $file");
     my @ref = run_lines("node $REF $enc --hex-lines < $file");
     return (\@ours, \@ref);
-}
-
-# Code points assigned in the Unicode version the tables were generated
-# from (Debian's unicode-data).  tiktoken-npm 1.0.22 matches with the
-# regex crate's Unicode 16.0 tables: letters, marks and digits added after
-# our version are classes there and unassigned here.
-my $assigned;
-our $UCD = $ENV{LLM_UCD_DIR} // '/usr/share/unicode';
-
-sub load_assigned {
-    return $assigned if defined $assigned;
-    $assigned = '';
-    open my $fh, '<', "$UCD/DerivedAge.txt" or return undef;
-    while (<$fh>) {
-        next unless /^([0-9A-F]+)(?:\.\.([0-9A-F]+))?\s*;/;
-        my ($lo, $hi) = (hex $1, hex($2 // $1));
-        vec($assigned, $_, 1) = 1 for $lo .. $hi;
-    }
-    return $assigned;
-}
-
-# true when the string has a code point our Unicode version lacks
-sub newer_unicode {
-    my ($hex) = @_;
-    my $set = load_assigned();
-    return 0 unless defined $set && length $set;
-    my $s = decode('UTF-8', pack('H*', $hex));
-    for my $c (map { ord } split //, $s) {
-        return 1 unless vec($set, $c, 1);
-    }
-    return 0;
-}
-
-# compares one case; a difference that only a newer Unicode explains is
-# reported as a TODO test, not hidden
-sub is_count {
-    my ($ours, $ref, $case, $name) = @_;
-    if (defined $ours && defined $ref && $ours ne $ref
-        && newer_unicode($case->[1]))
-    {
-        TODO: {
-            local $TODO = 'code point unassigned in our Unicode tables';
-            is($ours, $ref, $name);
-        }
-        return 1;
-    }
-    return is($ours, $ref, $name);
 }
 
 1;
