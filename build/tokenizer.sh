@@ -50,7 +50,8 @@ fi
 
 CC=${CC:-cc}
 CFLAGS=${CFLAGS:--O2 -g}
-srcs="src/ngx_http_llm_tokenizer.c src/ngx_http_llm_unicode.c"
+srcs="src/ngx_http_llm_tokenizer.c src/ngx_http_llm_unicode.c
+      src/ngx_http_llm_script.c"
 warn="-std=c99 -Wall -Wextra -Werror"
 
 # shellcheck disable=SC2086

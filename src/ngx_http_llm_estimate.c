@@ -11,11 +11,12 @@
 
 
 /*
- * The first estimate of a request's cost: prompt characters / 4 (what an
- * Azure Standard deployment charges at arrival, AOAI_FACTS.md section 1)
- * plus 3 tokens of framing per message and 3 for the reply, and the
- * completion reserve times the number of choices.  The exact tokenizer
- * replaces the prompt part; the shape of the walk stays.
+ * One walk of the parsed body adds up two prompt counts: characters / 4,
+ * what an Azure Standard deployment charges at arrival (AOAI_FACTS.md
+ * section 1), and tokens: exact with the model's vocabulary, else
+ * guessed from the text's scripts ("llm_count estimate").  Both get 3
+ * tokens of framing per message and 3 for the reply; the cost of a
+ * request adds the completion reserve times the number of choices.
  */
 
 
@@ -23,12 +24,14 @@
     (cJSON_IsString(item) && (item)->valuestring != NULL)
 
 
-/* what the walk adds up: characters always, tokens with a vocabulary */
+/* what the walk adds up */
 
 typedef struct {
     size_t                   chars;
     size_t                   tokens;
-    ngx_http_llm_vocab_t    *vocab;
+    size_t                   weight;     /* of guessed tokens */
+    ngx_http_llm_vocab_t    *vocab;      /* NULL: tokens are guessed */
+    ngx_uint_t               encoding;
 
     /* images: where to decode headers, the model's prices */
     ngx_pool_t              *pool;
@@ -38,6 +41,9 @@ typedef struct {
 
 
 static void ngx_http_llm_add_text(ngx_http_llm_sum_t *sum, const char *s);
+static void ngx_http_llm_add_tokens(ngx_http_llm_sum_t *sum, u_char *text,
+    size_t len);
+static void ngx_http_llm_add_role(ngx_http_llm_sum_t *sum, cJSON *role);
 static void ngx_http_llm_add_content(ngx_http_llm_sum_t *sum,
     cJSON *content);
 static void ngx_http_llm_add_input(ngx_http_llm_sum_t *sum, cJSON *input,
@@ -79,9 +85,11 @@ ngx_http_llm_inspect(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
 
     ngx_memzero(&sum, sizeof(ngx_http_llm_sum_t));
 
+    enc = llcf->encoding ? llcf->encoding
+                         : ngx_http_llm_encoding_for(&ctx->model);
+    sum.encoding = enc;
+
     if (llcf->count == NGX_HTTP_LLM_COUNT_EXACT) {
-        enc = llcf->encoding ? llcf->encoding
-                             : ngx_http_llm_encoding_for(&ctx->model);
         sum.vocab = lmcf->vocab[enc];
     }
 
@@ -105,8 +113,8 @@ ngx_http_llm_inspect(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
     cJSON_ArrayForEach(msg, item) {
         messages++;
 
-        ngx_http_llm_add_content(&sum,
-                           cJSON_GetObjectItemCaseSensitive(msg, "role"));
+        ngx_http_llm_add_role(&sum,
+                              cJSON_GetObjectItemCaseSensitive(msg, "role"));
         ngx_http_llm_add_content(&sum,
                            cJSON_GetObjectItemCaseSensitive(msg, "content"));
 
@@ -120,9 +128,7 @@ ngx_http_llm_inspect(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
 
     /* tool and function definitions, and a response schema */
 
-    if (sum.vocab) {
-        ngx_http_llm_add_tools(&sum, root);
-    }
+    ngx_http_llm_add_tools(&sum, root);
 
     /* legacy completions, embeddings and the Responses API */
 
@@ -142,9 +148,12 @@ ngx_http_llm_inspect(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
         sum.tokens += 3 * messages + 3;
     }
 
+    sum.tokens += (sum.weight + NGX_HTTP_LLM_WEIGHT_UNIT - 1)
+                  / NGX_HTTP_LLM_WEIGHT_UNIT;
+
+    ctx->prompt_tokens = ngx_min(sum.tokens, NGX_HTTP_LLM_MAX_TOKENS);
+
     if (sum.vocab) {
-        ctx->exact = 1;
-        ctx->prompt_tokens = ngx_min(sum.tokens, NGX_HTTP_LLM_MAX_TOKENS);
         ngx_http_llm_count_done(ctx->body.len);
     }
 
@@ -199,9 +208,7 @@ ngx_http_llm_inspect(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
         ctx->prompt_estimate = NGX_HTTP_LLM_MAX_TOKENS;
     }
 
-    ctx->tokens_estimate = (ctx->exact ? ctx->prompt_tokens
-                                       : ctx->prompt_estimate)
-                           + ctx->reserve * ctx->choices;
+    ctx->tokens_estimate = ctx->prompt_tokens + ctx->reserve * ctx->choices;
 
     return NGX_OK;
 }
@@ -242,8 +249,9 @@ ngx_http_llm_deployment_from_uri(ngx_str_t *uri, ngx_str_t *deployment)
 
 /*
  * Characters are the bytes that do not continue a UTF-8 sequence
- * (10xxxxxx), counted eight at a time: a continuation byte has bit 7 set
- * and bit 6 clear.
+ * (10xxxxxx): the guess counts them on its way; with a vocabulary they
+ * are counted eight at a time: a continuation byte has bit 7 set and
+ * bit 6 clear.
  */
 
 static void
@@ -255,6 +263,14 @@ ngx_http_llm_add_text(ngx_http_llm_sum_t *sum, const char *s)
 
     p = (const u_char *) s;
     len = ngx_strlen(s);
+
+    if (sum->vocab == NULL) {
+        sum->weight += ngx_http_llm_estimate_weight(sum->encoding, p, len,
+                                                    &n);
+        sum->chars += n;
+        return;
+    }
+
     n = len;
 
     for (i = 0; i + 8 <= len; i += 8) {
@@ -272,23 +288,58 @@ ngx_http_llm_add_text(ngx_http_llm_sum_t *sum, const char *s)
     }
 
     sum->chars += n;
+    sum->tokens += ngx_http_llm_count(sum->vocab, (u_char *) s, len);
+}
 
+
+/* tokens that are not prompt characters: definitions, schemas, enums */
+
+static void
+ngx_http_llm_add_tokens(ngx_http_llm_sum_t *sum, u_char *text, size_t len)
+{
     if (sum->vocab) {
-        sum->tokens += ngx_http_llm_count(sum->vocab, (u_char *) s, len);
+        sum->tokens += ngx_http_llm_count(sum->vocab, text, len);
+        return;
     }
+
+    sum->weight += ngx_http_llm_estimate_weight(sum->encoding, text, len,
+                                                NULL);
+}
+
+
+/*
+ * A role is characters for Azure's estimate; every role the API knows
+ * ("system", "developer", "user", "assistant", "tool") is a single token
+ * in both encodings, which a guess by its letters would not give.
+ */
+
+static void
+ngx_http_llm_add_role(ngx_http_llm_sum_t *sum, cJSON *role)
+{
+    size_t  weight;
+
+    if (sum->vocab || !ngx_http_llm_is_string(role)) {
+        ngx_http_llm_add_content(sum, role);
+        return;
+    }
+
+    weight = sum->weight;
+    ngx_http_llm_add_text(sum, role->valuestring);
+    sum->weight = weight;
+    sum->tokens++;
 }
 
 
 /*
  * A message's content: a string, or an array of parts of which only
- * text is characters; images count by the tile rule (exact counts only),
- * audio and files not at all
+ * text is characters; images count by the tile rule, audio by its
+ * duration, files not at all (their text is the backend's to extract)
  */
 
 static void
 ngx_http_llm_add_content(ngx_http_llm_sum_t *sum, cJSON *content)
 {
-    cJSON  *part, *text, *image, *url, *detail;
+    cJSON  *part, *text, *image, *url, *detail, *audio, *data;
 
     if (ngx_http_llm_is_string(content)) {
         ngx_http_llm_add_text(sum, content->valuestring);
@@ -313,9 +364,21 @@ ngx_http_llm_add_content(ngx_http_llm_sum_t *sum, cJSON *content)
             continue;
         }
 
+        audio = cJSON_GetObjectItemCaseSensitive(part, "input_audio");
+
+        if (audio) {
+            data = cJSON_GetObjectItemCaseSensitive(audio, "data");
+
+            if (ngx_http_llm_is_string(data)) {
+                sum->tokens += ngx_http_llm_audio_tokens(data->valuestring);
+            }
+
+            continue;
+        }
+
         image = cJSON_GetObjectItemCaseSensitive(part, "image_url");
 
-        if (image && sum->vocab) {
+        if (image) {
             url = cJSON_GetObjectItemCaseSensitive(image, "url");
             detail = cJSON_GetObjectItemCaseSensitive(image, "detail");
 
@@ -373,7 +436,7 @@ ngx_http_llm_add_input(ngx_http_llm_sum_t *sum, cJSON *input,
 
         if (content) {
             (*items)++;
-            ngx_http_llm_add_content(sum,
+            ngx_http_llm_add_role(sum,
                           cJSON_GetObjectItemCaseSensitive(item, "role"));
             ngx_http_llm_add_content(sum, content);
             continue;
@@ -423,8 +486,7 @@ ngx_http_llm_add_tools(ngx_http_llm_sum_t *sum, cJSON *root)
         }
 
         nfunc++;
-        tokens += (ngx_http_llm_vocab_encoding(sum->vocab)
-                   == NGX_HTTP_LLM_ENC_CL100K) ? 10 : 7;
+        tokens += (sum->encoding == NGX_HTTP_LLM_ENC_CL100K) ? 10 : 7;
 
         ngx_http_llm_add_line(sum,
                     cJSON_GetObjectItemCaseSensitive(fn, "name"), NULL,
@@ -450,7 +512,7 @@ ngx_http_llm_add_tools(ngx_http_llm_sum_t *sum, cJSON *root)
                     tokens += 3;
 
                     if (ngx_http_llm_is_string(item)) {
-                        sum->tokens += ngx_http_llm_count(sum->vocab,
+                        ngx_http_llm_add_tokens(sum,
                                            (u_char *) item->valuestring,
                                            ngx_strlen(item->valuestring));
                     }
@@ -477,8 +539,7 @@ ngx_http_llm_add_tools(ngx_http_llm_sum_t *sum, cJSON *root)
         text = cJSON_PrintUnformatted(schema);
 
         if (text) {
-            sum->tokens += ngx_http_llm_count(sum->vocab, (u_char *) text,
-                                              ngx_strlen(text));
+            ngx_http_llm_add_tokens(sum, (u_char *) text, ngx_strlen(text));
         }
     }
 }
@@ -529,7 +590,7 @@ ngx_http_llm_add_line(ngx_http_llm_sum_t *sum, cJSON *a, cJSON *b, cJSON *c)
 
     /* characters of definitions are not prompt text for Azure's charge */
 
-    sum->tokens += ngx_http_llm_count(sum->vocab, line, p - line);
+    ngx_http_llm_add_tokens(sum, line, p - line);
 }
 
 

@@ -26,8 +26,6 @@
 
 static ngx_int_t ngx_http_llm_image_size(u_char *p, size_t n,
     ngx_uint_t *w, ngx_uint_t *h);
-static size_t ngx_http_llm_base64_prefix(u_char *dst, u_char *src,
-    size_t len, size_t max);
 
 
 ngx_uint_t
@@ -36,6 +34,7 @@ ngx_http_llm_image_tokens(ngx_pool_t *pool, const char *url,
 {
     u_char      *p, *comma, *head;
     size_t       len, n;
+    ngx_str_t    data;
     double       scale;
     ngx_uint_t   w, h, base, tile, tiles;
 
@@ -68,8 +67,10 @@ ngx_http_llm_image_tokens(ngx_pool_t *pool, const char *url,
         return remote;
     }
 
-    n = ngx_http_llm_base64_prefix(head, comma + 1, p + len - comma - 1,
-                                   NGX_HTTP_LLM_IMAGE_HEAD);
+    data.data = comma + 1;
+    data.len = p + len - comma - 1;
+
+    n = ngx_http_llm_base64_at(head, NGX_HTTP_LLM_IMAGE_HEAD, &data, 0);
 
     if (ngx_http_llm_image_size(head, n, &w, &h) != NGX_OK
         || w == 0 || h == 0)
@@ -186,24 +187,53 @@ ngx_http_llm_image_size(u_char *p, size_t n, ngx_uint_t *w, ngx_uint_t *h)
 }
 
 
-/* decodes at most "max" bytes from the start of base64 text */
+/*
+ * Decodes at most n bytes of base64 text, starting at byte offset "off"
+ * of what it encodes: only the groups of 4 characters that hold them.
+ * Returns the number of bytes decoded, fewer at the end of the data or
+ * at an invalid character.
+ */
 
-static size_t
-ngx_http_llm_base64_prefix(u_char *dst, u_char *src, size_t len, size_t max)
+size_t
+ngx_http_llm_base64_at(u_char *dst, size_t n, ngx_str_t *b64, size_t off)
 {
-    size_t     n;
+    size_t     skip, from, chars;
+    u_char     buf[48];
     ngx_str_t  in, out;
 
-    /* whole groups of 4 characters: 3 bytes each */
+    skip = off % 3;
+    from = off / 3 * 4;
 
-    n = ngx_min(len, max / 3 * 4) & ~((size_t) 3);
-
-    in.data = src;
-    in.len = n;
-    out.data = dst;
-
-    if (ngx_decode_base64(&out, &in) != NGX_OK) {
+    if (from >= b64->len) {
         return 0;
+    }
+
+    in.data = b64->data + from;
+
+    if (skip + n <= sizeof(buf)) {
+        /* a few bytes: whole groups into a scratch buffer, then the part */
+        chars = (skip + n + 2) / 3 * 4;
+        out.data = buf;
+
+    } else if (skip == 0) {
+        /* many: only whole groups fit, up to 2 bytes fewer than asked */
+        chars = n / 3 * 4;
+        out.data = dst;
+
+    } else {
+        return 0;
+    }
+
+    in.len = ngx_min(chars, b64->len - from) & ~((size_t) 3);
+
+    if (ngx_decode_base64(&out, &in) != NGX_OK || out.len <= skip) {
+        return 0;
+    }
+
+    out.len = ngx_min(out.len - skip, n);
+
+    if (out.data == buf) {
+        ngx_memcpy(dst, buf + skip, out.len);
     }
 
     return out.len;

@@ -247,15 +247,14 @@ typedef struct {
     size_t                       model_start;
     size_t                       model_end;
 
-    ngx_uint_t                   prompt_estimate;
-    ngx_uint_t                   prompt_tokens;  /* exact, if counted */
+    ngx_uint_t                   prompt_estimate; /* characters / 4 */
+    ngx_uint_t                   prompt_tokens;  /* exact or guessed */
     ngx_uint_t                   reserve;
     ngx_uint_t                   choices;
     ngx_uint_t                   tokens_estimate;
 
     /* the body named its own completion limit */
     ngx_uint_t                   explicit_reserve;
-    ngx_uint_t                   prompt_chars;
 
     ngx_http_llm_pool_t         *pool;
     ngx_http_llm_backend_t      *backend;     /* current attempt's */
@@ -278,7 +277,6 @@ typedef struct {
     ngx_http_llm_scan_t         *scan;
 
     unsigned                     parsed:1;
-    unsigned                     exact:1;
     unsigned                     stream:1;
     unsigned                     embeddings:1;
     unsigned                     has_reserve:1;
@@ -323,6 +321,9 @@ size_t ngx_http_llm_count(ngx_http_llm_vocab_t *vocab, u_char *text,
 void ngx_http_llm_count_done(size_t body_len);
 ngx_uint_t ngx_http_llm_image_tokens(ngx_pool_t *pool, const char *url,
     const char *detail, ngx_uint_t mini, ngx_uint_t remote);
+size_t ngx_http_llm_base64_at(u_char *dst, size_t n, ngx_str_t *b64,
+    size_t off);
+ngx_uint_t ngx_http_llm_audio_tokens(const char *data);
 
 char *ngx_http_llm_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 ngx_int_t ngx_http_llm_zone_add_pool(ngx_conf_t *cf, ngx_shm_zone_t *zone,

@@ -286,11 +286,11 @@ ngx_http_llm_parse(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
                                         &ctx->model_end);
     }
 
-    ngx_log_debug4(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
-                   "llm request: model \"%V\", prompt ~%ui, "
-                   "reserve %ui x %ui",
-                   &ctx->model, ctx->prompt_estimate, ctx->reserve,
-                   ctx->choices);
+    ngx_log_debug5(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "llm request: model \"%V\", prompt %ui tokens "
+                   "(%ui by characters), reserve %ui x %ui",
+                   &ctx->model, ctx->prompt_tokens, ctx->prompt_estimate,
+                   ctx->reserve, ctx->choices);
 }
 
 

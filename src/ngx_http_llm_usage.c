@@ -286,7 +286,7 @@ ngx_http_llm_usage_of(ngx_http_llm_ctx_t *ctx, ngx_http_llm_scan_t *out)
      */
 
     if (ctx->sse && s->deltas) {
-        out->prompt = ctx->exact ? ctx->prompt_tokens : ctx->prompt_estimate;
+        out->prompt = ctx->prompt_tokens;
         out->completion = s->deltas;
         out->total = out->prompt + out->completion;
         out->cached = 0;

@@ -42,6 +42,16 @@ static ngx_http_variable_t  ngx_http_llm_vars[] = {
       offsetof(ngx_http_llm_ctx_t, tokens_estimate),
       NGX_HTTP_VAR_NOCACHEABLE, 0 },
 
+    { ngx_string("llm_prompt_estimate"), NULL,
+      ngx_http_llm_number_variable,
+      offsetof(ngx_http_llm_ctx_t, prompt_estimate),
+      NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("llm_reserve"), NULL,
+      ngx_http_llm_number_variable,
+      offsetof(ngx_http_llm_ctx_t, reserve),
+      NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
     { ngx_string("llm_prompt_tokens"), NULL,
       ngx_http_llm_usage_variable, offsetof(ngx_http_llm_scan_t, prompt),
       NGX_HTTP_VAR_NOCACHEABLE, 0 },
@@ -277,7 +287,7 @@ ngx_http_llm_throttle_variable(ngx_http_request_t *r,
 /*
  * The reply's usage, as the backend reported it or as counted from a
  * stream's deltas; before the reply (or without one) $llm_prompt_tokens
- * is our own exact count
+ * is our own count, exact or guessed
  */
 
 static ngx_int_t
@@ -299,7 +309,7 @@ ngx_http_llm_usage_variable(ngx_http_request_t *r,
                                 *(ngx_uint_t *) ((char *) &usage + data));
     }
 
-    if (data == offsetof(ngx_http_llm_scan_t, prompt) && ctx->exact) {
+    if (data == offsetof(ngx_http_llm_scan_t, prompt) && ctx->parsed) {
         return ngx_http_llm_set_number(r, v, ctx->prompt_tokens);
     }
 

@@ -404,11 +404,10 @@ ngx_http_llm_charge_for(ngx_http_llm_ctx_t *ctx, ngx_http_llm_backend_t *b,
 
     /*
      * a Standard deployment charges its own character estimate; a PTU
-     * one the real prompt tokens
+     * one the real prompt tokens (or, without a vocabulary, our guess)
      */
 
-    return ((b->ptu && ctx->exact) ? ctx->prompt_tokens
-                                   : ctx->prompt_estimate)
+    return (b->ptu ? ctx->prompt_tokens : ctx->prompt_estimate)
            + reserve * ctx->choices;
 }
 

@@ -10,6 +10,7 @@ use warnings;
 use FindBin;
 use lib "$FindBin::Bin/lib";
 use Digest::MD5 qw(md5_hex);
+use MIME::Base64 qw(encode_base64);
 use Test::More;
 use LLMTest;
 
@@ -19,7 +20,7 @@ my $port = free_port();
 my $dir = $t->dir;
 
 $t->start_nginx(<<"END", ports => [$port]);
-    log_format llm '\$request_uri \$status m=\$llm_model e=\$llm_tokens_estimate';
+    log_format llm '\$request_uri \$status m=\$llm_model e=\$llm_prompt_estimate';
     access_log $dir/llm.log llm;
     client_max_body_size 1m;
 
@@ -31,14 +32,18 @@ $t->start_nginx(<<"END", ports => [$port]);
             llm_max_body_size 64k;
             client_body_buffer_size 1k;
             add_header X-LLM-Model \$llm_model always;
-            add_header X-LLM-Estimate \$llm_tokens_estimate always;
+            add_header X-LLM-Estimate \$llm_prompt_estimate always;
+            add_header X-LLM-Reserve \$llm_reserve always;
+            add_header X-LLM-Prompt \$llm_prompt_tokens always;
+            add_header X-LLM-Tokens \$llm_tokens_estimate always;
             proxy_pass http://127.0.0.1:$echo;
         }
 
         location /reserve/ {
             llm_route;
             llm_completion_reserve 100;
-            add_header X-LLM-Estimate \$llm_tokens_estimate always;
+            add_header X-LLM-Estimate \$llm_prompt_estimate always;
+            add_header X-LLM-Reserve \$llm_reserve always;
             proxy_pass http://127.0.0.1:$echo;
         }
 
@@ -46,12 +51,12 @@ $t->start_nginx(<<"END", ports => [$port]);
             llm_route;
             proxy_request_buffering off;
             proxy_http_version 1.1;
-            add_header X-LLM-Estimate \$llm_tokens_estimate always;
+            add_header X-LLM-Estimate \$llm_prompt_estimate always;
             proxy_pass http://127.0.0.1:$echo;
         }
 
         location /plain/ {
-            add_header X-LLM-Estimate "[\$llm_tokens_estimate]" always;
+            add_header X-LLM-Estimate "[\$llm_prompt_estimate]" always;
             proxy_pass http://127.0.0.1:$echo;
         }
     }
@@ -66,24 +71,28 @@ sub post_json {
     return ($st, $h, $j, $b);
 }
 
-# "user" + "Hello world!" = 16 characters -> 4, + 3 framing + 3 reply = 10,
-# + max_tokens 100 x n 2 = 210
+# "user" + "Hello world!" = 16 characters -> 4, + 3 framing + 3 reply = 10;
+# max_tokens 100 x n 2: the cost guessed is the prompt's tokens + 200
 my $body = '{"model":"gpt-4o-mini","messages":[{"role":"user",'
          . '"content":"Hello world!"}],"max_tokens":100,"n":2}';
 my ($st, $h, $j) = post_json($chat, $body);
 is($st, 200, 'chat request proxied');
 is($h->{'x-llm-model'}, 'gpt-4o-mini', '$llm_model from the body');
-is($h->{'x-llm-estimate'}, 210, '$llm_tokens_estimate with max_tokens and n');
+is($h->{'x-llm-estimate'}, 10, '$llm_prompt_estimate: characters / 4');
+is($h->{'x-llm-reserve'}, 100, '$llm_reserve: max_tokens');
+is($h->{'x-llm-tokens'} - $h->{'x-llm-prompt'}, 200,
+   '$llm_tokens_estimate: prompt + max_tokens x n');
 is($j->{body_md5}, md5_hex($body), 'body forwarded unchanged');
 is($j->{uri}, $chat, 'URI forwarded unchanged');
 is($j->{method}, 'POST', 'method forwarded');
 
-# characters, not bytes: "user" + 5 kana = 9 -> 3, + 6 framing = 9, + 50
+# characters, not bytes: "user" + 5 kana = 9 -> 3, + 6 framing = 9
 $body = '{"messages":[{"role":"user","content":"'
       . "\xe3\x81\x93\xe3\x82\x93\xe3\x81\xab\xe3\x81\xa1\xe3\x81\xaf"
       . '"}],"max_completion_tokens":50,"max_tokens":999}';
 ($st, $h, $j) = post_json($chat, $body);
-is($h->{'x-llm-estimate'}, 59, 'UTF-8 characters; max_completion_tokens wins');
+is($h->{'x-llm-estimate'}, 9, 'UTF-8 characters, not bytes');
+is($h->{'x-llm-reserve'}, 50, 'max_completion_tokens wins over max_tokens');
 is($h->{'x-llm-model'}, 'gpt-4o', '$llm_model falls back to the deployment');
 
 # content parts: text counts, image parts do not count as characters
@@ -91,28 +100,74 @@ $body = '{"messages":[{"role":"user","content":[{"type":"text",'
       . '"text":"abcdefgh"},{"type":"image_url","image_url":{"url":'
       . '"data:image/png;base64,' . ('A' x 4000) . '"}}]}],"max_tokens":1}';
 ($st, $h) = post_json($chat, $body);
-is($h->{'x-llm-estimate'}, 3 + 6 + 1, 'base64 image is not counted as text');
+is($h->{'x-llm-estimate'}, 3 + 6, 'base64 image is not counted as text');
 
 # no max_tokens: the default reserve (640), and a configured one
 $body = '{"messages":[{"role":"system","content":"abcdef"},'
       . '{"role":"user","content":"abcd","name":"bob"}]}';
 # system(6)+abcdef(6)+user(4)+abcd(4)+bob(3) = 23 -> 6, + 2*3 + 3 = 15
 ($st, $h) = post_json($chat, $body);
-is($h->{'x-llm-estimate'}, 15 + 640, 'default completion reserve');
+is($h->{'x-llm-estimate'}, 15, 'system, name and framing');
+is($h->{'x-llm-reserve'}, 640, 'default completion reserve');
 ($st, $h) = post_json('/reserve/x', $body);
-is($h->{'x-llm-estimate'}, 15 + 100, 'llm_completion_reserve');
+is($h->{'x-llm-reserve'}, 100, 'llm_completion_reserve');
 
 # embeddings reserve nothing
 ($st, $h) = post_json('/openai/deployments/emb/embeddings',
                       '{"input":["abcd","efgh"]}');
-is($h->{'x-llm-estimate'}, 2, 'embeddings: characters / 4, no reserve');
+is($h->{'x-llm-estimate'}, 2, 'embeddings: characters / 4');
+is($h->{'x-llm-reserve'}, 0, 'embeddings: no reserve');
+
+# audio parts: one token per 100 ms, the duration from the WAV or MP3
+# header; an unknown format as 32 kbit/s; the base64 is not characters
+sub with_audio {
+    my ($data, $format) = @_;
+    my $b = '{"messages":[{"role":"user","content":[{"type":"text",'
+          . '"text":"abcd"}' . (defined $data ? ',{"type":"input_audio",'
+          . '"input_audio":{"data":"' . encode_base64($data, '')
+          . '","format":"' . $format . '"}}' : '') . ']}],"max_tokens":1}';
+    my ($st, $h) = post_json($chat, $b);
+    return ($h->{'x-llm-prompt'}, $h->{'x-llm-estimate'});
+}
+
+# 8 kHz, 8 bits, mono: 8000 bytes a second; a LIST chunk before the data
+my $wav = sub {
+    my ($secs, $list) = @_;
+    my $data = "\x80" x int(8000 * $secs);
+    my $fmt = pack('v v V V v v', 1, 1, 8000, 8000, 1, 8);
+    my $chunks = 'fmt ' . pack('V', length $fmt) . $fmt
+               . ($list ? 'LIST' . pack('V', length $list) . $list : '')
+               . 'data' . pack('V', length $data) . $data;
+    return 'RIFF' . pack('V', 4 + length $chunks) . 'WAVE' . $chunks;
+};
+# MPEG-1 layer III at 128 kbit/s (16000 bytes a second) after an ID3 tag
+my $mp3 = sub {
+    my ($secs) = @_;
+    my $tag = 'x' x 300;
+    return 'ID3' . "\x04\x00\x00" . pack('C4', 0, 0, 300 >> 7, 300 & 0x7f)
+         . $tag . "\xff\xfb\x90\x64" . ("\x00" x (16000 * $secs - 4));
+};
+my ($none, $chars) = with_audio(undef);
+my ($got, $c) = with_audio($wav->(2.5), 'wav');
+is($got - $none, 25, 'WAV audio of 2.5 s: 25 tokens');
+is($c, $chars, 'the audio is not characters');
+($got) = with_audio($wav->(1.04, 'INFOjunk'), 'wav');
+is($got - $none, 11, 'WAV after a LIST chunk, 1.04 s: 11 tokens');
+($got) = with_audio($mp3->(1.5), 'mp3');
+is($got - $none, 15, 'MP3 at 128 kbit/s, 1.5 s: 15 tokens');
+($got) = with_audio('z' x 8000, 'flac');
+is($got - $none, 20, 'unknown audio, 8000 bytes: 2 s at 32 kbit/s');
+my $silent = '{"messages":[{"role":"user","content":[{"type":"input_audio",'
+      . '"input_audio":{"data":"@@not base64@@","format":"wav"}}]}]}';
+($st, $h) = post_json($chat, $silent);
+is($st, 200, 'audio that is not base64 is still proxied');
 
 # Responses API
 ($st, $h) = post_json('/openai/v1/responses',
                       '{"model":"gpt-5","instructions":"abcd",'
                       . '"input":"efgh","max_output_tokens":10}');
-is($h->{'x-llm-estimate'}, 12, 'Responses API: instructions, input, '
-                              . 'max_output_tokens');
+is($h->{'x-llm-estimate'}, 2, 'Responses API: instructions, input');
+is($h->{'x-llm-reserve'}, 10, 'Responses API: max_output_tokens');
 is($h->{'x-llm-model'}, 'gpt-5', 'v1 model from the body');
 
 # a body spilled to a temp file (client_body_buffer_size 1k)
@@ -121,7 +176,7 @@ $body = '{"messages":[{"role":"user","content":"' . $long . '"}],'
       . '"max_tokens":7}';
 ($st, $h, $j) = post_json($chat, $body);
 is($st, 200, 'temp file body proxied');
-is($h->{'x-llm-estimate'}, int((40004 + 3) / 4) + 6 + 7, 'temp file estimate');
+is($h->{'x-llm-estimate'}, int((40004 + 3) / 4) + 6, 'temp file estimate');
 is($j->{body_md5}, md5_hex($body), 'temp file body forwarded unchanged');
 like($t->error_log, qr/a client request body is buffered to a temporary/,
      'the body really was in a temp file');
@@ -138,7 +193,7 @@ for my $size (100, 30000) {
     my ($cst, $ch, $cb) = http_request($port, $raw);
     my $cj = json_decode($cb);
     is($cst, 200, "chunked body of $size proxied");
-    is($ch->{'x-llm-estimate'}, int(($size + 4 + 3) / 4) + 6 + 5,
+    is($ch->{'x-llm-estimate'}, int(($size + 4 + 3) / 4) + 6,
        "chunked body of $size estimated");
     is($cj->{body_md5}, md5_hex($b), "chunked body of $size unchanged");
 }
@@ -160,7 +215,7 @@ is($failed, 0, '61 conversations of 20 to 140 messages all parsed');
 ($st, $h, $j) = post_json('/unbuffered/x', $body);
 is($st, 200, 'unbuffered location proxied');
 is($j->{body_md5}, md5_hex($body), 'unbuffered body unchanged');
-is($h->{'x-llm-estimate'}, int((40004 + 3) / 4) + 6 + 7, 'unbuffered estimate');
+is($h->{'x-llm-estimate'}, int((40004 + 3) / 4) + 6, 'unbuffered estimate');
 
 # GET passes untouched and is not estimated
 ($st, $h, $j) = (http_get($port, '/openai/models?api-version=2024-10-21'));
@@ -211,7 +266,7 @@ is($after, $before, 'no refused request reached the backend');
 
 $t->stop_nginx;
 my $log = $t->read_file('llm.log');
-like($log, qr{chat/completions\S* 200 m=gpt-4o-mini e=210$}m,
+like($log, qr{chat/completions\S* 200 m=gpt-4o-mini e=10$}m,
      'variables in the access log');
 
 $t->done;

@@ -6,6 +6,7 @@
  *
  *   llm-count --encoding o200k_base|cl100k_base [--vocab FILE]
  *             [--chat | --hex-lines] [--bench N] [--info]
+ *   llm-count --encoding o200k_base|cl100k_base --estimate
  *
  * Reads stdin: text, or with --chat a chat-completion body (an object
  * with "messages", or the array itself), or with --hex-lines one string
@@ -37,6 +38,7 @@ typedef struct {
     unsigned                chat;
     unsigned                hex;
     unsigned                info;
+    unsigned                estimate;
     long                    bench;
     long                    small_max;
 } ngx_http_llm_count_opts_t;
@@ -85,6 +87,9 @@ main(int argc, char **argv)
         } else if (strcmp(argv[i], "--hex-lines") == 0) {
             o.hex = 1;
 
+        } else if (strcmp(argv[i], "--estimate") == 0) {
+            o.estimate = 1;
+
         } else if (strcmp(argv[i], "--info") == 0) {
             o.info = 1;
 
@@ -111,6 +116,33 @@ main(int argc, char **argv)
     {
         fprintf(stderr, "llm-count: unknown encoding \"%s\"\n", o.encoding);
         return 2;
+    }
+
+    if (o.estimate) {
+        /* no vocabulary: the script-aware guess of "llm_count estimate" */
+
+        if (o.encoding == NULL || o.chat || o.hex) {
+            ngx_http_llm_count_usage();
+            return 2;
+        }
+
+        in = ngx_http_llm_count_read(stdin, &len);
+        if (in == NULL) {
+            fprintf(stderr, "llm-count: cannot read stdin\n");
+            return 1;
+        }
+
+        count = ngx_http_llm_estimate_weight(
+                    strcmp(o.encoding, "cl100k_base") == 0
+                    ? NGX_HTTP_LLM_ENC_CL100K : NGX_HTTP_LLM_ENC_O200K,
+                    in, len, &c);
+        count = (count + NGX_HTTP_LLM_WEIGHT_UNIT - 1)
+                / NGX_HTTP_LLM_WEIGHT_UNIT;
+
+        printf("%zu\n", count);
+        free(in);
+
+        return 0;
     }
 
     path = o.vocab ? strdup(o.vocab)
@@ -247,7 +279,9 @@ ngx_http_llm_count_usage(void)
     fprintf(stderr,
             "usage: llm-count --encoding o200k_base|cl100k_base "
             "[--vocab FILE]\n"
-            "                 [--chat | --hex-lines] [--bench N] [--info]\n");
+            "                 [--chat | --hex-lines] [--bench N] [--info]\n"
+            "       llm-count --encoding o200k_base|cl100k_base "
+            "--estimate\n");
 }
 
 

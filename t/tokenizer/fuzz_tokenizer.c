@@ -66,7 +66,7 @@ int
 LLVMFuzzerTestOneInput(const unsigned char *data, size_t size)
 {
     int             i;
-    size_t          a, b;
+    size_t          a, b, w, chars;
     unsigned char  *copy;
 
     /* an exact-size copy, so ASan sees any read past the end */
@@ -86,6 +86,18 @@ LLVMFuzzerTestOneInput(const unsigned char *data, size_t size)
         if (a != b || a > size * 3) {
             fprintf(stderr, "fuzz: counts %zu and %zu for %zu bytes\n",
                     a, b, size);
+            abort();
+        }
+
+        /* the guess: at most 3 tokens a byte, a character a lead byte */
+
+        w = ngx_http_llm_estimate_weight(i ? NGX_HTTP_LLM_ENC_CL100K
+                                           : NGX_HTTP_LLM_ENC_O200K,
+                                         copy, size, &chars);
+
+        if (w > size * 3 * NGX_HTTP_LLM_WEIGHT_UNIT || chars > size) {
+            fprintf(stderr, "fuzz: guess %zu, %zu chars for %zu bytes\n",
+                    w, chars, size);
             abort();
         }
     }

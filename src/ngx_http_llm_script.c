@@ -1,0 +1,150 @@
+
+/*
+ * Copyright (C) nginx-llm-router authors
+ */
+
+
+/*
+ * The "estimate" count: tokens guessed from the scripts a text is
+ * written in, for users who prefer speed to an exact count.  Characters
+ * / 4 is fair for English and 3-3.5x low for Japanese (AOAI_FACTS.md
+ * section 7); a character's script is told well enough by the lead byte
+ * of its UTF-8 sequence, so each byte carries a weight in 1/20 of a
+ * token (NGX_HTTP_LLM_WEIGHT_UNIT), one table per encoding.  Weights of
+ * the strings of a body add up before they are rounded once.  Plain C99 without nginx headers, like
+ * the tokenizer, so llm-count can print it next to the exact count.
+ */
+
+
+#include <string.h>
+#include "ngx_http_llm_tokenizer.h"
+
+
+/*
+ * Weights in 1/20 of a token, measured with the exact tokenizer on prose
+ * of each script (t/tokenizer/corpus and t/tokenizer/script) and rounded:
+ *
+ *                                      o200k_base  cl100k_base
+ *   ASCII letters                          5            5
+ *   ASCII digits (split in threes)         7            8
+ *   space (it joins the next word)         0            2
+ *   tab, line feed                        20           20
+ *   ASCII punctuation                     12           10
+ *   accented Latin (C2-CA)                 5           10
+ *   Greek, combining marks (CB-CF)         7           20
+ *   Cyrillic (D0-D4)                       4            9
+ *   Hebrew, Arabic, ... (D5-DF)            6           16
+ *   Indic, Thai, ... (E0-E1)               7           22
+ *   punctuation, symbols (E2)             16           20
+ *   kana, CJK, full-width forms           16           22
+ *     (E3-E9, EE-EF)
+ *   Hangul (EA-ED)                        18           30
+ *   4 bytes: emoji, rare CJK              40           60
+ *
+ * Continuation bytes (10xxxxxx) weigh nothing.
+ */
+
+typedef struct {
+    uint8_t   letter;
+    uint8_t   digit;
+    uint8_t   space;
+    uint8_t   line;
+    uint8_t   punct;
+    uint8_t   latin;
+    uint8_t   greek;
+    uint8_t   cyrillic;
+    uint8_t   semitic;
+    uint8_t   indic;
+    uint8_t   symbol;
+    uint8_t   cjk;
+    uint8_t   hangul;
+    uint8_t   astral;
+} ngx_http_llm_script_weights_t;
+
+
+static const ngx_http_llm_script_weights_t  ngx_http_llm_script_weights[2] = {
+    { 5, 7, 0, 20, 12, 5, 7, 4, 6, 7, 16, 16, 18, 40 },    /* o200k_base */
+    { 5, 8, 2, 20, 10, 10, 20, 9, 16, 22, 20, 22, 30, 60 }  /* cl100k_base */
+};
+
+
+/* a weight per byte, one table per encoding, made on first use */
+static uint8_t  ngx_http_llm_weight[2][256];
+static int      ngx_http_llm_weight_ready;
+
+
+static void ngx_http_llm_script_init(void);
+
+
+size_t
+ngx_http_llm_estimate_weight(ngx_http_llm_encoding_e enc,
+    const unsigned char *text, size_t len, size_t *chars)
+{
+    size_t          i, n, w;
+    const uint8_t  *weight;
+
+    if (!ngx_http_llm_weight_ready) {
+        ngx_http_llm_script_init();
+    }
+
+    weight = ngx_http_llm_weight[enc == NGX_HTTP_LLM_ENC_CL100K];
+
+    n = 0;
+    w = 0;
+
+    for (i = 0; i < len; i++) {
+        w += weight[text[i]];
+        n += ((text[i] & 0xc0) != 0x80);
+    }
+
+    if (chars) {
+        *chars = n;
+    }
+
+    return w;
+}
+
+
+static void
+ngx_http_llm_script_init(void)
+{
+    int                                   e, c;
+    uint8_t                              *t;
+    const ngx_http_llm_script_weights_t  *sw;
+
+    for (e = 0; e < 2; e++) {
+        t = ngx_http_llm_weight[e];
+        sw = &ngx_http_llm_script_weights[e];
+
+        for (c = 0; c < 256; c++) {
+
+            if (c < 0x80) {
+                t[c] = ((c | 0x20) >= 'a' && (c | 0x20) <= 'z') ? sw->letter
+                       : (c >= '0' && c <= '9') ? sw->digit
+                       : (c == ' ') ? sw->space
+                       : (c == '\t' || c == '\n' || c == '\r') ? sw->line
+                       : sw->punct;
+
+            } else if (c < 0xc0) {
+                t[c] = 0;
+
+            } else if (c < 0xe0) {
+                t[c] = (c <= 0xca) ? sw->latin
+                       : (c <= 0xcf) ? sw->greek
+                       : (c <= 0xd4) ? sw->cyrillic
+                       : sw->semitic;
+
+            } else if (c < 0xf0) {
+                t[c] = (c <= 0xe1) ? sw->indic
+                       : (c == 0xe2) ? sw->symbol
+                       : (c >= 0xea && c <= 0xed) ? sw->hangul
+                       : sw->cjk;
+
+            } else {
+                t[c] = sw->astral;
+            }
+        }
+    }
+
+    ngx_http_llm_weight_ready = 1;
+}
