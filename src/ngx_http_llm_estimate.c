@@ -80,6 +80,8 @@ ngx_http_llm_inspect(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
 
     item = cJSON_GetObjectItemCaseSensitive(root, "stream");
     ctx->stream = cJSON_IsTrue(item) ? 1 : 0;
+    ctx->stream_options =
+        (cJSON_GetObjectItemCaseSensitive(root, "stream_options") != NULL);
 
     /* exact counts when the model's vocabulary is loaded */
 

@@ -136,14 +136,35 @@ ngx_http_llm_scan_reply(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
     }
 
     ctx->scan = ngx_pcalloc(r->pool, sizeof(ngx_http_llm_scan_t));
+
+    if (!ctx->sse || !ctx->inject_usage) {
+        return;
+    }
+
+    /* the stream changes length: what include_usage added comes out */
+
+    ctx->strip = ngx_pcalloc(r->pool, sizeof(ngx_http_llm_strip_t));
+    if (ctx->strip == NULL) {
+        return;
+    }
+
+    ctx->strip->pending = ngx_create_temp_buf(r->pool, 4096);
+    if (ctx->strip->pending == NULL) {
+        ctx->strip = NULL;
+        return;
+    }
+
+    ngx_http_clear_content_length(r);
+    r->filter_need_in_memory = 1;
 }
 
 
 static ngx_int_t
 ngx_http_llm_body_filter(ngx_http_request_t *r, ngx_chain_t *in)
 {
+    ngx_int_t            rc;
     ngx_uint_t           last;
-    ngx_chain_t         *cl, out;
+    ngx_chain_t         *cl, out, *edited;
     ngx_http_llm_ctx_t  *ctx;
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_llm_module);
@@ -165,6 +186,19 @@ ngx_http_llm_body_filter(ngx_http_request_t *r, ngx_chain_t *in)
                                   r->connection->log);
             }
         }
+    }
+
+    if (ctx->strip) {
+        if (ngx_http_llm_strip(r, ctx, in, &edited) != NGX_OK) {
+            return NGX_ERROR;
+        }
+
+        rc = ngx_http_next_body_filter(r, edited);
+
+        ngx_chain_update_chains(r->pool, &ctx->strip->free,
+                                &ctx->strip->busy, &edited,
+                                (ngx_buf_tag_t) &ngx_http_llm_filter_module);
+        return rc;
     }
 
     if (!ctx->replace_body) {

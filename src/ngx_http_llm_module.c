@@ -124,6 +124,13 @@ static ngx_command_t  ngx_http_llm_commands[] = {
       offsetof(ngx_http_llm_loc_conf_t, completion_reserve),
       NULL },
 
+    { ngx_string("llm_stream_usage"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_llm_loc_conf_t, stream_usage),
+      NULL },
+
       ngx_null_command
 };
 
@@ -310,6 +317,7 @@ ngx_http_llm_create_loc_conf(ngx_conf_t *cf)
     conf->wait_queue = NGX_CONF_UNSET_UINT;
     conf->image_tokens = NGX_CONF_UNSET_UINT;
     conf->encoding = NGX_CONF_UNSET_UINT;
+    conf->stream_usage = NGX_CONF_UNSET;
 
     return conf;
 }
@@ -336,6 +344,7 @@ ngx_http_llm_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
 
     ngx_conf_merge_uint_value(conf->count, prev->count,
                               NGX_HTTP_LLM_COUNT_EXACT);
+    ngx_conf_merge_value(conf->stream_usage, prev->stream_usage, 0);
     ngx_conf_merge_msec_value(conf->wait, prev->wait, 0);
     ngx_conf_merge_uint_value(conf->wait_queue, prev->wait_queue, 100);
 

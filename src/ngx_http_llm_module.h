@@ -190,6 +190,7 @@ typedef struct {
     ngx_uint_t                   wait_queue;
     ngx_uint_t                   image_tokens;
     ngx_uint_t                   encoding;   /* 0: by the model's name */
+    ngx_flag_t                   stream_usage;
 } ngx_http_llm_loc_conf_t;
 
 
@@ -228,6 +229,17 @@ typedef struct {
 
     u_char                       buf[NGX_HTTP_LLM_USAGE_MAX];
 } ngx_http_llm_scan_t;
+
+
+/* what llm_stream_usage takes out of a stream: see ngx_http_llm_stream.c */
+
+typedef struct {
+    ngx_buf_t                   *pending;    /* an event not yet ended */
+    ngx_chain_t                 *free;
+    ngx_chain_t                 *busy;
+    ngx_uint_t                   dropped;
+    unsigned                     off:1;      /* gave up: passes as is */
+} ngx_http_llm_strip_t;
 
 
 typedef struct {
@@ -276,8 +288,14 @@ typedef struct {
     ngx_msec_t                   deadline;
     ngx_http_llm_scan_t         *scan;
 
+    /* llm_stream_usage: where the body gets stream_options, the filter */
+    size_t                       inject_at;
+    ngx_http_llm_strip_t        *strip;
+
     unsigned                     parsed:1;
     unsigned                     stream:1;
+    unsigned                     stream_options:1;
+    unsigned                     inject_usage:1;
     unsigned                     embeddings:1;
     unsigned                     has_reserve:1;
     unsigned                     admitted:1;
@@ -362,6 +380,13 @@ ngx_int_t ngx_http_llm_log_handler(ngx_http_request_t *r);
 ngx_int_t ngx_http_llm_usage_of(ngx_http_llm_ctx_t *ctx,
     ngx_http_llm_scan_t *out);
 
+ngx_int_t ngx_http_llm_inject_usage(ngx_http_request_t *r,
+    ngx_http_llm_ctx_t *ctx);
+ngx_chain_t *ngx_http_llm_body_chain(ngx_http_request_t *r,
+    ngx_http_llm_ctx_t *ctx, ngx_str_t *model, off_t *len);
+ngx_int_t ngx_http_llm_strip(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
+    ngx_chain_t *in, ngx_chain_t **out);
+
 ngx_int_t ngx_http_llm_admit(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx);
 ngx_int_t ngx_http_llm_send_throttled(ngx_http_request_t *r,
     ngx_http_llm_ctx_t *ctx);
@@ -377,6 +402,7 @@ ngx_int_t ngx_http_llm_error_body(ngx_http_request_t *r, ngx_uint_t status,
 
 
 extern ngx_module_t  ngx_http_llm_module;
+extern ngx_module_t  ngx_http_llm_filter_module;
 
 
 #endif /* _NGX_HTTP_LLM_MODULE_H_INCLUDED_ */

@@ -94,7 +94,13 @@ ngx_http_llm_request_handler(ngx_http_request_t *r)
         return NGX_DECLINED;
     }
 
-    if (ngx_http_llm_check_encoding(r, ctx) != NGX_OK
+    rc = ngx_http_llm_check_encoding(r, ctx);
+
+    if (rc == NGX_ERROR) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (rc != NGX_OK
         || (r->headers_in.content_length_n >= 0
             && (size_t) r->headers_in.content_length_n > llcf->max_body_size))
     {
@@ -155,6 +161,12 @@ ngx_http_llm_body_handler(ngx_http_request_t *r)
 /*
  * A compressed body cannot be counted, and Azure does not accept one
  * either: refuse it clearly instead of proxying what we cannot account.
+ *
+ * A compressed reply cannot be scanned for usage: the backend is asked
+ * for identity instead of what the client accepts.  The client's own
+ * header stays where nginx's gzip filter looks for it
+ * (r->headers_in.accept_encoding); only the copy in the list, which
+ * proxy sends, says identity.
  */
 
 static ngx_int_t
@@ -162,7 +174,9 @@ ngx_http_llm_check_encoding(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
 {
     ngx_uint_t        i;
     ngx_list_part_t  *part;
-    ngx_table_elt_t  *h;
+    ngx_table_elt_t  *h, *client;
+
+    static ngx_str_t  identity = ngx_string("identity");
 
     part = &r->headers_in.headers.part;
     h = part->elts;
@@ -179,18 +193,39 @@ ngx_http_llm_check_encoding(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
             i = 0;
         }
 
-        if (h[i].key.len != sizeof("Content-Encoding") - 1
-            || ngx_strncasecmp(h[i].key.data, (u_char *) "Content-Encoding",
-                               sizeof("Content-Encoding") - 1)
-               != 0)
+        if (h[i].value.len == identity.len
+            && ngx_strncasecmp(h[i].value.data, identity.data, identity.len)
+               == 0)
         {
             continue;
         }
 
-        if (h[i].value.len == sizeof("identity") - 1
-            && ngx_strncasecmp(h[i].value.data, (u_char *) "identity",
-                               sizeof("identity") - 1)
+        if (h[i].key.len == sizeof("Accept-Encoding") - 1
+            && ngx_strncasecmp(h[i].key.data, (u_char *) "Accept-Encoding",
+                               sizeof("Accept-Encoding") - 1)
                == 0)
+        {
+            client = ngx_palloc(r->pool, sizeof(ngx_table_elt_t));
+            if (client == NULL) {
+                return NGX_ERROR;
+            }
+
+            *client = h[i];
+            h[i].value = identity;
+
+#if (NGX_HTTP_GZIP || NGX_HTTP_HEADERS)
+            if (r->headers_in.accept_encoding == &h[i]) {
+                r->headers_in.accept_encoding = client;
+            }
+#endif
+
+            continue;
+        }
+
+        if (h[i].key.len != sizeof("Content-Encoding") - 1
+            || ngx_strncasecmp(h[i].key.data, (u_char *) "Content-Encoding",
+                               sizeof("Content-Encoding") - 1)
+               != 0)
         {
             continue;
         }
@@ -284,6 +319,13 @@ ngx_http_llm_parse(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
     if (llcf->upstream && ctx->deployment.len == 0) {
         (void) ngx_http_llm_find_member(&body, &model_name, &ctx->model_start,
                                         &ctx->model_end);
+    }
+
+    if (llcf->stream_usage && ngx_http_llm_inject_usage(r, ctx) != NGX_OK) {
+        ngx_http_llm_fail(ctx, NGX_HTTP_INTERNAL_SERVER_ERROR,
+                          "InternalServerError",
+                          "The gateway could not prepare the request.");
+        return;
     }
 
     ngx_log_debug5(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,

@@ -40,8 +40,6 @@ static ngx_http_upstream_rr_peer_t *ngx_http_llm_backend_peer(
     ngx_uint_t *index);
 static ngx_int_t ngx_http_llm_rebuild_request(ngx_http_request_t *r,
     ngx_http_llm_peer_data_t *pd, ngx_http_llm_backend_t *b);
-static ngx_chain_t *ngx_http_llm_splice_model(ngx_http_request_t *r,
-    ngx_http_llm_ctx_t *ctx, ngx_str_t *deployment);
 static void ngx_http_llm_free_peer(ngx_peer_connection_t *pc, void *data,
     ngx_uint_t state);
 static ngx_msec_t ngx_http_llm_cooldown(ngx_http_upstream_t *u,
@@ -1100,16 +1098,14 @@ ngx_http_llm_rebuild_request(ngx_http_request_t *r,
     content_length = r->headers_in.content_length_n;
 
     if (b->deployment.len && !in_path && ctx->model_end) {
-        body = ngx_http_llm_splice_model(r, ctx, &b->deployment);
-        if (body == NULL) {
-            return NGX_ERROR;
-        }
 
         /* proxy takes the length it sends from the request's */
 
-        r->headers_in.content_length_n = ctx->body.len
-                                         - (ctx->model_end - ctx->model_start)
-                                         + b->deployment.len + 2;
+        body = ngx_http_llm_body_chain(r, ctx, &b->deployment,
+                                       &r->headers_in.content_length_n);
+        if (body == NULL) {
+            return NGX_ERROR;
+        }
     }
 
     u->request_bufs = body;
@@ -1127,72 +1123,6 @@ ngx_http_llm_rebuild_request(ngx_http_request_t *r,
     pd->built_for = b;
 
     return NGX_OK;
-}
-
-
-/*
- * The body with "model" set to the backend's deployment: the bytes
- * before and after the value are used where they are, so the body is
- * neither copied nor serialized again.
- */
-
-static ngx_chain_t *
-ngx_http_llm_splice_model(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
-    ngx_str_t *deployment)
-{
-    u_char       *p;
-    ngx_buf_t    *b[3];
-    ngx_uint_t    i;
-    ngx_chain_t  *cl, *out, **ll;
-
-    p = ngx_pnalloc(r->pool, deployment->len + 2);
-    if (p == NULL) {
-        return NULL;
-    }
-
-    p[0] = '"';
-    ngx_memcpy(p + 1, deployment->data, deployment->len);
-    p[deployment->len + 1] = '"';
-
-    for (i = 0; i < 3; i++) {
-        b[i] = ngx_calloc_buf(r->pool);
-        if (b[i] == NULL) {
-            return NULL;
-        }
-
-        b[i]->memory = 1;
-    }
-
-    b[0]->pos = ctx->body.data;
-    b[0]->last = ctx->body.data + ctx->model_start;
-
-    b[1]->pos = p;
-    b[1]->last = p + deployment->len + 2;
-
-    b[2]->pos = ctx->body.data + ctx->model_end;
-    b[2]->last = ctx->body.data + ctx->body.len;
-    b[2]->last_buf = 1;
-
-    out = NULL;
-    ll = &out;
-
-    for (i = 0; i < 3; i++) {
-        b[i]->start = b[i]->pos;
-        b[i]->end = b[i]->last;
-
-        cl = ngx_alloc_chain_link(r->pool);
-        if (cl == NULL) {
-            return NULL;
-        }
-
-        cl->buf = b[i];
-        *ll = cl;
-        ll = &cl->next;
-    }
-
-    *ll = NULL;
-
-    return out;
 }
 
 

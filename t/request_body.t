@@ -11,6 +11,7 @@ use FindBin;
 use lib "$FindBin::Bin/lib";
 use Digest::MD5 qw(md5_hex);
 use MIME::Base64 qw(encode_base64);
+use IO::Uncompress::Gunzip qw(gunzip $GunzipError);
 use Test::More;
 use LLMTest;
 
@@ -36,6 +37,14 @@ $t->start_nginx(<<"END", ports => [$port]);
             add_header X-LLM-Reserve \$llm_reserve always;
             add_header X-LLM-Prompt \$llm_prompt_tokens always;
             add_header X-LLM-Tokens \$llm_tokens_estimate always;
+            proxy_pass http://127.0.0.1:$echo;
+        }
+
+        location /gzip/ {
+            llm_route;
+            gzip on;
+            gzip_types application/json;
+            gzip_min_length 1;
             proxy_pass http://127.0.0.1:$echo;
         }
 
@@ -216,6 +225,17 @@ is($failed, 0, '61 conversations of 20 to 140 messages all parsed');
 is($st, 200, 'unbuffered location proxied');
 is($j->{body_md5}, md5_hex($body), 'unbuffered body unchanged');
 is($h->{'x-llm-estimate'}, int((40004 + 3) / 4) + 6, 'unbuffered estimate');
+
+# the backend is asked for identity (a gzip reply cannot be scanned for
+# usage); nginx's own gzip still answers the client as it asked
+($st, $h, my $raw) = http_post($port, '/gzip/x', $body,
+                               'Accept-Encoding' => 'gzip, br');
+is($st, 200, 'Accept-Encoding: gzip proxied');
+is($h->{'content-encoding'}, 'gzip', 'the client gets gzip from nginx');
+gunzip(\$raw => \my $plain) or die $GunzipError;
+$j = json_decode($plain);
+is($j->{headers}{'accept-encoding'}, 'identity',
+   'the backend is asked for identity');
 
 # GET passes untouched and is not estimated
 ($st, $h, $j) = (http_get($port, '/openai/models?api-version=2024-10-21'));

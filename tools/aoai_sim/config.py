@@ -31,6 +31,8 @@ DEFAULTS = {
     'overload_retry_s': 2,      # retry-after of the overload429 fault
     'faults': {},               # kind -> probability
     'seed': 1,
+    'fixed_ids': False,         # same id and created in every reply (tests
+                                # compare streams byte for byte)
 }
 
 # settings the control port must not change (they shape the listeners)
@@ -91,6 +93,7 @@ def check_deployment(d):
             raise ConfigError(f"deployment {d['name']!r}: fault {k} must be a probability")
     d['faults'] = dict(faults)
     d['tls'] = bool(d['tls'])
+    d['fixed_ids'] = bool(d['fixed_ids'])
     return d
 
 

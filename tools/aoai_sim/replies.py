@@ -109,15 +109,15 @@ def reply_text(ntokens):
 class Reply:
     """Everything a reply needs: the call, the deployment's model, lengths."""
 
-    def __init__(self, call, model, per_choice, finish_reason):
+    def __init__(self, call, model, per_choice, finish_reason, fixed_ids=False):
         self.call = call
         self.model = model
         self.per_choice = per_choice            # completion tokens per choice
         self.finish = finish_reason
         self.completion_tokens = per_choice * call.choices
         self.prompt_tokens = call.prompt_tokens
-        self.created = int(time.time())
-        self.id = uuid.uuid4().hex[:24]
+        self.created = 1700000000 if fixed_ids else int(time.time())
+        self.id = '0' * 24 if fixed_ids else uuid.uuid4().hex[:24]
 
     # usage shapes (section 6)
     def chat_usage(self):

@@ -283,7 +283,8 @@ class ApiHandler(BaseHTTPRequestHandler):
             raise Answer(429, replies.throttled(call.op, api_version or 'v1', adm.reason, secs), h)
 
         per_choice, finish = call.completion_per_choice(settings['completion_tokens'])
-        reply = replies.Reply(call, settings['model'], per_choice, finish)
+        reply = replies.Reply(call, settings['model'], per_choice, finish,
+                              settings['fixed_ids'])
         rate = settings['tokens_per_s'] * speed
         record['charge'] = adm.charge
         cut = fault == 'cut'
