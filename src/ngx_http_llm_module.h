@@ -71,6 +71,7 @@ typedef struct {
     /* exponentially weighted, in milliseconds and tokens/s x 1000 */
     ngx_uint_t                   ttft_ewma;
     ngx_uint_t                   tps_ewma;
+    ngx_msec_t                   ewma_time;  /* of the last sample */
 
     uint32_t                     tokens[NGX_HTTP_LLM_TOKEN_SLOTS];
     uint32_t                     requests_slot[NGX_HTTP_LLM_REQ_SLOTS];
@@ -162,6 +163,7 @@ struct ngx_http_llm_pool_s {
     ngx_queue_t                  idle_lru;
 
     unsigned                     balance:1;
+    unsigned                     latency:1;  /* choose by room / latency */
 };
 
 

@@ -99,6 +99,11 @@ ngx_http_llm_balance(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
             continue;
         }
 
+        if (ngx_strcmp(value[i].data, "latency") == 0) {
+            pool->latency = 1;
+            continue;
+        }
+
         if (ngx_strncmp(value[i].data, "cooldown=", 9) == 0) {
             s.data = value[i].data + 9;
             s.len = value[i].len - 9;

@@ -17,6 +17,8 @@ static ngx_http_llm_backend_sh_t *ngx_http_llm_lookup(
     ngx_http_llm_zone_t *zone, ngx_str_t *key, uint32_t hash);
 static void ngx_http_llm_window_advance(uint32_t *slots, ngx_uint_t n,
     ngx_msec_t slot_ms, ngx_msec_t *last, ngx_uint_t *sum, ngx_msec_t now);
+static ngx_uint_t ngx_http_llm_latency(ngx_http_llm_pool_t *pool,
+    ngx_http_llm_backend_sh_t *sh, ngx_http_llm_ctx_t *ctx, ngx_msec_t now);
 static ngx_msec_t ngx_http_llm_window_wait(uint32_t *slots, ngx_uint_t n,
     ngx_msec_t slot_ms, ngx_msec_t last, ngx_uint_t sum, ngx_uint_t limit,
     ngx_uint_t need, ngx_msec_t now);
@@ -413,6 +415,38 @@ ngx_http_llm_charge_for(ngx_http_llm_ctx_t *ctx, ngx_http_llm_backend_t *b,
 
 
 /*
+ * With "llm_balance ... latency", backends of one priority are chosen by
+ * room x weight / the reply's expected time: the backend's TTFT EWMA
+ * plus the request's completion reserve at its tokens/s EWMA.  A backend
+ * without samples, or whose last one is older than the window, is
+ * expected at 0 ms: it is tried first, so a slow backend that recovered
+ * is seen again.  Room still bounds everything: the fastest backend
+ * takes the traffic until its windows fill.
+ */
+
+static ngx_uint_t
+ngx_http_llm_latency(ngx_http_llm_pool_t *pool,
+    ngx_http_llm_backend_sh_t *sh, ngx_http_llm_ctx_t *ctx, ngx_msec_t now)
+{
+    ngx_uint_t  ms;
+
+    if (sh->ttft_ewma == 0 || now - sh->ewma_time > pool->window) {
+        return 0;
+    }
+
+    ms = sh->ttft_ewma;
+
+    if (sh->tps_ewma) {
+        /* tps_ewma is tokens/s x 1000 */
+        ms += ngx_min(ctx->reserve, NGX_HTTP_LLM_MAX_TOKENS) * 1000000
+              / sh->tps_ewma;
+    }
+
+    return ms;
+}
+
+
+/*
  * The backend for a new attempt, charged atomically: lowest priority
  * number first; among equals the one with the most room left times its
  * weight.  Backends already tried, in cool-down, without room in either
@@ -530,6 +564,11 @@ ngx_http_llm_choose(ngx_http_llm_pool_t *pool, ngx_http_llm_ctx_t *ctx,
         }
 
         score = room * b[i].weight;
+
+        if (pool->latency) {
+            score = score * 1024 / (ngx_http_llm_latency(pool, sh, ctx, now)
+                                    + 1);
+        }
 
         if (best == NULL || b[i].priority < best->priority
             || score > best_score)
@@ -718,8 +757,15 @@ ngx_http_llm_account(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
     }
 
     if (ctx->first_byte) {
+        if (now - sh->ewma_time > pool->window) {
+            /* forgotten: see ngx_http_llm_latency() */
+            sh->ttft_ewma = 0;
+            sh->tps_ewma = 0;
+        }
+
         sh->ttft_ewma = sh->ttft_ewma ? (sh->ttft_ewma * 7 + ctx->ttft) / 8
                                       : ctx->ttft;
+        sh->ewma_time = now;
 
         gen = now - ctx->start - ctx->ttft;
 
