@@ -3,7 +3,10 @@
 # same nginx binary, the same backend and the same bodies:
 #   plain     proxy_pass to the backend (upstream keepalive)
 #   estimate  llm_route with llm_count estimate, through llm_balance
-#   exact     llm_route with exact o200k_base counting
+#   exact     llm_route with exact o200k_base counting; every request
+#             after the first finds its texts in the repeat cache, as a
+#             chat history sent again does
+#   nocache   the same with llm_count_cache off: every text tokenized
 # The backend is a server of the same nginx returning a chat-completion
 # JSON.  Requests/s and latency come from wrk (noisy on a shared
 # machine); instructions per request from valgrind --tool=callgrind, as
@@ -32,14 +35,15 @@ trap 'kill $(cat "$work/nginx.pid" 2>/dev/null) 2>/dev/null; [ -n "${KEEP:-}" ] 
 python3 - "$work" <<'PY'
 import json, sys
 work = sys.argv[1]
-turn = ("Explain how nginx proxies a request to an upstream server and "
+turn = ("how nginx proxies a request to an upstream server and "
         "what keepalive changes. ")
 def body(size):
     msgs = [{"role": "system", "content": "You are a helpful assistant."}]
     i = 0
     while len(json.dumps({"messages": msgs})) < size - 60:
+        # every message its own text, as in a real conversation
         msgs.append({"role": "user" if i % 2 == 0 else "assistant",
-                     "content": turn * 2})
+                     "content": "Step %d: explain %s" % (i, turn * 2)})
         i += 1
     return json.dumps({"model": "gpt-4o", "messages": msgs,
                        "max_tokens": 100})
@@ -108,6 +112,14 @@ http {
             proxy_http_version 1.1;
             proxy_set_header Connection "";
         }
+
+        location /nocache/ {
+            llm_route pool;
+            llm_count_cache off;
+            proxy_pass http://pool;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
     }
 }
 END
@@ -130,7 +142,7 @@ sleep 1
 printf '%-6s %-9s %10s %9s %9s %8s\n' body mode 'req/s' 'p50 ms' 'p99 ms' ratio
 for size in 1k 20k; do
     base=""
-    for mode in plain estimate exact; do
+    for mode in plain estimate exact nocache; do
         out=$(BODY="$work/body-$size.json" wrk -t1 -c8 -d"${secs}s" \
               --latency -s "$work/post.lua" \
               "http://127.0.0.1:18991/$mode/openai/deployments/gpt-4o/chat/completions")
@@ -172,7 +184,9 @@ PL
 instr() {
     mode=$1 size=$2 n=$3
     extra=""
-    [ "$mode" = exact ] && extra="llm_tokenizer o200k_base $vocab/o200k_base.json;"
+    case $mode in exact|nocache)
+        extra="llm_tokenizer o200k_base $vocab/o200k_base.json;" ;;
+    esac
     conf "daemon off; master_process off;" "$extra" >"$work/cg.conf"
     rm -f "$work"/callgrind.out
     valgrind --tool=callgrind --callgrind-out-file="$work/callgrind.out" \
@@ -193,7 +207,7 @@ instr() {
 printf '%-6s %-9s %12s %8s\n' body mode 'instr/req' ratio
 for size in 1k 20k; do
     base=""
-    for mode in plain estimate exact; do
+    for mode in plain estimate exact nocache; do
         a=$(instr $mode $size "$n1")
         b=$(instr $mode $size "$n2")
         per=$(( (b - a) / (n2 - n1) ))

@@ -31,6 +31,7 @@ typedef struct {
     size_t                   tokens;
     size_t                   weight;     /* of guessed tokens */
     ngx_http_llm_vocab_t    *vocab;      /* NULL: tokens are guessed */
+    ngx_uint_t               cache;      /* llm_count_cache */
     ngx_uint_t               encoding;
 
     /* images: where to decode headers, the model's prices */
@@ -93,6 +94,7 @@ ngx_http_llm_inspect(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
 
     if (llcf->count == NGX_HTTP_LLM_COUNT_EXACT) {
         sum.vocab = lmcf->vocab[enc];
+        sum.cache = llcf->count_cache;
     }
 
     sum.pool = r->pool;
@@ -290,7 +292,8 @@ ngx_http_llm_add_text(ngx_http_llm_sum_t *sum, const char *s)
     }
 
     sum->chars += n;
-    sum->tokens += ngx_http_llm_count(sum->vocab, (u_char *) s, len);
+    sum->tokens += ngx_http_llm_count(sum->vocab, (u_char *) s, len,
+                                      sum->cache);
 }
 
 
@@ -300,7 +303,7 @@ static void
 ngx_http_llm_add_tokens(ngx_http_llm_sum_t *sum, u_char *text, size_t len)
 {
     if (sum->vocab) {
-        sum->tokens += ngx_http_llm_count(sum->vocab, text, len);
+        sum->tokens += ngx_http_llm_count(sum->vocab, text, len, sum->cache);
         return;
     }
 

@@ -13,6 +13,8 @@
 static ngx_int_t ngx_http_llm_preconfiguration(ngx_conf_t *cf);
 static ngx_int_t ngx_http_llm_init(ngx_conf_t *cf);
 static void *ngx_http_llm_create_main_conf(ngx_conf_t *cf);
+static ngx_int_t ngx_http_llm_init_process(ngx_cycle_t *cycle);
+
 static void *ngx_http_llm_create_srv_conf(ngx_conf_t *cf);
 static void *ngx_http_llm_create_loc_conf(ngx_conf_t *cf);
 static char *ngx_http_llm_merge_loc_conf(ngx_conf_t *cf, void *parent,
@@ -124,6 +126,13 @@ static ngx_command_t  ngx_http_llm_commands[] = {
       offsetof(ngx_http_llm_loc_conf_t, completion_reserve),
       NULL },
 
+    { ngx_string("llm_count_cache"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_llm_loc_conf_t, count_cache),
+      NULL },
+
     { ngx_string("llm_stream_usage"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_FLAG,
       ngx_conf_set_flag_slot,
@@ -157,7 +166,7 @@ ngx_module_t  ngx_http_llm_module = {
     NGX_HTTP_MODULE,                       /* module type */
     NULL,                                  /* init master */
     NULL,                                  /* init module */
-    NULL,                                  /* init process */
+    ngx_http_llm_init_process,             /* init process */
     NULL,                                  /* init thread */
     NULL,                                  /* exit thread */
     NULL,                                  /* exit process */
@@ -262,6 +271,26 @@ ngx_http_llm_create_main_conf(ngx_conf_t *cf)
 }
 
 
+/* each worker its own repeat cache, only where a vocabulary counts */
+
+static ngx_int_t
+ngx_http_llm_init_process(ngx_cycle_t *cycle)
+{
+    ngx_http_llm_main_conf_t  *lmcf;
+
+    lmcf = ngx_http_cycle_get_module_main_conf(cycle, ngx_http_llm_module);
+
+    if (lmcf == NULL
+        || (lmcf->vocab[NGX_HTTP_LLM_ENC_O200K] == NULL
+            && lmcf->vocab[NGX_HTTP_LLM_ENC_CL100K] == NULL))
+    {
+        return NGX_OK;
+    }
+
+    return ngx_http_llm_count_cache_init(cycle);
+}
+
+
 /* server blocks get one too, unused; upstream blocks hold a pool in it */
 
 static void *
@@ -318,6 +347,7 @@ ngx_http_llm_create_loc_conf(ngx_conf_t *cf)
     conf->image_tokens = NGX_CONF_UNSET_UINT;
     conf->encoding = NGX_CONF_UNSET_UINT;
     conf->stream_usage = NGX_CONF_UNSET;
+    conf->count_cache = NGX_CONF_UNSET;
 
     return conf;
 }
@@ -345,6 +375,7 @@ ngx_http_llm_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_conf_merge_uint_value(conf->count, prev->count,
                               NGX_HTTP_LLM_COUNT_EXACT);
     ngx_conf_merge_value(conf->stream_usage, prev->stream_usage, 0);
+    ngx_conf_merge_value(conf->count_cache, prev->count_cache, 1);
     ngx_conf_merge_msec_value(conf->wait, prev->wait, 0);
     ngx_conf_merge_uint_value(conf->wait_queue, prev->wait_queue, 100);
 

@@ -193,6 +193,7 @@ typedef struct {
     ngx_uint_t                   image_tokens;
     ngx_uint_t                   encoding;   /* 0: by the model's name */
     ngx_flag_t                   stream_usage;
+    ngx_flag_t                   count_cache;
 } ngx_http_llm_loc_conf_t;
 
 
@@ -337,8 +338,9 @@ ngx_int_t ngx_http_llm_add_variables(ngx_conf_t *cf);
 char *ngx_http_llm_tokenizer(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 ngx_uint_t ngx_http_llm_encoding_for(ngx_str_t *model);
 size_t ngx_http_llm_count(ngx_http_llm_vocab_t *vocab, u_char *text,
-    size_t len);
+    size_t len, ngx_uint_t cache);
 void ngx_http_llm_count_done(size_t body_len);
+ngx_int_t ngx_http_llm_count_cache_init(ngx_cycle_t *cycle);
 ngx_uint_t ngx_http_llm_image_tokens(ngx_pool_t *pool, const char *url,
     const char *detail, ngx_uint_t mini, ngx_uint_t remote);
 size_t ngx_http_llm_base64_at(u_char *dst, size_t n, ngx_str_t *b64,

@@ -22,6 +22,33 @@ static ngx_uint_t             ngx_http_llm_ws_ready;
 
 
 /*
+ * The repeat cache, one per worker: chat clients send the whole history
+ * with every turn, so most texts of a body were counted a moment ago.
+ * Direct-mapped by a hash of the text, keyed with a per-worker random
+ * seed so a client cannot aim at another's entry; a hit needs hash,
+ * length and vocabulary to agree.  Short texts are counted, not cached.
+ */
+
+#define NGX_HTTP_LLM_CACHE_MIN   64
+#define NGX_HTTP_LLM_CACHE_SIZE  4096       /* a power of 2 */
+
+typedef struct {
+    uint64_t                  hash;
+    ngx_http_llm_vocab_t     *vocab;
+    uint32_t                  len;
+    uint32_t                  tokens;
+} ngx_http_llm_cache_entry_t;
+
+
+static ngx_http_llm_cache_entry_t  *ngx_http_llm_cache;
+static ngx_uint_t                   ngx_http_llm_cache_mask;
+static uint64_t                     ngx_http_llm_cache_seed;
+
+
+static uint64_t ngx_http_llm_text_hash(u_char *p, size_t len);
+
+
+/*
  * llm_tokenizer o200k_base|cl100k_base path;
  *
  * Loaded once at configuration time; after fork the workers share the
@@ -153,9 +180,12 @@ ngx_http_llm_encoding_for(ngx_str_t *model)
 
 
 size_t
-ngx_http_llm_count(ngx_http_llm_vocab_t *vocab, u_char *text, size_t len)
+ngx_http_llm_count(ngx_http_llm_vocab_t *vocab, u_char *text, size_t len,
+    ngx_uint_t cache)
 {
-    size_t  n;
+    size_t                       n;
+    uint64_t                     hash;
+    ngx_http_llm_cache_entry_t  *e;
 
     if (!ngx_http_llm_ws_ready) {
         ngx_http_llm_tok_ws_init(&ngx_http_llm_ws, ngx_http_llm_ws_alloc,
@@ -163,9 +193,83 @@ ngx_http_llm_count(ngx_http_llm_vocab_t *vocab, u_char *text, size_t len)
         ngx_http_llm_ws_ready = 1;
     }
 
+    e = NULL;
+    hash = 0;
+
+    if (cache && ngx_http_llm_cache && len >= NGX_HTTP_LLM_CACHE_MIN
+        && len <= NGX_MAX_UINT32_VALUE)
+    {
+        hash = ngx_http_llm_text_hash(text, len);
+        e = &ngx_http_llm_cache[hash & ngx_http_llm_cache_mask];
+
+        if (e->hash == hash && e->len == len && e->vocab == vocab) {
+            return e->tokens;
+        }
+    }
+
     n = ngx_http_llm_count_tokens(vocab, &ngx_http_llm_ws, text, len);
 
-    return (n == NGX_HTTP_LLM_TOKENS_ERROR) ? 0 : n;
+    if (n == NGX_HTTP_LLM_TOKENS_ERROR) {
+        return 0;
+    }
+
+    if (e && n <= NGX_MAX_UINT32_VALUE) {
+        e->hash = hash;
+        e->vocab = vocab;
+        e->len = (uint32_t) len;
+        e->tokens = (uint32_t) n;
+    }
+
+    return n;
+}
+
+
+/* made in each worker at its start: 4096 entries, 96 KB */
+
+ngx_int_t
+ngx_http_llm_count_cache_init(ngx_cycle_t *cycle)
+{
+    ngx_http_llm_cache = ngx_calloc(NGX_HTTP_LLM_CACHE_SIZE
+                                    * sizeof(ngx_http_llm_cache_entry_t),
+                                    cycle->log);
+    if (ngx_http_llm_cache == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_http_llm_cache_mask = NGX_HTTP_LLM_CACHE_SIZE - 1;
+    ngx_http_llm_cache_seed = ((uint64_t) ngx_random() << 32) ^ ngx_random()
+                              ^ (uint64_t) ngx_pid;
+
+    return NGX_OK;
+}
+
+
+/*
+ * 8 bytes a step: xor into the state, multiply by an odd constant, fold
+ * the high bits down; a few instructions for 8 bytes, against about a
+ * hundred a byte for counting
+ */
+
+static uint64_t
+ngx_http_llm_text_hash(u_char *p, size_t len)
+{
+    size_t    i;
+    uint64_t  h, w;
+
+    h = ngx_http_llm_cache_seed ^ (len * 0x9e3779b97f4a7c15ULL);
+
+    for (i = 0; i + 8 <= len; i += 8) {
+        ngx_memcpy(&w, p + i, 8);
+        h = (h ^ w) * 0xff51afd7ed558ccdULL;
+        h ^= h >> 32;
+    }
+
+    w = 0;
+    ngx_memcpy(&w, p + i, len - i);
+    h = (h ^ w) * 0xc4ceb9fe1a85ec53ULL;
+    h ^= h >> 29;
+
+    return h;
 }
 
 

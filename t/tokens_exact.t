@@ -69,6 +69,12 @@ $t->start_nginx(<<"END", ports => [$listen]);
             proxy_pass http://127.0.0.1:$echo;
         }
 
+        location /nocache/ {
+            llm_route;
+            llm_count_cache off;
+            proxy_pass http://127.0.0.1:$echo;
+        }
+
         location /estimate/ {
             llm_route;
             llm_count estimate;
@@ -114,6 +120,12 @@ $cookbook->{model} = 'gpt-4o';
 my ($n, $h) = prompt_tokens('/auto/x', json_encode($cookbook));
 is($n, 124, 'gpt-4o: the cookbook example counts 124 (o200k_base)');
 is($h->{'x-estimate'}, 124 + 640, '$llm_tokens_estimate: exact + reserve');
+
+# the repeat cache: the same texts again, a hit; without it, the same
+my ($again) = prompt_tokens('/auto/x', json_encode($cookbook));
+is($again, 124, 'the same body again: 124 (repeat cache)');
+($again) = prompt_tokens('/nocache/x', json_encode($cookbook));
+is($again, 124, 'llm_count_cache off: 124');
 
 $cookbook->{model} = 'gpt-4-0613';
 ($n) = prompt_tokens('/auto/x', json_encode($cookbook));
