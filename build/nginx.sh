@@ -3,6 +3,7 @@
 #
 #   build/nginx.sh [--asan] [--static] 1.22|1.26|1.30
 #   build/nginx.sh packaged
+#   build/nginx.sh --fetch 1.22|1.26|1.30
 #
 # 1.22, 1.26 and 1.30 are the nginx of Debian bookworm, trixie and sid.
 # Sources come through apt with a private source list and lists dir
@@ -11,17 +12,21 @@
 # is loaded into /usr/sbin/nginx.
 #
 # Prints the env file to source: it sets LLM_NGINX and LLM_MODULE
-# (empty for a static build), which the tests and tools read.
+# (empty for a static build), which the tests and tools read.  --fetch
+# only downloads the sources and prints the path of their tarball
+# (docker/ci-check.sh builds from it as the Dockerfile would).
 set -eu
 
 top=$(cd "$(dirname "$0")/.." && pwd)
 asan=no
 static=no
+fetch=no
 
 while [ $# -gt 0 ]; do
     case "$1" in
     --asan) asan=yes ;;
     --static) static=yes ;;
+    --fetch) fetch=yes ;;
     -*) echo "unknown option $1" >&2; exit 2 ;;
     *) break ;;
     esac
@@ -36,6 +41,10 @@ mkdir -p "$out"
 sh "$top/build/deps.sh" >&2
 
 if [ "$want" = packaged ]; then
+    if [ $fetch = yes ]; then
+        echo "--fetch takes a version, not packaged" >&2
+        exit 2
+    fi
     sh "$top/build/deps.sh" nginx nginx-dev >&2
     dir="$out/packaged"
     rm -rf "$dir"
@@ -116,6 +125,11 @@ fi
 if [ ! -s "$tarball" ]; then
     echo "could not download nginx $ver sources from Debian" >&2
     exit 3
+fi
+
+if [ $fetch = yes ]; then
+    echo "$tarball"
+    exit 0
 fi
 
 name="nginx-$upstream"
