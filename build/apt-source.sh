@@ -53,7 +53,7 @@ if [ -z "$ver" ]; then
 fi
 
 upstream=${ver%%-*}
-tarball=$(ls "$apt/dl/${pkg}_$upstream.orig.tar."* 2>/dev/null | head -1)
+tarball=$(ls "$apt/dl/${pkg}_$upstream".orig.tar.[gx]z 2>/dev/null | head -1)
 
 if [ -z "$tarball" ]; then
     # the Debian part may 404 while the upstream tarball is served: only
@@ -61,7 +61,7 @@ if [ -z "$tarball" ]; then
     # shellcheck disable=SC2086
     (cd "$apt/dl" && apt-get $aptopts source --download-only -qq \
         "$pkg=$ver" >/dev/null 2>&1) || true
-    tarball=$(ls "$apt/dl/${pkg}_$upstream.orig.tar."* 2>/dev/null \
+    tarball=$(ls "$apt/dl/${pkg}_$upstream".orig.tar.[gx]z 2>/dev/null \
               | head -1)
 fi
 

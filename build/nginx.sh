@@ -7,7 +7,8 @@
 #
 # 1.22, 1.26 and 1.30 are the nginx of Debian bookworm, trixie and sid.
 # Sources come through apt with a private source list and lists dir
-# under .build/apt, so the system's apt configuration is left alone.
+# under .build/apt (build/apt-source.sh), so the system's apt
+# configuration is left alone.
 # "packaged" builds the module against Debian's own nginx (nginx-dev) and
 # is loaded into /usr/sbin/nginx.
 #
@@ -77,55 +78,11 @@ case "$want" in
    exit 2 ;;
 esac
 
-apt="$out/apt"
-mkdir -p "$apt/cache/archives/partial" "$apt/dl"
-# only the suite needed: a stale Release of another suite cannot fail us
-mkdir -p "$apt/parts-$suite" "$apt/lists-$suite/partial"
-cat >"$apt/parts-$suite/debian-src.sources" <<END
-Types: deb-src
-URIs: http://deb.debian.org/debian
-Suites: $suite
-Components: main
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
-END
-
-# Check-Valid-Until: mirrors serving a snapshot have expired Release files
-aptopts="-o Dir::Etc::SourceList=/dev/null
-         -o Dir::Etc::SourceParts=$apt/parts-$suite
-         -o Dir::State::Lists=$apt/lists-$suite
-         -o Dir::Cache=$apt/cache
-         -o Acquire::Check-Valid-Until=false
-         -o APT::Sandbox::User=root"
-
-# shellcheck disable=SC2086
-if [ -z "$(find "$apt/lists-$suite" -name '*Sources*' -mmin -1440 \
-           2>/dev/null)" ]
-then
-    apt-get $aptopts update -qq >&2
-fi
-
-# shellcheck disable=SC2086
-ver=$(apt-cache $aptopts showsrc nginx 2>/dev/null \
-      | awk '/^Version: /{print $2}' | grep "^$want" | sort -rV | head -1)
-
-if [ -z "$ver" ]; then
-    echo "no nginx $want source package in Debian $suite lists" >&2
-    exit 3
-fi
-
-upstream=${ver%%-*}
-tarball="$apt/dl/nginx_$upstream.orig.tar.gz"
-
-if [ ! -s "$tarball" ]; then
-    # shellcheck disable=SC2086
-    (cd "$apt/dl" && apt-get $aptopts source --download-only -qq \
-        "nginx=$ver" >&2) || true
-fi
-
-if [ ! -s "$tarball" ]; then
-    echo "could not download nginx $ver sources from Debian" >&2
-    exit 3
-fi
+# the upstream tarball of Debian's nginx source package of that suite
+tarball=$(sh "$top/build/apt-source.sh" "$suite" nginx "$want") || exit $?
+upstream=$(basename "$tarball")
+upstream=${upstream#nginx_}
+upstream=${upstream%.orig.tar.*}
 
 if [ $fetch = yes ]; then
     echo "$tarball"
