@@ -21,35 +21,9 @@ secs=${1:-5}
 n1=${2:-200}
 n2=${3:-1200}
 
-sh "$top/build/deps.sh" wrk valgrind >&2
-. "$(sh "$top/build/nginx.sh" 1.22)"
-sh "$top/build/tokenizer.sh" >/dev/null
-vocab=$top/.build/npm/node_modules/tiktoken/encoders
-
-work=$(mktemp -d /tmp/llm-bench-XXXXXX)
-chmod 755 "$work"
-mkdir -p "$work/logs"
-trap 'kill $(cat "$work/nginx.pid" 2>/dev/null) 2>/dev/null; [ -n "${KEEP:-}" ] || rm -rf "$work"' EXIT
-
-# bodies: a ~1 KB and a ~20 KB chat conversation
-python3 - "$work" <<'PY'
-import json, sys
-work = sys.argv[1]
-turn = ("how nginx proxies a request to an upstream server and "
-        "what keepalive changes. ")
-def body(size):
-    msgs = [{"role": "system", "content": "You are a helpful assistant."}]
-    i = 0
-    while len(json.dumps({"messages": msgs})) < size - 60:
-        # every message its own text, as in a real conversation
-        msgs.append({"role": "user" if i % 2 == 0 else "assistant",
-                     "content": "Step %d: explain %s" % (i, turn * 2)})
-        i += 1
-    return json.dumps({"model": "gpt-4o", "messages": msgs,
-                       "max_tokens": 100})
-for name, size in (("1k", 1024), ("20k", 20480)):
-    open("%s/body-%s.json" % (work, name), "w").write(body(size))
-PY
+. "$top/bench/lib.sh"
+bench_setup
+bench_bodies 1k 20k
 
 reply='{"id":"chatcmpl-1","object":"chat.completion","created":1,"model":"gpt-4o","choices":[{"index":0,"message":{"role":"assistant","content":"Hello."},"finish_reason":"stop"}],"usage":{"prompt_tokens":250,"completion_tokens":3,"total_tokens":253}}'
 
@@ -162,55 +136,16 @@ sleep 1
 echo
 echo "== instructions per request (callgrind, (I($n2) - I($n1)) / $((n2 - n1)))"
 
-# a keepalive client sending N requests one after another
-cat >"$work/client.pl" <<'PL'
-use strict; use IO::Socket::INET;
-my ($uri, $file, $n) = @ARGV;
-open my $f, '<', $file or die; local $/; my $body = <$f>; close $f;
-my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1:18991') or die "$!";
-my $req = "POST $uri HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-        . "Content-Length: " . length($body) . "\r\n\r\n$body";
-for (1 .. $n) {
-    print $s $req;
-    my $buf = '';
-    while ($buf !~ /\r\n\r\n/ || length($buf) < index($buf, "\r\n\r\n") + 4
-           + ($buf =~ /Content-Length: (\d+)/i ? $1 : 0)) {
-        sysread($s, $buf, 65536, length $buf) or die "closed";
-    }
-    die "status: $buf" unless $buf =~ m{^HTTP/1.1 200};
-}
-PL
-
-instr() {
-    mode=$1 size=$2 n=$3
-    extra=""
-    case $mode in exact|nocache)
-        extra="llm_tokenizer o200k_base $vocab/o200k_base.json;" ;;
-    esac
-    conf "daemon off; master_process off;" "$extra" >"$work/cg.conf"
-    rm -f "$work"/callgrind.out
-    valgrind --tool=callgrind --callgrind-out-file="$work/callgrind.out" \
-        "$LLM_NGINX" -p "$work" -c "$work/cg.conf" 2>/dev/null &
-    vg=$!
-    i=0
-    while ! perl -MIO::Socket::INET -e \
-        'exit !IO::Socket::INET->new("127.0.0.1:18991")' 2>/dev/null; do
-        sleep 0.5; i=$((i + 1)); [ $i -lt 240 ] || { echo "no start"; exit 1; }
-    done
-    perl "$work/client.pl" "/$mode/openai/deployments/gpt-4o/chat/completions" \
-        "$work/body-$size.json" "$n"
-    kill -QUIT $vg
-    wait $vg 2>/dev/null || true
-    awk '/^summary:/ {print $2}' "$work/callgrind.out"
-}
+conf "daemon off; master_process off;" \
+    "llm_tokenizer o200k_base $vocab/o200k_base.json;" >"$work/cg.conf"
 
 printf '%-6s %-9s %12s %8s\n' body mode 'instr/req' ratio
 for size in 1k 20k; do
     base=""
     for mode in plain estimate exact nocache; do
-        a=$(instr $mode $size "$n1")
-        b=$(instr $mode $size "$n2")
-        per=$(( (b - a) / (n2 - n1) ))
+        per=$(bench_per_request "$work/cg.conf" 18991 \
+              "/$mode/openai/deployments/gpt-4o/chat/completions" \
+              "$work/body-$size.json" "$n1" "$n2")
         [ -n "$base" ] || base=$per
         printf '%-6s %-9s %12s %7.2fx\n' "$size" "$mode" "$per" \
             "$(echo "$per $base" | awk '{print $1/$2}')"

@@ -68,9 +68,15 @@ static const ngx_http_llm_script_weights_t  ngx_http_llm_script_weights[2] = {
 };
 
 
-/* a weight per byte, one table per encoding, made on first use */
-static uint8_t  ngx_http_llm_weight[2][256];
-static int      ngx_http_llm_weight_ready;
+/*
+ * A weight per byte, one table per encoding, made on first use; bit 32
+ * is set for a byte that starts a character, so one addition a byte
+ * counts both
+ */
+#define NGX_HTTP_LLM_SCRIPT_BLOCK  (64 * 1024 * 1024)
+
+static uint64_t  ngx_http_llm_weight[2][256];
+static int       ngx_http_llm_weight_ready;
 
 
 static void ngx_http_llm_script_init(void);
@@ -80,8 +86,9 @@ size_t
 ngx_http_llm_estimate_weight(ngx_http_llm_encoding_e enc,
     const unsigned char *text, size_t len, size_t *chars)
 {
-    size_t          i, n, w;
-    const uint8_t  *weight;
+    size_t           i, n, w, end;
+    uint64_t         sum;
+    const uint64_t  *weight;
 
     if (!ngx_http_llm_weight_ready) {
         ngx_http_llm_script_init();
@@ -92,9 +99,24 @@ ngx_http_llm_estimate_weight(ngx_http_llm_encoding_e enc,
     n = 0;
     w = 0;
 
-    for (i = 0; i < len; i++) {
-        w += weight[text[i]];
-        n += ((text[i] & 0xc0) != 0x80);
+    /* the low 32 bits hold the weights of up to 64 MB (60 a byte at most) */
+
+    for (i = 0; i < len; /* void */) {
+        end = (len - i > NGX_HTTP_LLM_SCRIPT_BLOCK)
+              ? i + NGX_HTTP_LLM_SCRIPT_BLOCK : len;
+        sum = 0;
+
+        for ( /* void */ ; i + 4 <= end; i += 4) {
+            sum += weight[text[i]] + weight[text[i + 1]]
+                   + weight[text[i + 2]] + weight[text[i + 3]];
+        }
+
+        for ( /* void */ ; i < end; i++) {
+            sum += weight[text[i]];
+        }
+
+        n += (size_t) (sum >> 32);
+        w += (size_t) (sum & 0xffffffff);
     }
 
     if (chars) {
@@ -109,7 +131,7 @@ static void
 ngx_http_llm_script_init(void)
 {
     int                                   e, c;
-    uint8_t                              *t;
+    uint64_t                             *t;
     const ngx_http_llm_script_weights_t  *sw;
 
     for (e = 0; e < 2; e++) {
@@ -142,6 +164,10 @@ ngx_http_llm_script_init(void)
 
             } else {
                 t[c] = sw->astral;
+            }
+
+            if ((c & 0xc0) != 0x80) {
+                t[c] |= (uint64_t) 1 << 32;
             }
         }
     }
