@@ -98,13 +98,15 @@ END
 conf "daemon off; master_process off;" >"$work/cg.conf"
 uri=/openai/deployments/gpt-4o/chat/completions
 
+bench_start "$work/cg.conf" 18981
+
 echo "== backends in the pool (1 KB body), instructions per request"
 printf '%-9s %10s %10s %10s\n' mode 1 8 64
 for mode in estimate exact; do
     row=""
     for n in 1 8 64; do
-        row="$row $(bench_per_request "$work/cg.conf" 18981 \
-                    "/$mode$n$uri" "$work/body-1k.json" 20 120)"
+        set -- $(bench_measure 18981 "/$mode$n$uri" "$work/body-1k.json" 100)
+        row="$row $1"
     done
     printf '%-9s %10s %10s %10s\n' $mode $row
 done
@@ -116,16 +118,16 @@ for mode in plain estimate1 exact1 nocache1; do
     row=""
     for size in 1k 10k 100k 1m; do
         case $size in
-        1m) n1=2 n2=6 ;;
-        100k) n1=5 n2=25 ;;
-        *) n1=20 n2=120 ;;
+        1m) n=4 ;;
+        100k) n=20 ;;
+        *) n=100 ;;
         esac
-        u="/$mode$uri"
-        row="$row $(bench_per_request "$work/cg.conf" 18981 "$u" \
-                    "$work/body-$size.json" $n1 $n2)"
+        set -- $(bench_measure 18981 "/$mode$uri" "$work/body-$size.json" $n)
+        row="$row $1"
     done
     printf '%-9s %12s %12s %12s %12s\n' "${mode%1}" $row
 done
+bench_stop
 
 echo
 echo "== memory: the worker's RSS after 20 requests of each body"

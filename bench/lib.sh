@@ -63,28 +63,90 @@ for (1 .. $n) {
 PL
 }
 
-# total instructions of one nginx process (no master, no daemon) under
-# callgrind serving N requests: bench_instr CONF PORT URI BODY N
-bench_instr() {
-    rm -f "$work"/callgrind.out
+# One nginx process (no master, no daemon) under callgrind for all the
+# measurements of a configuration: loading a vocabulary under callgrind
+# takes a minute, so it is done once.  Each measurement dumps the
+# counters after a few warm-up requests, sends N requests and dumps them
+# again: the second dump holds those N requests and nothing else.
+#   bench_start CONF PORT; bench_measure PORT URI BODY N ...; bench_stop
+bench_start() {
+    rm -f "$work"/callgrind.out*
     valgrind --tool=callgrind --callgrind-out-file="$work/callgrind.out" \
         "$LLM_NGINX" -p "$work" -c "$1" 2>/dev/null &
     vg=$!
     i=0
     while ! perl -MIO::Socket::INET -e \
         "exit !IO::Socket::INET->new('127.0.0.1:$2')" 2>/dev/null; do
-        sleep 0.5; i=$((i + 1)); [ $i -lt 240 ] || { echo "no start"; exit 1; }
+        sleep 0.5; i=$((i + 1)); [ $i -lt 600 ] || { echo "no start"; exit 1; }
     done
-    perl "$work/client.pl" "$2" "$3" "$4" "$5"
-    kill -QUIT $vg
-    wait $vg 2>/dev/null || true
-    awk '/^summary:/ {print $2}' "$work/callgrind.out"
 }
 
-# instructions per request: the difference of N2 and N1 requests, so
-# start-up and exit cancel out
-bench_per_request() {
-    a=$(bench_instr "$1" "$2" "$3" "$4" "$5")
-    b=$(bench_instr "$1" "$2" "$3" "$4" "$6")
-    echo $(( (b - a) / ($6 - $5) ))
+bench_stop() {
+    kill -QUIT $vg
+    wait $vg 2>/dev/null || true
+}
+
+# instructions per request, in all and by where they were spent (see
+# bench_groups): bench_measure PORT URI BODY N
+bench_measure() {
+    perl "$work/client.pl" "$1" "$2" "$3" 3
+    # a dump zeroes the counters; the first one after start-up still
+    # holds costs from before (its cost lines add up to more than its
+    # summary): it is thrown away
+    callgrind_control -d $vg >/dev/null 2>&1
+    rm -f "$work"/callgrind.out.*
+    perl "$work/client.pl" "$1" "$2" "$3" "$4"
+    callgrind_control -d $vg >/dev/null 2>&1
+    dump=$(ls -t "$work"/callgrind.out.* | head -1)
+    set -- "$4" $(awk '/^summary:/ {print $2}' "$dump") \
+           $(bench_groups "$dump")
+    rm -f "$dump"
+    echo "$@" | awk '{
+        for (i = 2; i <= 7; i++)
+            printf "%d%s", $i / $1, i < 7 ? " " : "\n" }'
+}
+
+
+# the instructions of a callgrind dump by where they were spent: nginx
+# with everything else, libc, cJSON, counting (the tokenizer, the guess,
+# the repeat cache), the module's own code
+bench_groups() {
+    # self costs from the file itself: a cost line after "calls=" is the
+    # call's inclusive cost and is skipped; names are compressed as
+    # "(id) name" the first time, "(id)" after
+    awk '
+        function name(kind, v,    id) {
+            if (v ~ /^\([0-9]+\)/) {
+                id = kind substr(v, 1, index(v, ")"))
+                if (index(v, ") ") > 0) names[id] = substr(v, index(v, ") ") + 2)
+                return names[id]
+            }
+            return v
+        }
+        /^ob=/ { ob = name("o", substr($0, 4)); next }
+        /^fl=/ { fl = name("f", substr($0, 4)); next }
+        /^f[ie]=/ { name("f", substr($0, 4)); next }
+        /^cob=/ { name("o", substr($0, 5)); next }
+        /^cf[il]=/ { name("f", substr($0, 5)); next }
+        /^cfn=/ { name("n", substr($0, 5)); next }
+        /^fn=/ {
+            fn = name("n", substr($0, 4))
+            g = "nginx"
+            if (ob ~ /libcjson/) g = "cjson"
+            else if (fl ~ /ngx_http_llm_(tokenizer|unicode|script|vocab)/)
+                g = "count"
+            else if (fl ~ /ngx_http_llm_/ || fn ~ /^ngx_http_llm_/)
+                g = "module"
+            else if (ob ~ /libc\.so/) g = "libc"
+            next
+        }
+        /^calls=/ { skip = 1; next }
+        /^[0-9+*-]/ {
+            if (skip) { skip = 0; next }
+            sum[g] += $2
+        }
+        END {
+            printf "%d %d %d %d %d\n", sum["nginx"], sum["libc"],
+                   sum["cjson"], sum["count"], sum["module"]
+        }' "$1"
 }

@@ -9,17 +9,16 @@
 #   nocache   the same with llm_count_cache off: every text tokenized
 # The backend is a server of the same nginx returning a chat-completion
 # JSON.  Requests/s and latency come from wrk (noisy on a shared
-# machine); instructions per request from valgrind --tool=callgrind, as
-# the difference between a run of N1 and one of N2 requests (start-up
-# cancels out), which is repeatable to the instruction.
+# machine); instructions per request from valgrind --tool=callgrind,
+# counted from after a warm-up to the last request (bench/lib.sh), which
+# is repeatable to the instruction.
 #
-#   bench/overhead.sh [seconds per wrk run] [N1 N2]
+#   bench/overhead.sh [seconds per wrk run] [requests under callgrind]
 set -eu
 
 top=$(cd "$(dirname "$0")/.." && pwd)
 secs=${1:-5}
-n1=${2:-200}
-n2=${3:-1200}
+n2=${2:-500}
 
 . "$top/bench/lib.sh"
 bench_setup
@@ -134,20 +133,26 @@ kill "$(cat "$work/nginx.pid")"
 sleep 1
 
 echo
-echo "== instructions per request (callgrind, (I($n2) - I($n1)) / $((n2 - n1)))"
+echo "== instructions per request (callgrind, $n2 requests after 3 to warm up)"
 
 conf "daemon off; master_process off;" \
     "llm_tokenizer o200k_base $vocab/o200k_base.json;" >"$work/cg.conf"
 
-printf '%-6s %-9s %12s %8s\n' body mode 'instr/req' ratio
+echo "   by where they go: nginx (and the rest), libc, cJSON, counting"
+echo "   (tokenizer, guess, repeat cache), the module's own code"
+printf '%-6s %-9s %10s %7s %9s %8s %9s %9s %8s\n' body mode instr/req ratio \
+    nginx libc cjson count module
+bench_start "$work/cg.conf" 18991
 for size in 1k 20k; do
     base=""
     for mode in plain estimate exact nocache; do
-        per=$(bench_per_request "$work/cg.conf" 18991 \
-              "/$mode/openai/deployments/gpt-4o/chat/completions" \
-              "$work/body-$size.json" "$n1" "$n2")
-        [ -n "$base" ] || base=$per
-        printf '%-6s %-9s %12s %7.2fx\n' "$size" "$mode" "$per" \
-            "$(echo "$per $base" | awk '{print $1/$2}')"
+        set -- $(bench_measure 18991 \
+                 "/$mode/openai/deployments/gpt-4o/chat/completions" \
+                 "$work/body-$size.json" "$n2")
+        [ -n "$base" ] || base=$1
+        printf '%-6s %-9s %10s %6.2fx %9s %8s %9s %9s %8s\n' "$size" \
+            "$mode" "$1" "$(echo "$1 $base" | awk '{print $1/$2}')" \
+            "$2" "$3" "$4" "$5" "$6"
     done
 done
+bench_stop

@@ -26,10 +26,10 @@ static ngx_uint_t             ngx_http_llm_ws_ready;
  * with every turn, so most texts of a body were counted a moment ago.
  * Direct-mapped by a hash of the text, keyed with a per-worker random
  * seed so a client cannot aim at another's entry; a hit needs hash,
- * length and vocabulary to agree.  Short texts are counted, not cached.
+ * length and vocabulary to agree.  Short texts are cached too: a role or
+ * a name costs a few hundred instructions to count, a dozen to look up.
  */
 
-#define NGX_HTTP_LLM_CACHE_MIN   64
 #define NGX_HTTP_LLM_CACHE_SIZE  4096       /* a power of 2 */
 
 typedef struct {
@@ -196,8 +196,7 @@ ngx_http_llm_count(ngx_http_llm_vocab_t *vocab, u_char *text, size_t len,
     e = NULL;
     hash = 0;
 
-    if (cache && ngx_http_llm_cache && len >= NGX_HTTP_LLM_CACHE_MIN
-        && len <= NGX_MAX_UINT32_VALUE)
+    if (cache && ngx_http_llm_cache && len <= NGX_MAX_UINT32_VALUE)
     {
         hash = ngx_http_llm_text_hash(text, len);
         e = &ngx_http_llm_cache[hash & ngx_http_llm_cache_mask];
