@@ -15,34 +15,12 @@ my @files = glob($t->top . '/conf-examples/*.conf');
 ok(@files, 'there are examples');
 
 for my $file (@files) {
-    open my $fh, '<', $file or die "$file: $!";
-    my $conf = do { local $/; <$fh> };
-    close $fh;
-
-    # the example's module path and ports are the reader's; use ours
-    my $module = $ENV{LLM_MODULE};
-    $conf =~ s{^load_module\s+\S+;}
-              {$module ? "load_module $module;" : ''}me;
-    my %port;
-    $conf =~ s{\b(80[89]\d)\b}{$port{$1} //= free_port()}ge;
-
-    # no DNS here: backends connect to loopback; keys come from our dir
-    my $keys = $t->dir . '/keys';
-    mkdir $keys;
-    my $n = 0;
-    $conf =~ s{(llm_backend\s[^;]*?)(;)}
-              {$1 =~ /address=/ ? "$1;"
-                                : "$1 address=127.0.0." . ++$n . ":1;"}ge;
-    my $vocab = $t->top . '/.build/npm/node_modules/tiktoken/encoders';
-    $conf =~ s{/usr/share/nginx-llm/}{$vocab/}g;
-    while ($conf =~ s{/etc/nginx/llm/([\w.-]+)}{$keys/$1}) {
-        open my $k, '>', "$keys/$1" or die;
-        print $k "example-key\n";
-        close $k;
-    }
+    # the reader's module path, ports, backends, keys, vocabularies and CA
+    # bundle become ours (see LLMTest::example_conf)
+    my ($conf) = $t->example_conf($file);
 
     my $out = $t->dir . '/example.conf';
-    open $fh, '>', $out or die "$out: $!";
+    open my $fh, '>', $out or die "$out: $!";
     print $fh $conf;
     close $fh;
 

@@ -104,11 +104,13 @@ $http
 END
 }
 
+# $opt{conf}: a whole nginx.conf instead of an http block
+
 sub write_conf {
     my ($self, $http, %opt) = @_;
     my $file = "$self->{dir}/nginx.conf";
     open my $fh, '>', $file or die "$file: $!";
-    print $fh $self->nginx_conf($http, %opt);
+    print $fh $opt{conf} // $self->nginx_conf($http, %opt);
     close $fh;
     return $file;
 }
@@ -165,6 +167,170 @@ sub stop_nginx {
     }
     kill 'KILL', $pid;
     waitpid $pid, 0;
+}
+
+###########################################################################
+# conf-examples/: a reader's nginx.conf, made to run here
+
+# The text of an example rewritten for this test's directory: our module;
+# free ports for the 8080-8099 it listens on (the map returned says which
+# is which); the vocabularies we built; every file under /etc/nginx/llm/
+# written here (keys and tokens "example-key"; *.htpasswd with the user
+# "example" and the password "example-password", see passwd_scheme);
+# backends at $opt{backends}{host} ("address:port") when given, else at
+# loopback addresses where nothing listens (nginx -t never connects);
+# trusted certificates replaced by $opt{ca} when given, else, when the
+# system's bundle is missing, by a throw-away CA so that nginx -t has one
+# to load. Returns (text, { example port => our port }).
+
+sub example_conf {
+    my ($self, $file, %opt) = @_;
+
+    open my $fh, '<', $file or die "$file: $!";
+    my $conf = do { local $/; <$fh> };
+    close $fh;
+
+    my $module = $self->{module};
+    $conf =~ s{^load_module\s+\S+;}
+              {$module ? "load_module $module;" : ''}me;
+
+    my %port;
+    $conf =~ s{\b(80[89]\d)\b}{$port{$1} //= free_port()}ge;
+
+    my $n = 0;
+    my $backends = $opt{backends};
+    $conf =~ s{^(\s*llm_backend\s[^;]*?);}{
+        my $b = $1;
+        if ($backends) {
+            my ($host) = $b =~ m{\bhttps?://([^/:\s;]+)}
+                or die "$file: a backend without a URL: $b\n";
+            my $addr = $backends->{lc $host}
+                or die "$file: no address for $host\n";
+            $b =~ s{\s+address=\S+}{};
+            "$b address=$addr;";
+        } else {
+            $b =~ /\baddress=/ ? "$b;" : "$b address=127.0.0." . ++$n . ":1;";
+        }
+    }gme;
+
+    my $vocab = "$TOP/.build/npm/node_modules/tiktoken/encoders";
+    $conf =~ s{/usr/share/nginx-llm/}{$vocab/}g;
+
+    my $etc = "$self->{dir}/etc";
+    mkdir $etc;
+    $conf =~ s{/etc/nginx/llm/([\w.-]+)}{
+        my $f = "$etc/$1";
+        unless (-e $f) {
+            my $line = "example-key\n";
+            if ($f =~ /\.htpasswd$/) {
+                my $scheme = $self->passwd_scheme;
+                my $hash = `openssl passwd -$scheme example-password`;
+                die "openssl passwd: $hash" if $? || $hash !~ /^\$/;
+                $line = "example:$hash";
+            }
+            open my $out, '>', $f or die "$f: $!";
+            print $out $line;
+            close $out;
+        }
+        $f;
+    }ge;
+
+    $conf =~ s{(\b\w+_trusted_certificate\s+)([^\s;]+);}{
+        $1 . ($opt{ca} // (-r $2 ? $2 : $self->throwaway_ca)) . ';';
+    }ge;
+
+    return ($conf, \%port);
+}
+
+# SHA-512 crypt ("6"), checked by the C library's crypt(); in a
+# sanitizer build, whose configure found ASan's crypt() and so linked no
+# libcrypt, that call crashes: there nginx's own MD5 ("apr1")
+
+sub passwd_scheme {
+    my ($self) = @_;
+    my $v = `$self->{nginx} -V 2>&1`;
+    return $v =~ /-fsanitize=/ ? 'apr1' : '6';
+}
+
+# a CA that signed none of the simulator's certificates
+
+sub throwaway_ca {
+    my ($self) = @_;
+    my $pem = "$self->{dir}/throwaway-ca.pem";
+    return $pem if -s $pem;
+    my $key = "$self->{dir}/throwaway-ca.key";
+    my $cmd = 'openssl req -x509 -newkey rsa:2048 -nodes -days 2 '
+            . "-subj /CN=throwaway-ca -keyout $key -out $pem 2>&1";
+    my $out = `$cmd`;
+    die "openssl: $out" if $?;
+    return $pem;
+}
+
+# nginx with an example (see example_conf), its pid, error log and
+# temporary files in our directory; returns the port map
+
+sub start_example {
+    my ($self, $file, %opt) = @_;
+
+    my ($conf, $port) = $self->example_conf($file, %opt);
+    my $dir = $self->{dir};
+
+    my $temp = join '', map { "    ${_}_temp_path $dir/${_}_temp;\n" }
+                        qw(client_body proxy fastcgi uwsgi scgi);
+    $conf =~ s{^(http\s*\{[^\n]*\n)}{$1$temp}m
+        or die "$file: no http block\n";
+    $conf = "daemon off;\nmaster_process on;\npid $dir/nginx.pid;\n"
+          . "error_log $dir/error.log info;\n$conf";
+
+    $self->start_nginx(undef, conf => $conf, ports => [values %$port]);
+    return $port;
+}
+
+# The simulator serving an example's backends: one port per host (over
+# TLS with the simulator's CA for https:// URLs), a deployment per
+# llm_backend under the backend's name, with its deployment= name, "ptu"
+# kind for ptu backends, the key or token "example-key", and fast
+# replies; $opt{all} settings go to every deployment, $opt{deployments}
+# {name} to one. Returns the options start_example needs (backends, ca).
+
+sub start_sim_for_example {
+    my ($self, $file, %opt) = @_;
+
+    open my $fh, '<', $file or die "$file: $!";
+    my $text = do { local $/; <$fh> };
+    close $fh;
+    $text =~ s/#[^\n]*//g;
+
+    my (%port, %seen, @deployments, $tls);
+    while ($text =~ m{^\s*llm_backend\s+(\S+)\s+(https?)://([^/:\s;]+)
+                      (?::\d+)?([^;]*);}gmx)
+    {
+        my ($name, $scheme, $host, $rest) = ($1, $2, lc $3, $4);
+        die "$file: backend name $name twice\n" if $seen{$name}++;
+        my ($deployment) = $rest =~ /\bdeployment=(\S+)/;
+        $port{$host} //= free_port();
+        $tls ||= $scheme eq 'https';
+        push @deployments, {
+            name => $name, port => $port{$host}, host => $host,
+            ($deployment ? (deployment => $deployment) : ()),
+            tls => $scheme eq 'https' ? JSON::PP::true() : JSON::PP::false(),
+            kind => $rest =~ /(?:^|\s)ptu(?:\s|$)/ ? 'ptu' : 'standard',
+            ($rest =~ /\bbearer_file=/ ? (bearer => 'example-key')
+                                       : (api_key => 'example-key')),
+            tpm => 10_000_000, ttft_ms => [0, 0], tokens_per_s => 2000,
+            completion_tokens => 10,
+            %{ $opt{all} || {} }, %{ $opt{deployments}{$name} || {} },
+        };
+    }
+    die "$file: no llm_backend\n" unless @deployments;
+
+    my $certs = "$self->{dir}/certs";
+    $self->start_sim({ control_port => free_port(),
+                       ($tls ? (tls_dir => $certs) : ()),
+                       deployments => \@deployments });
+
+    return (backends => { map { $_ => "127.0.0.1:$port{$_}" } keys %port },
+            ($tls ? (ca => "$certs/ca.pem") : ()));
 }
 
 sub read_file {
