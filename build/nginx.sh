@@ -118,7 +118,9 @@ if [ $asan = yes ]; then
     ccopt="-g -O1 -fno-omit-frame-pointer -fsanitize=address,undefined"
     ccopt="$ccopt -fno-sanitize=nonnull-attribute"
     ccopt="$ccopt -fno-sanitize-recover=undefined"
-    ldopt="-fsanitize=address,undefined"
+    # ASan brings its own crypt(), so configure would not link libcrypt
+    # and auth_basic's crypt() would crash: link it by hand
+    ldopt="-fsanitize=address,undefined -lcrypt"
 fi
 
 if [ $static = yes ]; then

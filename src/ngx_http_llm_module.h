@@ -102,10 +102,20 @@ typedef struct ngx_http_llm_idle_s  ngx_http_llm_idle_t;
 
 /* a secret read from a file, re-read by each worker when it changes */
 
+#if (NGX_LINUX)
+#define ngx_http_llm_mtime_ns(fi)  ((long) (fi)->st_mtim.tv_nsec)
+#else
+#define ngx_http_llm_mtime_ns(fi)  0
+#endif
+
+
 typedef struct {
     ngx_str_t                    path;
     ngx_str_t                    value;
     time_t                       mtime;
+    long                         mtime_ns;
+    ngx_file_uniq_t              uniq;
+    off_t                        size;
     time_t                       checked;
     unsigned                     bearer:1;
 } ngx_http_llm_secret_t;

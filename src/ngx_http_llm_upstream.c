@@ -46,6 +46,8 @@ static ngx_msec_t ngx_http_llm_cooldown(ngx_http_upstream_t *u,
     ngx_http_llm_pool_t *pool, ngx_int_t *remote_tokens,
     ngx_int_t *remote_requests);
 static ngx_int_t ngx_http_llm_parse_count(u_char *p, size_t len);
+static ngx_uint_t ngx_http_llm_secret_same(ngx_http_llm_secret_t *secret,
+    ngx_file_info_t *fi);
 static ngx_int_t ngx_http_llm_secret_read(ngx_log_t *log,
     ngx_http_llm_secret_t *secret, ngx_file_info_t *fi);
 
@@ -1479,7 +1481,7 @@ ngx_http_llm_secret_value(ngx_log_t *log, ngx_http_llm_secret_t *secret)
         return secret->value.len ? NGX_OK : NGX_ERROR;
     }
 
-    if (secret->value.len && ngx_file_mtime(&fi) == secret->mtime) {
+    if (secret->value.len && ngx_http_llm_secret_same(secret, &fi)) {
         return NGX_OK;
     }
 
@@ -1488,6 +1490,23 @@ ngx_http_llm_secret_value(ngx_log_t *log, ngx_http_llm_secret_t *secret)
     }
 
     return NGX_OK;
+}
+
+
+/*
+ * The file read last time, unchanged: the same inode (a file replaced by
+ * rename, as secret mounts and most tools do, is another), size and
+ * modification time, to the nanosecond where the system keeps it (a key
+ * rewritten in place within the same second is a change too)
+ */
+
+static ngx_uint_t
+ngx_http_llm_secret_same(ngx_http_llm_secret_t *secret, ngx_file_info_t *fi)
+{
+    return ngx_file_uniq(fi) == secret->uniq
+           && ngx_file_size(fi) == secret->size
+           && ngx_file_mtime(fi) == secret->mtime
+           && ngx_http_llm_mtime_ns(fi) == secret->mtime_ns;
 }
 
 
@@ -1571,6 +1590,9 @@ ngx_http_llm_secret_read(ngx_log_t *log, ngx_http_llm_secret_t *secret,
     secret->value.data = p;
     secret->value.len = prefix + len;
     secret->mtime = ngx_file_mtime(fi);
+    secret->mtime_ns = ngx_http_llm_mtime_ns(fi);
+    secret->uniq = ngx_file_uniq(fi);
+    secret->size = ngx_file_size(fi);
 
     return NGX_OK;
 }
