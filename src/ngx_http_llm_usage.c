@@ -34,7 +34,7 @@ void
 ngx_http_llm_scan(ngx_http_llm_scan_t *s, u_char *p, u_char *last,
     ngx_log_t *log)
 {
-    u_char  ch;
+    u_char  ch, *q;
 
     for ( /* void */ ; p < last; p++) {
         ch = *p;
@@ -77,6 +77,30 @@ ngx_http_llm_scan(ngx_http_llm_scan_t *s, u_char *p, u_char *last,
         }
 
         if (s->in_string) {
+
+            /*
+             * most of a reply is the text inside strings: run to the
+             * next quote or backslash at once, keeping a key's first
+             * bytes
+             */
+
+            if (!s->escaped && ch != '"' && ch != '\\') {
+                for (q = p + 1; q < last && *q != '"' && *q != '\\'; q++) {
+                    /* void */
+                }
+
+                if (s->klen < NGX_HTTP_LLM_KEY_MAX) {
+                    ngx_memcpy(s->key + s->klen, p,
+                               ngx_min((size_t) (q - p),
+                                       NGX_HTTP_LLM_KEY_MAX - s->klen));
+                }
+
+                s->klen += q - p;
+                s->value_chars = 1;
+                p = q - 1;
+                continue;
+            }
+
             if (s->escaped) {
                 s->escaped = 0;
                 s->value_chars = 1;

@@ -24,13 +24,17 @@ static ngx_uint_t             ngx_http_llm_ws_ready;
 /*
  * The repeat cache, one per worker: chat clients send the whole history
  * with every turn, so most texts of a body were counted a moment ago.
- * Direct-mapped by a hash of the text, keyed with a per-worker random
- * seed so a client cannot aim at another's entry; a hit needs hash,
- * length and vocabulary to agree.  Short texts are cached too: a role or
+ * Sets of two entries chosen by a hash of the text, keyed with a
+ * per-worker random seed so a client cannot aim at another's entry; a
+ * hit needs hash, length and vocabulary to agree.  Two ways keep two
+ * texts whose hashes meet from pushing each other out on every request.  Short texts are cached too: a role or
  * a name costs a few hundred instructions to count, a dozen to look up.
  */
 
-#define NGX_HTTP_LLM_CACHE_SIZE  4096       /* a power of 2 */
+#define NGX_HTTP_LLM_CACHE_SIZE  16384      /* a power of 2 */
+
+#define ngx_http_llm_cache_hit(e, h, n, v)                                   \
+    ((e)->hash == (h) && (e)->len == (n) && (e)->vocab == (v))
 
 typedef struct {
     uint64_t                  hash;
@@ -185,7 +189,7 @@ ngx_http_llm_count(ngx_http_llm_vocab_t *vocab, u_char *text, size_t len,
 {
     size_t                       n;
     uint64_t                     hash;
-    ngx_http_llm_cache_entry_t  *e;
+    ngx_http_llm_cache_entry_t  *set, hit;
 
     if (!ngx_http_llm_ws_ready) {
         ngx_http_llm_tok_ws_init(&ngx_http_llm_ws, ngx_http_llm_ws_alloc,
@@ -193,16 +197,23 @@ ngx_http_llm_count(ngx_http_llm_vocab_t *vocab, u_char *text, size_t len,
         ngx_http_llm_ws_ready = 1;
     }
 
-    e = NULL;
+    set = NULL;
     hash = 0;
 
-    if (cache && ngx_http_llm_cache && len <= NGX_MAX_UINT32_VALUE)
-    {
+    if (cache && ngx_http_llm_cache && len <= NGX_MAX_UINT32_VALUE) {
         hash = ngx_http_llm_text_hash(text, len);
-        e = &ngx_http_llm_cache[hash & ngx_http_llm_cache_mask];
+        set = &ngx_http_llm_cache[hash & ngx_http_llm_cache_mask & ~1];
 
-        if (e->hash == hash && e->len == len && e->vocab == vocab) {
-            return e->tokens;
+        if (ngx_http_llm_cache_hit(&set[0], hash, len, vocab)) {
+            return set[0].tokens;
+        }
+
+        if (ngx_http_llm_cache_hit(&set[1], hash, len, vocab)) {
+            /* the older of the two ways goes first: it was used now */
+            hit = set[1];
+            set[1] = set[0];
+            set[0] = hit;
+            return hit.tokens;
         }
     }
 
@@ -212,18 +223,20 @@ ngx_http_llm_count(ngx_http_llm_vocab_t *vocab, u_char *text, size_t len,
         return 0;
     }
 
-    if (e && n <= NGX_MAX_UINT32_VALUE) {
-        e->hash = hash;
-        e->vocab = vocab;
-        e->len = (uint32_t) len;
-        e->tokens = (uint32_t) n;
+    if (set && n <= NGX_MAX_UINT32_VALUE) {
+        /* the newest in the first way, the older one kept in the second */
+        set[1] = set[0];
+        set[0].hash = hash;
+        set[0].vocab = vocab;
+        set[0].len = (uint32_t) len;
+        set[0].tokens = (uint32_t) n;
     }
 
     return n;
 }
 
 
-/* made in each worker at its start: 4096 entries, 96 KB */
+/* made in each worker at its start: 16384 entries, 384 KB */
 
 ngx_int_t
 ngx_http_llm_count_cache_init(ngx_cycle_t *cycle)
