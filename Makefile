@@ -1,0 +1,29 @@
+# Shortcuts for the scripts; nothing here is needed to build the module
+# (see README.md, "Try it").
+#
+#   make seed-report        the seed article's five scenarios, time compressed
+#   make seed-report-full   the same at their real length (about 35 minutes)
+#   make demo, make test    scripts/demo.sh, scripts/test.sh
+#
+# SEED_ARGS passes more options to tools/seed-report, e.g.
+#   make seed-report SEED_ARGS="--scenarios 1,3"
+
+NGINX_VERSION ?= 1.22
+SEED_ARGS ?=
+
+.PHONY: seed-report seed-report-full demo test
+
+seed-report:
+	env=$$(sh build/nginx.sh $(NGINX_VERSION)) && . "$$env" && \
+	python3 tools/seed-report --speed 10 --out .build/seed-report $(SEED_ARGS)
+
+seed-report-full:
+	env=$$(sh build/nginx.sh $(NGINX_VERSION)) && . "$$env" && \
+	python3 tools/seed-report --speed 1 --out .build/seed-report-full \
+	    $(SEED_ARGS)
+
+demo:
+	./scripts/demo.sh
+
+test:
+	./scripts/test.sh
