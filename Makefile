@@ -2,7 +2,7 @@
 # (see README.md, "Try it").
 #
 #   make seed-report        the seed article's five scenarios, time compressed
-#   make seed-report-full   the same at their real length (about 35 minutes)
+#   make seed-report-full   the same at their real length (about 32 minutes)
 #   make demo, make test    scripts/demo.sh, scripts/test.sh
 #
 # SEED_ARGS passes more options to tools/seed-report, e.g.
