@@ -25,6 +25,10 @@
 #define NGX_HTTP_LLM_AUDIO_MS_PER_TOKEN  100
 #define NGX_HTTP_LLM_AUDIO_DEFAULT_BPS   4000     /* 32 kbit/s */
 
+/* what a header may claim: 8 kbit/s speech to 192 kHz 32-bit stereo */
+#define NGX_HTTP_LLM_AUDIO_MIN_BPS       1000
+#define NGX_HTTP_LLM_AUDIO_MAX_BPS       1536000
+
 
 static size_t ngx_http_llm_wav_bps(ngx_str_t *b64, size_t total,
     size_t *audio);
@@ -68,6 +72,9 @@ ngx_http_llm_audio_tokens(const char *data)
         audio = total;
         bps = NGX_HTTP_LLM_AUDIO_DEFAULT_BPS;
     }
+
+    bps = ngx_max(ngx_min(bps, NGX_HTTP_LLM_AUDIO_MAX_BPS),
+                  NGX_HTTP_LLM_AUDIO_MIN_BPS);
 
     ms = (uint64_t) audio * 1000 / bps;
 
@@ -128,6 +135,10 @@ ngx_http_llm_wav_bps(ngx_str_t *b64, size_t total, size_t *audio)
             }
 
             return bps;
+        }
+
+        if (size > total - off - 8) {
+            return 0;
         }
 
         off += 8 + size + (size & 1);

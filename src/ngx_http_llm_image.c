@@ -62,15 +62,19 @@ ngx_http_llm_image_tokens(ngx_pool_t *pool, const char *url,
         return remote;
     }
 
-    head = ngx_pnalloc(pool, NGX_HTTP_LLM_IMAGE_HEAD);
+    data.data = comma + 1;
+    data.len = p + len - comma - 1;
+
+    /* no more than the data holds: a body of many tiny images stays small */
+
+    n = ngx_min(data.len / 4 * 3, NGX_HTTP_LLM_IMAGE_HEAD);
+
+    head = ngx_pnalloc(pool, n);
     if (head == NULL) {
         return remote;
     }
 
-    data.data = comma + 1;
-    data.len = p + len - comma - 1;
-
-    n = ngx_http_llm_base64_at(head, NGX_HTTP_LLM_IMAGE_HEAD, &data, 0);
+    n = ngx_http_llm_base64_at(head, n, &data, 0);
 
     if (ngx_http_llm_image_size(head, n, &w, &h) != NGX_OK
         || w == 0 || h == 0)
@@ -190,8 +194,10 @@ ngx_http_llm_image_size(u_char *p, size_t n, ngx_uint_t *w, ngx_uint_t *h)
 /*
  * Decodes at most n bytes of base64 text, starting at byte offset "off"
  * of what it encodes: only the groups of 4 characters that hold them.
- * Returns the number of bytes decoded, fewer at the end of the data or
- * at an invalid character.
+ * Returns the number of bytes decoded: fewer at the end of the data (up
+ * to 2 fewer when more than 48 are asked for), 0 if the groups hold an
+ * invalid character, or if more than 48 bytes are asked for at an
+ * offset that is not a multiple of 3.
  */
 
 size_t

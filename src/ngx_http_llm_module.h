@@ -100,13 +100,16 @@ typedef struct ngx_http_llm_pool_s  ngx_http_llm_pool_t;
 typedef struct ngx_http_llm_idle_s  ngx_http_llm_idle_t;
 
 
-/* a secret read from a file, re-read by each worker when it changes */
+/* a file's modification time below the second, where the system has it */
 
 #if (NGX_LINUX)
 #define ngx_http_llm_mtime_ns(fi)  ((long) (fi)->st_mtim.tv_nsec)
 #else
 #define ngx_http_llm_mtime_ns(fi)  0
 #endif
+
+
+/* a secret read from a file, re-read by each worker when it changes */
 
 
 typedef struct {
@@ -250,7 +253,6 @@ typedef struct {
     ngx_buf_t                   *pending;    /* an event not yet ended */
     ngx_chain_t                 *free;
     ngx_chain_t                 *busy;
-    ngx_uint_t                   dropped;
     unsigned                     off:1;      /* gave up: passes as is */
 } ngx_http_llm_strip_t;
 

@@ -321,7 +321,11 @@ ngx_http_llm_parse(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
                                         &ctx->model_end);
     }
 
-    if (llcf->stream_usage && ngx_http_llm_inject_usage(r, ctx) != NGX_OK) {
+    /* the reply is scanned, and so can be edited, only through a pool */
+
+    if (llcf->stream_usage && llcf->upstream
+        && ngx_http_llm_inject_usage(r, ctx) != NGX_OK)
+    {
         ngx_http_llm_fail(ctx, NGX_HTTP_INTERNAL_SERVER_ERROR,
                           "InternalServerError",
                           "The gateway could not prepare the request.");

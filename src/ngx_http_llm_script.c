@@ -11,8 +11,9 @@
  * section 7); a character's script is told well enough by the lead byte
  * of its UTF-8 sequence, so each byte carries a weight in 1/20 of a
  * token (NGX_HTTP_LLM_WEIGHT_UNIT), one table per encoding.  Weights of
- * the strings of a body add up before they are rounded once.  Plain C99 without nginx headers, like
- * the tokenizer, so llm-count can print it next to the exact count.
+ * the strings of a body add up before they are rounded once.  Plain C99
+ * without nginx headers, like the tokenizer, so llm-count can print it
+ * next to the exact count.
  */
 
 
@@ -73,10 +74,12 @@ static const ngx_http_llm_script_weights_t  ngx_http_llm_script_weights[2] = {
  * is set for a byte that starts a character, so one addition a byte
  * counts both
  */
-#define NGX_HTTP_LLM_SCRIPT_BLOCK  (64 * 1024 * 1024)
-
 static uint64_t  ngx_http_llm_weight[2][256];
 static int       ngx_http_llm_weight_ready;
+
+
+/* the low 32 bits hold the weights of up to 64 MB (60 a byte at most) */
+#define NGX_HTTP_LLM_SCRIPT_BLOCK  (64 * 1024 * 1024)
 
 
 static void ngx_http_llm_script_init(void);
@@ -98,8 +101,6 @@ ngx_http_llm_estimate_weight(ngx_http_llm_encoding_e enc,
 
     n = 0;
     w = 0;
-
-    /* the low 32 bits hold the weights of up to 64 MB (60 a byte at most) */
 
     for (i = 0; i < len; /* void */) {
         end = (len - i > NGX_HTTP_LLM_SCRIPT_BLOCK)

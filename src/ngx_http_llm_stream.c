@@ -36,8 +36,11 @@
 static ngx_uint_t ngx_http_llm_injectable(ngx_http_request_t *r,
     ngx_http_llm_ctx_t *ctx);
 static u_char *ngx_http_llm_event_end(u_char *p, u_char *last);
-static u_char *ngx_http_llm_copy_event(u_char *dst, u_char *p, u_char *last,
-    ngx_uint_t *dropped);
+static u_char *ngx_http_llm_copy_event(u_char *dst, u_char *p,
+    u_char *last);
+static ngx_uint_t ngx_http_llm_usage_event(u_char *p, u_char *last);
+static ngx_int_t ngx_http_llm_strip_link(ngx_http_request_t *r, ngx_buf_t *b,
+    ngx_chain_t ***ll);
 static ngx_buf_t *ngx_http_llm_strip_buf(ngx_http_request_t *r,
     ngx_http_llm_strip_t *st, size_t size);
 static ngx_int_t ngx_http_llm_strip_off(ngx_http_request_t *r,
@@ -145,7 +148,7 @@ ngx_http_llm_body_chain(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
     ngx_str_t *model, off_t *len)
 {
     u_char       *p, *data;
-    size_t        cut[4];
+    size_t        cut;
     ngx_buf_t    *b;
     ngx_str_t     piece[5];
     ngx_uint_t    i, n;
@@ -156,13 +159,13 @@ ngx_http_llm_body_chain(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
 
     /* the client's body, cut where something goes in */
 
-    cut[0] = 0;
+    cut = 0;
 
     if (ctx->inject_usage) {
         piece[n].data = data;
         piece[n++].len = ctx->inject_at;
         piece[n++] = ngx_http_llm_stream_options;
-        cut[0] = ctx->inject_at;
+        cut = ctx->inject_at;
     }
 
     if (model) {
@@ -175,15 +178,15 @@ ngx_http_llm_body_chain(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
         ngx_memcpy(p + 1, model->data, model->len);
         p[model->len + 1] = '"';
 
-        piece[n].data = data + cut[0];
-        piece[n++].len = ctx->model_start - cut[0];
+        piece[n].data = data + cut;
+        piece[n++].len = ctx->model_start - cut;
         piece[n].data = p;
         piece[n++].len = model->len + 2;
-        cut[0] = ctx->model_end;
+        cut = ctx->model_end;
     }
 
-    piece[n].data = data + cut[0];
-    piece[n++].len = ctx->body.len - cut[0];
+    piece[n].data = data + cut;
+    piece[n++].len = ctx->body.len - cut;
 
     out = NULL;
     ll = &out;
@@ -231,7 +234,7 @@ ngx_http_llm_strip(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
     ngx_chain_t *in, ngx_chain_t **out)
 {
     u_char                *p, *end;
-    size_t                 size, need;
+    size_t                 size, n;
     ngx_buf_t             *b, *pending, *o;
     ngx_uint_t             flush, last;
     ngx_chain_t           *cl, **ll;
@@ -245,74 +248,17 @@ ngx_http_llm_strip(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
         return ngx_http_llm_strip_off(r, st, in, &ll);
     }
 
-    pending = st->pending;
+    /* editing only takes bytes away: one buffer holds what goes out */
+
+    size = st->pending->last - st->pending->pos;
     flush = 0;
     last = 0;
 
     for (cl = in; cl; cl = cl->next) {
-        b = cl->buf;
-
-        if (b->in_file && !ngx_buf_in_memory(b)) {
-            /* proxy_buffering to a temp file: nothing to edit in memory */
-            ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
-                          "llm: stream buffered to a file, \"usage\" left "
-                          "in it; use \"proxy_buffering off\"");
-            st->off = 1;
-            return ngx_http_llm_strip_off(r, st, cl, &ll);
-        }
-
-        size = b->last - b->pos;
-
-        if (size > (size_t) (pending->end - pending->last)) {
-            need = (pending->last - pending->pos) + size;
-
-            if (need > NGX_HTTP_LLM_STRIP_MAX) {
-                ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
-                              "llm: stream event longer than %d bytes, "
-                              "\"usage\" left in the stream",
-                              NGX_HTTP_LLM_STRIP_MAX);
-                st->off = 1;
-                return ngx_http_llm_strip_off(r, st, cl, &ll);
-            }
-
-            /* move what waits to the front, or into a larger buffer */
-
-            if (need > (size_t) (pending->end - pending->start)) {
-                o = ngx_create_temp_buf(r->pool,
-                                        ngx_max(need, 2 * (size_t)
-                                                (pending->end
-                                                 - pending->start)));
-                if (o == NULL) {
-                    return NGX_ERROR;
-                }
-
-            } else {
-                o = pending;
-            }
-
-            size = pending->last - pending->pos;
-            ngx_memmove(o->start, pending->pos, size);
-            o->pos = o->start;
-            o->last = o->start + size;
-            pending = o;
-            st->pending = o;
-            size = b->last - b->pos;
-        }
-
-        pending->last = ngx_cpymem(pending->last, b->pos, size);
-        b->pos = b->last;
-
-        flush |= b->flush;
-        last |= b->last_buf;
+        size += cl->buf->last - cl->buf->pos;
+        flush |= cl->buf->flush;
+        last |= cl->buf->last_buf;
     }
-
-    /*
-     * the events that ended go out, edited, into one buffer (editing only
-     * takes bytes away); the rest waits; at the end of a stream cut in
-     * the middle of an event its bytes go out as they are
-     */
-
-    size = pending->last - pending->pos;
 
     if (size == 0 && !flush && !last) {
         return NGX_OK;
@@ -323,39 +269,91 @@ ngx_http_llm_strip(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
         return NGX_ERROR;
     }
 
-    p = pending->pos;
+    for (cl = in; cl; cl = cl->next) {
+        b = cl->buf;
+        n = b->last - b->pos;
+        pending = st->pending;
 
-    while (p < pending->last) {
-        end = ngx_http_llm_event_end(p, pending->last);
+        if (n > (size_t) (pending->end - pending->last)) {
 
-        if (end == NULL) {
-            if (last) {
-                o->last = ngx_cpymem(o->last, p, pending->last - p);
-                p = pending->last;
+            /* what waits moves to the front, or into a larger buffer */
+
+            size = pending->last - pending->pos;
+
+            if (size + n > (size_t) (pending->end - pending->start)) {
+                pending = ngx_create_temp_buf(r->pool, size + n);
+                if (pending == NULL) {
+                    return NGX_ERROR;
+                }
             }
 
-            break;
+            ngx_memmove(pending->start, st->pending->pos, size);
+            pending->pos = pending->start;
+            pending->last = pending->start + size;
+            st->pending = pending;
         }
 
-        o->last = ngx_http_llm_copy_event(o->last, p, end, &st->dropped);
-        p = end;
+        if (n) {
+            pending->last = ngx_cpymem(pending->last, b->pos, n);
+            b->pos = b->last;
+        }
+
+        /* the events that ended go out, edited, at once */
+
+        for (p = pending->pos;
+             (end = ngx_http_llm_event_end(p, pending->last)) != NULL;
+             p = end)
+        {
+            o->last = ngx_http_llm_copy_event(o->last, p, end);
+        }
+
+        pending->pos = p;
+
+        if ((size_t) (pending->last - pending->pos)
+            > NGX_HTTP_LLM_STRIP_MAX)
+        {
+            ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                          "llm: stream event longer than %d bytes, "
+                          "\"usage\" left in the stream",
+                          NGX_HTTP_LLM_STRIP_MAX);
+
+            o->last = ngx_cpymem(o->last, pending->pos,
+                                 pending->last - pending->pos);
+            pending->pos = pending->last;
+            st->off = 1;
+
+            /* what is edited goes first, the rest as it is */
+
+            if (ngx_http_llm_strip_link(r, o, &ll) != NGX_OK) {
+                return NGX_ERROR;
+            }
+
+            return ngx_http_llm_strip_off(r, st, cl->next, &ll);
+        }
     }
 
-    pending->pos = p;
+    pending = st->pending;
+
+    if (last && pending->last > pending->pos) {
+        /* a stream cut in the middle of an event: its bytes as they are */
+        o->last = ngx_cpymem(o->last, pending->pos,
+                             pending->last - pending->pos);
+        pending->pos = pending->last;
+    }
 
     if (pending->pos == pending->last) {
         pending->pos = pending->start;
         pending->last = pending->start;
     }
 
-    cl = ngx_alloc_chain_link(r->pool);
-    if (cl == NULL) {
-        return NGX_ERROR;
-    }
-
     if (o->last == o->pos) {
 
         /* nothing to send (an event dropped, or not ended): keep the buf */
+
+        cl = ngx_alloc_chain_link(r->pool);
+        if (cl == NULL) {
+            return NGX_ERROR;
+        }
 
         cl->buf = o;
         cl->next = st->free;
@@ -371,19 +369,32 @@ ngx_http_llm_strip(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
         if (o == NULL) {
             return NGX_ERROR;
         }
-
-        cl = ngx_alloc_chain_link(r->pool);
-        if (cl == NULL) {
-            return NGX_ERROR;
-        }
     }
 
     o->flush = flush;
     o->last_buf = last;
 
-    cl->buf = o;
+    return ngx_http_llm_strip_link(r, o, &ll);
+}
+
+
+/* appends a buffer to the chain that goes out */
+
+static ngx_int_t
+ngx_http_llm_strip_link(ngx_http_request_t *r, ngx_buf_t *b,
+    ngx_chain_t ***ll)
+{
+    ngx_chain_t  *cl;
+
+    cl = ngx_alloc_chain_link(r->pool);
+    if (cl == NULL) {
+        return NGX_ERROR;
+    }
+
+    cl->buf = b;
     cl->next = NULL;
-    *ll = cl;
+    **ll = cl;
+    *ll = &cl->next;
 
     return NGX_OK;
 }
@@ -423,24 +434,14 @@ ngx_http_llm_event_end(u_char *p, u_char *last)
  */
 
 static u_char *
-ngx_http_llm_copy_event(u_char *dst, u_char *p, u_char *last,
-    ngx_uint_t *dropped)
+ngx_http_llm_copy_event(u_char *dst, u_char *p, u_char *last)
 {
     u_char  *k, *v, *from, *to;
 
     static u_char  usage[] = "\"usage\":";
 
-    if (ngx_strlcasestrn(p, last, (u_char *) "\"choices\":[]", 12 - 1)
-        && (k = ngx_strlcasestrn(p, last, usage, sizeof(usage) - 2)))
-    {
-        for (v = k + sizeof(usage) - 1; v < last && *v == ' '; v++) {
-            /* void */
-        }
-
-        if (v < last && *v == '{') {
-            (*dropped)++;
-            return dst;
-        }
+    if (ngx_http_llm_usage_event(p, last)) {
+        return dst;
     }
 
     for ( ;; ) {
@@ -490,6 +491,44 @@ ngx_http_llm_copy_event(u_char *dst, u_char *p, u_char *last,
 }
 
 
+/* "choices": [] and a "usage" object: the event include_usage adds */
+
+static ngx_uint_t
+ngx_http_llm_usage_event(u_char *p, u_char *last)
+{
+    u_char  *v;
+
+    static u_char  choices[] = "\"choices\":";
+    static u_char  usage[] = "\"usage\":";
+
+    v = ngx_strlcasestrn(p, last, choices, sizeof(choices) - 2);
+    if (v == NULL) {
+        return 0;
+    }
+
+    for (v += sizeof(choices) - 1; v < last && *v == ' '; v++) { /* void */ }
+
+    if (v == last || *v++ != '[') {
+        return 0;
+    }
+
+    for ( /* void */ ; v < last && *v == ' '; v++) { /* void */ }
+
+    if (v == last || *v != ']') {
+        return 0;
+    }
+
+    v = ngx_strlcasestrn(p, last, usage, sizeof(usage) - 2);
+    if (v == NULL) {
+        return 0;
+    }
+
+    for (v += sizeof(usage) - 1; v < last && *v == ' '; v++) { /* void */ }
+
+    return (v < last && *v == '{');
+}
+
+
 /* a buffer of ours for at least size bytes: a free one, or a new one */
 
 static ngx_buf_t *
@@ -533,9 +572,8 @@ static ngx_int_t
 ngx_http_llm_strip_off(ngx_http_request_t *r, ngx_http_llm_strip_t *st,
     ngx_chain_t *in, ngx_chain_t ***ll)
 {
-    size_t        size;
-    ngx_buf_t    *o;
-    ngx_chain_t  *cl;
+    size_t      size;
+    ngx_buf_t  *o;
 
     size = st->pending->last - st->pending->pos;
 
@@ -548,28 +586,16 @@ ngx_http_llm_strip_off(ngx_http_request_t *r, ngx_http_llm_strip_t *st,
         o->last = ngx_cpymem(o->last, st->pending->pos, size);
         st->pending->pos = st->pending->last;
 
-        cl = ngx_alloc_chain_link(r->pool);
-        if (cl == NULL) {
+        if (ngx_http_llm_strip_link(r, o, ll) != NGX_OK) {
             return NGX_ERROR;
         }
-
-        cl->buf = o;
-        **ll = cl;
-        *ll = &cl->next;
     }
 
     for ( /* void */ ; in; in = in->next) {
-        cl = ngx_alloc_chain_link(r->pool);
-        if (cl == NULL) {
+        if (ngx_http_llm_strip_link(r, in->buf, ll) != NGX_OK) {
             return NGX_ERROR;
         }
-
-        cl->buf = in->buf;
-        **ll = cl;
-        *ll = &cl->next;
     }
-
-    **ll = NULL;
 
     return NGX_OK;
 }

@@ -107,14 +107,14 @@ void ngx_http_llm_tok_ws_cleanup(ngx_http_llm_tok_ws_t *ws);
 size_t ngx_http_llm_count_tokens(const ngx_http_llm_vocab_t *vocab,
     ngx_http_llm_tok_ws_t *ws, const unsigned char *text, size_t len);
 
+#define NGX_HTTP_LLM_WEIGHT_UNIT  20
+
 /*
  * The "estimate" count: tokens guessed from the text's scripts, a few
  * instructions a byte, no vocabulary.  Returns the tokens' weight in
  * units of 1/NGX_HTTP_LLM_WEIGHT_UNIT token; chars, if not NULL, gets the
  * number of characters (bytes that do not continue a UTF-8 sequence).
  */
-#define NGX_HTTP_LLM_WEIGHT_UNIT  20
-
 size_t ngx_http_llm_estimate_weight(ngx_http_llm_encoding_e enc,
     const unsigned char *text, size_t len, size_t *chars);
 

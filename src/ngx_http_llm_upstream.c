@@ -234,8 +234,17 @@ ngx_http_llm_balance(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     /* a remote remaining-* value is trusted for 2 s of a 60 s window */
 
     pool->remote_fresh = pool->window / 30;
-    pool->token_slot_ms = pool->window / (NGX_HTTP_LLM_TOKEN_SLOTS - 1);
-    pool->request_slot_ms = pool->window / 6 / (NGX_HTTP_LLM_REQ_SLOTS - 1);
+    /*
+     * slots rounded up: the slots together may hold a charge a little
+     * longer than the window, never shorter (an early release admits
+     * what the backend refuses)
+     */
+
+    pool->token_slot_ms = (pool->window + NGX_HTTP_LLM_TOKEN_SLOTS - 2)
+                          / (NGX_HTTP_LLM_TOKEN_SLOTS - 1);
+    pool->request_slot_ms = (pool->window + 6 * (NGX_HTTP_LLM_REQ_SLOTS - 1)
+                             - 1)
+                            / (6 * (NGX_HTTP_LLM_REQ_SLOTS - 1));
 
     uscf->peer.init_upstream = ngx_http_llm_upstream_init;
 

@@ -118,14 +118,6 @@ ngx_http_llm_scan(ngx_http_llm_scan_t *s, u_char *p, u_char *last,
                 }
 
                 s->value_of_text = 0;
-
-            } else {
-                if (s->klen < NGX_HTTP_LLM_KEY_MAX) {
-                    s->key[s->klen] = ch;
-                }
-
-                s->klen++;
-                s->value_chars = 1;
             }
 
             continue;

@@ -9,6 +9,8 @@
 #include <ngx_http.h>
 #include "ngx_http_llm_module.h"
 
+#include <openssl/rand.h>
+
 
 static void ngx_http_llm_vocab_cleanup(void *data);
 static void *ngx_http_llm_ws_alloc(void *ctx, size_t size);
@@ -25,10 +27,12 @@ static ngx_uint_t             ngx_http_llm_ws_ready;
  * The repeat cache, one per worker: chat clients send the whole history
  * with every turn, so most texts of a body were counted a moment ago.
  * Sets of two entries chosen by a hash of the text, keyed with a
- * per-worker random seed so a client cannot aim at another's entry; a
- * hit needs hash, length and vocabulary to agree.  Two ways keep two
- * texts whose hashes meet from pushing each other out on every request.  Short texts are cached too: a role or
- * a name costs a few hundred instructions to count, a dozen to look up.
+ * per-worker random seed (from OpenSSL's generator) so that a client
+ * cannot find texts that meet another's; a hit needs hash, length and
+ * vocabulary to agree.  Two ways keep two
+ * texts whose hashes meet from pushing each other out on every request.
+ * Short texts are cached too: a role or a name costs a few hundred
+ * instructions to count, a dozen to look up.
  */
 
 #define NGX_HTTP_LLM_CACHE_SIZE  16384      /* a power of 2 */
@@ -45,7 +49,6 @@ typedef struct {
 
 
 static ngx_http_llm_cache_entry_t  *ngx_http_llm_cache;
-static ngx_uint_t                   ngx_http_llm_cache_mask;
 static uint64_t                     ngx_http_llm_cache_seed;
 
 
@@ -202,7 +205,7 @@ ngx_http_llm_count(ngx_http_llm_vocab_t *vocab, u_char *text, size_t len,
 
     if (cache && ngx_http_llm_cache && len <= NGX_MAX_UINT32_VALUE) {
         hash = ngx_http_llm_text_hash(text, len);
-        set = &ngx_http_llm_cache[hash & ngx_http_llm_cache_mask & ~1];
+        set = &ngx_http_llm_cache[hash & (NGX_HTTP_LLM_CACHE_SIZE - 2)];
 
         if (ngx_http_llm_cache_hit(&set[0], hash, len, vocab)) {
             return set[0].tokens;
@@ -245,12 +248,19 @@ ngx_http_llm_count_cache_init(ngx_cycle_t *cycle)
                                     * sizeof(ngx_http_llm_cache_entry_t),
                                     cycle->log);
     if (ngx_http_llm_cache == NULL) {
-        return NGX_ERROR;
+        /* counting works without it, only slower */
+        return NGX_OK;
     }
 
-    ngx_http_llm_cache_mask = NGX_HTTP_LLM_CACHE_SIZE - 1;
-    ngx_http_llm_cache_seed = ((uint64_t) ngx_random() << 32) ^ ngx_random()
-                              ^ (uint64_t) ngx_pid;
+    if (RAND_bytes((u_char *) &ngx_http_llm_cache_seed,
+                   sizeof(ngx_http_llm_cache_seed))
+        != 1)
+    {
+        ngx_log_error(NGX_LOG_ALERT, cycle->log, 0,
+                      "RAND_bytes() failed, llm_count_cache disabled");
+        ngx_free(ngx_http_llm_cache);
+        ngx_http_llm_cache = NULL;
+    }
 
     return NGX_OK;
 }

@@ -701,7 +701,7 @@ ngx_http_llm_backend_done(ngx_http_llm_backend_t *b, ngx_uint_t outcome,
 void
 ngx_http_llm_account(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
 {
-    ngx_msec_t                  now, gen;
+    ngx_msec_t                  now, gen, ttft;
     ngx_uint_t                  source, actual, tps, cls;
     ngx_slab_pool_t            *shpool;
     ngx_http_llm_pool_t        *pool;
@@ -763,8 +763,15 @@ ngx_http_llm_account(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
             sh->tps_ewma = 0;
         }
 
-        sh->ttft_ewma = sh->ttft_ewma ? (sh->ttft_ewma * 7 + ctx->ttft) / 8
-                                      : ctx->ttft;
+        /* the backend's own: from this attempt's start, not the request's */
+
+        ttft = ctx->ttft;
+
+        if (ctx->final_at && ctx->final_at - ctx->start < ttft) {
+            ttft -= ctx->final_at - ctx->start;
+        }
+
+        sh->ttft_ewma = sh->ttft_ewma ? (sh->ttft_ewma * 7 + ttft) / 8 : ttft;
         sh->ewma_time = now;
 
         gen = now - ctx->start - ctx->ttft;
