@@ -17,6 +17,27 @@ bench_setup() {
     bench_client
 }
 
+# what every benchmark's nginx.conf starts with, up to inside "http {";
+# $1 goes at the top (daemon, master_process), and the backend's reply
+# is $reply
+bench_conf_head() {
+    cat <<END
+${LLM_MODULE:+load_module $LLM_MODULE;}
+worker_processes 1;
+$1
+pid $work/nginx.pid;
+error_log $work/error.log error;
+events { worker_connections 1024; }
+http {
+    access_log off;
+    client_body_temp_path $work/client_body;
+    proxy_temp_path $work/proxy_temp;
+    keepalive_requests 1000000;
+END
+}
+
+reply='{"id":"chatcmpl-1","object":"chat.completion","created":1,"model":"gpt-4o","choices":[{"index":0,"message":{"role":"assistant","content":"Hello."},"finish_reason":"stop"}],"usage":{"prompt_tokens":250,"completion_tokens":3,"total_tokens":253}}'
+
 # chat conversations of about the given sizes (1k, 20k, 1m ...), every
 # message its own text, as in a real conversation:
 # $work/body-SIZE.json

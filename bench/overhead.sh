@@ -24,22 +24,10 @@ n2=${2:-500}
 bench_setup
 bench_bodies 1k 20k
 
-reply='{"id":"chatcmpl-1","object":"chat.completion","created":1,"model":"gpt-4o","choices":[{"index":0,"message":{"role":"assistant","content":"Hello."},"finish_reason":"stop"}],"usage":{"prompt_tokens":250,"completion_tokens":3,"total_tokens":253}}'
-
 conf() {
+    bench_conf_head "$1"
     cat <<END
-${LLM_MODULE:+load_module $LLM_MODULE;}
-worker_processes 1;
-$1
-pid $work/nginx.pid;
-error_log $work/error.log error;
-events { worker_connections 1024; }
-http {
-    access_log off;
-    client_body_temp_path $work/client_body;
-    proxy_temp_path $work/proxy_temp;
     client_max_body_size 2m;
-    keepalive_requests 100000;
     client_body_buffer_size 64k;
     $2
     llm_zone llm:1m;
