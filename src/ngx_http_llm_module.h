@@ -396,6 +396,10 @@ ngx_int_t ngx_http_llm_log_handler(ngx_http_request_t *r);
 ngx_int_t ngx_http_llm_usage_of(ngx_http_llm_ctx_t *ctx,
     ngx_http_llm_scan_t *out);
 
+ngx_int_t ngx_http_llm_json_parse(ngx_str_t *text, cJSON **root,
+    size_t *error_at, ngx_log_t *log);
+void ngx_http_llm_json_done(size_t len);
+
 ngx_int_t ngx_http_llm_inject_usage(ngx_http_request_t *r,
     ngx_http_llm_ctx_t *ctx);
 ngx_chain_t *ngx_http_llm_body_chain(ngx_http_request_t *r,

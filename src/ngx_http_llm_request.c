@@ -18,8 +18,6 @@ static ngx_int_t ngx_http_llm_body_contents(ngx_http_request_t *r,
 static void ngx_http_llm_parse(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx);
 static ngx_int_t ngx_http_llm_parse_json(ngx_http_request_t *r,
     ngx_http_llm_ctx_t *ctx, ngx_str_t *body);
-static void *ngx_http_llm_json_alloc(size_t size);
-static void ngx_http_llm_json_free(void *p);
 static void ngx_http_llm_fail(ngx_http_llm_ctx_t *ctx, ngx_uint_t status,
     const char *code, const char *message);
 
@@ -340,84 +338,33 @@ ngx_http_llm_parse(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
 }
 
 
-/*
- * cJSON allocates every node and string: from a pool of the parse's own,
- * destroyed in one go when the walk is done, instead of a malloc() and a
- * free() each (a fifth of the parse's cost measured with callgrind).
- * The hooks are process-wide; a worker has one thread, and they are put
- * back before anything else can parse.
- */
-
-static ngx_pool_t  *ngx_http_llm_json_pool;
-
-
 static ngx_int_t
 ngx_http_llm_parse_json(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
     ngx_str_t *body)
 {
-    cJSON        *root;
-    ngx_int_t     rc;
-    const char   *end;
-    cJSON_Hooks   hooks;
+    cJSON      *root;
+    size_t      at;
+    ngx_int_t   rc;
 
-    /*
-     * the size must be a multiple of the alignment: ngx_palloc() aligns
-     * each allocation and would otherwise step past the end of a block
-     */
+    rc = ngx_http_llm_json_parse(body, &root, &at, r->connection->log);
 
-    ngx_http_llm_json_pool = ngx_create_pool(
-                                 ngx_align(ngx_max(body->len, 4096),
-                                           NGX_POOL_ALIGNMENT),
-                                 r->connection->log);
-    if (ngx_http_llm_json_pool == NULL) {
-        return NGX_ERROR;
-    }
-
-    hooks.malloc_fn = ngx_http_llm_json_alloc;
-    hooks.free_fn = ngx_http_llm_json_free;
-
-    cJSON_InitHooks(&hooks);
-
-    end = NULL;
-    root = cJSON_ParseWithLengthOpts((const char *) body->data, body->len,
-                                     &end, 0);
-
-    if (root == NULL) {
+    if (rc == NGX_DECLINED) {
         ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
                       "llm: malformed JSON in client body near byte %uz",
-                      end ? (size_t) (end - (const char *) body->data)
-                          : (size_t) 0);
-        rc = NGX_DECLINED;
+                      at);
 
-    } else if (!cJSON_IsObject(root)) {
+    } else if (rc == NGX_OK && !cJSON_IsObject(root)) {
         ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
                       "llm: client body is JSON but not an object");
         rc = NGX_ABORT;
 
-    } else {
+    } else if (rc == NGX_OK) {
         rc = ngx_http_llm_inspect(r, ctx, root);
     }
 
-    cJSON_InitHooks(NULL);
-
-    ngx_destroy_pool(ngx_http_llm_json_pool);
-    ngx_http_llm_json_pool = NULL;
+    ngx_http_llm_json_done(body->len);
 
     return rc;
-}
-
-
-static void *
-ngx_http_llm_json_alloc(size_t size)
-{
-    return ngx_palloc(ngx_http_llm_json_pool, size);
-}
-
-
-static void
-ngx_http_llm_json_free(void *p)
-{
-    /* the parse's pool is destroyed as a whole */
 }
 
 

@@ -176,7 +176,9 @@ ngx_http_llm_scan(ngx_http_llm_scan_t *s, u_char *p, u_char *last,
 static void
 ngx_http_llm_usage_parse(ngx_http_llm_scan_t *s, ngx_log_t *log)
 {
-    cJSON  *obj;
+    cJSON      *obj;
+    size_t      at;
+    ngx_str_t   text;
 
     if (s->overflow) {
         ngx_log_error(NGX_LOG_WARN, log, 0,
@@ -185,11 +187,13 @@ ngx_http_llm_usage_parse(ngx_http_llm_scan_t *s, ngx_log_t *log)
         return;
     }
 
-    obj = cJSON_ParseWithLength((const char *) s->buf, s->len);
+    text.data = s->buf;
+    text.len = s->len;
 
-    if (obj == NULL) {
+    if (ngx_http_llm_json_parse(&text, &obj, &at, log) != NGX_OK) {
         ngx_log_error(NGX_LOG_WARN, log, 0,
                       "llm: malformed usage object in the reply");
+        ngx_http_llm_json_done(text.len);
         return;
     }
 
@@ -222,7 +226,7 @@ ngx_http_llm_usage_parse(ngx_http_llm_scan_t *s, ngx_log_t *log)
 
     s->total = ngx_http_llm_usage_number(obj, "total_tokens", NULL, NULL);
 
-    cJSON_Delete(obj);
+    ngx_http_llm_json_done(text.len);
 
     if (s->prompt == (ngx_uint_t) -1) {
         ngx_log_error(NGX_LOG_WARN, log, 0,
