@@ -115,6 +115,31 @@ for size in 1k 20k; do
             "$p50" "$p99" "$(echo "$rps $base" | awk '{print 100*$1/$2}')"
     done
 done
+# moderate load: one connection, one request at a time; wrk's latency
+# in microseconds, to set the module's added p50/p99 against plain's
+echo
+echo "== latency, one request at a time (wrk -t1 -c1, ${secs} s each)"
+printf '%-6s %-9s %10s %10s %10s %10s\n' body mode 'p50 us' 'p99 us' \
+    '+p50 us' '+p99 us'
+for size in 1k 20k; do
+    b50="" b99=""
+    for mode in plain estimate exact; do
+        out=$(BODY="$work/body-$size.json" wrk -t1 -c1 -d"${secs}s" \
+              --latency -s "$work/post.lua" \
+              "http://127.0.0.1:18991/$mode/openai/deployments/gpt-4o/chat/completions")
+        us() {
+            echo "$out" | awk -v q="$1" '$1 == q {
+                v = $2; u = v; sub(/[0-9.]+/, "", u); sub(/[a-z]+$/, "", v)
+                print (u == "ms") ? v * 1000 : (u == "s") ? v * 1e6 : v }'
+        }
+        p50=$(us 50%) p99=$(us 99%)
+        [ -n "$b50" ] || { b50=$p50; b99=$p99; }
+        printf '%-6s %-9s %10s %10s %10s %10s\n' "$size" "$mode" "$p50" \
+            "$p99" "$(echo "$p50 $b50" | awk '{print $1 - $2}')" \
+            "$(echo "$p99 $b99" | awk '{print $1 - $2}')"
+    done
+done
+
 rss=$(ps -o rss= -C nginx | sort -n | tail -1)
 echo "largest nginx process RSS after the runs: ${rss} KB (vocabulary included)"
 kill "$(cat "$work/nginx.pid")"
