@@ -44,8 +44,15 @@ fi
 npm=$out/npm
 if [ ! -f "$npm/node_modules/tiktoken/encoders/o200k_base.json" ]; then
     mkdir -p "$npm"
-    npm install --silent --no-audit --no-fund --prefix "$npm" \
+    # npm's own errors (a proxy, a certificate) go to stderr as they are
+    if ! npm install --loglevel=error --no-update-notifier --no-audit \
+        --no-fund --prefix "$npm" \
         tiktoken@1.0.22 >/dev/null
+    then
+        echo "build/tokenizer.sh: \"npm install tiktoken@1.0.22\" failed;" \
+             "the tokenizer tests need its vocabularies" >&2
+        exit 1
+    fi
 fi
 
 CC=${CC:-cc}
