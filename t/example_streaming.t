@@ -52,18 +52,9 @@ sub stream {
     return (LLMTest::parse_response($buf), \@at);
 }
 
-my $n = 0;
 sub last_log {
-    for (1 .. 50) {
-        my @l = grep { length }
-                split /\n/, $t->read_file('logs/llm_stream.log');
-        if (@l > $n) {
-            $n = @l;
-            return json_decode($l[-1]);
-        }
-        sleep 0.05;
-    }
-    return {};
+    my $line = $t->next_log('logs/llm_stream.log');
+    return defined $line ? json_decode($line) : {};
 }
 
 my $ask = { messages => [ { role => 'user', content => 'tell me a story' } ],

@@ -81,22 +81,10 @@ $locations
 END
 
 my $chat = '/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21';
-my $n = 0;
-
 # the access log line of the last request
 sub last_log {
-    for (1 .. 50) {
-        my @l = grep { length } split /\n/, $t->read_file('usage.log');
-        if (@l > $n) {
-            $n = @l;
-            my @f = split /\|/, $l[-1];
-            return { backend => $f[0], prompt => $f[1], completion => $f[2],
-                     total => $f[3], cached => $f[4], reasoning => $f[5],
-                     source => $f[6], ttft => $f[7] };
-        }
-        sleep 0.05;
-    }
-    return {};
+    return $t->next_log('usage.log', qw(backend prompt completion total
+                                         cached reasoning source ttft));
 }
 
 sub truth {

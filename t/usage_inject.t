@@ -80,19 +80,8 @@ $t->start_nginx(<<"END", ports => [$listen]);
 END
 
 my $chat = '/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21';
-my $n = 0;
-
 sub last_log {
-    for (1 .. 50) {
-        my @l = grep { length } split /\n/, $t->read_file('usage.log');
-        if (@l > $n) {
-            $n = @l;
-            my @f = split /\|/, $l[-1];
-            return { completion => $f[0], prompt => $f[1], source => $f[2] };
-        }
-        sleep 0.05;
-    }
-    return {};
+    return $t->next_log('usage.log', qw(completion prompt source));
 }
 
 sub include_usage { $t->sim_stats->{deployments}{d}{include_usage} }

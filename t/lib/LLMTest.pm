@@ -342,6 +342,26 @@ sub read_file {
 
 sub error_log { $_[0]->read_file('error.log') }
 
+# the newest line of an access log once nginx has written one more than
+# was seen last time (waits up to 2.5 s): a hash of its "|"-separated
+# fields by the names given, or, without names, the line itself
+
+sub next_log {
+    my ($self, $file, @names) = @_;
+    my $seen = \($self->{log_seen}{$file} //= 0);
+    for (1 .. 50) {
+        my @l = grep { length } split /\n/, $self->read_file($file);
+        if (@l > $$seen) {
+            $$seen = @l;
+            return $l[-1] unless @names;
+            my @f = split /\|/, $l[-1];
+            return { map { $names[$_] => $f[$_] } 0 .. $#names };
+        }
+        sleep 0.05;
+    }
+    return @names ? {} : undef;
+}
+
 # a mock backend: answers every request with a JSON description of what
 # it received, so tests can see what nginx forwarded
 
