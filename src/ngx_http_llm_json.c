@@ -53,6 +53,13 @@ ngx_http_llm_json_parse(ngx_str_t *text, cJSON **root, size_t *error_at,
         }
     }
 
+    /*
+     * the pool outlives the request that made it: its log must be the
+     * one of the request parsing now, not a closed connection's
+     */
+
+    ngx_http_llm_json_pool->log = log;
+
     hooks.malloc_fn = ngx_http_llm_json_alloc;
     hooks.free_fn = ngx_http_llm_json_free;
 

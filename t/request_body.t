@@ -228,11 +228,11 @@ is($h->{'x-llm-estimate'}, int((40004 + 3) / 4) + 6, 'unbuffered estimate');
 
 # the backend is asked for identity (a gzip reply cannot be scanned for
 # usage); nginx's own gzip still answers the client as it asked
-($st, $h, my $raw) = http_post($port, '/gzip/x', $body,
+($st, $h, my $zipped) = http_post($port, '/gzip/x', $body,
                                'Accept-Encoding' => 'gzip, br');
 is($st, 200, 'Accept-Encoding: gzip proxied');
 is($h->{'content-encoding'}, 'gzip', 'the client gets gzip from nginx');
-gunzip(\$raw => \my $plain) or die $GunzipError;
+gunzip(\$zipped => \my $plain) or die $GunzipError;
 $j = json_decode($plain);
 is($j->{headers}{'accept-encoding'}, 'identity',
    'the backend is asked for identity');
