@@ -42,6 +42,7 @@ typedef struct {
 
 
 static void ngx_http_llm_add_text(ngx_http_llm_sum_t *sum, const char *s);
+static size_t ngx_http_llm_chars(const u_char *p, size_t len);
 static void ngx_http_llm_add_tokens(ngx_http_llm_sum_t *sum, u_char *text,
     size_t len);
 static void ngx_http_llm_add_role(ngx_http_llm_sum_t *sum, cJSON *role);
@@ -252,17 +253,14 @@ ngx_http_llm_deployment_from_uri(ngx_str_t *uri, ngx_str_t *deployment)
 
 
 /*
- * Characters are the bytes that do not continue a UTF-8 sequence
- * (10xxxxxx): the guess counts them on its way; with a vocabulary they
- * are counted eight at a time: a continuation byte has bit 7 set and
- * bit 6 clear.
+ * A text of the prompt: its characters for Azure's estimate, its tokens
+ * counted or guessed (the guess counts the characters on its way)
  */
 
 static void
 ngx_http_llm_add_text(ngx_http_llm_sum_t *sum, const char *s)
 {
-    size_t         len, n, i;
-    uint64_t       w, c;
+    size_t         len, n;
     const u_char  *p;
 
     p = (const u_char *) s;
@@ -274,6 +272,24 @@ ngx_http_llm_add_text(ngx_http_llm_sum_t *sum, const char *s)
         sum->chars += n;
         return;
     }
+
+    sum->chars += ngx_http_llm_chars(p, len);
+    sum->tokens += ngx_http_llm_count(sum->vocab, (u_char *) s, len,
+                                      sum->cache);
+}
+
+
+/*
+ * Characters are the bytes that do not continue a UTF-8 sequence
+ * (10xxxxxx), counted eight at a time: a continuation byte has bit 7 set
+ * and bit 6 clear.
+ */
+
+static size_t
+ngx_http_llm_chars(const u_char *p, size_t len)
+{
+    size_t    n, i;
+    uint64_t  w, c;
 
     n = len;
 
@@ -291,9 +307,7 @@ ngx_http_llm_add_text(ngx_http_llm_sum_t *sum, const char *s)
         n -= ((p[i] & 0xc0) == 0x80);
     }
 
-    sum->chars += n;
-    sum->tokens += ngx_http_llm_count(sum->vocab, (u_char *) s, len,
-                                      sum->cache);
+    return n;
 }
 
 
@@ -321,16 +335,13 @@ ngx_http_llm_add_tokens(ngx_http_llm_sum_t *sum, u_char *text, size_t len)
 static void
 ngx_http_llm_add_role(ngx_http_llm_sum_t *sum, cJSON *role)
 {
-    size_t  weight;
-
     if (sum->vocab || !ngx_http_llm_is_string(role)) {
         ngx_http_llm_add_content(sum, role);
         return;
     }
 
-    weight = sum->weight;
-    ngx_http_llm_add_text(sum, role->valuestring);
-    sum->weight = weight;
+    sum->chars += ngx_http_llm_chars((u_char *) role->valuestring,
+                                     ngx_strlen(role->valuestring));
     sum->tokens++;
 }
 

@@ -29,10 +29,10 @@ static ngx_uint_t             ngx_http_llm_ws_ready;
  * Sets of two entries chosen by a hash of the text, keyed with a
  * per-worker random seed (from OpenSSL's generator) so that a client
  * cannot find texts that meet another's; a hit needs hash, length and
- * vocabulary to agree.  Two ways keep two
- * texts whose hashes meet from pushing each other out on every request.
- * Short texts are cached too: a role or a name costs a few hundred
- * instructions to count, a dozen to look up.
+ * vocabulary to agree.  Two ways keep two texts whose hashes meet from
+ * pushing each other out on every request.  Short texts are cached too:
+ * a role or a name costs a few hundred instructions to count, a dozen to
+ * look up.
  */
 
 #define NGX_HTTP_LLM_CACHE_SIZE  16384      /* a power of 2 */
