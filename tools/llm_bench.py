@@ -8,6 +8,7 @@ Python 3 standard library only.
 
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -22,12 +23,27 @@ KEY = "demo-key-not-a-secret"
 PATH = "/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21"
 
 
+_given = set()
+
+
 def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+    # below the kernel's ephemeral range (32768-60999 on Linux): a port
+    # from that range may become an outgoing connection's source port
+    # before the server that was given it binds it
+    for _ in range(1000):
+        port = random.randrange(10000, 32000)
+        if port in _given:
+            continue
+        s = socket.socket()
+        try:
+            s.bind(("0.0.0.0", port))
+        except OSError:
+            continue
+        finally:
+            s.close()
+        _given.add(port)
+        return port
+    raise RuntimeError("no free port")
 
 
 def wait_port(port, secs=10):

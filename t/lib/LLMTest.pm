@@ -67,13 +67,26 @@ sub new {
 sub dir { $_[0]{dir} }
 sub top { $_[0]{top} }
 
+# a port below the kernel's ephemeral range (32768-60999 on Linux): a
+# port that range gave out may be taken as the source port of an
+# outgoing connection before nginx binds it (CI once saw "Address already
+# in use" that way); free on every address, and not given out before
+
+my %given;
+
 sub free_port {
-    my $s = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => 0,
-                                  Proto => 'tcp', Listen => 1, ReuseAddr => 1)
-        or die "cannot bind: $!";
-    my $port = $s->sockport;
-    close $s;
-    return $port;
+    for (1 .. 1000) {
+        my $port = 10000 + int(rand(22000));
+        next if $given{$port};
+        my $s = IO::Socket::INET->new(LocalAddr => '0.0.0.0',
+                                      LocalPort => $port, Proto => 'tcp',
+                                      Listen => 1, ReuseAddr => 1)
+            or next;
+        close $s;
+        $given{$port} = 1;
+        return $port;
+    }
+    die "no free port";
 }
 
 # nginx.conf around the http block a test gives; returns the conf text
