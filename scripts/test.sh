@@ -30,6 +30,8 @@ env=$(sh build/nginx.sh $opts "$version")
 
 # the tiktoken vocabularies (npm) and llm-count, for the tokenizer tests
 sh build/tokenizer.sh >/dev/null
+# json-diff, our JSON reader against cJSON (t/json_reader.t)
+sh build/json.sh >/dev/null
 
 echo "testing $LLM_NGINX ${LLM_MODULE:+with $LLM_MODULE}"
 "$LLM_NGINX" -V 2>&1 | head -1

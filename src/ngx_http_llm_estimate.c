@@ -41,6 +41,42 @@ typedef struct {
 } ngx_http_llm_sum_t;
 
 
+/* the members of a body that inspect reads, found in one walk */
+
+typedef enum {
+    NGX_HTTP_LLM_M_MODEL = 0,
+    NGX_HTTP_LLM_M_STREAM,
+    NGX_HTTP_LLM_M_STREAM_OPTIONS,
+    NGX_HTTP_LLM_M_MESSAGES,
+    NGX_HTTP_LLM_M_TOOLS,
+    NGX_HTTP_LLM_M_FUNCTIONS,
+    NGX_HTTP_LLM_M_RESPONSE_FORMAT,
+    NGX_HTTP_LLM_M_PROMPT,
+    NGX_HTTP_LLM_M_INPUT,
+    NGX_HTTP_LLM_M_INSTRUCTIONS,
+    NGX_HTTP_LLM_M_MAX_COMPLETION_TOKENS,
+    NGX_HTTP_LLM_M_MAX_TOKENS,
+    NGX_HTTP_LLM_M_MAX_OUTPUT_TOKENS,
+    NGX_HTTP_LLM_M_N,
+    NGX_HTTP_LLM_M_BEST_OF,
+    NGX_HTTP_LLM_M_LAST
+} ngx_http_llm_member_e;
+
+
+static const char  *ngx_http_llm_body_members[] = {
+    "model", "stream", "stream_options", "messages", "tools", "functions",
+    "response_format", "prompt", "input", "instructions",
+    "max_completion_tokens", "max_tokens", "max_output_tokens", "n",
+    "best_of"
+};
+
+static const char  *ngx_http_llm_message_members[] = {
+    "role", "content", "name"
+};
+
+
+static void ngx_http_llm_members(cJSON *obj, const char **names,
+    ngx_uint_t n, cJSON **found);
 static void ngx_http_llm_add_text(ngx_http_llm_sum_t *sum, const char *s);
 static size_t ngx_http_llm_chars(const u_char *p, size_t len);
 static void ngx_http_llm_add_tokens(ngx_http_llm_sum_t *sum, u_char *text,
@@ -50,11 +86,12 @@ static void ngx_http_llm_add_content(ngx_http_llm_sum_t *sum,
     cJSON *content);
 static void ngx_http_llm_add_input(ngx_http_llm_sum_t *sum, cJSON *input,
     ngx_uint_t *items);
-static void ngx_http_llm_add_tools(ngx_http_llm_sum_t *sum, cJSON *root);
+static void ngx_http_llm_add_tools(ngx_http_llm_sum_t *sum, cJSON *tools,
+    cJSON *format);
 static void ngx_http_llm_add_line(ngx_http_llm_sum_t *sum, cJSON *a,
     cJSON *b, cJSON *c);
-static ngx_int_t ngx_http_llm_number(cJSON *root, const char *name,
-    ngx_uint_t max, ngx_uint_t *value);
+static ngx_int_t ngx_http_llm_number(cJSON *item, ngx_uint_t max,
+    ngx_uint_t *value);
 static ngx_int_t ngx_http_llm_copy_string(ngx_pool_t *pool, cJSON *item,
     ngx_str_t *dst);
 
@@ -63,7 +100,7 @@ ngx_int_t
 ngx_http_llm_inspect(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
     cJSON *root)
 {
-    cJSON                     *item, *msg, *name;
+    cJSON                     *item, *msg, *m[NGX_HTTP_LLM_M_LAST], *mm[3];
     ngx_uint_t                 messages, value, enc;
     ngx_http_llm_sum_t         sum;
     ngx_http_llm_loc_conf_t   *llcf;
@@ -72,7 +109,10 @@ ngx_http_llm_inspect(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
     llcf = ngx_http_get_module_loc_conf(r, ngx_http_llm_module);
     lmcf = ngx_http_get_module_main_conf(r, ngx_http_llm_module);
 
-    item = cJSON_GetObjectItemCaseSensitive(root, "model");
+    ngx_http_llm_members(root, ngx_http_llm_body_members,
+                         NGX_HTTP_LLM_M_LAST, m);
+
+    item = m[NGX_HTTP_LLM_M_MODEL];
 
     if (ngx_http_llm_is_string(item) && item->valuestring[0] != '\0') {
         if (ngx_http_llm_copy_string(r->pool, item, &ctx->model) != NGX_OK) {
@@ -80,10 +120,8 @@ ngx_http_llm_inspect(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
         }
     }
 
-    item = cJSON_GetObjectItemCaseSensitive(root, "stream");
-    ctx->stream = cJSON_IsTrue(item) ? 1 : 0;
-    ctx->stream_options =
-        (cJSON_GetObjectItemCaseSensitive(root, "stream_options") != NULL);
+    ctx->stream = cJSON_IsTrue(m[NGX_HTTP_LLM_M_STREAM]) ? 1 : 0;
+    ctx->stream_options = (m[NGX_HTTP_LLM_M_STREAM_OPTIONS] != NULL);
 
     /* exact counts when the model's vocabulary is loaded */
 
@@ -113,38 +151,32 @@ ngx_http_llm_inspect(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
      * content and name, 1 more with a name, and 3 to prime the reply
      */
 
-    item = cJSON_GetObjectItemCaseSensitive(root, "messages");
-
-    cJSON_ArrayForEach(msg, item) {
+    cJSON_ArrayForEach(msg, m[NGX_HTTP_LLM_M_MESSAGES]) {
         messages++;
 
-        ngx_http_llm_add_role(&sum,
-                              cJSON_GetObjectItemCaseSensitive(msg, "role"));
-        ngx_http_llm_add_content(&sum,
-                           cJSON_GetObjectItemCaseSensitive(msg, "content"));
+        ngx_http_llm_members(msg, ngx_http_llm_message_members, 3, mm);
 
-        name = cJSON_GetObjectItemCaseSensitive(msg, "name");
+        ngx_http_llm_add_role(&sum, mm[0]);
+        ngx_http_llm_add_content(&sum, mm[1]);
 
-        if (ngx_http_llm_is_string(name)) {
-            ngx_http_llm_add_text(&sum, name->valuestring);
+        if (ngx_http_llm_is_string(mm[2])) {
+            ngx_http_llm_add_text(&sum, mm[2]->valuestring);
             sum.tokens++;
         }
     }
 
     /* tool and function definitions, and a response schema */
 
-    ngx_http_llm_add_tools(&sum, root);
+    ngx_http_llm_add_tools(&sum, m[NGX_HTTP_LLM_M_TOOLS]
+                                 ? m[NGX_HTTP_LLM_M_TOOLS]
+                                 : m[NGX_HTTP_LLM_M_FUNCTIONS],
+                           m[NGX_HTTP_LLM_M_RESPONSE_FORMAT]);
 
     /* legacy completions, embeddings and the Responses API */
 
-    ngx_http_llm_add_input(&sum,
-                           cJSON_GetObjectItemCaseSensitive(root, "prompt"),
-                           &messages);
-    ngx_http_llm_add_input(&sum,
-                           cJSON_GetObjectItemCaseSensitive(root, "input"),
-                           &messages);
-    ngx_http_llm_add_content(&sum,
-                     cJSON_GetObjectItemCaseSensitive(root, "instructions"));
+    ngx_http_llm_add_input(&sum, m[NGX_HTTP_LLM_M_PROMPT], &messages);
+    ngx_http_llm_add_input(&sum, m[NGX_HTTP_LLM_M_INPUT], &messages);
+    ngx_http_llm_add_content(&sum, m[NGX_HTTP_LLM_M_INSTRUCTIONS]);
 
     ctx->prompt_estimate = (sum.chars + 3) / 4;
 
@@ -171,13 +203,13 @@ ngx_http_llm_inspect(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
                                       sizeof("/embeddings") - 1)
                           == 0);
 
-    if (ngx_http_llm_number(root, "max_completion_tokens",
+    if (ngx_http_llm_number(m[NGX_HTTP_LLM_M_MAX_COMPLETION_TOKENS],
                             NGX_HTTP_LLM_MAX_TOKENS, &value)
         == NGX_OK
-        || ngx_http_llm_number(root, "max_tokens",
+        || ngx_http_llm_number(m[NGX_HTTP_LLM_M_MAX_TOKENS],
                                NGX_HTTP_LLM_MAX_TOKENS, &value)
            == NGX_OK
-        || ngx_http_llm_number(root, "max_output_tokens",
+        || ngx_http_llm_number(m[NGX_HTTP_LLM_M_MAX_OUTPUT_TOKENS],
                                NGX_HTTP_LLM_MAX_TOKENS, &value)
            == NGX_OK)
     {
@@ -197,13 +229,15 @@ ngx_http_llm_inspect(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
 
     ctx->choices = 1;
 
-    if (ngx_http_llm_number(root, "n", NGX_HTTP_LLM_MAX_CHOICES, &value)
+    if (ngx_http_llm_number(m[NGX_HTTP_LLM_M_N], NGX_HTTP_LLM_MAX_CHOICES,
+                            &value)
         == NGX_OK && value > 1)
     {
         ctx->choices = value;
     }
 
-    if (ngx_http_llm_number(root, "best_of", NGX_HTTP_LLM_MAX_CHOICES, &value)
+    if (ngx_http_llm_number(m[NGX_HTTP_LLM_M_BEST_OF],
+                            NGX_HTTP_LLM_MAX_CHOICES, &value)
         == NGX_OK && value > ctx->choices)
     {
         ctx->choices = value;
@@ -249,6 +283,44 @@ ngx_http_llm_deployment_from_uri(ngx_str_t *uri, ngx_str_t *deployment)
 
     deployment->data = start;
     deployment->len = p - start;
+}
+
+
+/*
+ * Several members of an object in one walk: each the first of its name,
+ * as cJSON_GetObjectItemCaseSensitive() would find it (a dozen walks and
+ * strcmp() calls a message cost more than the rest of the walk).
+ */
+
+static void
+ngx_http_llm_members(cJSON *obj, const char **names, ngx_uint_t n,
+    cJSON **found)
+{
+    cJSON       *item;
+    ngx_uint_t   i;
+
+    ngx_memzero(found, n * sizeof(cJSON *));
+
+    if (obj == NULL) {
+        return;
+    }
+
+    for (item = obj->child; item; item = item->next) {
+
+        if (item->string == NULL) {
+            continue;
+        }
+
+        for (i = 0; i < n; i++) {
+            if (found[i] == NULL
+                && item->string[0] == names[i][0]
+                && ngx_strcmp(item->string, names[i]) == 0)
+            {
+                found[i] = item;
+                break;
+            }
+        }
+    }
 }
 
 
@@ -474,21 +546,15 @@ ngx_http_llm_add_input(ngx_http_llm_sum_t *sum, cJSON *input,
  */
 
 static void
-ngx_http_llm_add_tools(ngx_http_llm_sum_t *sum, cJSON *root)
+ngx_http_llm_add_tools(ngx_http_llm_sum_t *sum, cJSON *tools, cJSON *format)
 {
     char        *text;
-    cJSON       *tools, *tool, *fn, *props, *prop, *item, *en, *schema;
+    cJSON       *tool, *fn, *props, *prop, *item, *en, *schema;
     ngx_uint_t   nfunc;
     ngx_int_t    tokens;
 
     tokens = 0;
     nfunc = 0;
-
-    tools = cJSON_GetObjectItemCaseSensitive(root, "tools");
-
-    if (tools == NULL) {
-        tools = cJSON_GetObjectItemCaseSensitive(root, "functions");
-    }
 
     cJSON_ArrayForEach(tool, tools) {
         fn = cJSON_GetObjectItemCaseSensitive(tool, "function");
@@ -547,9 +613,7 @@ ngx_http_llm_add_tools(ngx_http_llm_sum_t *sum, cJSON *root)
 
     sum->tokens += (tokens > 0) ? (size_t) tokens : 0;
 
-    schema = cJSON_GetObjectItemCaseSensitive(
-                 cJSON_GetObjectItemCaseSensitive(root, "response_format"),
-                 "json_schema");
+    schema = cJSON_GetObjectItemCaseSensitive(format, "json_schema");
 
     if (schema) {
         text = cJSON_PrintUnformatted(schema);
@@ -613,13 +677,9 @@ ngx_http_llm_add_line(ngx_http_llm_sum_t *sum, cJSON *a, cJSON *b, cJSON *c)
 /* a non-negative integer member, clamped to max; NGX_DECLINED if absent */
 
 static ngx_int_t
-ngx_http_llm_number(cJSON *root, const char *name, ngx_uint_t max,
-    ngx_uint_t *value)
+ngx_http_llm_number(cJSON *item, ngx_uint_t max, ngx_uint_t *value)
 {
     double  d;
-    cJSON  *item;
-
-    item = cJSON_GetObjectItemCaseSensitive(root, name);
 
     if (!cJSON_IsNumber(item)) {
         return NGX_DECLINED;

@@ -8,6 +8,7 @@
 #include <ngx_core.h>
 #include <ngx_http.h>
 #include "ngx_http_llm_module.h"
+#include "ngx_http_llm_json_reader.h"
 
 
 /*
@@ -27,6 +28,7 @@
 
 
 static void *ngx_http_llm_json_alloc(size_t size);
+static void *ngx_http_llm_json_palloc(void *data, size_t size);
 static void ngx_http_llm_json_free(void *p);
 
 
@@ -36,13 +38,15 @@ static ngx_pool_t  *ngx_http_llm_json_pool;
 /*
  * NGX_OK and the tree; NGX_DECLINED for text that is not JSON, with the
  * offset where the parse stopped; NGX_ERROR without memory.  Every parse
- * is followed by ngx_http_llm_json_done().
+ * is followed by ngx_http_llm_json_done().  Our own reader builds the
+ * tree if it can; what it declines, cJSON reads.
  */
 
 ngx_int_t
 ngx_http_llm_json_parse(ngx_str_t *text, cJSON **root, size_t *error_at,
     ngx_log_t *log)
 {
+    int           rc;
     const char   *end;
     cJSON_Hooks   hooks;
 
@@ -63,7 +67,26 @@ ngx_http_llm_json_parse(ngx_str_t *text, cJSON **root, size_t *error_at,
     hooks.malloc_fn = ngx_http_llm_json_alloc;
     hooks.free_fn = ngx_http_llm_json_free;
 
+    /* cJSON_PrintUnformatted() of the tools allocates with these too */
+
     cJSON_InitHooks(&hooks);
+
+    rc = ngx_http_llm_json_read(text->data, text->len, root,
+                                ngx_http_llm_json_palloc,
+                                ngx_http_llm_json_pool);
+
+    if (rc == NGX_HTTP_LLM_JSON_READ) {
+        return NGX_OK;
+    }
+
+    if (rc == NGX_HTTP_LLM_JSON_NOMEM) {
+        return NGX_ERROR;
+    }
+
+    ngx_log_debug0(NGX_LOG_DEBUG_HTTP, log, 0,
+                   "llm json: left to cJSON");
+
+    ngx_reset_pool(ngx_http_llm_json_pool);
 
     end = NULL;
     *root = cJSON_ParseWithLengthOpts((const char *) text->data, text->len,
@@ -101,6 +124,13 @@ static void *
 ngx_http_llm_json_alloc(size_t size)
 {
     return ngx_palloc(ngx_http_llm_json_pool, size);
+}
+
+
+static void *
+ngx_http_llm_json_palloc(void *data, size_t size)
+{
+    return ngx_palloc(data, size);
 }
 
 

@@ -8,6 +8,7 @@
 #include <ngx_core.h>
 #include <ngx_http.h>
 #include "ngx_http_llm_module.h"
+#include "ngx_http_llm_json_reader.h"
 
 
 /*
@@ -25,6 +26,8 @@
 #define NGX_HTTP_LLM_KEY_MAX  24
 
 
+static u_char *ngx_http_llm_scan_usage(ngx_http_llm_scan_t *s, u_char *p,
+    u_char *last, ngx_log_t *log);
 static void ngx_http_llm_usage_parse(ngx_http_llm_scan_t *s, ngx_log_t *log);
 static ngx_uint_t ngx_http_llm_usage_number(cJSON *obj, const char *name,
     const char *details, const char *detail);
@@ -34,49 +37,23 @@ void
 ngx_http_llm_scan(ngx_http_llm_scan_t *s, u_char *p, u_char *last,
     ngx_log_t *log)
 {
-    u_char  ch, *q;
+    u_char  *q;
 
-    for ( /* void */ ; p < last; p++) {
-        ch = *p;
+    while (p < last) {
 
         if (s->depth) {
-            /* copying the usage object */
-
-            if (s->len < NGX_HTTP_LLM_USAGE_MAX) {
-                s->buf[s->len++] = ch;
-
-            } else {
-                s->overflow = 1;
-            }
-
-            if (s->in_string) {
-                if (s->escaped) {
-                    s->escaped = 0;
-
-                } else if (ch == '\\') {
-                    s->escaped = 1;
-
-                } else if (ch == '"') {
-                    s->in_string = 0;
-                }
-
-                continue;
-            }
-
-            if (ch == '"') {
-                s->in_string = 1;
-
-            } else if (ch == '{' || ch == '[') {
-                s->depth++;
-
-            } else if ((ch == '}' || ch == ']') && --s->depth == 0) {
-                ngx_http_llm_usage_parse(s, log);
-            }
-
+            p = ngx_http_llm_scan_usage(s, p, last, log);
             continue;
         }
 
         if (s->in_string) {
+
+            if (s->escaped) {
+                s->escaped = 0;
+                s->value_chars = 1;
+                p++;
+                continue;
+            }
 
             /*
              * most of a reply is the text inside strings: run to the
@@ -84,11 +61,9 @@ ngx_http_llm_scan(ngx_http_llm_scan_t *s, u_char *p, u_char *last,
              * bytes
              */
 
-            if (!s->escaped && ch != '"' && ch != '\\') {
-                for (q = p + 1; q < last && *q != '"' && *q != '\\'; q++) {
-                    /* void */
-                }
+            q = (u_char *) ngx_http_llm_json_special(p, last);
 
+            if (q != p) {
                 if (s->klen < NGX_HTTP_LLM_KEY_MAX) {
                     ngx_memcpy(s->key + s->klen, p,
                                ngx_min((size_t) (q - p),
@@ -97,33 +72,32 @@ ngx_http_llm_scan(ngx_http_llm_scan_t *s, u_char *p, u_char *last,
 
                 s->klen += q - p;
                 s->value_chars = 1;
-                p = q - 1;
+                p = q;
+
+                if (p == last) {
+                    break;
+                }
+            }
+
+            if (*p++ == '\\') {
+                s->escaped = 1;
                 continue;
             }
 
-            if (s->escaped) {
-                s->escaped = 0;
-                s->value_chars = 1;
+            s->in_string = 0;
+            s->after_string = 1;
 
-            } else if (ch == '\\') {
-                s->escaped = 1;
-
-            } else if (ch == '"') {
-                s->in_string = 0;
-                s->after_string = 1;
-
-                if (s->value_of_text && s->value_chars) {
-                    /* a non-empty "content" or "delta" text: one token */
-                    s->deltas++;
-                }
-
-                s->value_of_text = 0;
+            if (s->value_of_text && s->value_chars) {
+                /* a non-empty "content" or "delta" text: one token */
+                s->deltas++;
             }
+
+            s->value_of_text = 0;
 
             continue;
         }
 
-        switch (ch) {
+        switch (*p++) {
 
         case ' ': case '\t': case '\r': case '\n':
             break;
@@ -156,7 +130,7 @@ ngx_http_llm_scan(ngx_http_llm_scan_t *s, u_char *p, u_char *last,
                 s->depth = 1;
                 s->len = 0;
                 s->overflow = 0;
-                s->buf[s->len++] = ch;
+                s->buf[s->len++] = '{';
             }
 
             s->after_colon = 0;
@@ -170,6 +144,74 @@ ngx_http_llm_scan(ngx_http_llm_scan_t *s, u_char *p, u_char *last,
             s->usage_key = 0;
         }
     }
+}
+
+
+/*
+ * Inside the usage object: only its depth and strings matter, kept in
+ * locals, and what was read is copied at once.  Returns where the object
+ * ended, or last.
+ */
+
+static u_char *
+ngx_http_llm_scan_usage(ngx_http_llm_scan_t *s, u_char *p, u_char *last,
+    ngx_log_t *log)
+{
+    u_char      ch, *start;
+    size_t      n;
+    unsigned    in_string, escaped;
+    ngx_uint_t  depth;
+
+    start = p;
+    depth = s->depth;
+    in_string = s->in_string;
+    escaped = s->escaped;
+
+    while (p < last) {
+        ch = *p++;
+
+        if (in_string) {
+            if (escaped) {
+                escaped = 0;
+
+            } else if (ch == '\\') {
+                escaped = 1;
+
+            } else if (ch == '"') {
+                in_string = 0;
+            }
+
+            continue;
+        }
+
+        if (ch == '"') {
+            in_string = 1;
+
+        } else if (ch == '{' || ch == '[') {
+            depth++;
+
+        } else if ((ch == '}' || ch == ']') && --depth == 0) {
+            break;
+        }
+    }
+
+    n = ngx_min((size_t) (p - start), NGX_HTTP_LLM_USAGE_MAX - s->len);
+
+    if (n < (size_t) (p - start)) {
+        s->overflow = 1;
+    }
+
+    s->len = ngx_cpymem(s->buf + s->len, start, n) - s->buf;
+
+    s->depth = depth;
+    s->in_string = in_string;
+    s->escaped = escaped;
+
+    if (depth == 0) {
+        ngx_http_llm_usage_parse(s, log);
+    }
+
+    return p;
 }
 
 

@@ -2,8 +2,9 @@
 
 # Replies that go wrong: a malformed usage object, a stream with an error
 # event in the middle, a backend that closes in the middle of an event,
-# a gzip reply, usage bigger than the copy buffer.  No crash, usage
-# counted as documented, logged at warn (not alert).
+# a gzip reply, usage bigger than the copy buffer, replies that arrive a
+# byte at a time.  No crash, usage counted as documented, logged at warn
+# (not alert).
 
 use strict;
 use warnings;
@@ -12,6 +13,7 @@ use FindBin;
 use lib "$FindBin::Bin/lib";
 use Test::More;
 use IO::Socket::INET;
+use Socket qw(IPPROTO_TCP TCP_NODELAY);
 use POSIX ();
 use LLMTest;
 
@@ -36,6 +38,17 @@ my %reply = (
         . "\x1f\x8b\x08\x00garbage",
     '/huge' => $json . '{"usage":{"prompt_tokens":5,"completion_tokens":2,'
         . '"x":"' . ('y' x 3000) . '"}}',
+    # braces, quotes and backslashes inside strings, before and inside
+    # the usage object, sent a byte at a time: every read ends somewhere
+    # else in the scanner's states
+    '/trickle' => $json . '{"id":"x\\"}{[","choices":[{"message":'
+        . '{"content":"a \\\\\\" b {"}}],"usage":{"prompt_tokens":7,'
+        . '"note":"}\\"{\\\\","completion_tokens":3,"total_tokens":10,'
+        . '"prompt_tokens_details":{"cached_tokens":2}}}',
+    '/tricklesse' => $sse . $delta x 2
+        . 'data: {"choices":[],"usage":{"prompt_tokens":9,'
+        . '"completion_tokens":2,"total_tokens":11}}' . "\n\n"
+        . "data: [DONE]\n\n",
     '/crlf' => $sse . "data: {\"choices\":[]}\r\n\r\n"
         . "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":11,"
         . "\"completion_tokens\":4,\"total_tokens\":15}}\r\n\r\n"
@@ -60,7 +73,18 @@ if ($pid == 0) {
             sysread($c, $body, 65536, length $body) or last;
         }
         my ($path) = $buf =~ m{^POST (/\w+)};
-        syswrite $c, $reply{$path // ''} // "HTTP/1.1 404 X\r\n\r\n";
+        my $out = $reply{$path // ''} // "HTTP/1.1 404 X\r\n\r\n";
+        if ($path =~ /^\/trickle/) {
+            setsockopt($c, IPPROTO_TCP, TCP_NODELAY, 1);
+            my $head = index($out, "\r\n\r\n") + 4;
+            syswrite $c, substr($out, 0, $head);
+            for my $i ($head .. length($out) - 1) {
+                syswrite $c, substr($out, $i, 1);
+                select undef, undef, undef, 0.002;
+            }
+        } else {
+            syswrite $c, $out;
+        }
         close $c;
     }
     POSIX::_exit(0);
@@ -85,6 +109,13 @@ $t->start_nginx(<<"END", ports => [$listen]);
         location / {
             llm_route pool;
             proxy_pass http://pool;
+        }
+
+        # unbuffered: each read reaches the filters as it comes
+        location /trickle {
+            llm_route pool;
+            proxy_pass http://pool;
+            proxy_buffering off;
         }
 
         location = /llm/status {
@@ -115,6 +146,12 @@ is($log{'/cut'}[2], 'counted', 'cut mid-event: counted');
 is($log{'/cut'}[4], 2, 'cut mid-event: the two whole deltas');
 is($log{'/gzip'}[2], '-', 'gzip: not scanned');
 is($log{'/huge'}[2], '-', 'usage longer than the copy buffer: ignored');
+is($log{'/trickle'}[2], 'reported', 'a byte at a time: reported');
+is($log{'/trickle'}[3], 7, 'a byte at a time: prompt tokens');
+is($log{'/trickle'}[4], 3, 'a byte at a time: completion tokens');
+is($log{'/tricklesse'}[2], 'reported', 'a stream a byte at a time: reported');
+is($log{'/tricklesse'}[3], 9, 'a stream a byte at a time: prompt tokens');
+is($log{'/tricklesse'}[4], 2, 'a stream a byte at a time: completion');
 is($log{'/crlf'}[2], 'reported', 'CRLF events: reported');
 is($log{'/crlf'}[3], 11, 'CRLF events: prompt tokens');
 is($log{'/crlf'}[4], 4, 'CRLF events: completion tokens');
