@@ -27,9 +27,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <limits.h>
-#if (defined __SSE2__ && defined __GNUC__)
-#include <emmintrin.h>
-#endif
 #include "ngx_http_llm_json_reader.h"
 
 
@@ -587,71 +584,6 @@ ngx_http_llm_json_number(ngx_http_llm_json_in_t *in, cJSON *item)
     in->p = p;
 
     return NGX_HTTP_LLM_JSON_READ;
-}
-
-
-/*
- * The first quote or backslash: sixteen bytes at a time with SSE2, which
- * every x86-64 has, or else eight at a time in a 64-bit word.  In the
- * word, a byte of w ^ c is zero where w has c, and (x - 0x01..) & ~x &
- * 0x80.. sets the high bit of the first zero byte of x (bits above it
- * may be wrong, so only the lowest one is read: a little-endian load).
- */
-
-const unsigned char *
-ngx_http_llm_json_special(const unsigned char *p, const unsigned char *end)
-{
-#if (defined __SSE2__ && defined __GNUC__)
-
-    unsigned  hit;
-    __m128i   w, quote, backslash;
-
-    quote = _mm_set1_epi8('"');
-    backslash = _mm_set1_epi8('\\');
-
-    while (end - p >= 16) {
-        w = _mm_loadu_si128((const __m128i *) p);
-
-        hit = (unsigned) _mm_movemask_epi8(
-                  _mm_or_si128(_mm_cmpeq_epi8(w, quote),
-                               _mm_cmpeq_epi8(w, backslash)));
-
-        if (hit) {
-            return p + __builtin_ctz(hit);
-        }
-
-        p += 16;
-    }
-
-#elif (defined __GNUC__ && defined __BYTE_ORDER__                          \
-       && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__)
-
-    uint64_t  w, q, b, hit;
-
-    while (end - p >= 8) {
-        memcpy(&w, p, 8);
-
-        q = w ^ 0x2222222222222222ULL;
-        b = w ^ 0x5c5c5c5c5c5c5c5cULL;
-
-        hit = ((q - 0x0101010101010101ULL) & ~q)
-              | ((b - 0x0101010101010101ULL) & ~b);
-        hit &= 0x8080808080808080ULL;
-
-        if (hit) {
-            return p + (__builtin_ctzll(hit) >> 3);
-        }
-
-        p += 8;
-    }
-
-#endif
-
-    while (p < end && *p != '"' && *p != '\\') {
-        p++;
-    }
-
-    return p;
 }
 
 

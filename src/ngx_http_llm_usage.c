@@ -23,7 +23,8 @@
  */
 
 
-#define NGX_HTTP_LLM_KEY_MAX  24
+/* "content", the longest key the scanner looks for */
+#define NGX_HTTP_LLM_KEY_MAX  7
 
 
 static u_char *ngx_http_llm_scan_usage(ngx_http_llm_scan_t *s, u_char *p,
@@ -37,42 +38,64 @@ void
 ngx_http_llm_scan(ngx_http_llm_scan_t *s, u_char *p, u_char *last,
     ngx_log_t *log)
 {
-    u_char  *q;
+    u_char      *q;
+    size_t       klen;
+    unsigned     in_string, escaped, after_string, after_colon, usage_key,
+                 text_key, value_of_text, value_chars;
+    ngx_uint_t   deltas;
+
+    if (s->depth) {
+        p = ngx_http_llm_scan_usage(s, p, last, log);
+
+        if (s->depth) {
+            return;
+        }
+    }
+
+    /* the state in locals: the key's bytes cannot alias them */
+
+    in_string = s->in_string;
+    escaped = s->escaped;
+    after_string = s->after_string;
+    after_colon = s->after_colon;
+    usage_key = s->usage_key;
+    text_key = s->text_key;
+    value_of_text = s->value_of_text;
+    value_chars = s->value_chars;
+    klen = s->klen;
+    deltas = s->deltas;
 
     while (p < last) {
 
-        if (s->depth) {
-            p = ngx_http_llm_scan_usage(s, p, last, log);
-            continue;
-        }
+        if (in_string) {
 
-        if (s->in_string) {
-
-            if (s->escaped) {
-                s->escaped = 0;
-                s->value_chars = 1;
+            if (escaped) {
+                escaped = 0;
+                value_chars = 1;
                 p++;
                 continue;
             }
 
             /*
              * most of a reply is the text inside strings: run to the
-             * next quote or backslash at once, keeping a key's first
-             * bytes
+             * next quote or backslash at once, keeping a key's bytes;
+             * only a key of up to 7 bytes can be one we look for
              */
 
             q = (u_char *) ngx_http_llm_json_special(p, last);
 
             if (q != p) {
-                if (s->klen < NGX_HTTP_LLM_KEY_MAX) {
-                    ngx_memcpy(s->key + s->klen, p,
-                               ngx_min((size_t) (q - p),
-                                       NGX_HTTP_LLM_KEY_MAX - s->klen));
+                if (klen + (q - p) <= NGX_HTTP_LLM_KEY_MAX) {
+                    while (p < q) {
+                        s->key[klen++] = *p++;
+                    }
+
+                } else {
+                    klen += q - p;
+                    p = q;
                 }
 
-                s->klen += q - p;
-                s->value_chars = 1;
-                p = q;
+                value_chars = 1;
 
                 if (p == last) {
                     break;
@@ -80,19 +103,19 @@ ngx_http_llm_scan(ngx_http_llm_scan_t *s, u_char *p, u_char *last,
             }
 
             if (*p++ == '\\') {
-                s->escaped = 1;
+                escaped = 1;
                 continue;
             }
 
-            s->in_string = 0;
-            s->after_string = 1;
+            in_string = 0;
+            after_string = 1;
 
-            if (s->value_of_text && s->value_chars) {
+            if (value_of_text && value_chars) {
                 /* a non-empty "content" or "delta" text: one token */
-                s->deltas++;
+                deltas++;
             }
 
-            s->value_of_text = 0;
+            value_of_text = 0;
 
             continue;
         }
@@ -103,47 +126,67 @@ ngx_http_llm_scan(ngx_http_llm_scan_t *s, u_char *p, u_char *last,
             break;
 
         case '"':
-            s->value_of_text = s->after_colon && s->text_key;
-            s->in_string = 1;
-            s->value_chars = 0;
-            s->klen = 0;
-            s->after_colon = 0;
+            value_of_text = after_colon && text_key;
+            in_string = 1;
+            value_chars = 0;
+            klen = 0;
+            after_colon = 0;
             break;
 
         case ':':
-            if (s->after_string) {
+            if (after_string) {
                 /* the string just closed was a key */
-                s->usage_key = (s->klen == 5
-                                && ngx_strncmp(s->key, "usage", 5) == 0);
-                s->text_key = ((s->klen == 7
-                                && ngx_strncmp(s->key, "content", 7) == 0)
-                               || (s->klen == 5
-                                   && ngx_strncmp(s->key, "delta", 5) == 0));
-                s->after_colon = 1;
+                usage_key = (klen == 5
+                             && ngx_memcmp(s->key, "usage", 5) == 0);
+                text_key = ((klen == 7
+                             && ngx_memcmp(s->key, "content", 7) == 0)
+                            || (klen == 5
+                                && ngx_memcmp(s->key, "delta", 5) == 0));
+                after_colon = 1;
             }
 
-            s->after_string = 0;
+            after_string = 0;
             break;
 
         case '{':
-            if (s->after_colon && s->usage_key) {
+            if (after_colon && usage_key) {
                 s->depth = 1;
-                s->len = 0;
+                s->len = 1;
                 s->overflow = 0;
-                s->buf[s->len++] = '{';
+                s->buf[0] = '{';
+                s->in_string = 0;
+                s->escaped = 0;
+
+                p = ngx_http_llm_scan_usage(s, p, last, log);
             }
 
-            s->after_colon = 0;
-            s->after_string = 0;
-            s->usage_key = 0;
+            after_colon = 0;
+            after_string = 0;
+            usage_key = 0;
             break;
 
         default:
-            s->after_colon = 0;
-            s->after_string = 0;
-            s->usage_key = 0;
+            after_colon = 0;
+            after_string = 0;
+            usage_key = 0;
         }
     }
+
+    /* inside the usage object these two are its own */
+
+    if (s->depth == 0) {
+        s->in_string = in_string;
+        s->escaped = escaped;
+    }
+
+    s->after_string = after_string;
+    s->after_colon = after_colon;
+    s->usage_key = usage_key;
+    s->text_key = text_key;
+    s->value_of_text = value_of_text;
+    s->value_chars = value_chars;
+    s->klen = klen;
+    s->deltas = deltas;
 }
 
 
@@ -157,7 +200,7 @@ static u_char *
 ngx_http_llm_scan_usage(ngx_http_llm_scan_t *s, u_char *p, u_char *last,
     ngx_log_t *log)
 {
-    u_char      ch, *start;
+    u_char      ch, *q, *start;
     size_t      n;
     unsigned    in_string, escaped;
     ngx_uint_t  depth;
@@ -168,21 +211,34 @@ ngx_http_llm_scan_usage(ngx_http_llm_scan_t *s, u_char *p, u_char *last,
     escaped = s->escaped;
 
     while (p < last) {
-        ch = *p++;
 
         if (in_string) {
             if (escaped) {
                 escaped = 0;
+                p++;
+                continue;
+            }
 
-            } else if (ch == '\\') {
+            q = (u_char *) ngx_http_llm_json_special(p, last);
+
+            if (q == last) {
+                p = last;
+                break;
+            }
+
+            p = q + 1;
+
+            if (*q == '\\') {
                 escaped = 1;
 
-            } else if (ch == '"') {
+            } else {
                 in_string = 0;
             }
 
             continue;
         }
+
+        ch = *p++;
 
         if (ch == '"') {
             in_string = 1;

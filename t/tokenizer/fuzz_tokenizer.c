@@ -66,7 +66,7 @@ int
 LLVMFuzzerTestOneInput(const unsigned char *data, size_t size)
 {
     int             i;
-    size_t          a, b, w, chars;
+    size_t          a, b, w, chars, rw, rchars, piece;
     unsigned char  *copy;
 
     /* an exact-size copy, so ASan sees any read past the end */
@@ -98,6 +98,28 @@ LLVMFuzzerTestOneInput(const unsigned char *data, size_t size)
         if (w > size * 3 * NGX_HTTP_LLM_WEIGHT_UNIT || chars > size) {
             fprintf(stderr, "fuzz: guess %zu, %zu chars for %zu bytes\n",
                     w, chars, size);
+            abort();
+        }
+
+        /*
+         * weights add up byte by byte: pieces shorter than 16 bytes,
+         * which the table alone weighs, add up to the 16-byte path's sum
+         */
+
+        rw = 0;
+        rchars = 0;
+
+        for (a = 0; a < size; a += 15) {
+            b = (size - a < 15) ? size - a : 15;
+            rw += ngx_http_llm_estimate_weight(i ? NGX_HTTP_LLM_ENC_CL100K
+                                                 : NGX_HTTP_LLM_ENC_O200K,
+                                               copy + a, b, &piece);
+            rchars += piece;
+        }
+
+        if (rw != w || rchars != chars) {
+            fprintf(stderr, "fuzz: guess %zu/%zu, by pieces %zu/%zu\n",
+                    w, chars, rw, rchars);
             abort();
         }
     }
