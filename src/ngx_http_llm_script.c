@@ -186,14 +186,19 @@ ngx_http_llm_ascii_weight(const ngx_http_llm_script_weights_t *sw,
             break;
         }
 
-        x = _mm_or_si128(b, _mm_set1_epi8(0x20));
-        letter = _mm_sub_epi8(letter,
-                     _mm_and_si128(_mm_cmpgt_epi8(x, _mm_set1_epi8('a' - 1)),
-                                   _mm_cmplt_epi8(x, _mm_set1_epi8('z' + 1))));
+        /*
+         * a range test in one signed compare: x - lo + 0x80 is below
+         * -0x80 + (hi - lo + 1) exactly for lo <= x <= hi
+         */
 
+        x = _mm_add_epi8(_mm_or_si128(b, _mm_set1_epi8(0x20)),
+                         _mm_set1_epi8((char) (0x80 - 'a')));
+        letter = _mm_sub_epi8(letter,
+                     _mm_cmplt_epi8(x, _mm_set1_epi8((char) (0x80 + 26))));
+
+        x = _mm_add_epi8(b, _mm_set1_epi8((char) (0x80 - '0')));
         digit = _mm_sub_epi8(digit,
-                    _mm_and_si128(_mm_cmpgt_epi8(b, _mm_set1_epi8('0' - 1)),
-                                  _mm_cmplt_epi8(b, _mm_set1_epi8('9' + 1))));
+                    _mm_cmplt_epi8(x, _mm_set1_epi8((char) (0x80 + 10))));
 
         space = _mm_sub_epi8(space, _mm_cmpeq_epi8(b, _mm_set1_epi8(' ')));
 
