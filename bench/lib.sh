@@ -38,6 +38,14 @@ END
 
 reply='{"id":"chatcmpl-1","object":"chat.completion","created":1,"model":"gpt-4o","choices":[{"index":0,"message":{"role":"assistant","content":"Hello."},"finish_reason":"stop"}],"usage":{"prompt_tokens":250,"completion_tokens":3,"total_tokens":253}}'
 
+# the same answer streamed: 20 chunks of a word, a usage chunk, [DONE]
+# (\n is a line feed for nginx's parser, not for the shell)
+sse_chunk='data: {"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"gpt-4o","choices":[{"index":0,"delta":{"content":"Hello"},"finish_reason":null}]}\n\n'
+sse=''
+i=0
+while [ $i -lt 20 ]; do sse="$sse$sse_chunk"; i=$((i + 1)); done
+sse="${sse}"'data: {"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"gpt-4o","choices":[],"usage":{"prompt_tokens":250,"completion_tokens":20,"total_tokens":270}}\n\ndata: [DONE]\n\n'
+
 # chat conversations of about the given sizes (1k, 20k, 1m ...), every
 # message its own text, as in a real conversation:
 # $work/body-SIZE.json
@@ -153,7 +161,7 @@ bench_groups() {
         /^fn=/ {
             fn = name("n", substr($0, 4))
             g = "nginx"
-            if (ob ~ /libcjson/) g = "cjson"
+            if (ob ~ /libcjson/ || fl ~ /ngx_http_llm_json/) g = "json"
             else if (fl ~ /ngx_http_llm_(tokenizer|unicode|script|vocab)/)
                 g = "count"
             else if (fl ~ /ngx_http_llm_/ || fn ~ /^ngx_http_llm_/)
@@ -168,6 +176,6 @@ bench_groups() {
         }
         END {
             printf "%d %d %d %d %d\n", sum["nginx"], sum["libc"],
-                   sum["cjson"], sum["count"], sum["module"]
+                   sum["json"], sum["count"], sum["module"]
         }' "$1"
 }

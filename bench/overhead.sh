@@ -7,8 +7,10 @@
 #             after the first finds its texts in the repeat cache, as a
 #             chat history sent again does
 #   nocache   the same with llm_count_cache off: every text tokenized
+#   sse-plain, sse-estimate
+#             plain and estimate with a streamed answer (SSE, 22 events)
 # The backend is a server of the same nginx returning a chat-completion
-# JSON.  Requests/s and latency come from wrk (noisy on a shared
+# JSON, or its stream.  Requests/s and latency come from wrk (noisy on a shared
 # machine); instructions per request from valgrind --tool=callgrind,
 # counted from after a warm-up to the last request (bench/lib.sh), which
 # is repeatable to the instruction.
@@ -48,6 +50,10 @@ conf() {
             default_type application/json;
             return 200 '$reply';
         }
+        location ~ ^/sse- {
+            default_type text/event-stream;
+            return 200 '$sse';
+        }
     }
 
     server {
@@ -60,6 +66,21 @@ conf() {
         }
 
         location /estimate/ {
+            llm_route pool;
+            llm_count estimate;
+            proxy_pass http://pool;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+
+        # the same with a streamed (SSE) answer of 22 events
+        location /sse-plain/ {
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+
+        location /sse-estimate/ {
             llm_route pool;
             llm_count estimate;
             proxy_pass http://pool;
@@ -100,10 +121,12 @@ conf "daemon on;" "llm_tokenizer o200k_base $vocab/o200k_base.json;" \
 "$LLM_NGINX" -p "$work" -c "$work/nginx.conf"
 sleep 1
 
-printf '%-6s %-9s %10s %9s %9s %8s\n' body mode 'req/s' 'p50 ms' 'p99 ms' ratio
+printf '%-6s %-12s %10s %9s %9s %8s\n' body mode 'req/s' 'p50 ms' 'p99 ms' ratio
 for size in 1k 20k; do
     base=""
-    for mode in plain estimate exact nocache; do
+    for mode in plain estimate exact nocache sse-plain sse-estimate; do
+        # streamed answers against plain streaming
+        [ "$mode" != sse-plain ] || base=""
         out=$(BODY="$work/body-$size.json" wrk -t1 -c8 -d"${secs}s" \
               --latency -s "$work/post.lua" \
               "http://127.0.0.1:18991/$mode/openai/deployments/gpt-4o/chat/completions")
@@ -111,7 +134,7 @@ for size in 1k 20k; do
         p50=$(echo "$out" | awk '$1 == "50%" {print $2}')
         p99=$(echo "$out" | awk '$1 == "99%" {print $2}')
         [ -n "$base" ] || base=$rps
-        printf '%-6s %-9s %10s %9s %9s %7.1f%%\n' "$size" "$mode" "$rps" \
+        printf '%-6s %-12s %10s %9s %9s %7.1f%%\n' "$size" "$mode" "$rps" \
             "$p50" "$p99" "$(echo "$rps $base" | awk '{print 100*$1/$2}')"
     done
 done
@@ -151,19 +174,21 @@ echo "== instructions per request (callgrind, $n2 requests after 3 to warm up)"
 conf "daemon off; master_process off;" \
     "llm_tokenizer o200k_base $vocab/o200k_base.json;" >"$work/cg.conf"
 
-echo "   by where they go: nginx (and the rest), libc, cJSON, counting"
+echo "   by where they go: nginx (and the rest), libc, JSON (our reader"
+echo "   and cJSON), counting"
 echo "   (tokenizer, guess, repeat cache), the module's own code"
-printf '%-6s %-9s %10s %7s %9s %8s %9s %9s %8s\n' body mode instr/req ratio \
-    nginx libc cjson count module
+printf '%-6s %-12s %10s %7s %9s %8s %9s %9s %8s\n' body mode instr/req ratio \
+    nginx libc json count module
 bench_start "$work/cg.conf" 18991
 for size in 1k 20k; do
     base=""
-    for mode in plain estimate exact nocache; do
+    for mode in plain estimate exact nocache sse-plain sse-estimate; do
+        [ "$mode" != sse-plain ] || base=""
         set -- $(bench_measure 18991 \
                  "/$mode/openai/deployments/gpt-4o/chat/completions" \
                  "$work/body-$size.json" "$n2")
         [ -n "$base" ] || base=$1
-        printf '%-6s %-9s %10s %6.2fx %9s %8s %9s %9s %8s\n' "$size" \
+        printf '%-6s %-12s %10s %6.2fx %9s %8s %9s %9s %8s\n' "$size" \
             "$mode" "$1" "$(echo "$1 $base" | awk '{print $1/$2}')" \
             "$2" "$3" "$4" "$5" "$6"
     done

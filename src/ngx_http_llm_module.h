@@ -230,7 +230,7 @@ typedef struct {
     ngx_uint_t                   depth;
     size_t                       len;
     size_t                       klen;
-    u_char                       key[8];
+    u_char                       key[16];
 
     unsigned                     in_string:1;
     unsigned                     escaped:1;

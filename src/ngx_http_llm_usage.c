@@ -86,14 +86,19 @@ ngx_http_llm_scan(ngx_http_llm_scan_t *s, u_char *p, u_char *last,
 
             if (q != p) {
                 if (klen + (q - p) <= NGX_HTTP_LLM_KEY_MAX) {
-                    while (p < q) {
-                        s->key[klen++] = *p++;
-                    }
 
-                } else {
-                    klen += q - p;
-                    p = q;
+                    /* 8 bytes at once: the buffer has room for 15 */
+
+                    if (last - p >= 8) {
+                        ngx_memcpy(s->key + klen, p, 8);
+
+                    } else {
+                        ngx_memcpy(s->key + klen, p, q - p);
+                    }
                 }
+
+                klen += q - p;
+                p = q;
 
                 value_chars = 1;
 
@@ -108,7 +113,6 @@ ngx_http_llm_scan(ngx_http_llm_scan_t *s, u_char *p, u_char *last,
             }
 
             in_string = 0;
-            after_string = 1;
 
             if (value_of_text && value_chars) {
                 /* a non-empty "content" or "delta" text: one token */
@@ -117,8 +121,42 @@ ngx_http_llm_scan(ngx_http_llm_scan_t *s, u_char *p, u_char *last,
 
             value_of_text = 0;
 
+            /* only the keys looked for need what follows them */
+
+            usage_key = (klen == 5 && ngx_memcmp(s->key, "usage", 5) == 0);
+            text_key = ((klen == 7 && ngx_memcmp(s->key, "content", 7) == 0)
+                        || (klen == 5
+                            && ngx_memcmp(s->key, "delta", 5) == 0));
+            after_string = usage_key || text_key;
+
             continue;
         }
+
+        if (!after_string && !after_colon) {
+
+            /*
+             * nothing pending: the bytes up to the next string (blanks,
+             * punctuation, numbers, SSE's "data:") do not matter
+             */
+
+            q = (u_char *) ngx_http_llm_json_special(p, last);
+
+            if (q == last) {
+                break;
+            }
+
+            p = q + 1;
+
+            if (*q == '"') {
+                in_string = 1;
+                value_chars = 0;
+                klen = 0;
+            }
+
+            continue;
+        }
+
+        /* after "usage", "content" or "delta": is it a key, what value */
 
         switch (*p++) {
 
@@ -131,20 +169,11 @@ ngx_http_llm_scan(ngx_http_llm_scan_t *s, u_char *p, u_char *last,
             value_chars = 0;
             klen = 0;
             after_colon = 0;
+            after_string = 0;
             break;
 
         case ':':
-            if (after_string) {
-                /* the string just closed was a key */
-                usage_key = (klen == 5
-                             && ngx_memcmp(s->key, "usage", 5) == 0);
-                text_key = ((klen == 7
-                             && ngx_memcmp(s->key, "content", 7) == 0)
-                            || (klen == 5
-                                && ngx_memcmp(s->key, "delta", 5) == 0));
-                after_colon = 1;
-            }
-
+            after_colon = after_string;
             after_string = 0;
             break;
 
@@ -162,13 +191,11 @@ ngx_http_llm_scan(ngx_http_llm_scan_t *s, u_char *p, u_char *last,
 
             after_colon = 0;
             after_string = 0;
-            usage_key = 0;
             break;
 
         default:
             after_colon = 0;
             after_string = 0;
-            usage_key = 0;
         }
     }
 
