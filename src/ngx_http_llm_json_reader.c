@@ -46,11 +46,27 @@ typedef struct {
 } ngx_http_llm_json_in_t;
 
 
+/* the value of a hex digit; 16 for any other byte */
+
+static const unsigned char  ngx_http_llm_json_hex[256] = {
+#define X16  16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16
+    X16, X16, X16,
+    0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 16, 16, 16, 16, 16, 16,          /* 0-9 */
+    16, 10, 11, 12, 13, 14, 15, 16, 16, 16, 16, 16, 16, 16, 16, 16, /* A-F */
+    X16,
+    16, 10, 11, 12, 13, 14, 15, 16, 16, 16, 16, 16, 16, 16, 16, 16, /* a-f */
+    X16, X16, X16, X16, X16, X16, X16, X16, X16
+#undef X16
+};
+
+
 static int ngx_http_llm_json_value(ngx_http_llm_json_in_t *in, cJSON *item);
 static int ngx_http_llm_json_list(ngx_http_llm_json_in_t *in, cJSON *item,
     int object);
 static int ngx_http_llm_json_string(ngx_http_llm_json_in_t *in,
     char **out);
+static const unsigned char *ngx_http_llm_json_close(const unsigned char *p,
+    const unsigned char *end);
 static int ngx_http_llm_json_unescape(const unsigned char *p,
     const unsigned char *end, unsigned char *dst);
 static long ngx_http_llm_json_hex4(const unsigned char *p);
@@ -303,14 +319,21 @@ ngx_http_llm_json_string(ngx_http_llm_json_in_t *in, char **out)
             break;
         }
 
-        /* a backslash: whatever follows it cannot end the string */
+        /*
+         * a backslash: from here on only quotes are looked for, a quote
+         * after an odd run of backslashes being part of the text (where
+         * every character is escaped, "\uXXXX" after "\uXXXX", this
+         * saves a search per escape)
+         */
 
-        if (in->end - q < 2) {
+        escaped = 1;
+
+        q = ngx_http_llm_json_close(q, in->end);
+        if (q == NULL) {
             return NGX_HTTP_LLM_JSON_DECLINED;
         }
 
-        escaped = 1;
-        p = q + 2;
+        break;
     }
 
     len = q - start;
@@ -338,6 +361,37 @@ ngx_http_llm_json_string(ngx_http_llm_json_in_t *in, char **out)
 
 
 /*
+ * The quote that ends a string, from p inside it on: the first one after
+ * an even run of backslashes.  The run never reaches past the string's
+ * opening quote.
+ */
+
+static const unsigned char *
+ngx_http_llm_json_close(const unsigned char *p, const unsigned char *end)
+{
+    const unsigned char  *q, *b;
+
+    for ( ;; ) {
+        q = memchr(p, '"', end - p);
+
+        if (q == NULL) {
+            return NULL;
+        }
+
+        for (b = q; b[-1] == '\\'; b--) {
+            /* void */
+        }
+
+        if (((q - b) & 1) == 0) {
+            return q;
+        }
+
+        p = q + 1;
+    }
+}
+
+
+/*
  * Every backslash between p and end is followed by a byte before end:
  * ngx_http_llm_json_string() skipped it.  The text never grows.
  */
@@ -350,16 +404,23 @@ ngx_http_llm_json_unescape(const unsigned char *p, const unsigned char *end,
     const unsigned char  *q;
 
     while (p < end) {
-        q = memchr(p, '\\', end - p);
 
-        if (q == NULL) {
-            memcpy(dst, p, end - p);
-            dst += end - p;
-            break;
+        if (*p != '\\') {
+            q = memchr(p, '\\', end - p);
+
+            if (q == NULL) {
+                memcpy(dst, p, end - p);
+                dst += end - p;
+                break;
+            }
+
+            memcpy(dst, p, q - p);
+            dst += q - p;
+
+        } else {
+            /* escapes in a row, as \uXXXX of every non-ASCII character */
+            q = p;
         }
-
-        memcpy(dst, p, q - p);
-        dst += q - p;
 
         switch (q[1]) {
 
@@ -437,27 +498,20 @@ ngx_http_llm_json_unescape(const unsigned char *p, const unsigned char *end,
 static long
 ngx_http_llm_json_hex4(const unsigned char *p)
 {
-    long           c;
-    unsigned       i;
-    unsigned char  ch;
+    unsigned  a, b, c, d;
 
-    c = 0;
+    a = ngx_http_llm_json_hex[p[0]];
+    b = ngx_http_llm_json_hex[p[1]];
+    c = ngx_http_llm_json_hex[p[2]];
+    d = ngx_http_llm_json_hex[p[3]];
 
-    for (i = 0; i < 4; i++) {
-        ch = p[i];
+    /* 16 marks a byte that is not a hex digit */
 
-        if (ngx_http_llm_json_digit(ch)) {
-            c = c * 16 + (ch - '0');
-
-        } else if ((ch | 0x20) >= 'a' && (ch | 0x20) <= 'f') {
-            c = c * 16 + ((ch | 0x20) - 'a' + 10);
-
-        } else {
-            return -1;
-        }
+    if ((a | b | c | d) & 16) {
+        return -1;
     }
 
-    return c;
+    return (long) ((a << 12) | (b << 8) | (c << 4) | d);
 }
 
 
