@@ -5,8 +5,8 @@
 #   sh bench/latency.sh [rounds] [seconds per slice] [connections] [delay ms]
 #
 # Defaults 8 4 4 1: 8 rounds x 4 configurations x 4 s, a little over two
-# minutes.  BODY=20k takes another body size, PIN=0 leaves the CPUs to
-# the scheduler, PRIO=nice or PRIO=none drops the real-time priority.
+# minutes.  BODY=20k takes another body size; PIN=0, PRIO=nice or none,
+# SPIN=0 turn off the noise controls below one by one.
 #
 # One nginx 1.22.1 binary (build/nginx.sh), the same backend (a server
 # of the same nginx returning a chat completion) and the same locations
@@ -35,20 +35,28 @@
 # interquartile range and the extremes, and the CPU pressure of the
 # machine over the run (/proc/pressure/cpu).
 #
-# Scheduling, measured on the project's shared 2-core machine while
-# other sessions ran tests and fuzzers (6 rounds x 2 s per setting):
-# - SCHED_FIFO 50 for nginx and wrk (chrt) is what helps: plain's p99
-#   0.4-0.8 ms (1.9 ms once) against 3.5-8.6 ms with normal priority
-#   and 1.8 ms with nice -20, because a request no longer waits behind
-#   another process's time slice.  The kernel's real-time throttling
-#   (95 %) keeps the machine usable; at this load nginx and wrk take a
-#   fraction of a CPU.  Needs root; without it the script runs at
-#   normal priority.
-# - Pinning (taskset: nginx, master and its one worker, which serves
-#   both the proxy and the backend, on CPU 0, wrk on CPU 1) made the A/A
-#   difference of p50 tighter (interquartile range about 15 us against
-#   about 40 us unpinned); it did not measurably change p99's spread.
-#   Kept.
+# Noise controls, measured on the project's shared 2-core machine (a
+# VM) while other sessions ran tests and fuzzers:
+# - Idle spinners (SPIN=1): a busy loop on each CPU at SCHED_IDLE,
+#   which every other task preempts at once.  Most of the p99 here is
+#   not nginx's: at moderate load the CPUs go idle between requests,
+#   the VM's CPUs halt, and waking one takes the hypervisor up to
+#   milliseconds.  Kept awake, plain's p99 was 370-420 us against
+#   1.3-2.6 ms, and the A/A difference of p99 had an interquartile range
+#   of tens of us against about 1 ms (4 rounds x 2 s, alternated).  The
+#   loops take only time nobody else wants, but they do keep both CPUs
+#   at 100 % for the run.
+# - SCHED_FIFO 50 for nginx and wrk (chrt, PRIO=rt): a request no
+#   longer waits behind another process's time slice.  Under others'
+#   load, plain's p99 0.4-0.8 ms against 3.5-8.6 ms at normal priority
+#   and 1.8 ms with nice -20 (6 rounds x 2 s each).  The kernel's
+#   real-time throttling (95 %) keeps the machine usable; at this load
+#   nginx and wrk take a fraction of a CPU.  Needs root; without it the
+#   script runs at normal priority.
+# - Pinning (taskset, PIN=1: nginx, master and its one worker, which
+#   serves both the proxy and the backend, on CPU 0, wrk on CPU 1) made
+#   the A/A difference of p50 tighter (interquartile range about 15 us
+#   against about 40 us unpinned) and did not measurably change p99's.
 set -eu
 
 top=$(cd "$(dirname "$0")/.." && pwd)
@@ -58,6 +66,7 @@ conns=${3:-4}
 delay=${4:-1}
 pin=${PIN:-1}
 prio=${PRIO:-rt}
+spin=${SPIN:-1}
 size=${BODY:-1k}
 configs="plain estimate exact plain2"
 
@@ -72,6 +81,24 @@ if [ "$pin" = 1 ] && [ "$(nproc)" -ge 2 ]; then
 else
     on_nginx="" on_wrk="" pinning="not pinned"
 fi
+# idle spinners: one busy loop a CPU at SCHED_IDLE, which any other
+# task preempts, so that no CPU halts (see the header)
+spinners=""
+trap 'kill $spinners $(cat "$work/nginx.pid" 2>/dev/null) 2>/dev/null
+      [ -n "${KEEP:-}" ] || rm -rf "$work"' EXIT
+trap 'exit 1' INT TERM
+if [ "$spin" = 1 ]; then
+    c=0
+    while [ $c -lt "$(nproc)" ]; do
+        taskset -c $c chrt -i 0 sh -c 'while :; do :; done' &
+        spinners="$spinners $!"
+        c=$((c + 1))
+    done
+    idle=", CPUs kept awake"
+else
+    idle=""
+fi
+
 # real-time priority needs root (CAP_SYS_NICE): without it, none
 [ "$prio" != rt ] || chrt -f 50 true 2>/dev/null || prio=none
 case $prio in
@@ -173,7 +200,7 @@ slice() {
 echo "== added latency, $size body: $rounds rounds x $secs s per" \
      "configuration, order rotated"
 echo "   wrk -t1 -c$conns, ${delay} ms between a reply and the next" \
-     "request; $pinning"
+     "request; $pinning$idle"
 
 # the time some task waited for a CPU (ours included), microseconds
 stalled() {
