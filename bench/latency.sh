@@ -32,8 +32,8 @@
 # (wrk's done() hook, microseconds); the report is the median over
 # rounds of each configuration's figures and of the per-round
 # differences (configuration minus plain of the same round), with the
-# interquartile range and the extremes, and the CPU pressure of the
-# machine over the run (/proc/pressure/cpu).
+# interquartile range and the extremes (and with SPIN=0 the CPU
+# pressure of the machine over the run, /proc/pressure/cpu).
 #
 # Noise controls, measured on the project's shared 2-core machine (a
 # VM) while other sessions ran tests and fuzzers:
