@@ -84,7 +84,7 @@ fi
 # idle spinners: one busy loop a CPU at SCHED_IDLE, which any other
 # task preempts, so that no CPU halts (see the header)
 spinners=""
-trap 'kill $spinners $(cat "$work/nginx.pid" 2>/dev/null) 2>/dev/null
+trap 'kill $spinners $(cat "$work/nginx.pid" 2>/dev/null) 2>/dev/null || true
       [ -n "${KEEP:-}" ] || rm -rf "$work"' EXIT
 trap 'exit 1' INT TERM
 if [ "$spin" = 1 ]; then
