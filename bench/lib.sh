@@ -11,7 +11,7 @@ bench_setup() {
     work=$(mktemp -d /tmp/llm-bench-XXXXXX)
     chmod 755 "$work"
     mkdir -p "$work/logs"
-    trap 'kill $(cat "$work/nginx.pid" 2>/dev/null) 2>/dev/null
+    trap 'kill $(cat "$work/nginx.pid" 2>/dev/null) 2>/dev/null || true
           [ -n "${KEEP:-}" ] || rm -rf "$work"' EXIT
 
     bench_client
