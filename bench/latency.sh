@@ -5,7 +5,9 @@
 #   sh bench/latency.sh [rounds] [seconds per slice] [connections] [delay ms]
 #
 # Defaults 8 4 4 1: 8 rounds x 4 configurations x 4 s, a little over two
-# minutes.  BODY=20k takes another body size; PIN=0, PRIO=nice or none,
+# minutes.  With no delay (sh bench/latency.sh 8 3 8 0) the connections
+# saturate nginx, and the requests/s ratio to plain of the same round is
+# the throughput the module keeps, measured with the same controls.  BODY=20k takes another body size; PIN=0, PRIO=nice or none,
 # SPIN=0 turn off the noise controls below one by one.
 #
 # One nginx 1.22.1 binary (build/nginx.sh), the same backend (a server
@@ -257,6 +259,13 @@ for c in configs:
     print("%-9s %7.0f  %-18s %-18s %-18s" % (c, q([x[0] for x in v], .5),
           cell([x[1] for x in v]), cell([x[2] for x in v]),
           cell([x[3] for x in v])))
+
+print("\nrequests/s against plain of the same round: median"
+      " [interquartile range] (min to max)")
+for c in configs[1:]:
+    x = [100 * by[(c, r)][0] / by[("plain", r)][0] for r in rounds]
+    print("%-9s %5.1f %% [%5.1f-%5.1f] (%5.1f to %5.1f)" % (c, q(x, .5),
+          q(x, .25), q(x, .75), min(x), max(x)))
 
 print("\nadded to plain of the same round, microseconds: median"
       " [interquartile range] (min to max)")
