@@ -60,6 +60,11 @@ my $conf = <<"END";
         llm_backend x http://127.0.0.1:$dead tpm=1m;
     }
 
+    upstream full {
+        llm_balance zone=llm;
+        llm_backend f http://127.0.0.1:$echo tpm=100;
+    }
+
     upstream small {
         llm_balance zone=tiny;
         llm_backend d http://127.0.0.1:$echo tpm=1m rpm=100000;
@@ -93,6 +98,11 @@ my $conf = <<"END";
         location /dead/ {
             llm_route dead;
             proxy_pass http://dead;
+        }
+
+        location /full/ {
+            llm_route full;
+            proxy_pass http://full;
         }
 
         location /small/ {
@@ -264,6 +274,21 @@ $t->next_log('limit.log', @f);
 $c = consumer($json, id('$http_x_app', $eps));
 is($c->{window_tokens} // -1, 0, 'refunded: no tokens in the window');
 is($c->{window_requests} // -1, 0, 'nor a request');
+
+# no backend with room: the consumer gets its charge back at once
+my $eta = 'app-eta';
+($st) = post("/full$chat", 'X-App' => $eta);
+is($st, 200, 'the first request fills the backend');
+$t->next_log('limit.log', @f);
+($st, $h, $b) = post("/full$chat", 'X-App' => $eta);
+is($st, 429, 'no backend with room: 429');
+$l = $t->next_log('limit.log', @f);
+is($l->{throttle}, 'local', '$llm_throttle local, not consumer');
+like($b, qr/deployments of \\"full\\"/, 'the message names the pool');
+(undef, $json) = status('/status-tiny');
+$c = consumer($json, id('$http_x_app', $eta));
+is($c->{window_tokens} // -1, $est, 'consumer refunded at once');
+is($c->{window_requests} // -1, 1, 'its request too');
 
 ###########################################################################
 # status: hashed keys only, top N
