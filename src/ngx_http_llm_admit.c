@@ -409,11 +409,9 @@ ngx_http_llm_consumer_message(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
 {
     u_char                *p, *last;
     size_t                 len;
-    ngx_uint_t             n;
     ngx_http_llm_limit_t  *limit;
 
     limit = ctx->over;
-    n = ctx->over_requests ? limit->rpm : limit->tpm;
 
     len = sizeof("Requests of consumer  have exceeded the call rate limit "
                  "of \"llm_limit \" ( requests per  ms). Please retry "
@@ -432,13 +430,33 @@ ngx_http_llm_consumer_message(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
 
     p = ngx_slprintf(p, last, "Requests of consumer ");
     p = ngx_http_llm_consumer_id(p, ctx->over_consumer->digest);
-    p = ngx_slprintf(p, last, " have exceeded the %s rate limit of "
-                     "\"llm_limit %V\" (%ui %s per ",
-                     ctx->over_requests ? "call" : "token",
-                     &limit->key.value, n,
-                     ctx->over_requests ? "requests" : "tokens");
 
-    if (limit->window == 60000) {
+    switch (ctx->over_kind) {
+
+    case NGX_HTTP_LLM_OVER_QUOTA:
+        p = ngx_slprintf(p, last, " have exceeded the token quota of "
+                         "\"llm_limit %V\" (%ui tokens a %s",
+                         &limit->key.value, limit->quota,
+                         (limit->quota_period == NGX_HTTP_LLM_QUOTA_DAY)
+                         ? "day" : "month");
+        break;
+
+    case NGX_HTTP_LLM_OVER_REQUESTS:
+        p = ngx_slprintf(p, last, " have exceeded the call rate limit of "
+                         "\"llm_limit %V\" (%ui requests per ",
+                         &limit->key.value, limit->rpm);
+        break;
+
+    default: /* NGX_HTTP_LLM_OVER_TOKENS */
+        p = ngx_slprintf(p, last, " have exceeded the token rate limit of "
+                         "\"llm_limit %V\" (%ui tokens per ",
+                         &limit->key.value, limit->tpm);
+    }
+
+    if (ctx->over_kind == NGX_HTTP_LLM_OVER_QUOTA) {
+        /* void */
+
+    } else if (limit->window == 60000) {
         p = ngx_slprintf(p, last, "minute");
 
     } else {

@@ -47,9 +47,14 @@ static void ngx_http_llm_consumer_update(ngx_http_llm_consumer_sh_t *cs,
     ngx_msec_t window, ngx_msec_t now);
 static void ngx_http_llm_consumers_settle(ngx_http_llm_ctx_t *ctx,
     ngx_http_llm_scan_t *usage);
+static void ngx_http_llm_quota_period(ngx_http_llm_consumer_sh_t *cs,
+    ngx_uint_t period, time_t now);
 
 
-/* llm_limit key [tpm=number] [rpm=number] [window=time]; */
+/*
+ * llm_limit key [tpm=number] [rpm=number] [window=time]
+ *     [quota=number/day|number/month];
+ */
 
 char *
 ngx_http_llm_limit(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
@@ -129,18 +134,41 @@ ngx_http_llm_limit(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         }
 
         if (ngx_strncmp(value[i].data, "quota=", 6) == 0) {
-            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "\"quota=\" of \"llm_limit\" is not "
-                               "supported yet");
-            return NGX_CONF_ERROR;
+            s.data = value[i].data + 6;
+            s.len = value[i].len - 6;
+
+            if (s.len > 4
+                && ngx_strncmp(s.data + s.len - 4, "/day", 4) == 0)
+            {
+                limit->quota_period = NGX_HTTP_LLM_QUOTA_DAY;
+                s.len -= 4;
+
+            } else if (s.len > 6
+                       && ngx_strncmp(s.data + s.len - 6, "/month", 6) == 0)
+            {
+                limit->quota_period = NGX_HTTP_LLM_QUOTA_MONTH;
+                s.len -= 6;
+
+            } else {
+                goto invalid;
+            }
+
+            n = ngx_http_llm_parse_count(s.data, s.len);
+            if (n == NGX_ERROR || n == 0) {
+                goto invalid;
+            }
+
+            limit->quota = n;
+            continue;
         }
 
         goto invalid;
     }
 
-    if (limit->tpm == 0 && limit->rpm == 0) {
+    if (limit->tpm == 0 && limit->rpm == 0 && limit->quota == 0) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "\"llm_limit\" needs \"tpm=\" or \"rpm=\"");
+                           "\"llm_limit\" needs \"tpm=\", \"rpm=\" or "
+                           "\"quota=\"");
         return NGX_CONF_ERROR;
     }
 
@@ -218,7 +246,8 @@ ngx_int_t
 ngx_http_llm_consumers_charge(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
     ngx_msec_t *wait)
 {
-    ngx_msec_t                   now, w, wr;
+    time_t                       sec;
+    ngx_msec_t                   now, w, wr, wq;
     ngx_uint_t                   i, need, nomem;
     ngx_http_llm_zone_t         *zone;
     ngx_http_llm_limit_t        *limit;
@@ -248,6 +277,7 @@ ngx_http_llm_consumers_charge(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
     c = ctx->consumers;
     need = ctx->tokens_estimate;
     now = ngx_current_msec;
+    sec = ngx_time();
     nomem = 0;
 
     ctx->over = NULL;
@@ -275,6 +305,7 @@ ngx_http_llm_consumers_charge(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
 
         w = 0;
         wr = 0;
+        wq = 0;
 
         if (limit->tpm) {
             w = ngx_http_llm_window_wait(cs->tokens,
@@ -293,17 +324,37 @@ ngx_http_llm_consumers_charge(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
                                           now);
         }
 
-        if (w == 0 && wr == 0) {
+        /*
+         * a quota, as a window, takes a request larger than itself only
+         * at the start of a period; room comes back when the period ends
+         */
+
+        if (limit->quota) {
+            ngx_http_llm_quota_period(cs, limit->quota_period, sec);
+
+            if (cs->quota_used && cs->quota_used + need > limit->quota) {
+                wq = (ngx_msec_t) (cs->quota_end - sec) * 1000;
+            }
+        }
+
+        if (w == 0 && wr == 0 && wq == 0) {
             continue;
         }
 
         if (ctx->over == NULL) {
             ctx->over = limit;
             ctx->over_consumer = &c[i];
-            ctx->over_requests = (wr > w);
+
+            if (wq >= w && wq >= wr) {
+                ctx->over_kind = NGX_HTTP_LLM_OVER_QUOTA;
+
+            } else {
+                ctx->over_kind = (wr > w) ? NGX_HTTP_LLM_OVER_REQUESTS
+                                          : NGX_HTTP_LLM_OVER_TOKENS;
+            }
         }
 
-        *wait = ngx_max(*wait, ngx_max(w, wr));
+        *wait = ngx_max(*wait, ngx_max(ngx_max(w, wr), wq));
     }
 
     if (*wait) {
@@ -325,6 +376,11 @@ ngx_http_llm_consumers_charge(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
                               % NGX_HTTP_LLM_CONSUMER_RSLOTS]++;
             cs->requests_sum++;
             cs->requests++;
+
+            if (c[i].limit->quota) {
+                cs->quota_used += need;
+                c[i].quota_start = cs->quota_start;
+            }
 
             c[i].charged = need;
             c[i].charged_at = now;
@@ -643,6 +699,13 @@ ngx_http_llm_consumers_settle(ngx_http_llm_ctx_t *ctx,
                                    tslot, cs->tokens_last, &cs->tokens_sum,
                                    c[i].charged, c[i].charged_at);
 
+        /* a quota is corrected only within the period that was charged */
+
+        if (c[i].quota_start && c[i].quota_start == cs->quota_start) {
+            cs->quota_used -= ngx_min(cs->quota_used, c[i].charged);
+            cs->quota_used += actual;
+        }
+
         if (usage) {
             ngx_http_llm_window_add(cs->tokens, NGX_HTTP_LLM_CONSUMER_SLOTS,
                                     tslot, cs->tokens_last, &cs->tokens_sum,
@@ -664,6 +727,59 @@ ngx_http_llm_consumers_settle(ngx_http_llm_ctx_t *ctx,
     }
 
     ngx_shmtx_unlock(&zone->shpool->mutex);
+}
+
+
+/*
+ * The consumer's quota period, calendar-aligned in UTC: a new period
+ * starts with nothing used.  Under the zone's lock.
+ */
+
+static void
+ngx_http_llm_quota_period(ngx_http_llm_consumer_sh_t *cs, ngx_uint_t period,
+    time_t now)
+{
+    time_t      start, end;
+    ngx_tm_t    tm;
+    ngx_uint_t  days;
+
+    if (now >= cs->quota_start && now < cs->quota_end) {
+        return;
+    }
+
+    if (period == NGX_HTTP_LLM_QUOTA_DAY) {
+        start = now - now % 86400;
+        end = start + 86400;
+
+    } else {
+        ngx_gmtime(now, &tm);
+
+        start = now - now % 86400 - (tm.ngx_tm_mday - 1) * 86400;
+
+        /* days in this month: ngx_tm_mon is 1 to 12 here */
+
+        switch (tm.ngx_tm_mon) {
+
+        case 2:
+            days = (tm.ngx_tm_year % 4 == 0
+                    && (tm.ngx_tm_year % 100 != 0
+                        || tm.ngx_tm_year % 400 == 0)) ? 29 : 28;
+            break;
+
+        case 4: case 6: case 9: case 11:
+            days = 30;
+            break;
+
+        default:
+            days = 31;
+        }
+
+        end = start + days * 86400;
+    }
+
+    cs->quota_start = start;
+    cs->quota_end = end;
+    cs->quota_used = 0;
 }
 
 
@@ -697,6 +813,11 @@ ngx_http_llm_consumers_top(ngx_shm_zone_t *shm_zone,
         cs = ngx_queue_data(q, ngx_http_llm_consumer_sh_t, queue);
 
         ngx_http_llm_consumer_update(cs, cs->window, now);
+
+        if (cs->quota_end && ngx_time() >= cs->quota_end) {
+            /* the period is over: nothing used in the current one yet */
+            cs->quota_used = 0;
+        }
 
         if (k < n) {
             pos = k++;

@@ -110,6 +110,11 @@ typedef struct {
     ngx_uint_t                   prompt_tokens;
     ngx_uint_t                   completion_tokens;
 
+    /* the quota's period, [start, end) in seconds, and its use */
+    time_t                       quota_start;
+    time_t                       quota_end;
+    ngx_uint_t                   quota_used;
+
     uint32_t                     tokens[NGX_HTTP_LLM_CONSUMER_SLOTS];
     uint32_t                     requests_slot[NGX_HTTP_LLM_CONSUMER_RSLOTS];
 } ngx_http_llm_consumer_sh_t;
@@ -242,7 +247,13 @@ typedef struct {
     ngx_uint_t                   tpm;        /* 0: no token limit */
     ngx_uint_t                   rpm;        /* 0: no request limit */
     ngx_msec_t                   window;
+    ngx_uint_t                   quota;      /* 0: no quota */
+    ngx_uint_t                   quota_period;
 } ngx_http_llm_limit_t;
+
+
+#define NGX_HTTP_LLM_QUOTA_DAY       1
+#define NGX_HTTP_LLM_QUOTA_MONTH     2
 
 
 /* an applying limit's consumer, for one request */
@@ -252,6 +263,7 @@ typedef struct {
     u_char                       digest[NGX_HTTP_LLM_DIGEST_LEN];
     ngx_uint_t                   charged;
     ngx_msec_t                   charged_at;
+    time_t                       quota_start; /* of the period charged */
     void                        *node;       /* only under the lock */
     unsigned                     dup:1;      /* a key seen already */
 } ngx_http_llm_consumer_t;
@@ -395,7 +407,8 @@ typedef struct {
     unsigned                     cleanup:1;
     unsigned                     consumers_keyed:1;
     unsigned                     consumers_charged:1;
-    unsigned                     over_requests:1;
+    unsigned                     over_kind:2;  /* tokens, requests,
+                                                 quota */
 } ngx_http_llm_ctx_t;
 
 
@@ -403,6 +416,10 @@ typedef struct {
 #define NGX_HTTP_LLM_THROTTLE_LOCAL    1
 #define NGX_HTTP_LLM_THROTTLE_BACKEND  2
 #define NGX_HTTP_LLM_THROTTLE_CONSUMER 3
+
+#define NGX_HTTP_LLM_OVER_TOKENS       0
+#define NGX_HTTP_LLM_OVER_REQUESTS     1
+#define NGX_HTTP_LLM_OVER_QUOTA        2
 
 #define NGX_HTTP_LLM_DONE_OK           0
 #define NGX_HTTP_LLM_DONE_THROTTLED    1

@@ -659,10 +659,21 @@ ngx_http_llm_consumers_json(u_char *p, ngx_http_llm_consumers_snap_t *zones,
                             "\"window_tokens\":%ui,"
                             "\"window_requests\":%ui,\"requests\":%ui,"
                             "\"throttled\":%ui,\"tokens\":{\"prompt\":%ui,"
-                            "\"completion\":%ui}}",
+                            "\"completion\":%ui},",
                             cs->window, cs->tokens_sum, cs->requests_sum,
                             cs->requests, cs->throttled, cs->prompt_tokens,
                             cs->completion_tokens);
+
+            if (cs->quota_end) {
+                p = ngx_sprintf(p, "\"quota_used\":%ui,"
+                                "\"quota_resets_in_s\":%T}",
+                                cs->quota_used,
+                                ngx_max(cs->quota_end - ngx_time(), 0));
+
+            } else {
+                p = ngx_sprintf(p, "\"quota_used\":null,"
+                                "\"quota_resets_in_s\":null}");
+            }
         }
 
         p = ngx_sprintf(p, "]}");
@@ -687,6 +698,8 @@ static ngx_http_llm_metric_t  ngx_http_llm_consumer_metrics[] = {
       "Requests answered 429 for the consumer's own limit." },
     { "llm_consumer_tokens_total", "counter",
       "Tokens of the consumer's replies by kind, from usage." },
+    { "llm_consumer_quota_used_tokens", "gauge",
+      "Tokens the consumer used of its quota this period (0: none)." },
     { NULL, NULL, NULL }
 };
 
@@ -740,6 +753,10 @@ ngx_http_llm_consumers_prometheus(u_char *p,
 
                 case 5:
                     p = ngx_sprintf(p, "\"} %ui\n", cs->throttled);
+                    break;
+
+                case 7:
+                    p = ngx_sprintf(p, "\"} %ui\n", cs->quota_used);
                     break;
 
                 default: /* 6 */

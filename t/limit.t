@@ -6,7 +6,8 @@
 # an empty key does not apply; two lines (app and user) apply together;
 # a reply's usage corrects the consumer's window; a request that was not
 # served is refunded; the state survives a reload; the status page shows
-# hashed consumers only; a tiny zone evicts the least recently used.
+# hashed consumers only; a tiny zone evicts the least recently used;
+# quotas by the UTC day and month.
 
 use strict;
 use warnings;
@@ -16,6 +17,7 @@ use lib "$FindBin::Bin/lib";
 use Test::More;
 use Time::HiRes qw(time sleep);
 use Digest::SHA qw(sha256_hex);
+use Time::Local qw(timegm);
 use LLMTest;
 
 my $t = LLMTest->new;
@@ -98,6 +100,27 @@ my $conf = <<"END";
         location /dead/ {
             llm_route dead;
             proxy_pass http://dead;
+        }
+
+        location /quota/ {
+            llm_route pool;
+            llm_limit \$http_x_app quota=1000/day;
+            proxy_pass http://pool;
+        }
+
+        location /month/ {
+            llm_route pool;
+            llm_limit \$http_x_app quota=500/month;
+            proxy_pass http://pool;
+        }
+
+        location /simq/ {
+            llm_route sim;
+            llm_limit \$http_x_app quota=1000/day;
+            rewrite ^/simq(/.*)\$ \$1 break;
+            proxy_pass http://sim;
+            proxy_set_header Host \$llm_backend_host;
+            proxy_set_header api-key \$llm_backend_key;
         }
 
         location /full/ {
@@ -291,6 +314,53 @@ is($c->{window_tokens} // -1, $est, 'consumer refunded at once');
 is($c->{window_requests} // -1, 1, 'its request too');
 
 ###########################################################################
+# quotas: by the UTC day and month, corrected to usage
+
+post("/quota$chat", 'X-App' => 'app-q') for 1 .. 2;
+$t->next_log('limit.log', @f) for 1 .. 2;
+($st, $h, $b) = post("/quota$chat", 'X-App' => 'app-q');
+is($st, 429, 'day quota: the third request is over 1000');
+$err = eval { json_decode($b) } // {};
+like($err->{error}{message},
+     qr/token\ quota\ of\ "llm_limit\ \$http_x_app"\ \(1000\ tokens\ a\ day\)/x,
+     'the message names the quota');
+my $now = time;
+my $midnight = 86400 - int($now) % 86400;
+cmp_ok(abs($h->{'retry-after'} - $midnight), '<=', 2,
+       "Retry-After $h->{'retry-after'}: until midnight UTC ($midnight)");
+$l = $t->next_log('limit.log', @f);
+is($l->{throttle}, 'consumer', 'quota: $llm_throttle consumer');
+
+($st) = post("/month$chat", 'X-App' => 'app-m');
+is($st, 200, 'month quota: the first request fits');
+$t->next_log('limit.log', @f);
+($st, $h) = post("/month$chat", 'X-App' => 'app-m');
+is($st, 429, 'month quota: the second does not');
+$t->next_log('limit.log', @f);
+my @g = gmtime $now;
+my ($y, $m) = ($g[5] + 1900, $g[4] + 1);
+my $next = $m == 12 ? timegm(0, 0, 0, 1, 0, $y + 1)
+                    : timegm(0, 0, 0, 1, $m, $y);
+cmp_ok(abs($h->{'retry-after'} - ($next - int $now)), '<=', 2,
+       'Retry-After: until the first of next month UTC');
+
+$used = 0;
+for my $i (1 .. 3) {
+    ($st) = post("/simq$chat", 'X-App' => 'app-qs', max => 500);
+    is($st, 200, "quota $i: admitted, earlier ones corrected to usage");
+    $l = $t->next_log('limit.log', @f);
+    $used += $l->{total};
+}
+(undef, $json) = status('/status-tiny');
+$c = consumer($json, id('$http_x_app', 'app-qs'));
+is($c->{quota_used}, $used, 'quota_used is the real usage');
+cmp_ok($c->{quota_resets_in_s}, '<=', 86400, 'quota_resets_in_s');
+$c = consumer($json, id('$http_x_app', 'app-q'));
+is($c->{quota_used}, 2 * $est, 'app-q: two estimates in its quota');
+$c = consumer($json, id('$http_x_app', $alpha));
+is($c->{quota_used}, undef, 'no quota: quota_used null');
+
+###########################################################################
 # status: hashed keys only, top N
 
 my $text;
@@ -303,11 +373,11 @@ is($c->{throttled}, 1, 'alpha: one 429');
 is($c->{window_ms}, 60000, 'window_ms');
 my ($z) = grep { $_->{zone} eq 'llm' } @{ $json->{consumers} };
 cmp_ok(scalar @{ $z->{top} }, '<=', 5, 'consumers=5 shown at most');
-is($z->{top}[0]{consumer}, id('$http_x_app', $alpha),
-   'most tokens first');
+my @w = map { $_->{window_tokens} } @{ $z->{top} };
+ok(!grep({ $w[$_] < $w[$_ + 1] } 0 .. $#w - 1), "most tokens first: @w");
 cmp_ok($z->{count}, '>=', 7, "count $z->{count}");
 
-($st, $h, $text) = http_get($listen, '/status?format=prometheus');
+($st, $h, $text) = http_get($listen, '/status-tiny?format=prometheus');
 my $aid = id('$http_x_app', $alpha);
 like($text, qr/^llm_consumer_window_tokens
                 \{zone="llm",consumer="$aid"\}\ \d+$/mx,
@@ -330,6 +400,9 @@ $t->next_log('limit.log', @f);
 $c = consumer($json, id('$http_x_app', $alpha));
 is($c->{window_tokens}, 2 * $est, 'after reload: the window is kept');
 is($c->{throttled}, 2, 'after reload: counters kept');
+($st) = post("/quota$chat", 'X-App' => 'app-q');
+is($st, 429, 'after reload: the quota is kept');
+$t->next_log('limit.log', @f);
 
 ###########################################################################
 # a tiny zone evicts the least recently used consumer
@@ -361,7 +434,7 @@ my ($rc, $out) = $t->test_conf(<<"END");
     server { listen 127.0.0.1:$listen; llm_limit \$http_x_app window=2s; }
 END
 isnt($rc, 0, 'llm_limit without tpm= or rpm= refused');
-like($out, qr/needs "tpm=" or "rpm="/, 'with a clear message');
+like($out, qr/needs "tpm=", "rpm=" or "quota="/, 'with a clear message');
 ($rc, $out) = $t->test_conf(<<"END");
     llm_zone llm:1m;
     server { listen 127.0.0.1:$listen; llm_limit \$http_x_app tpm=1x; }
@@ -370,10 +443,9 @@ like($out, qr/invalid parameter "tpm=1x"/, 'invalid tpm= refused');
 ($rc, $out) = $t->test_conf(<<"END");
     llm_zone llm:1m;
     server { listen 127.0.0.1:$listen;
-             llm_limit \$http_x_app tpm=1k quota=1m/day; }
+             llm_limit \$http_x_app tpm=1k quota=1m/week; }
 END
-like($out, qr/"quota=" of "llm_limit" is not supported yet/,
-     'quota= said to be unsupported');
+like($out, qr/invalid parameter "quota=1m\/week"/, 'quota by day or month');
 # test_conf leaves emergencies in the log on purpose
 $t->allow_log(qr/llm_limit|invalid parameter/);
 
