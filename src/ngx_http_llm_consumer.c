@@ -47,6 +47,8 @@ static void ngx_http_llm_consumer_update(ngx_http_llm_consumer_sh_t *cs,
     ngx_msec_t window, ngx_msec_t now);
 static void ngx_http_llm_consumers_settle(ngx_http_llm_ctx_t *ctx,
     ngx_http_llm_scan_t *usage);
+static void ngx_http_llm_consumer_insert_value(ngx_rbtree_node_t *temp,
+    ngx_rbtree_node_t *node, ngx_rbtree_node_t *sentinel);
 static void ngx_http_llm_quota_period(ngx_http_llm_consumer_sh_t *cs,
     ngx_uint_t period, time_t now);
 
@@ -196,7 +198,7 @@ ngx_http_llm_consumers_init(ngx_http_llm_shctx_t *sh)
 }
 
 
-void
+static void
 ngx_http_llm_consumer_insert_value(ngx_rbtree_node_t *temp,
     ngx_rbtree_node_t *node, ngx_rbtree_node_t *sentinel)
 {

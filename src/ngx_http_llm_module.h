@@ -475,8 +475,6 @@ void ngx_http_llm_window_add(uint32_t *slots, ngx_uint_t n,
     ngx_msec_t slot_ms, ngx_msec_t last, ngx_uint_t *sum, ngx_uint_t value,
     ngx_msec_t at);
 void ngx_http_llm_consumers_init(ngx_http_llm_shctx_t *sh);
-void ngx_http_llm_consumer_insert_value(ngx_rbtree_node_t *temp,
-    ngx_rbtree_node_t *node, ngx_rbtree_node_t *sentinel);
 
 char *ngx_http_llm_limit(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 ngx_int_t ngx_http_llm_consumers_charge(ngx_http_request_t *r,

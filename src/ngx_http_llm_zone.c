@@ -198,13 +198,6 @@ ngx_http_llm_init_zone(ngx_shm_zone_t *shm_zone, void *data)
 
     gen = ++zone->sh->generation;
 
-    /*
-     * the insert function of the consumer tree is this module's own: a
-     * reload may have loaded the module at another address
-     */
-
-    zone->sh->consumers.insert = ngx_http_llm_consumer_insert_value;
-
     /* a full zone evicts consumers: not worth a message each time */
 
     zone->shpool->log_nomem = 0;
