@@ -133,12 +133,15 @@ my $conf = <<"END";
             proxy_pass http://small;
         }
 
+        # not in limit.log: next_log reads one line a request
         location = /status {
             llm_status consumers=5;
+            access_log off;
         }
 
         location = /status-tiny {
             llm_status;
+            access_log off;
         }
     }
 END
