@@ -319,8 +319,10 @@ is($c->{window_requests} // -1, 1, 'its request too');
 ###########################################################################
 # quotas: by the UTC day and month, corrected to usage
 
-post("/quota$chat", 'X-App' => 'app-q') for 1 .. 2;
-$t->next_log('limit.log', @f) for 1 .. 2;
+for (1 .. 2) {
+    post("/quota$chat", 'X-App' => 'app-q');
+    $t->next_log('limit.log', @f);
+}
 ($st, $h, $b) = post("/quota$chat", 'X-App' => 'app-q');
 is($st, 429, 'day quota: the third request is over 1000');
 $err = eval { json_decode($b) } // {};
