@@ -5,10 +5,26 @@
 #   - with the number of backends in a pool: 1, 8, 64 (1 KB body);
 #   - with the body: 1 KB to 1 MB, plain proxying, llm_count estimate,
 #     exact counting with the repeat cache warm, and without it;
-# and the largest worker's memory after the bodies were sent.
+#   - with the consumers of llm_limit in the zone: 1, 1,000, 100,000
+#     distinct keys warmed in before measuring (1 KB body, estimate);
+# and the largest worker's memory after the bodies were sent, and after
+# the consumers were warmed in.
 #
-#   bench/growth.sh
+#   bench/growth.sh [backends] [body] [consumers] [memory]
+#
+# Without arguments, every part.  CONSUMERS="1 1000" measures fewer
+# consumers (100,000 take a few minutes to warm in).
 set -eu
+
+parts=${*:-backends body consumers memory}
+consumers=${CONSUMERS:-1 1000 100000}
+
+want() {
+    case " $parts " in
+    *" $1 "*) return 0 ;;
+    esac
+    return 1
+}
 
 top=$(cd "$(dirname "$0")/.." && pwd)
 . "$top/bench/lib.sh"
@@ -45,11 +61,23 @@ conf() {
     client_body_buffer_size 2m;
     llm_max_body_size 4m;
     llm_zone llm:4m;
+    llm_zone consumers:80m;
     llm_tokenizer o200k_base $vocab/o200k_base.json;
 
 $(pool 1)
 $(pool 8)
 $(pool 64)
+
+    # the measured requests carry no X-App: they are app-1's
+    map \$http_x_app \$app {
+        ""       app-1;
+        default  \$http_x_app;
+    }
+
+    upstream pc {
+        llm_balance zone=consumers keepalive=8;
+        llm_backend b1 http://127.0.0.1:18982 tpm=100m rpm=10m;
+    }
 
     upstream plain {
         server 127.0.0.1:18982;
@@ -78,6 +106,7 @@ $(location exact1 p1 "")
 $(location exact8 p8 "")
 $(location exact64 p64 "")
 $(location nocache1 p1 "llm_count_cache off;")
+$(location consumers pc "llm_count estimate; llm_limit \$app tpm=100m;")
     }
 }
 END
@@ -86,38 +115,109 @@ END
 conf "daemon off; master_process off;" >"$work/cg.conf"
 uri=/openai/deployments/gpt-4o/chat/completions
 
-bench_start "$work/cg.conf" 18981
+# keepalive requests whose X-App goes from key FROM to key TO: the
+# consumers warmed into the zone
+cat >"$work/keys.pl" <<'PL'
+use strict; use IO::Socket::INET;
+my ($port, $uri, $file, $from, $to) = @ARGV;
+open my $f, '<', $file or die; local $/; my $body = <$f>; close $f;
+my $s = IO::Socket::INET->new(PeerAddr => "127.0.0.1:$port") or die "$!";
+for my $k ($from .. $to) {
+    print $s "POST $uri HTTP/1.1\r\nHost: x\r\nX-App: app-$k\r\n"
+           . "Content-Type: application/json\r\n"
+           . "Content-Length: " . length($body) . "\r\n\r\n$body";
+    my $buf = '';
+    while ($buf !~ /\r\n\r\n/ || length($buf) < index($buf, "\r\n\r\n") + 4
+           + ($buf =~ /Content-Length: (\d+)/i ? $1 : 0)) {
+        sysread($s, $buf, 65536, length $buf) or die "closed";
+    }
+    die "status: $buf" unless $buf =~ m{^HTTP/1.1 200};
+}
+PL
 
-echo "== backends in the pool (1 KB body), instructions per request"
-printf '%-9s %10s %10s %10s\n' mode 1 8 64
-for mode in estimate exact; do
+# warm_keys PORT N: consumers app-1 .. app-N in the zone (those already
+# there are not sent again)
+warmed=0
+warm_keys() {
+    if [ "$2" -gt $warmed ]; then
+        perl "$work/keys.pl" "$1" "/consumers$uri" "$work/body-1k.json" \
+            $((warmed + 1)) "$2"
+        warmed=$2
+    fi
+}
+
+if want backends || want body || want consumers; then
+    bench_start "$work/cg.conf" 18981
+fi
+
+if want backends; then
+    echo "== backends in the pool (1 KB body), instructions per request"
+    printf '%-9s %10s %10s %10s\n' mode 1 8 64
+    for mode in estimate exact; do
+        row=""
+        for n in 1 8 64; do
+            set -- $(bench_measure 18981 "/$mode$n$uri" \
+                                   "$work/body-1k.json" 100)
+            row="$row $1"
+        done
+        printf '%-9s %10s %10s %10s\n' $mode $row
+    done
+    echo
+fi
+
+if want body; then
+    echo "== body size (1 backend), instructions per request"
+    printf '%-9s %12s %12s %12s %12s\n' mode 1k 10k 100k 1m
+    for mode in plain estimate1 exact1 nocache1; do
+        row=""
+        for size in 1k 10k 100k 1m; do
+            case $size in
+            1m) n=4 ;;
+            100k) n=20 ;;
+            *) n=100 ;;
+            esac
+            set -- $(bench_measure 18981 "/$mode$uri" \
+                                   "$work/body-$size.json" $n)
+            row="$row $1"
+        done
+        printf '%-9s %12s %12s %12s %12s\n' "${mode%1}" $row
+    done
+    echo
+fi
+
+if want consumers; then
+    # warming runs without instrumentation: only the measured requests
+    # (app-1, the oldest consumer, found in a zone of N) are counted
+    echo "== consumers of llm_limit in the zone (1 KB body, estimate)," \
+         "instructions per request"
+    printf '%-9s' consumers
+    for n in $consumers; do
+        printf ' %10s' "$n"
+    done
+    printf '\n'
     row=""
-    for n in 1 8 64; do
-        set -- $(bench_measure 18981 "/$mode$n$uri" "$work/body-1k.json" 100)
+    for n in $consumers; do
+        callgrind_control -i off $vg >/dev/null 2>&1
+        warm_keys 18981 "$n"
+        callgrind_control -i on $vg >/dev/null 2>&1
+        set -- $(bench_measure 18981 "/consumers$uri" \
+                               "$work/body-1k.json" 100)
         row="$row $1"
     done
-    printf '%-9s %10s %10s %10s\n' $mode $row
-done
-
-echo
-echo "== body size (1 backend), instructions per request"
-printf '%-9s %12s %12s %12s %12s\n' mode 1k 10k 100k 1m
-for mode in plain estimate1 exact1 nocache1; do
-    row=""
-    for size in 1k 10k 100k 1m; do
-        case $size in
-        1m) n=4 ;;
-        100k) n=20 ;;
-        *) n=100 ;;
-        esac
-        set -- $(bench_measure 18981 "/$mode$uri" "$work/body-$size.json" $n)
-        row="$row $1"
+    printf '%-9s' limit
+    for v in $row; do
+        printf ' %10s' "$v"
     done
-    printf '%-9s %12s %12s %12s %12s\n' "${mode%1}" $row
-done
-bench_stop
+    printf '\n'
+    echo
+fi
 
-echo
+if want backends || want body || want consumers; then
+    bench_stop
+fi
+
+want memory || exit 0
+
 echo "== memory: the worker's RSS after 20 requests of each body"
 conf "daemon on;" >"$work/nginx.conf"
 "$LLM_NGINX" -p "$work" -c "$work/nginx.conf"
@@ -130,4 +230,14 @@ for size in 1k 10k 100k 1m; do
         perl "$work/client.pl" 18981 "/$mode$uri" "$work/body-$size.json" 20
     done
     printf '%-9s %10s\n' "$size" "$(ps -o rss= -p "$worker")"
+done
+
+# shared memory counts in RSS once the worker has touched it
+echo
+echo "== memory: the worker's RSS with consumers of llm_limit in the zone"
+printf '%-9s %10s\n' consumers 'RSS KB'
+warmed=0
+for n in $consumers; do
+    warm_keys 18981 "$n"
+    printf '%-9s %10s\n' "$n" "$(ps -o rss= -p "$worker")"
 done

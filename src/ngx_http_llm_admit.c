@@ -19,13 +19,17 @@ static ngx_int_t ngx_http_llm_throttle_headers(ngx_http_request_t *r,
     ngx_msec_t wait);
 static void ngx_http_llm_throttle_message(ngx_http_request_t *r,
     ngx_http_llm_ctx_t *ctx, ngx_str_t *message);
+static ngx_int_t ngx_http_llm_consumer_throttled(ngx_http_request_t *r,
+    ngx_http_llm_ctx_t *ctx, ngx_msec_t wait);
+static void ngx_http_llm_consumer_message(ngx_http_request_t *r,
+    ngx_http_llm_ctx_t *ctx, ngx_str_t *message);
 
 
 /*
- * Admission: the request goes on only if a backend of the pool has room
- * for it now, and that backend is charged at once, so that concurrent
- * requests in every worker see the charge.  Otherwise one 429 in Azure's
- * shape, with the time until room frees.
+ * Admission: the request goes on only if its consumers (llm_limit) and
+ * a backend of the pool have room for it now, and they are charged at
+ * once, so that concurrent requests in every worker see the charge.
+ * Otherwise one 429 in Azure's shape, with the time until room frees.
  */
 
 ngx_int_t
@@ -53,6 +57,21 @@ ngx_http_llm_admit(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
         wait = ctx->retry_after ? ctx->retry_after : 50;
 
     } else {
+
+        /* a consumer over its limit is refused before any backend is */
+
+        if (llcf->limits) {
+            rc = ngx_http_llm_consumers_charge(r, ctx, &wait);
+
+            if (rc == NGX_ERROR) {
+                return NGX_HTTP_INTERNAL_SERVER_ERROR;
+            }
+
+            if (rc == NGX_BUSY) {
+                return ngx_http_llm_consumer_throttled(r, ctx, wait);
+            }
+        }
+
         b = ngx_http_llm_choose(pool, ctx, NULL, NULL,
                                 llcf->completion_reserve, &wait);
     }
@@ -68,6 +87,10 @@ ngx_http_llm_admit(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
         ctx->backend = b;
         return NGX_DECLINED;
     }
+
+    /* the consumers are charged again when the request tries again */
+
+    ngx_http_llm_consumers_refund(ctx);
 
     /* llm_wait: queue while room is expected within the time allowed */
 
@@ -113,6 +136,39 @@ ngx_http_llm_admit(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
                   "llm: no backend of \"%V\" has room for %ui tokens, "
                   "retry in %M ms", &pool->name, ctx->tokens_estimate,
                   ctx->retry_after);
+
+    rc = ngx_http_llm_send_throttled(r, ctx);
+
+    ngx_http_finalize_request(r, rc);
+    return NGX_DONE;
+}
+
+
+/*
+ * A consumer over its limit: a 429 at once, even with llm_wait, as room
+ * comes back only when the consumer's own window moves on.
+ */
+
+static ngx_int_t
+ngx_http_llm_consumer_throttled(ngx_http_request_t *r,
+    ngx_http_llm_ctx_t *ctx, ngx_msec_t wait)
+{
+    u_char      id[NGX_HTTP_LLM_CONSUMER_ID_LEN];
+    ngx_int_t   rc;
+
+    ngx_http_llm_dequeue(ctx);
+
+    ctx->admitted = 1;
+    ctx->throttle = NGX_HTTP_LLM_THROTTLE_CONSUMER;
+    ctx->retry_after = wait;
+
+    (void) ngx_http_llm_consumer_id(id, ctx->over_consumer->digest);
+
+    ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                  "llm: consumer %*s of \"llm_limit %V\" has no room for "
+                  "%ui tokens, retry in %M ms",
+                  (size_t) NGX_HTTP_LLM_CONSUMER_ID_LEN, id,
+                  &ctx->over->key.value, ctx->tokens_estimate, wait);
 
     rc = ngx_http_llm_send_throttled(r, ctx);
 
@@ -315,6 +371,11 @@ ngx_http_llm_throttle_message(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
 
     static ngx_str_t  unknown = ngx_string("upstream");
 
+    if (ctx->throttle == NGX_HTTP_LLM_THROTTLE_CONSUMER && ctx->over) {
+        ngx_http_llm_consumer_message(r, ctx, message);
+        return;
+    }
+
     name = ctx->pool ? &ctx->pool->name : &unknown;
 
     len = sizeof("Requests to the deployments of \"\" have exceeded their "
@@ -334,4 +395,76 @@ ngx_http_llm_throttle_message(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
                                 "Please retry after %M seconds.", name,
                                 ngx_max((ctx->retry_after + 999) / 1000, 1))
                    - p;
+}
+
+
+/*
+ * Azure's wording ("token rate limit", "call rate limit"), naming the
+ * consumer limit and the hashed consumer, never the raw key
+ */
+
+static void
+ngx_http_llm_consumer_message(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
+    ngx_str_t *message)
+{
+    u_char                *p, *last;
+    size_t                 len;
+    ngx_http_llm_limit_t  *limit;
+
+    limit = ctx->over;
+
+    len = sizeof("Requests of consumer  have exceeded the call rate limit "
+                 "of \"llm_limit \" ( requests per  ms). Please retry "
+                 "after  seconds.")
+          + NGX_HTTP_LLM_CONSUMER_ID_LEN + limit->key.value.len
+          + 3 * NGX_INT_T_LEN;
+
+    p = ngx_pnalloc(r->pool, len);
+    if (p == NULL) {
+        ngx_str_set(message, "Rate limit exceeded.");
+        return;
+    }
+
+    message->data = p;
+    last = p + len;
+
+    p = ngx_slprintf(p, last, "Requests of consumer ");
+    p = ngx_http_llm_consumer_id(p, ctx->over_consumer->digest);
+
+    switch (ctx->over_kind) {
+
+    case NGX_HTTP_LLM_OVER_QUOTA:
+        p = ngx_slprintf(p, last, " have exceeded the token quota of "
+                         "\"llm_limit %V\" (%ui tokens a %s",
+                         &limit->key.value, limit->quota,
+                         (limit->quota_period == NGX_HTTP_LLM_QUOTA_DAY)
+                         ? "day" : "month");
+        break;
+
+    case NGX_HTTP_LLM_OVER_REQUESTS:
+        p = ngx_slprintf(p, last, " have exceeded the call rate limit of "
+                         "\"llm_limit %V\" (%ui requests per ",
+                         &limit->key.value, limit->rpm);
+        break;
+
+    default: /* NGX_HTTP_LLM_OVER_TOKENS */
+        p = ngx_slprintf(p, last, " have exceeded the token rate limit of "
+                         "\"llm_limit %V\" (%ui tokens per ",
+                         &limit->key.value, limit->tpm);
+    }
+
+    if (ctx->over_kind == NGX_HTTP_LLM_OVER_QUOTA) {
+        /* void */
+
+    } else if (limit->window == 60000) {
+        p = ngx_slprintf(p, last, "minute");
+
+    } else {
+        p = ngx_slprintf(p, last, "%M ms", limit->window);
+    }
+
+    p = ngx_slprintf(p, last, "). Please retry after %M seconds.",
+                     ngx_max((ctx->retry_after + 999) / 1000, 1));
+
+    message->len = p - message->data;
 }

@@ -104,8 +104,15 @@ static ngx_command_t  ngx_http_llm_commands[] = {
       0,
       NULL },
 
+    { ngx_string("llm_limit"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_2MORE,
+      ngx_http_llm_limit,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
     { ngx_string("llm_status"),
-      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS|NGX_CONF_TAKE1,
       ngx_http_llm_status,
       0,
       0,
@@ -347,6 +354,13 @@ ngx_http_llm_create_loc_conf(ngx_conf_t *cf)
     conf->encoding = NGX_CONF_UNSET_UINT;
     conf->stream_usage = NGX_CONF_UNSET;
     conf->count_cache = NGX_CONF_UNSET;
+    conf->status_consumers = NGX_CONF_UNSET_UINT;
+
+    /*
+     * set by ngx_pcalloc():
+     *
+     *     conf->limits = NULL;
+     */
 
     return conf;
 }
@@ -377,6 +391,15 @@ ngx_http_llm_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_conf_merge_value(conf->count_cache, prev->count_cache, 1);
     ngx_conf_merge_msec_value(conf->wait, prev->wait, 0);
     ngx_conf_merge_uint_value(conf->wait_queue, prev->wait_queue, 100);
+
+    /* llm_limit lines of an outer level only where a level has none */
+
+    if (conf->limits == NULL) {
+        conf->limits = prev->limits;
+    }
+
+    ngx_conf_merge_uint_value(conf->status_consumers,
+                              prev->status_consumers, 10);
 
     /* a 1024 x 1024 image at high detail for gpt-4o: 4 tiles + base */
 

@@ -81,11 +81,56 @@ typedef struct {
 } ngx_http_llm_backend_sh_t;
 
 
+/*
+ * A consumer of llm_limit in the shared zone, keyed by the SHA-256 of
+ * its key (the raw key is never stored), most recently used first in the
+ * zone's consumer queue.  Windows as a backend's, with coarser slots: a
+ * zone holds many more consumers than backends.
+ */
+
+#define NGX_HTTP_LLM_CONSUMER_SLOTS      61
+#define NGX_HTTP_LLM_CONSUMER_RSLOTS  13
+#define NGX_HTTP_LLM_DIGEST_LEN          32
+#define NGX_HTTP_LLM_CONSUMER_ID_LEN     16  /* hex digits shown */
+
+
+typedef struct {
+    ngx_rbtree_node_t            node;
+    ngx_queue_t                  queue;
+    u_char                       digest[NGX_HTTP_LLM_DIGEST_LEN];
+
+    ngx_msec_t                   window;
+    ngx_msec_t                   tokens_last;
+    ngx_uint_t                   tokens_sum;
+    ngx_msec_t                   requests_last;
+    ngx_uint_t                   requests_sum;
+
+    ngx_uint_t                   requests;
+    ngx_uint_t                   throttled;
+    ngx_uint_t                   prompt_tokens;
+    ngx_uint_t                   completion_tokens;
+
+    /* the quota's period, [start, end) in seconds, and its use */
+    time_t                       quota_start;
+    time_t                       quota_end;
+    ngx_uint_t                   quota_used;
+
+    uint32_t                     tokens[NGX_HTTP_LLM_CONSUMER_SLOTS];
+    uint32_t                     requests_slot[NGX_HTTP_LLM_CONSUMER_RSLOTS];
+} ngx_http_llm_consumer_sh_t;
+
+
 typedef struct {
     ngx_rbtree_t                 rbtree;
     ngx_rbtree_node_t            sentinel;
     ngx_queue_t                  queue;
     ngx_uint_t                   generation;
+
+    ngx_rbtree_t                 consumers;
+    ngx_rbtree_node_t            consumer_sentinel;
+    ngx_queue_t                  consumer_lru;
+    ngx_uint_t                   nconsumers;
+    ngx_uint_t                   evicted;
 } ngx_http_llm_shctx_t;
 
 
@@ -195,6 +240,35 @@ typedef struct {
 } ngx_http_llm_main_conf_t;
 
 
+/* one llm_limit line */
+
+typedef struct {
+    ngx_http_complex_value_t     key;
+    ngx_uint_t                   tpm;        /* 0: no token limit */
+    ngx_uint_t                   rpm;        /* 0: no request limit */
+    ngx_msec_t                   window;
+    ngx_uint_t                   quota;      /* 0: no quota */
+    ngx_uint_t                   quota_period;
+} ngx_http_llm_limit_t;
+
+
+#define NGX_HTTP_LLM_QUOTA_DAY       1
+#define NGX_HTTP_LLM_QUOTA_MONTH     2
+
+
+/* an applying limit's consumer, for one request */
+
+typedef struct {
+    ngx_http_llm_limit_t        *limit;
+    u_char                       digest[NGX_HTTP_LLM_DIGEST_LEN];
+    ngx_uint_t                   charged;
+    ngx_msec_t                   charged_at;
+    time_t                       quota_start; /* of the period charged */
+    void                        *node;       /* only under the lock */
+    unsigned                     dup:1;      /* a key seen already */
+} ngx_http_llm_consumer_t;
+
+
 typedef struct {
     ngx_flag_t                   route;
     ngx_http_upstream_srv_conf_t *upstream;   /* the pool of llm_route */
@@ -207,6 +281,8 @@ typedef struct {
     ngx_uint_t                   encoding;   /* 0: by the model's name */
     ngx_flag_t                   stream_usage;
     ngx_flag_t                   count_cache;
+    ngx_array_t                 *limits;     /* ngx_http_llm_limit_t */
+    ngx_uint_t                   status_consumers;
 } ngx_http_llm_loc_conf_t;
 
 
@@ -307,6 +383,12 @@ typedef struct {
     size_t                       inject_at;
     ngx_http_llm_strip_t        *strip;
 
+    /* llm_limit: the consumers of the limits that apply */
+    ngx_http_llm_consumer_t     *consumers;
+    ngx_uint_t                   nconsumers;
+    ngx_http_llm_limit_t        *over;        /* the limit that refused */
+    ngx_http_llm_consumer_t     *over_consumer;
+
     unsigned                     parsed:1;
     unsigned                     stream:1;
     unsigned                     stream_options:1;
@@ -314,7 +396,8 @@ typedef struct {
     unsigned                     embeddings:1;
     unsigned                     has_reserve:1;
     unsigned                     admitted:1;
-    unsigned                     throttle:2;  /* none, local, backend */
+    unsigned                     throttle:2;  /* none, local, backend,
+                                                 consumer */
     unsigned                     all_throttled:1;
     unsigned                     replace_body:1;
     unsigned                     sse:1;
@@ -322,12 +405,21 @@ typedef struct {
     unsigned                     accounted:1;
     unsigned                     queued:1;
     unsigned                     cleanup:1;
+    unsigned                     consumers_keyed:1;
+    unsigned                     consumers_charged:1;
+    unsigned                     over_kind:2;  /* tokens, requests,
+                                                 quota */
 } ngx_http_llm_ctx_t;
 
 
 #define NGX_HTTP_LLM_THROTTLE_NONE     0
 #define NGX_HTTP_LLM_THROTTLE_LOCAL    1
 #define NGX_HTTP_LLM_THROTTLE_BACKEND  2
+#define NGX_HTTP_LLM_THROTTLE_CONSUMER 3
+
+#define NGX_HTTP_LLM_OVER_TOKENS       0
+#define NGX_HTTP_LLM_OVER_REQUESTS     1
+#define NGX_HTTP_LLM_OVER_QUOTA        2
 
 #define NGX_HTTP_LLM_DONE_OK           0
 #define NGX_HTTP_LLM_DONE_THROTTLED    1
@@ -371,11 +463,36 @@ void ngx_http_llm_refund(ngx_http_llm_backend_t *b, ngx_http_llm_ctx_t *ctx);
 void ngx_http_llm_backend_done(ngx_http_llm_backend_t *b, ngx_uint_t status,
     ngx_msec_t cooldown, ngx_int_t remote_tokens, ngx_int_t remote_requests);
 
+void ngx_http_llm_window_advance(uint32_t *slots, ngx_uint_t n,
+    ngx_msec_t slot_ms, ngx_msec_t *last, ngx_uint_t *sum, ngx_msec_t now);
+ngx_msec_t ngx_http_llm_window_wait(uint32_t *slots, ngx_uint_t n,
+    ngx_msec_t slot_ms, ngx_msec_t last, ngx_uint_t sum, ngx_uint_t limit,
+    ngx_uint_t need, ngx_msec_t now);
+void ngx_http_llm_window_remove(uint32_t *slots, ngx_uint_t n,
+    ngx_msec_t slot_ms, ngx_msec_t last, ngx_uint_t *sum, ngx_uint_t value,
+    ngx_msec_t at);
+void ngx_http_llm_window_add(uint32_t *slots, ngx_uint_t n,
+    ngx_msec_t slot_ms, ngx_msec_t last, ngx_uint_t *sum, ngx_uint_t value,
+    ngx_msec_t at);
+void ngx_http_llm_consumers_init(ngx_http_llm_shctx_t *sh);
+
+char *ngx_http_llm_limit(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
+ngx_int_t ngx_http_llm_consumers_charge(ngx_http_request_t *r,
+    ngx_http_llm_ctx_t *ctx, ngx_msec_t *wait);
+void ngx_http_llm_consumers_refund(ngx_http_llm_ctx_t *ctx);
+void ngx_http_llm_consumers_account(ngx_http_request_t *r,
+    ngx_http_llm_ctx_t *ctx);
+ngx_uint_t ngx_http_llm_consumers_top(ngx_shm_zone_t *shm_zone,
+    ngx_http_llm_consumer_sh_t *top, ngx_uint_t n, ngx_uint_t *count,
+    ngx_uint_t *evicted);
+u_char *ngx_http_llm_consumer_id(u_char *p, u_char *digest);
+
 char *ngx_http_llm_balance(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 char *ngx_http_llm_backend(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 ngx_int_t ngx_http_llm_secret_value(ngx_log_t *log,
     ngx_http_llm_secret_t *secret);
 ngx_int_t ngx_http_llm_parse_duration(ngx_str_t *value);
+ngx_int_t ngx_http_llm_parse_count(u_char *p, size_t len);
 ngx_int_t ngx_http_llm_pool_check(ngx_conf_t *cf, ngx_http_llm_pool_t *pool);
 
 ngx_int_t ngx_http_llm_keepalive_init(ngx_conf_t *cf,

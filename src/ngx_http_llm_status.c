@@ -29,6 +29,17 @@ typedef struct {
 } ngx_http_llm_snap_t;
 
 
+/* a zone's consumers as the status shows them: the top n by tokens */
+
+typedef struct {
+    ngx_shm_zone_t              *shm_zone;
+    ngx_http_llm_consumer_sh_t  *top;
+    ngx_uint_t                   ntop;
+    ngx_uint_t                   count;
+    ngx_uint_t                   evicted;
+} ngx_http_llm_consumers_snap_t;
+
+
 static ngx_int_t ngx_http_llm_status_handler(ngx_http_request_t *r);
 static ngx_uint_t ngx_http_llm_status_format(ngx_http_request_t *r);
 static u_char *ngx_http_llm_status_json(u_char *p, ngx_http_llm_pool_t *pool,
@@ -41,32 +52,71 @@ static u_char *ngx_http_llm_sample(u_char *p, const char *name,
 static u_char *ngx_http_llm_label(u_char *p, ngx_str_t *value);
 static void ngx_http_llm_snapshot(ngx_http_llm_pool_t *pool,
     ngx_http_llm_snap_t *snap, ngx_http_llm_snap_t *total);
+static ngx_http_llm_consumers_snap_t *ngx_http_llm_consumers_snapshot(
+    ngx_http_request_t *r, ngx_http_llm_pool_t **pools, ngx_uint_t npools,
+    ngx_uint_t n, ngx_uint_t *nzones);
+static u_char *ngx_http_llm_consumers_json(u_char *p,
+    ngx_http_llm_consumers_snap_t *zones, ngx_uint_t nzones);
+static u_char *ngx_http_llm_consumers_prometheus(u_char *p,
+    ngx_http_llm_consumers_snap_t *zones, ngx_uint_t nzones);
 
+
+/* llm_status [consumers=number]; */
 
 char *
 ngx_http_llm_status(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
+    ngx_int_t                  n;
+    ngx_str_t                 *value;
+    ngx_http_llm_loc_conf_t   *llcf;
     ngx_http_core_loc_conf_t  *clcf;
 
     clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
     clcf->handler = ngx_http_llm_status_handler;
 
+    if (cf->args->nelts == 1) {
+        return NGX_CONF_OK;
+    }
+
+    value = cf->args->elts;
+
+    if (ngx_strncmp(value[1].data, "consumers=", 10) != 0) {
+        goto invalid;
+    }
+
+    n = ngx_atoi(value[1].data + 10, value[1].len - 10);
+    if (n == NGX_ERROR || n > 1000) {
+        goto invalid;
+    }
+
+    llcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_llm_module);
+    llcf->status_consumers = n;
+
     return NGX_CONF_OK;
+
+invalid:
+
+    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                       "invalid parameter \"%V\"", &value[1]);
+
+    return NGX_CONF_ERROR;
 }
 
 
 static ngx_int_t
 ngx_http_llm_status_handler(ngx_http_request_t *r)
 {
-    size_t                     size;
-    u_char                    *p;
-    ngx_int_t                  rc;
-    ngx_buf_t                 *b;
-    ngx_uint_t                 i, format, n;
-    ngx_chain_t                out;
-    ngx_http_llm_pool_t      **pools;
-    ngx_http_llm_snap_t      **snaps, *totals;
-    ngx_http_llm_main_conf_t  *lmcf;
+    size_t                          size;
+    u_char                         *p;
+    ngx_int_t                       rc;
+    ngx_buf_t                      *b;
+    ngx_uint_t                      i, format, n, nzones;
+    ngx_chain_t                     out;
+    ngx_http_llm_pool_t           **pools;
+    ngx_http_llm_snap_t           **snaps, *totals;
+    ngx_http_llm_loc_conf_t        *llcf;
+    ngx_http_llm_main_conf_t       *lmcf;
+    ngx_http_llm_consumers_snap_t  *zones;
 
     if (!(r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD))) {
         return NGX_HTTP_NOT_ALLOWED;
@@ -105,6 +155,19 @@ ngx_http_llm_status_handler(ngx_http_request_t *r)
                 + pools[i]->backends.nelts * (6144 + 32 * 256);
     }
 
+    llcf = ngx_http_get_module_loc_conf(r, ngx_http_llm_module);
+
+    zones = ngx_http_llm_consumers_snapshot(r, pools, n,
+                                            llcf->status_consumers, &nzones);
+    if (zones == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    for (i = 0; i < nzones; i++) {
+        size += 1024 + 8 * zones[i].shm_zone->shm.name.len
+                + zones[i].ntop * (1024 + 8 * zones[i].shm_zone->shm.name.len);
+    }
+
     b = ngx_create_temp_buf(r->pool, size);
     if (b == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
@@ -123,11 +186,14 @@ ngx_http_llm_status_handler(ngx_http_request_t *r)
             p = ngx_http_llm_status_json(p, pools[i], snaps[i], &totals[i]);
         }
 
+        p = ngx_sprintf(p, "],\"consumers\":[");
+        p = ngx_http_llm_consumers_json(p, zones, nzones);
         p = ngx_sprintf(p, "]}\n");
         ngx_str_set(&r->headers_out.content_type, "application/json");
 
     } else {
         p = ngx_http_llm_status_prometheus(p, pools, n, snaps, totals);
+        p = ngx_http_llm_consumers_prometheus(p, zones, nzones);
         ngx_str_set(&r->headers_out.content_type,
                     "text/plain; version=0.0.4; charset=utf-8");
     }
@@ -502,6 +568,206 @@ ngx_http_llm_status_prometheus(u_char *p, ngx_http_llm_pool_t **pools,
                 default: /* 15 */
                     p = ngx_http_llm_sample(p, metric->name, pools[i], &b[j]);
                     p = ngx_sprintf(p, "} %uA\n", sh->usage_counted);
+                    break;
+                }
+            }
+        }
+    }
+
+    return p;
+}
+
+
+/*
+ * Each zone once (pools may share one), with its top consumers by tokens
+ * in the window; a zone no llm_limit ever used shows none
+ */
+
+static ngx_http_llm_consumers_snap_t *
+ngx_http_llm_consumers_snapshot(ngx_http_request_t *r,
+    ngx_http_llm_pool_t **pools, ngx_uint_t npools, ngx_uint_t n,
+    ngx_uint_t *nzones)
+{
+    ngx_uint_t                      i, j, k;
+    ngx_http_llm_consumers_snap_t  *zones;
+
+    zones = ngx_pcalloc(r->pool,
+                        (npools + 1) * sizeof(ngx_http_llm_consumers_snap_t));
+    if (zones == NULL) {
+        return NULL;
+    }
+
+    k = 0;
+
+    for (i = 0; i < npools; i++) {
+
+        for (j = 0; j < k; j++) {
+            if (zones[j].shm_zone == pools[i]->shm_zone) {
+                break;
+            }
+        }
+
+        if (j < k) {
+            continue;
+        }
+
+        zones[k].shm_zone = pools[i]->shm_zone;
+
+        if (n) {
+            zones[k].top = ngx_palloc(r->pool,
+                                   n * sizeof(ngx_http_llm_consumer_sh_t));
+            if (zones[k].top == NULL) {
+                return NULL;
+            }
+        }
+
+        zones[k].ntop = ngx_http_llm_consumers_top(pools[i]->shm_zone,
+                                                   zones[k].top, n,
+                                                   &zones[k].count,
+                                                   &zones[k].evicted);
+        k++;
+    }
+
+    *nzones = k;
+
+    return zones;
+}
+
+
+static u_char *
+ngx_http_llm_consumers_json(u_char *p, ngx_http_llm_consumers_snap_t *zones,
+    ngx_uint_t nzones)
+{
+    ngx_str_t                   *name;
+    ngx_uint_t                   i, j;
+    ngx_http_llm_consumer_sh_t  *cs;
+
+    for (i = 0; i < nzones; i++) {
+        name = &zones[i].shm_zone->shm.name;
+
+        p = ngx_sprintf(p, "%s{\"zone\":\"", i ? "," : "");
+        p = (u_char *) ngx_escape_json(p, name->data, name->len);
+        p = ngx_sprintf(p, "\",\"count\":%ui,\"evicted\":%ui,\"top\":[",
+                        zones[i].count, zones[i].evicted);
+
+        for (j = 0; j < zones[i].ntop; j++) {
+            cs = &zones[i].top[j];
+
+            p = ngx_sprintf(p, "%s{\"consumer\":\"", j ? "," : "");
+            p = ngx_http_llm_consumer_id(p, cs->digest);
+            p = ngx_sprintf(p, "\",\"window_ms\":%M,"
+                            "\"window_tokens\":%ui,"
+                            "\"window_requests\":%ui,\"requests\":%ui,"
+                            "\"throttled\":%ui,\"tokens\":{\"prompt\":%ui,"
+                            "\"completion\":%ui},",
+                            cs->window, cs->tokens_sum, cs->requests_sum,
+                            cs->requests, cs->throttled, cs->prompt_tokens,
+                            cs->completion_tokens);
+
+            if (cs->quota_end) {
+                p = ngx_sprintf(p, "\"quota_used\":%ui,"
+                                "\"quota_resets_in_s\":%T}",
+                                cs->quota_used,
+                                ngx_max(cs->quota_end - ngx_time(), 0));
+
+            } else {
+                p = ngx_sprintf(p, "\"quota_used\":null,"
+                                "\"quota_resets_in_s\":null}");
+            }
+        }
+
+        p = ngx_sprintf(p, "]}");
+    }
+
+    return p;
+}
+
+
+static ngx_http_llm_metric_t  ngx_http_llm_consumer_metrics[] = {
+    { "llm_consumers", "gauge",
+      "Consumers of llm_limit held in the zone." },
+    { "llm_consumers_evicted_total", "counter",
+      "Consumers evicted, least recently used first, to make room." },
+    { "llm_consumer_window_tokens", "gauge",
+      "Tokens in the consumer's current window (top consumers only)." },
+    { "llm_consumer_window_requests", "gauge",
+      "Requests in the consumer's current window (top consumers only)." },
+    { "llm_consumer_requests_total", "counter",
+      "Requests admitted for the consumer and not refunded." },
+    { "llm_consumer_throttled_total", "counter",
+      "Requests answered 429 for the consumer's own limit." },
+    { "llm_consumer_tokens_total", "counter",
+      "Tokens of the consumer's replies by kind, from usage." },
+    { "llm_consumer_quota_used_tokens", "gauge",
+      "Tokens the consumer used of its quota this period (0: none)." },
+    { NULL, NULL, NULL }
+};
+
+
+static u_char *
+ngx_http_llm_consumers_prometheus(u_char *p,
+    ngx_http_llm_consumers_snap_t *zones, ngx_uint_t nzones)
+{
+    ngx_uint_t                   i, j, m;
+    ngx_http_llm_metric_t       *metric;
+    ngx_http_llm_consumer_sh_t  *cs;
+
+    for (m = 0; ngx_http_llm_consumer_metrics[m].name; m++) {
+        metric = &ngx_http_llm_consumer_metrics[m];
+
+        p = ngx_sprintf(p, "# HELP %s %s\n# TYPE %s %s\n",
+                        metric->name, metric->help, metric->name,
+                        metric->type);
+
+        for (i = 0; i < nzones; i++) {
+
+            if (m < 2) {
+                p = ngx_sprintf(p, "%s{zone=\"", metric->name);
+                p = ngx_http_llm_label(p, &zones[i].shm_zone->shm.name);
+                p = ngx_sprintf(p, "\"} %ui\n",
+                                m ? zones[i].evicted : zones[i].count);
+                continue;
+            }
+
+            for (j = 0; j < zones[i].ntop; j++) {
+                cs = &zones[i].top[j];
+
+                p = ngx_sprintf(p, "%s{zone=\"", metric->name);
+                p = ngx_http_llm_label(p, &zones[i].shm_zone->shm.name);
+                p = ngx_sprintf(p, "\",consumer=\"");
+                p = ngx_http_llm_consumer_id(p, cs->digest);
+
+                switch (m) {
+
+                case 2:
+                    p = ngx_sprintf(p, "\"} %ui\n", cs->tokens_sum);
+                    break;
+
+                case 3:
+                    p = ngx_sprintf(p, "\"} %ui\n", cs->requests_sum);
+                    break;
+
+                case 4:
+                    p = ngx_sprintf(p, "\"} %ui\n", cs->requests);
+                    break;
+
+                case 5:
+                    p = ngx_sprintf(p, "\"} %ui\n", cs->throttled);
+                    break;
+
+                case 7:
+                    p = ngx_sprintf(p, "\"} %ui\n", cs->quota_used);
+                    break;
+
+                default: /* 6 */
+                    p = ngx_sprintf(p, "\",kind=\"prompt\"} %ui\n",
+                                    cs->prompt_tokens);
+                    p = ngx_sprintf(p, "%s{zone=\"", metric->name);
+                    p = ngx_http_llm_label(p, &zones[i].shm_zone->shm.name);
+                    p = ngx_sprintf(p, "\",consumer=\"");
+                    p = ngx_http_llm_consumer_id(p, cs->digest);
+                    p = ngx_sprintf(p, "\",kind=\"completion\"} %ui\n",
+                                    cs->completion_tokens);
                     break;
                 }
             }

@@ -45,7 +45,6 @@ static void ngx_http_llm_free_peer(ngx_peer_connection_t *pc, void *data,
 static ngx_msec_t ngx_http_llm_cooldown(ngx_http_upstream_t *u,
     ngx_http_llm_pool_t *pool, ngx_int_t *remote_tokens,
     ngx_int_t *remote_requests);
-static ngx_int_t ngx_http_llm_parse_count(u_char *p, size_t len);
 static ngx_uint_t ngx_http_llm_secret_same(ngx_http_llm_secret_t *secret,
     ngx_file_info_t *fi);
 static ngx_int_t ngx_http_llm_secret_read(ngx_log_t *log,
@@ -1430,7 +1429,7 @@ ngx_http_llm_parse_duration(ngx_str_t *value)
 
 /* "150000", "150k", "1m": a count; NGX_ERROR if invalid */
 
-static ngx_int_t
+ngx_int_t
 ngx_http_llm_parse_count(u_char *p, size_t len)
 {
     ngx_int_t  n, scale;

@@ -452,6 +452,7 @@ ngx_http_llm_log_handler(ngx_http_request_t *r)
 
     if (ctx) {
         ngx_http_llm_account(r, ctx);
+        ngx_http_llm_consumers_account(r, ctx);
     }
 
     return NGX_OK;

@@ -30,6 +30,8 @@ static ngx_int_t ngx_http_llm_attempts_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
 static ngx_int_t ngx_http_llm_throttle_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
+static ngx_int_t ngx_http_llm_consumer_variable(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data);
 
 
 static ngx_http_variable_t  ngx_http_llm_vars[] = {
@@ -99,6 +101,9 @@ static ngx_http_variable_t  ngx_http_llm_vars[] = {
 
     { ngx_string("llm_throttle"), NULL,
       ngx_http_llm_throttle_variable, 0, NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("llm_consumer"), NULL,
+      ngx_http_llm_consumer_variable, 0, NGX_HTTP_VAR_NOCACHEABLE, 0 },
 
       ngx_http_null_variable
 };
@@ -264,7 +269,8 @@ ngx_http_llm_throttle_variable(ngx_http_request_t *r,
     static ngx_str_t  names[] = {
         ngx_string("none"),
         ngx_string("local"),
-        ngx_string("backend")
+        ngx_string("backend"),
+        ngx_string("consumer")
     };
 
     ctx = ngx_http_get_module_ctx(r->main, ngx_http_llm_module);
@@ -279,6 +285,37 @@ ngx_http_llm_throttle_variable(ngx_http_request_t *r,
     v->no_cacheable = 1;
     v->not_found = 0;
     v->data = names[ctx->throttle].data;
+
+    return NGX_OK;
+}
+
+
+/* the first applying llm_limit's consumer, hashed as the status shows it */
+
+static ngx_int_t
+ngx_http_llm_consumer_variable(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data)
+{
+    u_char              *p;
+    ngx_http_llm_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r->main, ngx_http_llm_module);
+
+    if (ctx == NULL || ctx->nconsumers == 0) {
+        v->not_found = 1;
+        return NGX_OK;
+    }
+
+    p = ngx_pnalloc(r->pool, NGX_HTTP_LLM_CONSUMER_ID_LEN);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    v->len = ngx_http_llm_consumer_id(p, ctx->consumers[0].digest) - p;
+    v->valid = 1;
+    v->no_cacheable = 1;
+    v->not_found = 0;
+    v->data = p;
 
     return NGX_OK;
 }

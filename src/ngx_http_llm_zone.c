@@ -15,19 +15,8 @@ static void ngx_http_llm_rbtree_insert_value(ngx_rbtree_node_t *temp,
     ngx_rbtree_node_t *node, ngx_rbtree_node_t *sentinel);
 static ngx_http_llm_backend_sh_t *ngx_http_llm_lookup(
     ngx_http_llm_zone_t *zone, ngx_str_t *key, uint32_t hash);
-static void ngx_http_llm_window_advance(uint32_t *slots, ngx_uint_t n,
-    ngx_msec_t slot_ms, ngx_msec_t *last, ngx_uint_t *sum, ngx_msec_t now);
 static ngx_uint_t ngx_http_llm_latency(ngx_http_llm_pool_t *pool,
     ngx_http_llm_backend_sh_t *sh, ngx_http_llm_ctx_t *ctx, ngx_msec_t now);
-static ngx_msec_t ngx_http_llm_window_wait(uint32_t *slots, ngx_uint_t n,
-    ngx_msec_t slot_ms, ngx_msec_t last, ngx_uint_t sum, ngx_uint_t limit,
-    ngx_uint_t need, ngx_msec_t now);
-static void ngx_http_llm_window_remove(uint32_t *slots, ngx_uint_t n,
-    ngx_msec_t slot_ms, ngx_msec_t last, ngx_uint_t *sum, ngx_uint_t value,
-    ngx_msec_t at);
-static void ngx_http_llm_window_add(uint32_t *slots, ngx_uint_t n,
-    ngx_msec_t slot_ms, ngx_msec_t last, ngx_uint_t *sum, ngx_uint_t value,
-    ngx_msec_t at);
 
 
 char *
@@ -186,6 +175,8 @@ ngx_http_llm_init_zone(ngx_shm_zone_t *shm_zone, void *data)
             ngx_queue_init(&zone->sh->queue);
             zone->sh->generation = 0;
 
+            ngx_http_llm_consumers_init(zone->sh);
+
             len = sizeof(" in llm_zone \"\"") + shm_zone->shm.name.len;
 
             zone->shpool->log_ctx = ngx_slab_alloc(zone->shpool, len);
@@ -206,6 +197,10 @@ ngx_http_llm_init_zone(ngx_shm_zone_t *shm_zone, void *data)
     ngx_shmtx_lock(&zone->shpool->mutex);
 
     gen = ++zone->sh->generation;
+
+    /* a full zone evicts consumers: not worth a message each time */
+
+    zone->shpool->log_nomem = 0;
 
     pools = zone->pools.elts;
 
@@ -814,7 +809,7 @@ ngx_http_llm_count_local_throttle(ngx_http_llm_pool_t *pool)
 }
 
 
-static void
+void
 ngx_http_llm_window_add(uint32_t *slots, ngx_uint_t n, ngx_msec_t slot_ms,
     ngx_msec_t last, ngx_uint_t *sum, ngx_uint_t value, ngx_msec_t at)
 {
@@ -831,7 +826,7 @@ ngx_http_llm_window_add(uint32_t *slots, ngx_uint_t n, ngx_msec_t slot_ms,
 }
 
 
-static void
+void
 ngx_http_llm_window_advance(uint32_t *slots, ngx_uint_t n, ngx_msec_t slot_ms,
     ngx_msec_t *last, ngx_uint_t *sum, ngx_msec_t now)
 {
@@ -864,7 +859,7 @@ ngx_http_llm_window_advance(uint32_t *slots, ngx_uint_t n, ngx_msec_t slot_ms,
  * larger than the limit fits an empty window, as the only way it can.
  */
 
-static ngx_msec_t
+ngx_msec_t
 ngx_http_llm_window_wait(uint32_t *slots, ngx_uint_t n, ngx_msec_t slot_ms,
     ngx_msec_t last, ngx_uint_t sum, ngx_uint_t limit, ngx_uint_t need,
     ngx_msec_t now)
@@ -892,7 +887,7 @@ ngx_http_llm_window_wait(uint32_t *slots, ngx_uint_t n, ngx_msec_t slot_ms,
 }
 
 
-static void
+void
 ngx_http_llm_window_remove(uint32_t *slots, ngx_uint_t n, ngx_msec_t slot_ms,
     ngx_msec_t last, ngx_uint_t *sum, ngx_uint_t value, ngx_msec_t at)
 {
