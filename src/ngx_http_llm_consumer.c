@@ -289,8 +289,13 @@ ngx_http_llm_consumers_charge(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
 
     ngx_shmtx_lock(&zone->shpool->mutex);
 
+    /* a charge refunded before (llm_wait) leaves nothing behind */
+
     for (i = 0; i < ctx->nconsumers; i++) {
         c[i].node = NULL;
+        c[i].charged = 0;
+        c[i].charged_at = 0;
+        c[i].quota_start = 0;
     }
 
     for (i = 0; i < ctx->nconsumers; i++) {
@@ -414,9 +419,9 @@ ngx_http_llm_consumers_charge(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
 static void
 ngx_http_llm_sha256(u_char *in, size_t len, u_char *out)
 {
-    unsigned int             n;
-    static EVP_MD_CTX       *ctx;
-    static const EVP_MD     *md;
+    unsigned int           n;
+    static EVP_MD_CTX     *ctx;
+    static const EVP_MD   *md;
 
     if (md == NULL) {
 #if (OPENSSL_VERSION_NUMBER >= 0x30000000L)
@@ -448,6 +453,7 @@ ngx_http_llm_consumers_key(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
 {
     u_char                   *buf, *p;
     size_t                    len;
+    uint64_t                  mix;
     ngx_str_t                 value;
     ngx_uint_t                i, j, n;
     ngx_http_llm_limit_t     *limit;
@@ -486,6 +492,20 @@ ngx_http_llm_consumers_key(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
         ngx_memcpy(p, value.data, value.len);
 
         ngx_http_llm_sha256(buf, len, c[n].digest);
+
+        /*
+         * a consumer keeps one window length and one quota period: lines
+         * of one key that differ in them are consumers of their own (the
+         * last bytes of the digest tell them apart; $llm_consumer, its
+         * first ones, stays the hash of the key)
+         */
+
+        mix = ((uint64_t) limit[i].window << 2) | limit[i].quota_period;
+
+        for (j = 0; j < 8; j++) {
+            c[n].digest[NGX_HTTP_LLM_DIGEST_LEN - 1 - j] ^=
+                                                  (u_char) (mix >> (8 * j));
+        }
 
         c[n].limit = &limit[i];
 

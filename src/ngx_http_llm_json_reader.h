@@ -15,7 +15,7 @@
  * grammar, unusual escapes, a byte order mark, deep nesting, any error):
  * the caller then parses with cJSON itself, so the tree and the errors
  * are always cJSON's.  Plain C99 without nginx headers, so that a fuzzer
- * can compare it with cJSON (t/json/fuzz_json.c).
+ * can compare it with cJSON (t/json/json_diff.c).
  */
 
 

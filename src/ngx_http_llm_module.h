@@ -89,7 +89,7 @@ typedef struct {
  */
 
 #define NGX_HTTP_LLM_CONSUMER_SLOTS      61
-#define NGX_HTTP_LLM_CONSUMER_RSLOTS  13
+#define NGX_HTTP_LLM_CONSUMER_RSLOTS     13
 #define NGX_HTTP_LLM_DIGEST_LEN          32
 #define NGX_HTTP_LLM_CONSUMER_ID_LEN     16  /* hex digits shown */
 

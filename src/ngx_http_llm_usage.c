@@ -15,8 +15,8 @@
  * Finds "usage" in a reply as its bytes pass, JSON or SSE alike, without
  * holding or copying the reply: one pass that knows only whether it is
  * inside a string, the name of the last key, and the depth of the usage
- * object it is copying (a few hundred bytes, parsed with cJSON when it
- * closes).  In a stream, "data:" prefixes and [DONE] sit outside any
+ * object it is copying (a few hundred bytes, parsed into a cJSON tree
+ * when it closes).  In a stream, "data:" prefixes and [DONE] sit outside any
  * string and are passed over; events split across reads just continue
  * the same state.  A stream's text deltas are counted on the way, for
  * streams that end without usage.

@@ -123,6 +123,21 @@ my $conf = <<"END";
             proxy_set_header api-key \$llm_backend_key;
         }
 
+        # lines of one key: a quota on the second one, another window
+        location /dupq/ {
+            llm_route pool;
+            llm_limit \$http_x_app tpm=1000000;
+            llm_limit \$http_x_app quota=1000/day;
+            proxy_pass http://pool;
+        }
+
+        location /win/ {
+            llm_route pool;
+            llm_limit \$http_x_app tpm=1000 window=1m;
+            llm_limit \$http_x_app rpm=100 window=10s;
+            proxy_pass http://pool;
+        }
+
         location /full/ {
             llm_route full;
             proxy_pass http://full;
@@ -429,6 +444,18 @@ cmp_ok($z->{evicted}, '>', 0, "$z->{evicted} evicted");
 is(scalar @{ $z->{top} }, 10, 'llm_status default: top 10');
 ($st) = post("/small$chat", 'X-App' => $zeta);
 is($st, 200, 'zeta was evicted: a fresh window');
+
+###########################################################################
+# two lines of one key that differ in window or quota period are two
+# consumers: each line's limit holds (once the second line's quota went
+# uncharged, and two windows reset the consumer at every request)
+
+my @dupq = map { (post("/dupq$chat", 'X-App' => 'dup-q', max => 400))[0] }
+           1 .. 6;
+ok((grep { $_ == 429 } @dupq), "a quota on a second line holds: @dupq");
+my @win = map { (post("/win$chat", 'X-App' => 'dup-w', max => 400))[0] }
+          1 .. 6;
+ok((grep { $_ == 429 } @win), "tpm= with a second line's window holds: @win");
 
 ###########################################################################
 # configuration errors
