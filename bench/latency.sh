@@ -111,57 +111,8 @@ rt)   on_nginx="$on_nginx chrt -f 50" on_wrk="$on_wrk chrt -f 50"
 *)    ;;
 esac
 
-bench_conf_head "daemon on;" >"$work/nginx.conf"
-cat >>"$work/nginx.conf" <<END
-    client_max_body_size 2m;
-    client_body_buffer_size 64k;
-    llm_tokenizer o200k_base $vocab/o200k_base.json;
-    llm_zone llm:1m;
-
-    upstream backend {
-        server 127.0.0.1:18992;
-        keepalive 32;
-    }
-
-    upstream pool {
-        llm_balance zone=llm keepalive=32;
-        llm_backend be http://127.0.0.1:18992;
-    }
-
-    server {
-        listen 127.0.0.1:18992;
-        location / {
-            default_type application/json;
-            return 200 '$reply';
-        }
-    }
-
-    server {
-        listen 127.0.0.1:18991;
-
-        location /plain/ {
-            proxy_pass http://backend;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-        }
-
-        location /estimate/ {
-            llm_route pool;
-            llm_count estimate;
-            proxy_pass http://pool;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-        }
-
-        location /exact/ {
-            llm_route pool;
-            proxy_pass http://pool;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-        }
-    }
-}
-END
+bench_conf "daemon on;" "llm_tokenizer o200k_base $vocab/o200k_base.json;" \
+    >"$work/nginx.conf"
 
 cat >"$work/latency.lua" <<'LUA'
 local f = io.open(os.getenv("BODY"), "r")

@@ -71,6 +71,92 @@ for name in sys.argv[2:]:
 PY
 }
 
+# the nginx.conf of bench/overhead.sh and bench/latency.sh, one for both
+# so that they measure the same configurations: the backend (a server of
+# the same nginx, answering $reply, or $sse under /sse-*) and, on port
+# 18991, /plain/ (proxy_pass), /estimate/, /exact/, /nocache/,
+# /sse-plain/ and /sse-estimate/; $1 goes at the top, $2 into "http {"
+bench_conf() {
+    bench_conf_head "$1"
+    cat <<END
+    client_max_body_size 2m;
+    client_body_buffer_size 64k;
+    $2
+    llm_zone llm:1m;
+
+    upstream backend {
+        server 127.0.0.1:18992;
+        keepalive 32;
+    }
+
+    upstream pool {
+        llm_balance zone=llm keepalive=32;
+        llm_backend be http://127.0.0.1:18992;
+    }
+
+    server {
+        listen 127.0.0.1:18992;
+        location / {
+            default_type application/json;
+            return 200 '$reply';
+        }
+        location ~ ^/sse- {
+            default_type text/event-stream;
+            return 200 '$sse';
+        }
+    }
+
+    server {
+        listen 127.0.0.1:18991;
+
+        location /plain/ {
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+
+        location /estimate/ {
+            llm_route pool;
+            llm_count estimate;
+            proxy_pass http://pool;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+
+        # the same with a streamed (SSE) answer of 22 events
+        location /sse-plain/ {
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+
+        location /sse-estimate/ {
+            llm_route pool;
+            llm_count estimate;
+            proxy_pass http://pool;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+
+        location /exact/ {
+            llm_route pool;
+            proxy_pass http://pool;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+
+        location /nocache/ {
+            llm_route pool;
+            llm_count_cache off;
+            proxy_pass http://pool;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+}
+END
+}
+
 # a keepalive client sending N requests one after another
 bench_client() {
     cat >"$work/client.pl" <<'PL'

@@ -26,87 +26,6 @@ n2=${2:-500}
 bench_setup
 bench_bodies 1k 20k
 
-conf() {
-    bench_conf_head "$1"
-    cat <<END
-    client_max_body_size 2m;
-    client_body_buffer_size 64k;
-    $2
-    llm_zone llm:1m;
-
-    upstream backend {
-        server 127.0.0.1:18992;
-        keepalive 32;
-    }
-
-    upstream pool {
-        llm_balance zone=llm keepalive=32;
-        llm_backend be http://127.0.0.1:18992;
-    }
-
-    server {
-        listen 127.0.0.1:18992;
-        location / {
-            default_type application/json;
-            return 200 '$reply';
-        }
-        location ~ ^/sse- {
-            default_type text/event-stream;
-            return 200 '$sse';
-        }
-    }
-
-    server {
-        listen 127.0.0.1:18991;
-
-        location /plain/ {
-            proxy_pass http://backend;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-        }
-
-        location /estimate/ {
-            llm_route pool;
-            llm_count estimate;
-            proxy_pass http://pool;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-        }
-
-        # the same with a streamed (SSE) answer of 22 events
-        location /sse-plain/ {
-            proxy_pass http://backend;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-        }
-
-        location /sse-estimate/ {
-            llm_route pool;
-            llm_count estimate;
-            proxy_pass http://pool;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-        }
-
-        location /exact/ {
-            llm_route pool;
-            proxy_pass http://pool;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-        }
-
-        location /nocache/ {
-            llm_route pool;
-            llm_count_cache off;
-            proxy_pass http://pool;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-        }
-    }
-}
-END
-}
-
 cat >"$work/post.lua" <<'LUA'
 local f = io.open(os.getenv("BODY"), "r")
 wrk.method = "POST"
@@ -116,7 +35,7 @@ f:close()
 LUA
 
 echo "== requests/s and latency (wrk -t1 -c8, ${secs} s each, same nginx)"
-conf "daemon on;" "llm_tokenizer o200k_base $vocab/o200k_base.json;" \
+bench_conf "daemon on;" "llm_tokenizer o200k_base $vocab/o200k_base.json;" \
     >"$work/nginx.conf"
 "$LLM_NGINX" -p "$work" -c "$work/nginx.conf"
 sleep 1
@@ -171,7 +90,7 @@ sleep 1
 echo
 echo "== instructions per request (callgrind, $n2 requests after 3 to warm up)"
 
-conf "daemon off; master_process off;" \
+bench_conf "daemon off; master_process off;" \
     "llm_tokenizer o200k_base $vocab/o200k_base.json;" >"$work/cg.conf"
 
 echo "   by where they go: nginx (and the rest), libc, JSON (our reader"
