@@ -8,6 +8,7 @@
 #include <ngx_core.h>
 #include <ngx_http.h>
 #include "ngx_http_llm_module.h"
+#include "ngx_http_llm_estimate.h"
 
 
 /*
@@ -22,23 +23,6 @@
 
 #define ngx_http_llm_is_string(item)                                         \
     (cJSON_IsString(item) && (item)->valuestring != NULL)
-
-
-/* what the walk adds up */
-
-typedef struct {
-    size_t                   chars;
-    size_t                   tokens;
-    size_t                   weight;     /* of guessed tokens */
-    ngx_http_llm_vocab_t    *vocab;      /* NULL: tokens are guessed */
-    ngx_uint_t               cache;      /* llm_count_cache */
-    ngx_uint_t               encoding;
-
-    /* images: where to decode headers, the model's prices */
-    ngx_pool_t              *pool;
-    ngx_uint_t               mini;
-    ngx_uint_t               remote_image;
-} ngx_http_llm_sum_t;
 
 
 /* the members of a body that inspect reads, found in one walk */
@@ -90,8 +74,9 @@ static void ngx_http_llm_add_tools(ngx_http_llm_sum_t *sum, cJSON *tools,
     cJSON *format);
 static void ngx_http_llm_add_line(ngx_http_llm_sum_t *sum, cJSON *a,
     cJSON *b, cJSON *c);
-static ngx_int_t ngx_http_llm_number(cJSON *item, ngx_uint_t max,
-    ngx_uint_t *value);
+static void ngx_http_llm_numbers(ngx_http_llm_sum_t *sum, cJSON **m);
+static ngx_int_t ngx_http_llm_number(ngx_http_llm_sum_t *sum, ngx_uint_t i,
+    ngx_uint_t max, ngx_uint_t *value);
 static ngx_int_t ngx_http_llm_copy_string(ngx_pool_t *pool, cJSON *item,
     ngx_str_t *dst);
 
@@ -100,14 +85,8 @@ ngx_int_t
 ngx_http_llm_inspect(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
     cJSON *root)
 {
-    cJSON                     *item, *msg, *m[NGX_HTTP_LLM_M_LAST], *mm[3];
-    ngx_uint_t                 messages, value, enc;
-    ngx_http_llm_sum_t         sum;
-    ngx_http_llm_loc_conf_t   *llcf;
-    ngx_http_llm_main_conf_t  *lmcf;
-
-    llcf = ngx_http_get_module_loc_conf(r, ngx_http_llm_module);
-    lmcf = ngx_http_get_module_main_conf(r, ngx_http_llm_module);
+    cJSON               *item, *msg, *m[NGX_HTTP_LLM_M_LAST], *mm[3];
+    ngx_http_llm_sum_t   sum;
 
     ngx_http_llm_members(root, ngx_http_llm_body_members,
                          NGX_HTTP_LLM_M_LAST, m);
@@ -123,28 +102,7 @@ ngx_http_llm_inspect(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
     ctx->stream = cJSON_IsTrue(m[NGX_HTTP_LLM_M_STREAM]) ? 1 : 0;
     ctx->stream_options = (m[NGX_HTTP_LLM_M_STREAM_OPTIONS] != NULL);
 
-    /* exact counts when the model's vocabulary is loaded */
-
-    ngx_memzero(&sum, sizeof(ngx_http_llm_sum_t));
-
-    enc = llcf->encoding ? llcf->encoding
-                         : ngx_http_llm_encoding_for(&ctx->model);
-    sum.encoding = enc;
-
-    if (llcf->count == NGX_HTTP_LLM_COUNT_EXACT) {
-        sum.vocab = lmcf->vocab[enc];
-        sum.cache = llcf->count_cache;
-    }
-
-    sum.pool = r->pool;
-    sum.remote_image = llcf->image_tokens;
-    sum.mini = (ctx->model.len >= 7
-                && ngx_strlcasestrn(ctx->model.data,
-                                    ctx->model.data + ctx->model.len,
-                                    (u_char *) "4o-mini", 7 - 1)
-                   != NULL);
-
-    messages = 0;
+    ngx_http_llm_sum_init(r, ctx, &sum);
 
     /*
      * chat completions: OpenAI's recipe, 3 tokens a message, its role,
@@ -152,7 +110,7 @@ ngx_http_llm_inspect(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
      */
 
     cJSON_ArrayForEach(msg, m[NGX_HTTP_LLM_M_MESSAGES]) {
-        messages++;
+        sum.messages++;
 
         ngx_http_llm_members(msg, ngx_http_llm_message_members, 3, mm);
 
@@ -174,23 +132,75 @@ ngx_http_llm_inspect(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
 
     /* legacy completions, embeddings and the Responses API */
 
-    ngx_http_llm_add_input(&sum, m[NGX_HTTP_LLM_M_PROMPT], &messages);
-    ngx_http_llm_add_input(&sum, m[NGX_HTTP_LLM_M_INPUT], &messages);
+    ngx_http_llm_add_input(&sum, m[NGX_HTTP_LLM_M_PROMPT], &sum.messages);
+    ngx_http_llm_add_input(&sum, m[NGX_HTTP_LLM_M_INPUT], &sum.messages);
     ngx_http_llm_add_content(&sum, m[NGX_HTTP_LLM_M_INSTRUCTIONS]);
 
-    ctx->prompt_estimate = (sum.chars + 3) / 4;
+    ngx_http_llm_numbers(&sum, m);
+    ngx_http_llm_sum_done(r, ctx, &sum);
 
-    if (messages) {
-        ctx->prompt_estimate += 3 * messages + 3;
-        sum.tokens += 3 * messages + 3;
+    return NGX_OK;
+}
+
+
+/* what to count with: ctx->model is known */
+
+void
+ngx_http_llm_sum_init(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
+    ngx_http_llm_sum_t *sum)
+{
+    ngx_http_llm_loc_conf_t   *llcf;
+    ngx_http_llm_main_conf_t  *lmcf;
+
+    llcf = ngx_http_get_module_loc_conf(r, ngx_http_llm_module);
+    lmcf = ngx_http_get_module_main_conf(r, ngx_http_llm_module);
+
+    ngx_memzero(sum, sizeof(ngx_http_llm_sum_t));
+
+    sum->encoding = llcf->encoding ? llcf->encoding
+                                   : ngx_http_llm_encoding_for(&ctx->model);
+
+    /* exact counts when the model's vocabulary is loaded */
+
+    if (llcf->count == NGX_HTTP_LLM_COUNT_EXACT) {
+        sum->vocab = lmcf->vocab[sum->encoding];
+        sum->cache = llcf->count_cache;
     }
 
-    sum.tokens += (sum.weight + NGX_HTTP_LLM_WEIGHT_UNIT - 1)
-                  / NGX_HTTP_LLM_WEIGHT_UNIT;
+    sum->pool = r->pool;
+    sum->remote_image = llcf->image_tokens;
+    sum->mini = (ctx->model.len >= 7
+                 && ngx_strlcasestrn(ctx->model.data,
+                                     ctx->model.data + ctx->model.len,
+                                     (u_char *) "4o-mini", 7 - 1)
+                    != NULL);
+}
 
-    ctx->prompt_tokens = ngx_min(sum.tokens, NGX_HTTP_LLM_MAX_TOKENS);
 
-    if (sum.vocab) {
+/* the counts of the request from the sum and the body's numbers */
+
+void
+ngx_http_llm_sum_done(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
+    ngx_http_llm_sum_t *sum)
+{
+    ngx_uint_t                 value;
+    ngx_http_llm_loc_conf_t   *llcf;
+
+    llcf = ngx_http_get_module_loc_conf(r, ngx_http_llm_module);
+
+    ctx->prompt_estimate = (sum->chars + 3) / 4;
+
+    if (sum->messages) {
+        ctx->prompt_estimate += 3 * sum->messages + 3;
+        sum->tokens += 3 * sum->messages + 3;
+    }
+
+    sum->tokens += (sum->weight + NGX_HTTP_LLM_WEIGHT_UNIT - 1)
+                   / NGX_HTTP_LLM_WEIGHT_UNIT;
+
+    ctx->prompt_tokens = ngx_min(sum->tokens, NGX_HTTP_LLM_MAX_TOKENS);
+
+    if (sum->vocab) {
         ngx_http_llm_count_done(ctx->body.len);
     }
 
@@ -203,13 +213,13 @@ ngx_http_llm_inspect(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
                                       sizeof("/embeddings") - 1)
                           == 0);
 
-    if (ngx_http_llm_number(m[NGX_HTTP_LLM_M_MAX_COMPLETION_TOKENS],
+    if (ngx_http_llm_number(sum, NGX_HTTP_LLM_N_MAX_COMPLETION_TOKENS,
                             NGX_HTTP_LLM_MAX_TOKENS, &value)
         == NGX_OK
-        || ngx_http_llm_number(m[NGX_HTTP_LLM_M_MAX_TOKENS],
+        || ngx_http_llm_number(sum, NGX_HTTP_LLM_N_MAX_TOKENS,
                                NGX_HTTP_LLM_MAX_TOKENS, &value)
            == NGX_OK
-        || ngx_http_llm_number(m[NGX_HTTP_LLM_M_MAX_OUTPUT_TOKENS],
+        || ngx_http_llm_number(sum, NGX_HTTP_LLM_N_MAX_OUTPUT_TOKENS,
                                NGX_HTTP_LLM_MAX_TOKENS, &value)
            == NGX_OK)
     {
@@ -229,14 +239,14 @@ ngx_http_llm_inspect(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
 
     ctx->choices = 1;
 
-    if (ngx_http_llm_number(m[NGX_HTTP_LLM_M_N], NGX_HTTP_LLM_MAX_CHOICES,
+    if (ngx_http_llm_number(sum, NGX_HTTP_LLM_N_N, NGX_HTTP_LLM_MAX_CHOICES,
                             &value)
         == NGX_OK && value > 1)
     {
         ctx->choices = value;
     }
 
-    if (ngx_http_llm_number(m[NGX_HTTP_LLM_M_BEST_OF],
+    if (ngx_http_llm_number(sum, NGX_HTTP_LLM_N_BEST_OF,
                             NGX_HTTP_LLM_MAX_CHOICES, &value)
         == NGX_OK && value > ctx->choices)
     {
@@ -248,8 +258,6 @@ ngx_http_llm_inspect(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
     }
 
     ctx->tokens_estimate = ctx->prompt_tokens + ctx->reserve * ctx->choices;
-
-    return NGX_OK;
 }
 
 
@@ -332,11 +340,14 @@ ngx_http_llm_members(cJSON *obj, const char **names, ngx_uint_t n,
 static void
 ngx_http_llm_add_text(ngx_http_llm_sum_t *sum, const char *s)
 {
-    size_t         len, n;
-    const u_char  *p;
+    ngx_http_llm_sum_text(sum, (const u_char *) s, ngx_strlen(s));
+}
 
-    p = (const u_char *) s;
-    len = ngx_strlen(s);
+
+void
+ngx_http_llm_sum_text(ngx_http_llm_sum_t *sum, const u_char *p, size_t len)
+{
+    size_t  n;
 
     if (sum->vocab == NULL) {
         sum->weight += ngx_http_llm_estimate_weight(sum->encoding, p, len,
@@ -346,7 +357,7 @@ ngx_http_llm_add_text(ngx_http_llm_sum_t *sum, const char *s)
     }
 
     sum->chars += ngx_http_llm_chars(p, len);
-    sum->tokens += ngx_http_llm_count(sum->vocab, (u_char *) s, len,
+    sum->tokens += ngx_http_llm_count(sum->vocab, (u_char *) p, len,
                                       sum->cache);
 }
 
@@ -407,13 +418,25 @@ ngx_http_llm_add_tokens(ngx_http_llm_sum_t *sum, u_char *text, size_t len)
 static void
 ngx_http_llm_add_role(ngx_http_llm_sum_t *sum, cJSON *role)
 {
-    if (sum->vocab || !ngx_http_llm_is_string(role)) {
+    if (!ngx_http_llm_is_string(role)) {
         ngx_http_llm_add_content(sum, role);
         return;
     }
 
-    sum->chars += ngx_http_llm_chars((u_char *) role->valuestring,
-                                     ngx_strlen(role->valuestring));
+    ngx_http_llm_sum_role(sum, (u_char *) role->valuestring,
+                          ngx_strlen(role->valuestring));
+}
+
+
+void
+ngx_http_llm_sum_role(ngx_http_llm_sum_t *sum, const u_char *p, size_t len)
+{
+    if (sum->vocab) {
+        ngx_http_llm_sum_text(sum, p, len);
+        return;
+    }
+
+    sum->chars += ngx_http_llm_chars(p, len);
     sum->tokens++;
 }
 
@@ -674,18 +697,38 @@ ngx_http_llm_add_line(ngx_http_llm_sum_t *sum, cJSON *a, cJSON *b, cJSON *c)
 }
 
 
+/* the tree's numbers that ngx_http_llm_sum_done() reads */
+
+static void
+ngx_http_llm_numbers(ngx_http_llm_sum_t *sum, cJSON **m)
+{
+    cJSON       *item;
+    ngx_uint_t   i;
+
+    for (i = 0; i < NGX_HTTP_LLM_N_LAST; i++) {
+        item = m[NGX_HTTP_LLM_M_MAX_COMPLETION_TOKENS + i];
+
+        if (cJSON_IsNumber(item)) {
+            sum->numbers |= (ngx_uint_t) 1 << i;
+            sum->number[i] = item->valuedouble;
+        }
+    }
+}
+
+
 /* a non-negative integer member, clamped to max; NGX_DECLINED if absent */
 
 static ngx_int_t
-ngx_http_llm_number(cJSON *item, ngx_uint_t max, ngx_uint_t *value)
+ngx_http_llm_number(ngx_http_llm_sum_t *sum, ngx_uint_t i, ngx_uint_t max,
+    ngx_uint_t *value)
 {
     double  d;
 
-    if (!cJSON_IsNumber(item)) {
+    if (!(sum->numbers & ((ngx_uint_t) 1 << i))) {
         return NGX_DECLINED;
     }
 
-    d = item->valuedouble;
+    d = sum->number[i];
 
     if (!(d >= 0)) {
         return NGX_DECLINED;

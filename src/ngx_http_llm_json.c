@@ -50,19 +50,9 @@ ngx_http_llm_json_parse(ngx_str_t *text, cJSON **root, size_t *error_at,
     const char   *end;
     cJSON_Hooks   hooks;
 
-    if (ngx_http_llm_json_pool == NULL) {
-        ngx_http_llm_json_pool = ngx_create_pool(NGX_HTTP_LLM_JSON_POOL, log);
-        if (ngx_http_llm_json_pool == NULL) {
-            return NGX_ERROR;
-        }
+    if (ngx_http_llm_json_scratch(log) == NULL) {
+        return NGX_ERROR;
     }
-
-    /*
-     * the pool outlives the request that made it: its log must be the
-     * one of the request parsing now, not a closed connection's
-     */
-
-    ngx_http_llm_json_pool->log = log;
 
     hooks.malloc_fn = ngx_http_llm_json_alloc;
     hooks.free_fn = ngx_http_llm_json_free;
@@ -98,6 +88,32 @@ ngx_http_llm_json_parse(ngx_str_t *text, cJSON **root, size_t *error_at,
     }
 
     return NGX_OK;
+}
+
+
+/*
+ * The worker's pool for reading a body, emptied by
+ * ngx_http_llm_json_done(): cJSON's nodes, and the body walk's texts
+ */
+
+ngx_pool_t *
+ngx_http_llm_json_scratch(ngx_log_t *log)
+{
+    if (ngx_http_llm_json_pool == NULL) {
+        ngx_http_llm_json_pool = ngx_create_pool(NGX_HTTP_LLM_JSON_POOL, log);
+        if (ngx_http_llm_json_pool == NULL) {
+            return NULL;
+        }
+    }
+
+    /*
+     * the pool outlives the request that made it: its log must be the
+     * one of the request reading now, not a closed connection's
+     */
+
+    ngx_http_llm_json_pool->log = log;
+
+    return ngx_http_llm_json_pool;
 }
 
 

@@ -67,8 +67,6 @@ static int ngx_http_llm_json_string(ngx_http_llm_json_in_t *in,
     char **out);
 static const unsigned char *ngx_http_llm_json_close(const unsigned char *p,
     const unsigned char *end);
-static int ngx_http_llm_json_unescape(const unsigned char *p,
-    const unsigned char *end, unsigned char *dst);
 static long ngx_http_llm_json_hex4(const unsigned char *p);
 static int ngx_http_llm_json_number(ngx_http_llm_json_in_t *in,
     cJSON *item);
@@ -396,7 +394,7 @@ ngx_http_llm_json_close(const unsigned char *p, const unsigned char *end)
  * ngx_http_llm_json_string() skipped it.  The text never grows.
  */
 
-static int
+int
 ngx_http_llm_json_unescape(const unsigned char *p, const unsigned char *end,
     unsigned char *dst)
 {

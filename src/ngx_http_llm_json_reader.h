@@ -40,32 +40,45 @@ int ngx_http_llm_json_read(const unsigned char *text, size_t len,
     cJSON **root, ngx_http_llm_json_alloc_pt alloc, void *data);
 
 
+/* decodes a string's escapes, as the reader does: ngx_http_llm_walk() */
+int ngx_http_llm_json_unescape(const unsigned char *p,
+    const unsigned char *end, unsigned char *dst);
+
+
 /*
- * The first quote or backslash, for the reader and the reply scanner
- * alike (inlined in both): sixteen bytes at a time with SSE2, which
- * every x86-64 has, or else eight at a time in a 64-bit word.  In the
- * word, a byte of w ^ c is zero where w has c, and (x - 0x01..) & ~x &
- * 0x80.. sets the high bit of the first zero byte of x (bits above it
- * may be wrong, so only the lowest one is read: a little-endian load).
+ * The first quote or backslash, or NUL byte if nul is set, for the
+ * reader, the body walk and the reply scanner alike (inlined in each,
+ * nul a constant): sixteen bytes at a time with SSE2, which every x86-64
+ * has, or else eight at a time in a 64-bit word.  In the word, a byte of
+ * w ^ c is zero where w has c, and (x - 0x01..) & ~x & 0x80.. sets the
+ * high bit of the first zero byte of x (bits above it may be wrong, so
+ * only the lowest one is read: a little-endian load).
  */
 
 static inline const unsigned char *
-ngx_http_llm_json_special(const unsigned char *p, const unsigned char *end)
+ngx_http_llm_json_find(const unsigned char *p, const unsigned char *end,
+    int nul)
 {
 #if (defined __SSE2__ && defined __GNUC__)
 
     unsigned  hit;
-    __m128i   w, quote, backslash;
+    __m128i   w, m, quote, backslash, zero;
 
     quote = _mm_set1_epi8('"');
     backslash = _mm_set1_epi8('\\');
+    zero = _mm_setzero_si128();
 
     while (end - p >= 16) {
         w = _mm_loadu_si128((const __m128i *) p);
 
-        hit = (unsigned) _mm_movemask_epi8(
-                  _mm_or_si128(_mm_cmpeq_epi8(w, quote),
-                               _mm_cmpeq_epi8(w, backslash)));
+        m = _mm_or_si128(_mm_cmpeq_epi8(w, quote),
+                         _mm_cmpeq_epi8(w, backslash));
+
+        if (nul) {
+            m = _mm_or_si128(m, _mm_cmpeq_epi8(w, zero));
+        }
+
+        hit = (unsigned) _mm_movemask_epi8(m);
 
         if (hit) {
             return p + __builtin_ctz(hit);
@@ -87,6 +100,11 @@ ngx_http_llm_json_special(const unsigned char *p, const unsigned char *end)
 
         hit = ((q - 0x0101010101010101ULL) & ~q)
               | ((b - 0x0101010101010101ULL) & ~b);
+
+        if (nul) {
+            hit |= (w - 0x0101010101010101ULL) & ~w;
+        }
+
         hit &= 0x8080808080808080ULL;
 
         if (hit) {
@@ -98,11 +116,18 @@ ngx_http_llm_json_special(const unsigned char *p, const unsigned char *end)
 
 #endif
 
-    while (p < end && *p != '"' && *p != '\\') {
+    while (p < end && *p != '"' && *p != '\\' && !(nul && *p == '\0')) {
         p++;
     }
 
     return p;
+}
+
+
+static inline const unsigned char *
+ngx_http_llm_json_special(const unsigned char *p, const unsigned char *end)
+{
+    return ngx_http_llm_json_find(p, end, 0);
 }
 
 

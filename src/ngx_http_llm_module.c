@@ -139,6 +139,13 @@ static ngx_command_t  ngx_http_llm_commands[] = {
       offsetof(ngx_http_llm_loc_conf_t, count_cache),
       NULL },
 
+    { ngx_string("llm_body_walk"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_llm_loc_conf_t, body_walk),
+      NULL },
+
     { ngx_string("llm_stream_usage"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_FLAG,
       ngx_conf_set_flag_slot,
@@ -354,6 +361,7 @@ ngx_http_llm_create_loc_conf(ngx_conf_t *cf)
     conf->encoding = NGX_CONF_UNSET_UINT;
     conf->stream_usage = NGX_CONF_UNSET;
     conf->count_cache = NGX_CONF_UNSET;
+    conf->body_walk = NGX_CONF_UNSET;
     conf->status_consumers = NGX_CONF_UNSET_UINT;
 
     /*
@@ -389,6 +397,7 @@ ngx_http_llm_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
                               NGX_HTTP_LLM_COUNT_EXACT);
     ngx_conf_merge_value(conf->stream_usage, prev->stream_usage, 0);
     ngx_conf_merge_value(conf->count_cache, prev->count_cache, 1);
+    ngx_conf_merge_value(conf->body_walk, prev->body_walk, 1);
     ngx_conf_merge_msec_value(conf->wait, prev->wait, 0);
     ngx_conf_merge_uint_value(conf->wait_queue, prev->wait_queue, 100);
 

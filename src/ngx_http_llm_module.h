@@ -281,6 +281,7 @@ typedef struct {
     ngx_uint_t                   encoding;   /* 0: by the model's name */
     ngx_flag_t                   stream_usage;
     ngx_flag_t                   count_cache;
+    ngx_flag_t                   body_walk;
     ngx_array_t                 *limits;     /* ngx_http_llm_limit_t */
     ngx_uint_t                   status_consumers;
 } ngx_http_llm_loc_conf_t;
@@ -516,6 +517,7 @@ ngx_int_t ngx_http_llm_usage_of(ngx_http_llm_ctx_t *ctx,
 ngx_int_t ngx_http_llm_json_parse(ngx_str_t *text, cJSON **root,
     size_t *error_at, ngx_log_t *log);
 void ngx_http_llm_json_done(size_t len);
+ngx_pool_t *ngx_http_llm_json_scratch(ngx_log_t *log);
 
 ngx_int_t ngx_http_llm_inject_usage(ngx_http_request_t *r,
     ngx_http_llm_ctx_t *ctx);

@@ -8,6 +8,7 @@
 #include <ngx_core.h>
 #include <ngx_http.h>
 #include "ngx_http_llm_module.h"
+#include "ngx_http_llm_estimate.h"
 
 
 static void ngx_http_llm_body_handler(ngx_http_request_t *r);
@@ -342,9 +343,28 @@ static ngx_int_t
 ngx_http_llm_parse_json(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
     ngx_str_t *body)
 {
-    cJSON      *root;
-    size_t      at;
-    ngx_int_t   rc;
+    cJSON                    *root;
+    size_t                    at;
+    ngx_int_t                 rc;
+    ngx_http_llm_loc_conf_t  *llcf;
+
+    llcf = ngx_http_get_module_loc_conf(r, ngx_http_llm_module);
+
+    /* the usual chat body is counted without a tree */
+
+    if (llcf->body_walk) {
+        rc = ngx_http_llm_walk(r, ctx, body);
+
+        if (rc != NGX_DECLINED) {
+            ngx_log_debug0(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                           "llm json: walked");
+            ngx_http_llm_json_done(body->len);
+            return rc;
+        }
+
+        ngx_log_debug0(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                       "llm json: left to the tree");
+    }
 
     rc = ngx_http_llm_json_parse(body, &root, &at, r->connection->log);
 

@@ -1,0 +1,950 @@
+
+/*
+ * Copyright (C) nginx-llm-router authors
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+#include "ngx_http_llm_module.h"
+#include "ngx_http_llm_estimate.h"
+#include "ngx_http_llm_json_reader.h"
+
+
+/*
+ * A chat body of the usual shape counted in one pass over its text, with
+ * no tree: building cJSON's tree and walking it cost more than all of
+ * nginx's proxying of a 1 KB body.  The texts to count are the body's
+ * own bytes, unless they hold escapes; they are kept until the end, as
+ * "model" may come after "messages" (OpenAI's Python SDK sends it so)
+ * and names the encoding they are counted in.
+ *
+ * The walk reads strict JSON only, and counts only what it is sure
+ * ngx_http_llm_inspect() would count the same: messages whose role,
+ * content and name are strings or null, the numbers as plain integers.
+ * Anything else (tools, content parts, prompts, a json_schema, a member
+ * twice, escapes other than the simple ones and \uXXXX outside the
+ * surrogates, a NUL byte, a number outside JSON's grammar or a
+ * negative or fractional count, blanks other than JSON's four, trailing
+ * bytes, nesting past 64) declines, and the body is read into the tree
+ * as before.  A body the walk accepts is one the reader reads, so errors
+ * are always cJSON's.  t/walk.t compares the two on generated bodies.
+ */
+
+
+#define NGX_HTTP_LLM_WALK_DEPTH   64
+
+/* as the reader: a longer number is left to cJSON */
+#define NGX_HTTP_LLM_WALK_NUMBER  63
+
+#define NGX_HTTP_LLM_WALK_TEXT    0
+#define NGX_HTTP_LLM_WALK_ROLE    1
+#define NGX_HTTP_LLM_WALK_NAME    2
+
+
+/* a text to count once the encoding is known */
+
+typedef struct {
+    u_char                *data;
+    size_t                 len;
+    ngx_uint_t             kind;
+} ngx_http_llm_span_t;
+
+
+typedef struct {
+    u_char                *end;
+    ngx_pool_t            *pool;
+    ngx_array_t            spans;
+    ngx_uint_t             messages;
+} ngx_http_llm_walk_t;
+
+
+typedef enum {
+    NGX_HTTP_LLM_W_MODEL = 0,
+    NGX_HTTP_LLM_W_STREAM,
+    NGX_HTTP_LLM_W_STREAM_OPTIONS,
+    NGX_HTTP_LLM_W_MESSAGES,
+    NGX_HTTP_LLM_W_RESPONSE_FORMAT,
+    NGX_HTTP_LLM_W_DECLINE,
+
+    /* the numbers, in the order of ngx_http_llm_number_e */
+    NGX_HTTP_LLM_W_NUMBER,
+    NGX_HTTP_LLM_W_OTHER = NGX_HTTP_LLM_W_NUMBER + NGX_HTTP_LLM_N_LAST
+} ngx_http_llm_walk_member_e;
+
+
+typedef struct {
+    ngx_str_t              name;
+    ngx_uint_t             member;
+} ngx_http_llm_walk_name_t;
+
+
+static ngx_http_llm_walk_name_t  ngx_http_llm_walk_names[] = {
+    { ngx_string("model"), NGX_HTTP_LLM_W_MODEL },
+    { ngx_string("stream"), NGX_HTTP_LLM_W_STREAM },
+    { ngx_string("stream_options"), NGX_HTTP_LLM_W_STREAM_OPTIONS },
+    { ngx_string("messages"), NGX_HTTP_LLM_W_MESSAGES },
+    { ngx_string("response_format"), NGX_HTTP_LLM_W_RESPONSE_FORMAT },
+    { ngx_string("tools"), NGX_HTTP_LLM_W_DECLINE },
+    { ngx_string("functions"), NGX_HTTP_LLM_W_DECLINE },
+    { ngx_string("prompt"), NGX_HTTP_LLM_W_DECLINE },
+    { ngx_string("input"), NGX_HTTP_LLM_W_DECLINE },
+    { ngx_string("instructions"), NGX_HTTP_LLM_W_DECLINE },
+    { ngx_string("max_completion_tokens"),
+      NGX_HTTP_LLM_W_NUMBER + NGX_HTTP_LLM_N_MAX_COMPLETION_TOKENS },
+    { ngx_string("max_tokens"),
+      NGX_HTTP_LLM_W_NUMBER + NGX_HTTP_LLM_N_MAX_TOKENS },
+    { ngx_string("max_output_tokens"),
+      NGX_HTTP_LLM_W_NUMBER + NGX_HTTP_LLM_N_MAX_OUTPUT_TOKENS },
+    { ngx_string("n"), NGX_HTTP_LLM_W_NUMBER + NGX_HTTP_LLM_N_N },
+    { ngx_string("best_of"), NGX_HTTP_LLM_W_NUMBER + NGX_HTTP_LLM_N_BEST_OF }
+};
+
+
+static u_char *ngx_http_llm_walk_messages(ngx_http_llm_walk_t *w, u_char *p);
+static u_char *ngx_http_llm_walk_message(ngx_http_llm_walk_t *w, u_char *p);
+static u_char *ngx_http_llm_walk_format(ngx_http_llm_walk_t *w, u_char *p);
+static u_char *ngx_http_llm_walk_value(ngx_http_llm_walk_t *w, u_char *p,
+    ngx_uint_t depth);
+static u_char *ngx_http_llm_walk_string(u_char *p, u_char *end,
+    ngx_uint_t *escaped);
+static u_char *ngx_http_llm_walk_number(u_char *p, u_char *end);
+static u_char *ngx_http_llm_walk_count(u_char *p, u_char *end, double *d);
+static ngx_int_t ngx_http_llm_walk_text(ngx_http_llm_walk_t *w,
+    u_char *start, u_char *close, ngx_uint_t escaped, ngx_str_t *text);
+
+
+#define ngx_http_llm_walk_blank(c)                                           \
+    ((c) == ' ' || (c) == '\n' || (c) == '\r' || (c) == '\t')
+
+#define ngx_http_llm_walk_blanks(p, end)                                     \
+    while ((p) < (end) && ngx_http_llm_walk_blank(*(p))) { (p)++; }
+
+#define ngx_http_llm_walk_digit(c)  ((unsigned) ((c) - '0') < 10)
+
+
+/*
+ * NGX_OK: ctx holds the counts; NGX_DECLINED: the body is to be read
+ * into the tree, nothing in ctx changed
+ */
+
+ngx_int_t
+ngx_http_llm_walk(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
+    ngx_str_t *body)
+{
+    u_char                *p, *end, *key;
+    double                 number[NGX_HTTP_LLM_N_LAST];
+    ngx_str_t              model;
+    ngx_uint_t             i, seen, member, stream, options, escaped,
+                           numbers;
+    ngx_http_llm_sum_t     sum;
+    ngx_http_llm_span_t   *span;
+    ngx_http_llm_walk_t    w;
+
+    p = body->data;
+    end = p + body->len;
+
+    ngx_http_llm_walk_blanks(p, end);
+
+    if (p == end || *p != '{') {
+        return NGX_DECLINED;
+    }
+
+    w.end = end;
+    w.messages = 0;
+    w.pool = ngx_http_llm_json_scratch(r->connection->log);
+
+    if (w.pool == NULL
+        || ngx_array_init(&w.spans, w.pool, 16, sizeof(ngx_http_llm_span_t))
+           != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    ngx_str_null(&model);
+    stream = 0;
+    options = 0;
+    seen = 0;
+    numbers = 0;
+
+    p++;
+    ngx_http_llm_walk_blanks(p, end);
+
+    if (p < end && *p == '}') {
+        p++;
+        goto done;
+    }
+
+    for ( ;; ) {
+
+        /* a key: only one without escapes can be one of ours */
+
+        if (p == end || *p != '"') {
+            return NGX_DECLINED;
+        }
+
+        key = p + 1;
+        p = ngx_http_llm_walk_string(p, end, &escaped);
+
+        if (p == NULL || escaped) {
+            return NGX_DECLINED;
+        }
+
+        member = NGX_HTTP_LLM_W_OTHER;
+
+        for (i = 0; i < sizeof(ngx_http_llm_walk_names)
+                        / sizeof(ngx_http_llm_walk_name_t); i++)
+        {
+            if ((size_t) (p - key) == ngx_http_llm_walk_names[i].name.len
+                && ngx_memcmp(key, ngx_http_llm_walk_names[i].name.data,
+                              p - key)
+                   == 0)
+            {
+                member = ngx_http_llm_walk_names[i].member;
+                break;
+            }
+        }
+
+        /* the tree's walk takes a member's first value: no second one */
+
+        if (member == NGX_HTTP_LLM_W_DECLINE
+            || (member != NGX_HTTP_LLM_W_OTHER && (seen & (1 << member))))
+        {
+            return NGX_DECLINED;
+        }
+
+        seen |= 1 << member;
+
+        p++;
+        ngx_http_llm_walk_blanks(p, end);
+
+        if (p == end || *p != ':') {
+            return NGX_DECLINED;
+        }
+
+        p++;
+        ngx_http_llm_walk_blanks(p, end);
+
+        if (p == end) {
+            return NGX_DECLINED;
+        }
+
+        switch (member) {
+
+        case NGX_HTTP_LLM_W_MODEL:
+
+            if (*p != '"') {
+                p = ngx_http_llm_walk_value(&w, p, 1);
+                break;
+            }
+
+            key = p + 1;
+            p = ngx_http_llm_walk_string(p, end, &escaped);
+
+            if (p == NULL) {
+                return NGX_DECLINED;
+            }
+
+            if (ngx_http_llm_walk_text(&w, key, p, escaped, &model)
+                != NGX_OK)
+            {
+                return NGX_DECLINED;
+            }
+
+            p++;
+            break;
+
+        case NGX_HTTP_LLM_W_STREAM:
+            stream = (end - p >= 4 && ngx_strncmp(p, "true", 4) == 0);
+            p = ngx_http_llm_walk_value(&w, p, 1);
+            break;
+
+        case NGX_HTTP_LLM_W_STREAM_OPTIONS:
+            options = 1;
+            p = ngx_http_llm_walk_value(&w, p, 1);
+            break;
+
+        case NGX_HTTP_LLM_W_MESSAGES:
+            p = ngx_http_llm_walk_messages(&w, p);
+            break;
+
+        case NGX_HTTP_LLM_W_RESPONSE_FORMAT:
+            p = ngx_http_llm_walk_format(&w, p);
+            break;
+
+        case NGX_HTTP_LLM_W_OTHER:
+            p = ngx_http_llm_walk_value(&w, p, 1);
+            break;
+
+        default: /* a number */
+
+            if (*p == '-' || ngx_http_llm_walk_digit(*p)) {
+                i = member - NGX_HTTP_LLM_W_NUMBER;
+                p = ngx_http_llm_walk_count(p, end, &number[i]);
+                numbers |= (ngx_uint_t) 1 << i;
+
+            } else {
+                p = ngx_http_llm_walk_value(&w, p, 1);
+            }
+        }
+
+        if (p == NULL) {
+            return NGX_DECLINED;
+        }
+
+        ngx_http_llm_walk_blanks(p, end);
+
+        if (p == end) {
+            return NGX_DECLINED;
+        }
+
+        if (*p == '}') {
+            p++;
+            break;
+        }
+
+        if (*p != ',') {
+            return NGX_DECLINED;
+        }
+
+        p++;
+        ngx_http_llm_walk_blanks(p, end);
+    }
+
+done:
+
+    /* cJSON takes bytes after the object; the walk leaves them to it */
+
+    ngx_http_llm_walk_blanks(p, end);
+
+    if (p != end) {
+        return NGX_DECLINED;
+    }
+
+    /* the body is read: now ctx changes */
+
+    if (model.len) {
+        ctx->model.data = ngx_pnalloc(r->pool, model.len);
+        if (ctx->model.data == NULL) {
+            return NGX_ERROR;
+        }
+
+        ngx_memcpy(ctx->model.data, model.data, model.len);
+        ctx->model.len = model.len;
+    }
+
+    ctx->stream = stream;
+    ctx->stream_options = options;
+
+    ngx_http_llm_sum_init(r, ctx, &sum);
+
+    ngx_memcpy(sum.number, number, sizeof(number));
+    sum.numbers = numbers;
+
+    span = w.spans.elts;
+
+    for (i = 0; i < w.spans.nelts; i++) {
+
+        switch (span[i].kind) {
+
+        case NGX_HTTP_LLM_WALK_ROLE:
+            ngx_http_llm_sum_role(&sum, span[i].data, span[i].len);
+            break;
+
+        case NGX_HTTP_LLM_WALK_NAME:
+            ngx_http_llm_sum_text(&sum, span[i].data, span[i].len);
+            sum.tokens++;
+            break;
+
+        default:
+            ngx_http_llm_sum_text(&sum, span[i].data, span[i].len);
+        }
+    }
+
+    sum.messages = w.messages;
+
+    ngx_http_llm_sum_done(r, ctx, &sum);
+
+    return NGX_OK;
+}
+
+
+/* "messages": an array of objects, or null */
+
+static u_char *
+ngx_http_llm_walk_messages(ngx_http_llm_walk_t *w, u_char *p)
+{
+    u_char  *end;
+
+    end = w->end;
+
+    if (*p != '[') {
+        return (end - p >= 4 && ngx_strncmp(p, "null", 4) == 0) ? p + 4
+                                                                 : NULL;
+    }
+
+    p++;
+    ngx_http_llm_walk_blanks(p, end);
+
+    if (p < end && *p == ']') {
+        return p + 1;
+    }
+
+    for ( ;; ) {
+        p = ngx_http_llm_walk_message(w, p);
+
+        if (p == NULL) {
+            return NULL;
+        }
+
+        w->messages++;
+
+        ngx_http_llm_walk_blanks(p, end);
+
+        if (p == end) {
+            return NULL;
+        }
+
+        if (*p == ']') {
+            return p + 1;
+        }
+
+        if (*p != ',') {
+            return NULL;
+        }
+
+        p++;
+        ngx_http_llm_walk_blanks(p, end);
+    }
+}
+
+
+/*
+ * A message: its role, content and name are counted when they are
+ * strings, skipped when null; a content of parts is left to the tree
+ */
+
+static u_char *
+ngx_http_llm_walk_message(ngx_http_llm_walk_t *w, u_char *p)
+{
+    u_char               *end, *key;
+    size_t                len;
+    ngx_str_t             text;
+    ngx_uint_t            kind, seen, escaped;
+    ngx_http_llm_span_t  *span;
+
+    end = w->end;
+
+    if (p == end || *p != '{') {
+        return NULL;
+    }
+
+    p++;
+    ngx_http_llm_walk_blanks(p, end);
+
+    if (p < end && *p == '}') {
+        return p + 1;
+    }
+
+    seen = 0;
+
+    for ( ;; ) {
+        if (p == end || *p != '"') {
+            return NULL;
+        }
+
+        key = p + 1;
+        p = ngx_http_llm_walk_string(p, end, &escaped);
+
+        if (p == NULL || escaped) {
+            return NULL;
+        }
+
+        len = p - key;
+
+        if (len == 4 && ngx_strncmp(key, "role", 4) == 0) {
+            kind = NGX_HTTP_LLM_WALK_ROLE;
+
+        } else if (len == 7 && ngx_strncmp(key, "content", 7) == 0) {
+            kind = NGX_HTTP_LLM_WALK_TEXT;
+
+        } else if (len == 4 && ngx_strncmp(key, "name", 4) == 0) {
+            kind = NGX_HTTP_LLM_WALK_NAME;
+
+        } else {
+            kind = 3;
+        }
+
+        p++;
+        ngx_http_llm_walk_blanks(p, end);
+
+        if (p == end || *p != ':') {
+            return NULL;
+        }
+
+        p++;
+        ngx_http_llm_walk_blanks(p, end);
+
+        if (p == end) {
+            return NULL;
+        }
+
+        if (kind == 3) {
+            p = ngx_http_llm_walk_value(w, p, 3);
+
+        } else if (seen & (1 << kind)) {
+            return NULL;
+
+        } else if (*p == '"') {
+            seen |= 1 << kind;
+
+            key = p + 1;
+            p = ngx_http_llm_walk_string(p, end, &escaped);
+
+            if (p == NULL
+                || ngx_http_llm_walk_text(w, key, p, escaped, &text)
+                   != NGX_OK)
+            {
+                return NULL;
+            }
+
+            span = ngx_array_push(&w->spans);
+            if (span == NULL) {
+                return NULL;
+            }
+
+            span->data = text.data;
+            span->len = text.len;
+            span->kind = kind;
+
+            p++;
+
+        } else if (end - p >= 4 && ngx_strncmp(p, "null", 4) == 0
+                   && kind != NGX_HTTP_LLM_WALK_NAME)
+        {
+            seen |= 1 << kind;
+            p += 4;
+
+        } else if (kind == NGX_HTTP_LLM_WALK_NAME) {
+            /* a name that is not a string is not counted */
+            seen |= 1 << kind;
+            p = ngx_http_llm_walk_value(w, p, 3);
+
+        } else {
+            return NULL;
+        }
+
+        if (p == NULL) {
+            return NULL;
+        }
+
+        ngx_http_llm_walk_blanks(p, end);
+
+        if (p == end) {
+            return NULL;
+        }
+
+        if (*p == '}') {
+            return p + 1;
+        }
+
+        if (*p != ',') {
+            return NULL;
+        }
+
+        p++;
+        ngx_http_llm_walk_blanks(p, end);
+    }
+}
+
+
+/*
+ * "response_format" counts only with a "json_schema", which the tree's
+ * walk prints as compact JSON: the walk leaves such a body to it
+ */
+
+static u_char *
+ngx_http_llm_walk_format(ngx_http_llm_walk_t *w, u_char *p)
+{
+    u_char      *end, *key;
+    ngx_uint_t   escaped;
+
+    end = w->end;
+
+    if (*p != '{') {
+        return ngx_http_llm_walk_value(w, p, 1);
+    }
+
+    p++;
+    ngx_http_llm_walk_blanks(p, end);
+
+    if (p < end && *p == '}') {
+        return p + 1;
+    }
+
+    for ( ;; ) {
+        if (p == end || *p != '"') {
+            return NULL;
+        }
+
+        key = p + 1;
+        p = ngx_http_llm_walk_string(p, end, &escaped);
+
+        if (p == NULL || escaped
+            || (p - key == 11 && ngx_strncmp(key, "json_schema", 11) == 0))
+        {
+            return NULL;
+        }
+
+        p++;
+        ngx_http_llm_walk_blanks(p, end);
+
+        if (p == end || *p != ':') {
+            return NULL;
+        }
+
+        p++;
+        ngx_http_llm_walk_blanks(p, end);
+
+        p = ngx_http_llm_walk_value(w, p, 2);
+        if (p == NULL) {
+            return NULL;
+        }
+
+        ngx_http_llm_walk_blanks(p, end);
+
+        if (p == end) {
+            return NULL;
+        }
+
+        if (*p == '}') {
+            return p + 1;
+        }
+
+        if (*p != ',') {
+            return NULL;
+        }
+
+        p++;
+        ngx_http_llm_walk_blanks(p, end);
+    }
+}
+
+
+/* any value, checked and passed over; NULL declines */
+
+static u_char *
+ngx_http_llm_walk_value(ngx_http_llm_walk_t *w, u_char *p, ngx_uint_t depth)
+{
+    u_char      *end;
+    u_char       close;
+    ngx_uint_t   escaped;
+
+    end = w->end;
+
+    if (p == end) {
+        return NULL;
+    }
+
+    switch (*p) {
+
+    case '"':
+        p = ngx_http_llm_walk_string(p, end, &escaped);
+        return p ? p + 1 : NULL;
+
+    case 'n':
+        return (end - p >= 4 && ngx_strncmp(p, "null", 4) == 0) ? p + 4
+                                                                 : NULL;
+
+    case 't':
+        return (end - p >= 4 && ngx_strncmp(p, "true", 4) == 0) ? p + 4
+                                                                 : NULL;
+
+    case 'f':
+        return (end - p >= 5 && ngx_strncmp(p, "false", 5) == 0) ? p + 5
+                                                                  : NULL;
+
+    case '{':
+    case '[':
+        break;
+
+    default:
+        return ngx_http_llm_walk_number(p, end);
+    }
+
+    if (++depth > NGX_HTTP_LLM_WALK_DEPTH) {
+        return NULL;
+    }
+
+    close = (*p == '{') ? '}' : ']';
+
+    p++;
+    ngx_http_llm_walk_blanks(p, end);
+
+    if (p < end && *p == close) {
+        return p + 1;
+    }
+
+    for ( ;; ) {
+
+        if (close == '}') {
+            if (p == end || *p != '"') {
+                return NULL;
+            }
+
+            p = ngx_http_llm_walk_string(p, end, &escaped);
+            if (p == NULL) {
+                return NULL;
+            }
+
+            p++;
+            ngx_http_llm_walk_blanks(p, end);
+
+            if (p == end || *p != ':') {
+                return NULL;
+            }
+
+            p++;
+            ngx_http_llm_walk_blanks(p, end);
+        }
+
+        p = ngx_http_llm_walk_value(w, p, depth);
+        if (p == NULL) {
+            return NULL;
+        }
+
+        ngx_http_llm_walk_blanks(p, end);
+
+        if (p == end) {
+            return NULL;
+        }
+
+        if (*p == close) {
+            return p + 1;
+        }
+
+        if (*p != ',') {
+            return NULL;
+        }
+
+        p++;
+        ngx_http_llm_walk_blanks(p, end);
+    }
+}
+
+
+/*
+ * The closing quote of the string whose opening quote is at p; NULL for
+ * a string the walk declines (see above).  escaped tells whether the
+ * string has to be decoded.
+ */
+
+static u_char *
+ngx_http_llm_walk_string(u_char *p, u_char *end, ngx_uint_t *escaped)
+{
+    ngx_uint_t  c, i;
+
+    *escaped = 0;
+    p++;
+
+    for ( ;; ) {
+        p = (u_char *) ngx_http_llm_json_find(p, end, 1);
+
+        if (p == end || *p == '\0') {
+            return NULL;
+        }
+
+        if (*p == '"') {
+            return p;
+        }
+
+        /* a backslash */
+
+        *escaped = 1;
+
+        if (end - p < 2) {
+            return NULL;
+        }
+
+        switch (p[1]) {
+
+        case '"': case '\\': case '/':
+        case 'b': case 'f': case 'n': case 'r': case 't':
+            p += 2;
+            continue;
+
+        case 'u':
+            break;
+
+        default:
+            return NULL;
+        }
+
+        if (end - p < 6) {
+            return NULL;
+        }
+
+        c = 0;
+
+        for (i = 2; i < 6; i++) {
+            c <<= 4;
+
+            if (ngx_http_llm_walk_digit(p[i])) {
+                c |= p[i] - '0';
+
+            } else if ((p[i] | 0x20) >= 'a' && (p[i] | 0x20) <= 'f') {
+                c |= (p[i] | 0x20) - 'a' + 10;
+
+            } else {
+                return NULL;
+            }
+        }
+
+        /* surrogates, paired or not, are left to the reader */
+
+        if (c >= 0xd800 && c <= 0xdfff) {
+            return NULL;
+        }
+
+        p += 6;
+    }
+}
+
+
+/*
+ * JSON's grammar, as the reader checks it: a byte after a number that
+ * cJSON would have handed strtod() too is left to cJSON
+ */
+
+static u_char *
+ngx_http_llm_walk_number(u_char *p, u_char *end)
+{
+    u_char  *start;
+
+    start = p;
+
+    if (*p == '-') {
+        p++;
+    }
+
+    if (p < end && *p == '0') {
+        p++;
+
+    } else if (p < end && ngx_http_llm_walk_digit(*p)) {
+        while (p < end && ngx_http_llm_walk_digit(*p)) {
+            p++;
+        }
+
+    } else {
+        return NULL;
+    }
+
+    if (p < end && *p == '.') {
+        if (++p == end || !ngx_http_llm_walk_digit(*p)) {
+            return NULL;
+        }
+
+        while (p < end && ngx_http_llm_walk_digit(*p)) {
+            p++;
+        }
+    }
+
+    if (p < end && (*p | 0x20) == 'e') {
+        if (++p < end && (*p == '+' || *p == '-')) {
+            p++;
+        }
+
+        if (p == end || !ngx_http_llm_walk_digit(*p)) {
+            return NULL;
+        }
+
+        while (p < end && ngx_http_llm_walk_digit(*p)) {
+            p++;
+        }
+    }
+
+    if (p - start > NGX_HTTP_LLM_WALK_NUMBER
+        || (p < end
+            && (ngx_http_llm_walk_digit(*p) || *p == '.' || *p == '+'
+                || *p == '-' || (*p | 0x20) == 'e')))
+    {
+        return NULL;
+    }
+
+    return p;
+}
+
+
+/*
+ * A count (max_tokens, n): a plain integer of up to 15 digits, exact in
+ * a double as cJSON reads it; a sign, a fraction or an exponent is left
+ * to the tree
+ */
+
+static u_char *
+ngx_http_llm_walk_count(u_char *p, u_char *end, double *d)
+{
+    u_char    *start, *after;
+    uint64_t   v;
+
+    after = ngx_http_llm_walk_number(p, end);
+
+    if (after == NULL || after - p > 15) {
+        return NULL;
+    }
+
+    v = 0;
+
+    for (start = p; p < after; p++) {
+        if (!ngx_http_llm_walk_digit(*p)) {
+            return NULL;
+        }
+
+        v = v * 10 + (*p - '0');
+    }
+
+    if (p == start) {
+        return NULL;
+    }
+
+    *d = (double) v;
+
+    return after;
+}
+
+
+/*
+ * A string's text as the tree holds it: the body's own bytes, or decoded
+ * into the worker's scratch pool, up to a NUL that "\u0000" gave (the
+ * tree's strings end there)
+ */
+
+static ngx_int_t
+ngx_http_llm_walk_text(ngx_http_llm_walk_t *w, u_char *start, u_char *close,
+    ngx_uint_t escaped, ngx_str_t *text)
+{
+    u_char  *dst;
+
+    if (!escaped) {
+        text->data = start;
+        text->len = close - start;
+        return NGX_OK;
+    }
+
+    dst = ngx_pnalloc(w->pool, close - start + 1);
+    if (dst == NULL) {
+        return NGX_ERROR;
+    }
+
+    if (ngx_http_llm_json_unescape(start, close, dst)
+        != NGX_HTTP_LLM_JSON_READ)
+    {
+        return NGX_DECLINED;
+    }
+
+    text->data = dst;
+    text->len = ngx_strlen(dst);
+
+    return NGX_OK;
+}
