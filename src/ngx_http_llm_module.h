@@ -393,6 +393,7 @@ typedef struct {
     unsigned                     parsed:1;
     unsigned                     stream:1;
     unsigned                     stream_options:1;
+    unsigned                     model_found:1;  /* model_start known */
     unsigned                     inject_usage:1;
     unsigned                     embeddings:1;
     unsigned                     has_reserve:1;
@@ -514,6 +515,31 @@ ngx_int_t ngx_http_llm_log_handler(ngx_http_request_t *r);
 ngx_int_t ngx_http_llm_usage_of(ngx_http_llm_ctx_t *ctx,
     ngx_http_llm_scan_t *out);
 
+/* the counts of a usage object, where the names are (usage.c) */
+
+typedef enum {
+    NGX_HTTP_LLM_U_PROMPT = 0,
+    NGX_HTTP_LLM_U_COMPLETION,
+    NGX_HTTP_LLM_U_TOTAL,
+    NGX_HTTP_LLM_U_INPUT,
+    NGX_HTTP_LLM_U_OUTPUT,
+    NGX_HTTP_LLM_U_PROMPT_CACHED,
+    NGX_HTTP_LLM_U_COMPLETION_REASONING,
+    NGX_HTTP_LLM_U_INPUT_CACHED,
+    NGX_HTTP_LLM_U_OUTPUT_REASONING,
+    NGX_HTTP_LLM_U_LAST
+} ngx_http_llm_usage_e;
+
+
+typedef struct {
+    ngx_str_t                    details;   /* empty: a top-level count */
+    ngx_str_t                    name;
+} ngx_http_llm_usage_name_t;
+
+
+extern ngx_http_llm_usage_name_t  ngx_http_llm_usage_names[];
+
+ngx_int_t ngx_http_llm_walk_usage(ngx_str_t *text, ngx_uint_t *n);
 ngx_int_t ngx_http_llm_json_parse(ngx_str_t *text, cJSON **root,
     size_t *error_at, ngx_log_t *log);
 void ngx_http_llm_json_done(size_t len);

@@ -315,7 +315,7 @@ ngx_http_llm_parse(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
 
     /* the v1 API: the deployment is the body's "model" */
 
-    if (llcf->upstream && ctx->deployment.len == 0) {
+    if (llcf->upstream && ctx->deployment.len == 0 && !ctx->model_found) {
         (void) ngx_http_llm_find_member(&body, &model_name, &ctx->model_start,
                                         &ctx->model_end);
     }

@@ -15,8 +15,8 @@
  * Finds "usage" in a reply as its bytes pass, JSON or SSE alike, without
  * holding or copying the reply: one pass that knows only whether it is
  * inside a string, the name of the last key, and the depth of the usage
- * object it is copying (a few hundred bytes, parsed into a cJSON tree
- * when it closes).  In a stream, "data:" prefixes and [DONE] sit outside any
+ * object it is copying (a few hundred bytes, walked or parsed into a
+ * cJSON tree when it closes).  In a stream, "data:" prefixes and [DONE] sit outside any
  * string and are passed over; events split across reads just continue
  * the same state.  A stream's text deltas are counted on the way, for
  * streams that end without usage.
@@ -27,11 +27,24 @@
 #define NGX_HTTP_LLM_KEY_MAX  7
 
 
+ngx_http_llm_usage_name_t  ngx_http_llm_usage_names[] = {
+    { ngx_null_string, ngx_string("prompt_tokens") },
+    { ngx_null_string, ngx_string("completion_tokens") },
+    { ngx_null_string, ngx_string("total_tokens") },
+    { ngx_null_string, ngx_string("input_tokens") },
+    { ngx_null_string, ngx_string("output_tokens") },
+    { ngx_string("prompt_tokens_details"), ngx_string("cached_tokens") },
+    { ngx_string("completion_tokens_details"),
+      ngx_string("reasoning_tokens") },
+    { ngx_string("input_tokens_details"), ngx_string("cached_tokens") },
+    { ngx_string("output_tokens_details"), ngx_string("reasoning_tokens") }
+};
+
+
 static u_char *ngx_http_llm_scan_usage(ngx_http_llm_scan_t *s, u_char *p,
     u_char *last, ngx_log_t *log);
 static void ngx_http_llm_usage_parse(ngx_http_llm_scan_t *s, ngx_log_t *log);
-static ngx_uint_t ngx_http_llm_usage_number(cJSON *obj, const char *name,
-    const char *details, const char *detail);
+static ngx_uint_t ngx_http_llm_usage_number(cJSON *obj, ngx_uint_t i);
 
 
 void
@@ -301,9 +314,10 @@ ngx_http_llm_scan_usage(ngx_http_llm_scan_t *s, u_char *p, u_char *last,
 static void
 ngx_http_llm_usage_parse(ngx_http_llm_scan_t *s, ngx_log_t *log)
 {
-    cJSON      *obj;
-    size_t      at;
-    ngx_str_t   text;
+    cJSON       *obj;
+    size_t       at;
+    ngx_str_t    text;
+    ngx_uint_t   i, n[NGX_HTTP_LLM_U_LAST];
 
     if (s->overflow) {
         ngx_log_error(NGX_LOG_WARN, log, 0,
@@ -315,43 +329,40 @@ ngx_http_llm_usage_parse(ngx_http_llm_scan_t *s, ngx_log_t *log)
     text.data = s->buf;
     text.len = s->len;
 
-    if (ngx_http_llm_json_parse(&text, &obj, &at, log) != NGX_OK) {
-        ngx_log_error(NGX_LOG_WARN, log, 0,
-                      "llm: malformed usage object in the reply");
+    /* the usual object is walked; the tree reads anything else */
+
+    if (ngx_http_llm_walk_usage(&text, n) != NGX_OK) {
+
+        if (ngx_http_llm_json_parse(&text, &obj, &at, log) != NGX_OK) {
+            ngx_log_error(NGX_LOG_WARN, log, 0,
+                          "llm: malformed usage object in the reply");
+            ngx_http_llm_json_done(text.len);
+            return;
+        }
+
+        for (i = 0; i < NGX_HTTP_LLM_U_LAST; i++) {
+            n[i] = ngx_http_llm_usage_number(obj, i);
+        }
+
         ngx_http_llm_json_done(text.len);
-        return;
     }
 
     /* chat, completions and embeddings; else the Responses API's names */
 
-    s->prompt = ngx_http_llm_usage_number(obj, "prompt_tokens", NULL, NULL);
-    s->completion = ngx_http_llm_usage_number(obj, "completion_tokens",
-                                              NULL, NULL);
-
-    if (s->prompt == (ngx_uint_t) -1) {
-        s->prompt = ngx_http_llm_usage_number(obj, "input_tokens",
-                                              NULL, NULL);
-        s->completion = ngx_http_llm_usage_number(obj, "output_tokens",
-                                                  NULL, NULL);
-        s->cached = ngx_http_llm_usage_number(obj, NULL,
-                                              "input_tokens_details",
-                                              "cached_tokens");
-        s->reasoning = ngx_http_llm_usage_number(obj, NULL,
-                                                 "output_tokens_details",
-                                                 "reasoning_tokens");
+    if (n[NGX_HTTP_LLM_U_PROMPT] != (ngx_uint_t) -1) {
+        s->prompt = n[NGX_HTTP_LLM_U_PROMPT];
+        s->completion = n[NGX_HTTP_LLM_U_COMPLETION];
+        s->cached = n[NGX_HTTP_LLM_U_PROMPT_CACHED];
+        s->reasoning = n[NGX_HTTP_LLM_U_COMPLETION_REASONING];
 
     } else {
-        s->cached = ngx_http_llm_usage_number(obj, NULL,
-                                              "prompt_tokens_details",
-                                              "cached_tokens");
-        s->reasoning = ngx_http_llm_usage_number(obj, NULL,
-                                                 "completion_tokens_details",
-                                                 "reasoning_tokens");
+        s->prompt = n[NGX_HTTP_LLM_U_INPUT];
+        s->completion = n[NGX_HTTP_LLM_U_OUTPUT];
+        s->cached = n[NGX_HTTP_LLM_U_INPUT_CACHED];
+        s->reasoning = n[NGX_HTTP_LLM_U_OUTPUT_REASONING];
     }
 
-    s->total = ngx_http_llm_usage_number(obj, "total_tokens", NULL, NULL);
-
-    ngx_http_llm_json_done(text.len);
+    s->total = n[NGX_HTTP_LLM_U_TOTAL];
 
     if (s->prompt == (ngx_uint_t) -1) {
         ngx_log_error(NGX_LOG_WARN, log, 0,
@@ -380,18 +391,23 @@ ngx_http_llm_usage_parse(ngx_http_llm_scan_t *s, ngx_log_t *log)
 }
 
 
-static ngx_uint_t
-ngx_http_llm_usage_number(cJSON *obj, const char *name, const char *details,
-    const char *detail)
-{
-    cJSON  *item;
+/* a count of the usage object, (ngx_uint_t) -1 if absent or not one */
 
-    if (details) {
-        obj = cJSON_GetObjectItemCaseSensitive(obj, details);
-        name = detail;
+static ngx_uint_t
+ngx_http_llm_usage_number(cJSON *obj, ngx_uint_t i)
+{
+    cJSON                      *item;
+    ngx_http_llm_usage_name_t  *name;
+
+    name = &ngx_http_llm_usage_names[i];
+
+    if (name->details.len) {
+        obj = cJSON_GetObjectItemCaseSensitive(obj,
+                                         (const char *) name->details.data);
     }
 
-    item = cJSON_GetObjectItemCaseSensitive(obj, name);
+    item = cJSON_GetObjectItemCaseSensitive(obj,
+                                            (const char *) name->name.data);
 
     if (!cJSON_IsNumber(item) || !(item->valuedouble >= 0)
         || item->valuedouble > NGX_HTTP_LLM_MAX_TOKENS)

@@ -102,15 +102,24 @@ static ngx_http_llm_walk_name_t  ngx_http_llm_walk_names[] = {
 };
 
 
-static u_char *ngx_http_llm_walk_messages(ngx_http_llm_walk_t *w, u_char *p);
 static u_char *ngx_http_llm_walk_message(ngx_http_llm_walk_t *w, u_char *p);
-static u_char *ngx_http_llm_walk_format(ngx_http_llm_walk_t *w, u_char *p);
-static u_char *ngx_http_llm_walk_value(ngx_http_llm_walk_t *w, u_char *p,
+static u_char *ngx_http_llm_walk_format(u_char *p, u_char *end);
+static u_char *ngx_http_llm_walk_details(u_char *p, u_char *end,
+    ngx_str_t *name, ngx_uint_t *n);
+static u_char *ngx_http_llm_walk_value(u_char *p, u_char *end,
     ngx_uint_t depth);
-static u_char *ngx_http_llm_walk_string(u_char *p, u_char *end,
+static ngx_inline u_char *ngx_http_llm_walk_open(u_char *p, u_char *end,
+    ngx_uint_t *done);
+static ngx_inline u_char *ngx_http_llm_walk_key(u_char *p, u_char *end,
+    ngx_str_t *key);
+static ngx_inline u_char *ngx_http_llm_walk_next(u_char *p, u_char *end,
+    u_char close, ngx_uint_t *done);
+static ngx_inline u_char *ngx_http_llm_walk_string(u_char *p, u_char *end,
+    ngx_uint_t *escaped);
+static u_char *ngx_http_llm_walk_escapes(u_char *p, u_char *end,
     ngx_uint_t *escaped);
 static u_char *ngx_http_llm_walk_number(u_char *p, u_char *end);
-static u_char *ngx_http_llm_walk_count(u_char *p, u_char *end, double *d);
+static u_char *ngx_http_llm_walk_count(u_char *p, u_char *end, uint64_t *v);
 static ngx_int_t ngx_http_llm_walk_text(ngx_http_llm_walk_t *w,
     u_char *start, u_char *close, ngx_uint_t escaped, ngx_str_t *text);
 
@@ -123,6 +132,9 @@ static ngx_int_t ngx_http_llm_walk_text(ngx_http_llm_walk_t *w,
 
 #define ngx_http_llm_walk_digit(c)  ((unsigned) ((c) - '0') < 10)
 
+#define ngx_http_llm_walk_null(p, end)                                       \
+    ((end) - (p) >= 4 && ngx_memcmp(p, "null", 4) == 0)
+
 
 /*
  * NGX_OK: ctx holds the counts; NGX_DECLINED: the body is to be read
@@ -133,11 +145,13 @@ ngx_int_t
 ngx_http_llm_walk(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
     ngx_str_t *body)
 {
-    u_char                *p, *end, *key;
+    u_char                *p, *end;
+    size_t                 model_start, model_end;
+    uint64_t               v;
     double                 number[NGX_HTTP_LLM_N_LAST];
-    ngx_str_t              model;
+    ngx_str_t              key, model;
     ngx_uint_t             i, seen, member, stream, options, escaped,
-                           numbers;
+                           numbers, done;
     ngx_http_llm_sum_t     sum;
     ngx_http_llm_span_t   *span;
     ngx_http_llm_walk_t    w;
@@ -163,31 +177,21 @@ ngx_http_llm_walk(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
     }
 
     ngx_str_null(&model);
+    model_start = 0;
+    model_end = 0;
     stream = 0;
     options = 0;
     seen = 0;
     numbers = 0;
 
-    p++;
-    ngx_http_llm_walk_blanks(p, end);
+    p = ngx_http_llm_walk_open(p, end, &done);
 
-    if (p < end && *p == '}') {
-        p++;
-        goto done;
-    }
+    while (!done) {
 
-    for ( ;; ) {
+        /* only a key without escapes can be one of ours */
 
-        /* a key: only one without escapes can be one of ours */
-
-        if (p == end || *p != '"') {
-            return NGX_DECLINED;
-        }
-
-        key = p + 1;
-        p = ngx_http_llm_walk_string(p, end, &escaped);
-
-        if (p == NULL || escaped) {
+        p = ngx_http_llm_walk_key(p, end, &key);
+        if (p == NULL) {
             return NGX_DECLINED;
         }
 
@@ -196,9 +200,9 @@ ngx_http_llm_walk(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
         for (i = 0; i < sizeof(ngx_http_llm_walk_names)
                         / sizeof(ngx_http_llm_walk_name_t); i++)
         {
-            if ((size_t) (p - key) == ngx_http_llm_walk_names[i].name.len
-                && ngx_memcmp(key, ngx_http_llm_walk_names[i].name.data,
-                              p - key)
+            if (key.len == ngx_http_llm_walk_names[i].name.len
+                && ngx_memcmp(key.data, ngx_http_llm_walk_names[i].name.data,
+                              key.len)
                    == 0)
             {
                 member = ngx_http_llm_walk_names[i].member;
@@ -216,103 +220,102 @@ ngx_http_llm_walk(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
 
         seen |= 1 << member;
 
-        p++;
-        ngx_http_llm_walk_blanks(p, end);
-
-        if (p == end || *p != ':') {
-            return NGX_DECLINED;
-        }
-
-        p++;
-        ngx_http_llm_walk_blanks(p, end);
-
-        if (p == end) {
-            return NGX_DECLINED;
-        }
-
         switch (member) {
 
         case NGX_HTTP_LLM_W_MODEL:
 
             if (*p != '"') {
-                p = ngx_http_llm_walk_value(&w, p, 1);
+                p = ngx_http_llm_walk_value(p, end, 1);
                 break;
             }
 
-            key = p + 1;
+            key.data = p + 1;
             p = ngx_http_llm_walk_string(p, end, &escaped);
 
-            if (p == NULL) {
-                return NGX_DECLINED;
-            }
-
-            if (ngx_http_llm_walk_text(&w, key, p, escaped, &model)
-                != NGX_OK)
+            if (p == NULL
+                || ngx_http_llm_walk_text(&w, key.data, p, escaped, &model)
+                   != NGX_OK)
             {
                 return NGX_DECLINED;
             }
+
+            /* where the v1 API's deployment is, quotes included */
+            model_start = key.data - 1 - body->data;
+            model_end = p + 1 - body->data;
 
             p++;
             break;
 
         case NGX_HTTP_LLM_W_STREAM:
-            stream = (end - p >= 4 && ngx_strncmp(p, "true", 4) == 0);
-            p = ngx_http_llm_walk_value(&w, p, 1);
+            stream = (end - p >= 4 && ngx_memcmp(p, "true", 4) == 0);
+            p = ngx_http_llm_walk_value(p, end, 1);
             break;
 
         case NGX_HTTP_LLM_W_STREAM_OPTIONS:
             options = 1;
-            p = ngx_http_llm_walk_value(&w, p, 1);
+            p = ngx_http_llm_walk_value(p, end, 1);
             break;
 
         case NGX_HTTP_LLM_W_MESSAGES:
-            p = ngx_http_llm_walk_messages(&w, p);
+
+            if (ngx_http_llm_walk_null(p, end)) {
+                p += 4;
+                break;
+            }
+
+            if (*p != '[') {
+                return NGX_DECLINED;
+            }
+
+            p = ngx_http_llm_walk_open(p, end, &done);
+
+            while (!done) {
+                p = ngx_http_llm_walk_message(&w, p);
+                p = ngx_http_llm_walk_next(p, end, ']', &done);
+
+                if (p == NULL) {
+                    return NGX_DECLINED;
+                }
+
+                w.messages++;
+            }
+
+            done = 0;
             break;
 
         case NGX_HTTP_LLM_W_RESPONSE_FORMAT:
-            p = ngx_http_llm_walk_format(&w, p);
+
+            /*
+             * it counts only with a "json_schema", which the tree's walk
+             * prints as compact JSON: such a body is left to it
+             */
+
+            p = (*p == '{') ? ngx_http_llm_walk_format(p, end)
+                            : ngx_http_llm_walk_value(p, end, 1);
             break;
 
         case NGX_HTTP_LLM_W_OTHER:
-            p = ngx_http_llm_walk_value(&w, p, 1);
+            p = ngx_http_llm_walk_value(p, end, 1);
             break;
 
         default: /* a number */
 
             if (*p == '-' || ngx_http_llm_walk_digit(*p)) {
                 i = member - NGX_HTTP_LLM_W_NUMBER;
-                p = ngx_http_llm_walk_count(p, end, &number[i]);
+                p = ngx_http_llm_walk_count(p, end, &v);
+                number[i] = (double) v;
                 numbers |= (ngx_uint_t) 1 << i;
 
             } else {
-                p = ngx_http_llm_walk_value(&w, p, 1);
+                p = ngx_http_llm_walk_value(p, end, 1);
             }
         }
 
+        p = ngx_http_llm_walk_next(p, end, '}', &done);
         if (p == NULL) {
             return NGX_DECLINED;
         }
-
-        ngx_http_llm_walk_blanks(p, end);
-
-        if (p == end) {
-            return NGX_DECLINED;
-        }
-
-        if (*p == '}') {
-            p++;
-            break;
-        }
-
-        if (*p != ',') {
-            return NGX_DECLINED;
-        }
-
-        p++;
-        ngx_http_llm_walk_blanks(p, end);
     }
-
-done:
 
     /* cJSON takes bytes after the object; the walk leaves them to it */
 
@@ -336,6 +339,10 @@ done:
 
     ctx->stream = stream;
     ctx->stream_options = options;
+
+    ctx->model_found = 1;
+    ctx->model_start = model_start;
+    ctx->model_end = model_end;
 
     ngx_http_llm_sum_init(r, ctx, &sum);
 
@@ -370,56 +377,6 @@ done:
 }
 
 
-/* "messages": an array of objects, or null */
-
-static u_char *
-ngx_http_llm_walk_messages(ngx_http_llm_walk_t *w, u_char *p)
-{
-    u_char  *end;
-
-    end = w->end;
-
-    if (*p != '[') {
-        return (end - p >= 4 && ngx_strncmp(p, "null", 4) == 0) ? p + 4
-                                                                 : NULL;
-    }
-
-    p++;
-    ngx_http_llm_walk_blanks(p, end);
-
-    if (p < end && *p == ']') {
-        return p + 1;
-    }
-
-    for ( ;; ) {
-        p = ngx_http_llm_walk_message(w, p);
-
-        if (p == NULL) {
-            return NULL;
-        }
-
-        w->messages++;
-
-        ngx_http_llm_walk_blanks(p, end);
-
-        if (p == end) {
-            return NULL;
-        }
-
-        if (*p == ']') {
-            return p + 1;
-        }
-
-        if (*p != ',') {
-            return NULL;
-        }
-
-        p++;
-        ngx_http_llm_walk_blanks(p, end);
-    }
-}
-
-
 /*
  * A message: its role, content and name are counted when they are
  * strings, skipped when null; a content of parts is left to the tree
@@ -428,10 +385,9 @@ ngx_http_llm_walk_messages(ngx_http_llm_walk_t *w, u_char *p)
 static u_char *
 ngx_http_llm_walk_message(ngx_http_llm_walk_t *w, u_char *p)
 {
-    u_char               *end, *key;
-    size_t                len;
-    ngx_str_t             text;
-    ngx_uint_t            kind, seen, escaped;
+    u_char               *end;
+    ngx_str_t             key, text;
+    ngx_uint_t            kind, seen, escaped, done;
     ngx_http_llm_span_t  *span;
 
     end = w->end;
@@ -440,70 +396,41 @@ ngx_http_llm_walk_message(ngx_http_llm_walk_t *w, u_char *p)
         return NULL;
     }
 
-    p++;
-    ngx_http_llm_walk_blanks(p, end);
-
-    if (p < end && *p == '}') {
-        return p + 1;
-    }
-
     seen = 0;
+    p = ngx_http_llm_walk_open(p, end, &done);
 
-    for ( ;; ) {
-        if (p == end || *p != '"') {
+    while (!done) {
+        p = ngx_http_llm_walk_key(p, end, &key);
+        if (p == NULL) {
             return NULL;
         }
 
-        key = p + 1;
-        p = ngx_http_llm_walk_string(p, end, &escaped);
-
-        if (p == NULL || escaped) {
-            return NULL;
-        }
-
-        len = p - key;
-
-        if (len == 4 && ngx_strncmp(key, "role", 4) == 0) {
+        if (key.len == 4 && ngx_memcmp(key.data, "role", 4) == 0) {
             kind = NGX_HTTP_LLM_WALK_ROLE;
 
-        } else if (len == 7 && ngx_strncmp(key, "content", 7) == 0) {
+        } else if (key.len == 7 && ngx_memcmp(key.data, "content", 7) == 0) {
             kind = NGX_HTTP_LLM_WALK_TEXT;
 
-        } else if (len == 4 && ngx_strncmp(key, "name", 4) == 0) {
+        } else if (key.len == 4 && ngx_memcmp(key.data, "name", 4) == 0) {
             kind = NGX_HTTP_LLM_WALK_NAME;
 
         } else {
-            kind = 3;
+            p = ngx_http_llm_walk_value(p, end, 3);
+            goto next;
         }
 
-        p++;
-        ngx_http_llm_walk_blanks(p, end);
-
-        if (p == end || *p != ':') {
+        if (seen & (1 << kind)) {
             return NULL;
         }
 
-        p++;
-        ngx_http_llm_walk_blanks(p, end);
+        seen |= 1 << kind;
 
-        if (p == end) {
-            return NULL;
-        }
-
-        if (kind == 3) {
-            p = ngx_http_llm_walk_value(w, p, 3);
-
-        } else if (seen & (1 << kind)) {
-            return NULL;
-
-        } else if (*p == '"') {
-            seen |= 1 << kind;
-
-            key = p + 1;
+        if (*p == '"') {
+            key.data = p + 1;
             p = ngx_http_llm_walk_string(p, end, &escaped);
 
             if (p == NULL
-                || ngx_http_llm_walk_text(w, key, p, escaped, &text)
+                || ngx_http_llm_walk_text(w, key.data, p, escaped, &text)
                    != NGX_OK)
             {
                 return NULL;
@@ -520,128 +447,195 @@ ngx_http_llm_walk_message(ngx_http_llm_walk_t *w, u_char *p)
 
             p++;
 
-        } else if (end - p >= 4 && ngx_strncmp(p, "null", 4) == 0
-                   && kind != NGX_HTTP_LLM_WALK_NAME)
-        {
-            seen |= 1 << kind;
-            p += 4;
-
         } else if (kind == NGX_HTTP_LLM_WALK_NAME) {
             /* a name that is not a string is not counted */
-            seen |= 1 << kind;
-            p = ngx_http_llm_walk_value(w, p, 3);
+            p = ngx_http_llm_walk_value(p, end, 3);
+
+        } else if (ngx_http_llm_walk_null(p, end)) {
+            p += 4;
 
         } else {
             return NULL;
         }
 
+    next:
+
+        p = ngx_http_llm_walk_next(p, end, '}', &done);
         if (p == NULL) {
             return NULL;
         }
-
-        ngx_http_llm_walk_blanks(p, end);
-
-        if (p == end) {
-            return NULL;
-        }
-
-        if (*p == '}') {
-            return p + 1;
-        }
-
-        if (*p != ',') {
-            return NULL;
-        }
-
-        p++;
-        ngx_http_llm_walk_blanks(p, end);
     }
+
+    return p;
 }
 
 
 /*
- * "response_format" counts only with a "json_schema", which the tree's
- * walk prints as compact JSON: the walk leaves such a body to it
+ * The counts of a usage object ((ngx_uint_t) -1 where absent or not a
+ * count), as ngx_http_llm_usage_number() finds them in its tree
  */
 
-static u_char *
-ngx_http_llm_walk_format(ngx_http_llm_walk_t *w, u_char *p)
+ngx_int_t
+ngx_http_llm_walk_usage(ngx_str_t *text, ngx_uint_t *n)
 {
-    u_char      *end, *key;
-    ngx_uint_t   escaped;
+    u_char                     *p, *end;
+    uint64_t                    v;
+    ngx_str_t                   key, *s;
+    ngx_uint_t                  i, seen, done;
+    ngx_http_llm_usage_name_t  *name;
 
-    end = w->end;
+    p = text->data;
+    end = p + text->len;
 
-    if (*p != '{') {
-        return ngx_http_llm_walk_value(w, p, 1);
+    for (i = 0; i < NGX_HTTP_LLM_U_LAST; i++) {
+        n[i] = (ngx_uint_t) -1;
     }
 
-    p++;
-    ngx_http_llm_walk_blanks(p, end);
-
-    if (p < end && *p == '}') {
-        return p + 1;
+    if (p == end || *p != '{') {
+        return NGX_DECLINED;
     }
 
-    for ( ;; ) {
-        if (p == end || *p != '"') {
-            return NULL;
+    seen = 0;
+    p = ngx_http_llm_walk_open(p, end, &done);
+
+    while (!done) {
+        p = ngx_http_llm_walk_key(p, end, &key);
+        if (p == NULL) {
+            return NGX_DECLINED;
         }
 
-        key = p + 1;
-        p = ngx_http_llm_walk_string(p, end, &escaped);
+        for (i = 0; i < NGX_HTTP_LLM_U_LAST; i++) {
+            name = &ngx_http_llm_usage_names[i];
+            s = name->details.len ? &name->details : &name->name;
 
-        if (p == NULL || escaped
-            || (p - key == 11 && ngx_strncmp(key, "json_schema", 11) == 0))
+            if (key.len == s->len
+                && ngx_memcmp(key.data, s->data, key.len) == 0)
+            {
+                break;
+            }
+        }
+
+        if (i == NGX_HTTP_LLM_U_LAST) {
+            p = ngx_http_llm_walk_value(p, end, 1);
+            goto next;
+        }
+
+        if (seen & (1 << i)) {
+            return NGX_DECLINED;
+        }
+
+        seen |= 1 << i;
+
+        if (name->details.len && *p == '{') {
+            p = ngx_http_llm_walk_details(p, end, &name->name, &n[i]);
+
+        } else if (name->details.len == 0
+                   && (*p == '-' || ngx_http_llm_walk_digit(*p)))
+        {
+            p = ngx_http_llm_walk_count(p, end, &v);
+            n[i] = (v <= NGX_HTTP_LLM_MAX_TOKENS) ? v : (ngx_uint_t) -1;
+
+        } else {
+            p = ngx_http_llm_walk_value(p, end, 1);
+        }
+
+    next:
+
+        p = ngx_http_llm_walk_next(p, end, '}', &done);
+        if (p == NULL) {
+            return NGX_DECLINED;
+        }
+    }
+
+    ngx_http_llm_walk_blanks(p, end);
+
+    return (p == end) ? NGX_OK : NGX_DECLINED;
+}
+
+
+/* a "response_format" object: one with a "json_schema" declines */
+
+static u_char *
+ngx_http_llm_walk_format(u_char *p, u_char *end)
+{
+    ngx_str_t   key;
+    ngx_uint_t  done;
+
+    p = ngx_http_llm_walk_open(p, end, &done);
+
+    while (!done) {
+        p = ngx_http_llm_walk_key(p, end, &key);
+
+        if (p == NULL
+            || (key.len == 11 && ngx_memcmp(key.data, "json_schema", 11) == 0))
         {
             return NULL;
         }
 
-        p++;
-        ngx_http_llm_walk_blanks(p, end);
+        p = ngx_http_llm_walk_value(p, end, 2);
+        p = ngx_http_llm_walk_next(p, end, '}', &done);
 
-        if (p == end || *p != ':') {
+        if (p == NULL) {
             return NULL;
         }
+    }
 
-        p++;
-        ngx_http_llm_walk_blanks(p, end);
+    return p;
+}
 
-        p = ngx_http_llm_walk_value(w, p, 2);
+
+/* a usage object's details: the count of the given name */
+
+static u_char *
+ngx_http_llm_walk_details(u_char *p, u_char *end, ngx_str_t *name,
+    ngx_uint_t *n)
+{
+    uint64_t    v;
+    ngx_str_t   key;
+    ngx_uint_t  seen, done;
+
+    seen = 0;
+    p = ngx_http_llm_walk_open(p, end, &done);
+
+    while (!done) {
+        p = ngx_http_llm_walk_key(p, end, &key);
         if (p == NULL) {
             return NULL;
         }
 
-        ngx_http_llm_walk_blanks(p, end);
+        if (key.len != name->len
+            || ngx_memcmp(key.data, name->data, key.len) != 0)
+        {
+            p = ngx_http_llm_walk_value(p, end, 2);
 
-        if (p == end) {
+        } else if (seen++) {
+            return NULL;
+
+        } else if (*p == '-' || ngx_http_llm_walk_digit(*p)) {
+            p = ngx_http_llm_walk_count(p, end, &v);
+            *n = (v <= NGX_HTTP_LLM_MAX_TOKENS) ? v : (ngx_uint_t) -1;
+
+        } else {
+            p = ngx_http_llm_walk_value(p, end, 2);
+        }
+
+        p = ngx_http_llm_walk_next(p, end, '}', &done);
+        if (p == NULL) {
             return NULL;
         }
-
-        if (*p == '}') {
-            return p + 1;
-        }
-
-        if (*p != ',') {
-            return NULL;
-        }
-
-        p++;
-        ngx_http_llm_walk_blanks(p, end);
     }
+
+    return p;
 }
 
 
 /* any value, checked and passed over; NULL declines */
 
 static u_char *
-ngx_http_llm_walk_value(ngx_http_llm_walk_t *w, u_char *p, ngx_uint_t depth)
+ngx_http_llm_walk_value(u_char *p, u_char *end, ngx_uint_t depth)
 {
-    u_char      *end;
-    u_char       close;
-    ngx_uint_t   escaped;
-
-    end = w->end;
+    u_char      close;
+    ngx_uint_t  escaped, done;
 
     if (p == end) {
         return NULL;
@@ -654,15 +648,14 @@ ngx_http_llm_walk_value(ngx_http_llm_walk_t *w, u_char *p, ngx_uint_t depth)
         return p ? p + 1 : NULL;
 
     case 'n':
-        return (end - p >= 4 && ngx_strncmp(p, "null", 4) == 0) ? p + 4
-                                                                 : NULL;
+        return ngx_http_llm_walk_null(p, end) ? p + 4 : NULL;
 
     case 't':
-        return (end - p >= 4 && ngx_strncmp(p, "true", 4) == 0) ? p + 4
+        return (end - p >= 4 && ngx_memcmp(p, "true", 4) == 0) ? p + 4
                                                                  : NULL;
 
     case 'f':
-        return (end - p >= 5 && ngx_strncmp(p, "false", 5) == 0) ? p + 5
+        return (end - p >= 5 && ngx_memcmp(p, "false", 5) == 0) ? p + 5
                                                                   : NULL;
 
     case '{':
@@ -678,17 +671,13 @@ ngx_http_llm_walk_value(ngx_http_llm_walk_t *w, u_char *p, ngx_uint_t depth)
     }
 
     close = (*p == '{') ? '}' : ']';
+    p = ngx_http_llm_walk_open(p, end, &done);
 
-    p++;
-    ngx_http_llm_walk_blanks(p, end);
-
-    if (p < end && *p == close) {
-        return p + 1;
-    }
-
-    for ( ;; ) {
+    while (!done) {
 
         if (close == '}') {
+            /* any key, escaped or not */
+
             if (p == end || *p != '"') {
                 return NULL;
             }
@@ -709,48 +698,140 @@ ngx_http_llm_walk_value(ngx_http_llm_walk_t *w, u_char *p, ngx_uint_t depth)
             ngx_http_llm_walk_blanks(p, end);
         }
 
-        p = ngx_http_llm_walk_value(w, p, depth);
+        p = ngx_http_llm_walk_value(p, end, depth);
+        p = ngx_http_llm_walk_next(p, end, close, &done);
+
         if (p == NULL) {
             return NULL;
         }
-
-        ngx_http_llm_walk_blanks(p, end);
-
-        if (p == end) {
-            return NULL;
-        }
-
-        if (*p == close) {
-            return p + 1;
-        }
-
-        if (*p != ',') {
-            return NULL;
-        }
-
-        p++;
-        ngx_http_llm_walk_blanks(p, end);
     }
+
+    return p;
+}
+
+
+/*
+ * Members and items one by one: ngx_http_llm_walk_open() at the brace or
+ * bracket passes it and tells whether the list is empty,
+ * ngx_http_llm_walk_key() reads a key without escapes and leaves p at
+ * its value, ngx_http_llm_walk_next() after a value passes the comma
+ * or, setting done, the closing byte.  NULL declines; the two last take
+ * it as p too, so that a caller tests once.
+ */
+
+static ngx_inline u_char *
+ngx_http_llm_walk_open(u_char *p, u_char *end, ngx_uint_t *done)
+{
+    u_char  close;
+
+    close = (*p == '{') ? '}' : ']';
+
+    p++;
+    ngx_http_llm_walk_blanks(p, end);
+
+    if (p < end && *p == close) {
+        *done = 1;
+        return p + 1;
+    }
+
+    *done = 0;
+    return p;
+}
+
+
+static ngx_inline u_char *
+ngx_http_llm_walk_key(u_char *p, u_char *end, ngx_str_t *key)
+{
+    ngx_uint_t  escaped;
+
+    if (p == NULL || p == end || *p != '"') {
+        return NULL;
+    }
+
+    key->data = p + 1;
+
+    p = ngx_http_llm_walk_string(p, end, &escaped);
+    if (p == NULL || escaped) {
+        return NULL;
+    }
+
+    key->len = p - key->data;
+
+    p++;
+    ngx_http_llm_walk_blanks(p, end);
+
+    if (p == end || *p != ':') {
+        return NULL;
+    }
+
+    p++;
+    ngx_http_llm_walk_blanks(p, end);
+
+    return (p < end) ? p : NULL;
+}
+
+
+static ngx_inline u_char *
+ngx_http_llm_walk_next(u_char *p, u_char *end, u_char close,
+    ngx_uint_t *done)
+{
+    if (p == NULL) {
+        return NULL;
+    }
+
+    ngx_http_llm_walk_blanks(p, end);
+
+    if (p == end) {
+        return NULL;
+    }
+
+    if (*p == close) {
+        *done = 1;
+        return p + 1;
+    }
+
+    if (*p != ',') {
+        return NULL;
+    }
+
+    p++;
+    ngx_http_llm_walk_blanks(p, end);
+
+    return p;
 }
 
 
 /*
  * The closing quote of the string whose opening quote is at p; NULL for
  * a string the walk declines (see above).  escaped tells whether the
- * string has to be decoded.
+ * string has to be decoded.  Most strings have no escape: that case is
+ * inlined.
  */
 
-static u_char *
+static ngx_inline u_char *
 ngx_http_llm_walk_string(u_char *p, u_char *end, ngx_uint_t *escaped)
+{
+    p = (u_char *) ngx_http_llm_json_find(p + 1, end, 1);
+
+    if (p < end && *p == '"') {
+        *escaped = 0;
+        return p;
+    }
+
+    return ngx_http_llm_walk_escapes(p, end, escaped);
+}
+
+
+/* from the first backslash or NUL byte of a string, or its end */
+
+static u_char *
+ngx_http_llm_walk_escapes(u_char *p, u_char *end, ngx_uint_t *escaped)
 {
     ngx_uint_t  c, i;
 
-    *escaped = 0;
-    p++;
+    *escaped = 1;
 
     for ( ;; ) {
-        p = (u_char *) ngx_http_llm_json_find(p, end, 1);
-
         if (p == end || *p == '\0') {
             return NULL;
         }
@@ -761,8 +842,6 @@ ngx_http_llm_walk_string(u_char *p, u_char *end, ngx_uint_t *escaped)
 
         /* a backslash */
 
-        *escaped = 1;
-
         if (end - p < 2) {
             return NULL;
         }
@@ -771,7 +850,7 @@ ngx_http_llm_walk_string(u_char *p, u_char *end, ngx_uint_t *escaped)
 
         case '"': case '\\': case '/':
         case 'b': case 'f': case 'n': case 'r': case 't':
-            p += 2;
+            p = (u_char *) ngx_http_llm_json_find(p + 2, end, 1);
             continue;
 
         case 'u':
@@ -807,7 +886,7 @@ ngx_http_llm_walk_string(u_char *p, u_char *end, ngx_uint_t *escaped)
             return NULL;
         }
 
-        p += 6;
+        p = (u_char *) ngx_http_llm_json_find(p + 6, end, 1);
     }
 }
 
@@ -877,38 +956,34 @@ ngx_http_llm_walk_number(u_char *p, u_char *end)
 
 
 /*
- * A count (max_tokens, n): a plain integer of up to 15 digits, exact in
- * a double as cJSON reads it; a sign, a fraction or an exponent is left
- * to the tree
+ * A count (max_tokens, n, usage): a plain integer of up to 15 digits,
+ * exact in a double as cJSON reads it; a sign, a fraction or an exponent
+ * is left to the tree
  */
 
 static u_char *
-ngx_http_llm_walk_count(u_char *p, u_char *end, double *d)
+ngx_http_llm_walk_count(u_char *p, u_char *end, uint64_t *v)
 {
-    u_char    *start, *after;
-    uint64_t   v;
+    u_char  *start, *after;
 
+    *v = 0;
     after = ngx_http_llm_walk_number(p, end);
 
     if (after == NULL || after - p > 15) {
         return NULL;
     }
 
-    v = 0;
-
     for (start = p; p < after; p++) {
         if (!ngx_http_llm_walk_digit(*p)) {
             return NULL;
         }
 
-        v = v * 10 + (*p - '0');
+        *v = *v * 10 + (*p - '0');
     }
 
     if (p == start) {
         return NULL;
     }
-
-    *d = (double) v;
 
     return after;
 }
