@@ -115,7 +115,8 @@ ngx_http_llm_header_filter(ngx_http_request_t *r)
 static void
 ngx_http_llm_scan_reply(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
 {
-    ngx_str_t  *type;
+    ngx_str_t                *type;
+    ngx_http_llm_loc_conf_t  *llcf;
 
     if (r->headers_out.content_encoding
         && r->headers_out.content_encoding->value.len
@@ -144,6 +145,12 @@ ngx_http_llm_scan_reply(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
     }
 
     ctx->scan = ngx_pcalloc(r->pool, sizeof(ngx_http_llm_scan_t));
+    if (ctx->scan == NULL) {
+        return;
+    }
+
+    llcf = ngx_http_get_module_loc_conf(r, ngx_http_llm_module);
+    ctx->scan->walk = llcf->body_walk;
 
     if (!ctx->sse || !ctx->inject_usage) {
         return;

@@ -319,6 +319,7 @@ typedef struct {
     unsigned                     value_chars:1;
     unsigned                     overflow:1;
     unsigned                     found:1;
+    unsigned                     walk:1;     /* llm_body_walk */
 
     u_char                       buf[NGX_HTTP_LLM_USAGE_MAX];
 } ngx_http_llm_scan_t;

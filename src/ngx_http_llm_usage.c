@@ -331,7 +331,7 @@ ngx_http_llm_usage_parse(ngx_http_llm_scan_t *s, ngx_log_t *log)
 
     /* the usual object is walked; the tree reads anything else */
 
-    if (ngx_http_llm_walk_usage(&text, n) != NGX_OK) {
+    if (!s->walk || ngx_http_llm_walk_usage(&text, n) != NGX_OK) {
 
         if (ngx_http_llm_json_parse(&text, &obj, &at, log) != NGX_OK) {
             ngx_log_error(NGX_LOG_WARN, log, 0,
