@@ -102,7 +102,7 @@ ngx_http_llm_inspect(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
     ctx->stream = cJSON_IsTrue(m[NGX_HTTP_LLM_M_STREAM]) ? 1 : 0;
     ctx->stream_options = (m[NGX_HTTP_LLM_M_STREAM_OPTIONS] != NULL);
 
-    ngx_http_llm_sum_init(r, ctx, &sum);
+    ngx_http_llm_sum_init(r, &ctx->model, &sum);
 
     /*
      * chat completions: OpenAI's recipe, 3 tokens a message, its role,
@@ -143,10 +143,10 @@ ngx_http_llm_inspect(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
 }
 
 
-/* what to count with: ctx->model is known */
+/* what to count with, for the model the body names */
 
 void
-ngx_http_llm_sum_init(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
+ngx_http_llm_sum_init(ngx_http_request_t *r, ngx_str_t *model,
     ngx_http_llm_sum_t *sum)
 {
     ngx_http_llm_loc_conf_t   *llcf;
@@ -158,7 +158,7 @@ ngx_http_llm_sum_init(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
     ngx_memzero(sum, sizeof(ngx_http_llm_sum_t));
 
     sum->encoding = llcf->encoding ? llcf->encoding
-                                   : ngx_http_llm_encoding_for(&ctx->model);
+                                   : ngx_http_llm_encoding_for(model);
 
     /* exact counts when the model's vocabulary is loaded */
 
@@ -169,9 +169,8 @@ ngx_http_llm_sum_init(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
 
     sum->pool = r->pool;
     sum->remote_image = llcf->image_tokens;
-    sum->mini = (ctx->model.len >= 7
-                 && ngx_strlcasestrn(ctx->model.data,
-                                     ctx->model.data + ctx->model.len,
+    sum->mini = (model->len >= 7
+                 && ngx_strlcasestrn(model->data, model->data + model->len,
                                      (u_char *) "4o-mini", 7 - 1)
                     != NULL);
 }

@@ -56,7 +56,7 @@ typedef struct {
 } ngx_http_llm_sum_t;
 
 
-void ngx_http_llm_sum_init(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
+void ngx_http_llm_sum_init(ngx_http_request_t *r, ngx_str_t *model,
     ngx_http_llm_sum_t *sum);
 void ngx_http_llm_sum_text(ngx_http_llm_sum_t *sum, const u_char *p,
     size_t len);

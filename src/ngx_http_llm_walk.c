@@ -16,9 +16,10 @@
  * A chat body of the usual shape counted in one pass over its text, with
  * no tree: building cJSON's tree and walking it cost more than all of
  * nginx's proxying of a 1 KB body.  The texts to count are the body's
- * own bytes, unless they hold escapes; they are kept until the end, as
- * "model" may come after "messages" (OpenAI's Python SDK sends it so)
- * and names the encoding they are counted in.
+ * own bytes, unless they hold escapes.  They are counted as they come
+ * when the encoding is known; when "model", which names it, comes after
+ * "messages" (OpenAI's Python SDK sends it so), they are kept until the
+ * end.
  *
  * The walk reads strict JSON only, and counts only what it is sure
  * ngx_http_llm_inspect() would count the same: messages whose role,
@@ -46,8 +47,7 @@
 /* a text to count once the encoding is known */
 
 typedef struct {
-    u_char                *data;
-    size_t                 len;
+    ngx_str_t              text;
     ngx_uint_t             kind;
 } ngx_http_llm_span_t;
 
@@ -55,6 +55,7 @@ typedef struct {
 typedef struct {
     u_char                *end;
     ngx_pool_t            *pool;
+    ngx_http_llm_sum_t    *sum;      /* NULL: texts kept as spans */
     ngx_array_t            spans;
     ngx_uint_t             messages;
 } ngx_http_llm_walk_t;
@@ -103,6 +104,8 @@ static ngx_http_llm_walk_name_t  ngx_http_llm_walk_names[] = {
 
 
 static u_char *ngx_http_llm_walk_message(ngx_http_llm_walk_t *w, u_char *p);
+static void ngx_http_llm_walk_add(ngx_http_llm_sum_t *sum, ngx_uint_t kind,
+    ngx_str_t *text);
 static u_char *ngx_http_llm_walk_format(u_char *p, u_char *end);
 static u_char *ngx_http_llm_walk_details(u_char *p, u_char *end,
     ngx_str_t *name, ngx_uint_t *n);
@@ -145,16 +148,19 @@ ngx_int_t
 ngx_http_llm_walk(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
     ngx_str_t *body)
 {
-    u_char                *p, *end;
-    size_t                 model_start, model_end;
-    uint64_t               v;
-    double                 number[NGX_HTTP_LLM_N_LAST];
-    ngx_str_t              key, model;
-    ngx_uint_t             i, seen, member, stream, options, escaped,
-                           numbers, done;
-    ngx_http_llm_sum_t     sum;
-    ngx_http_llm_span_t   *span;
-    ngx_http_llm_walk_t    w;
+    u_char                   *p, *end;
+    size_t                    model_start, model_end;
+    uint64_t                  v;
+    double                    number[NGX_HTTP_LLM_N_LAST];
+    ngx_str_t                 key, model;
+    ngx_uint_t                i, seen, member, stream, options, escaped,
+                              numbers, done;
+    ngx_http_llm_sum_t        sum;
+    ngx_http_llm_span_t      *span;
+    ngx_http_llm_walk_t       w;
+    ngx_http_llm_loc_conf_t  *llcf;
+
+    llcf = ngx_http_get_module_loc_conf(r, ngx_http_llm_module);
 
     p = body->data;
     end = p + body->len;
@@ -166,6 +172,7 @@ ngx_http_llm_walk(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
     }
 
     w.end = end;
+    w.sum = NULL;
     w.messages = 0;
     w.pool = ngx_http_llm_json_scratch(r->connection->log);
 
@@ -267,6 +274,14 @@ ngx_http_llm_walk(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
                 return NGX_DECLINED;
             }
 
+            /* the encoding is known: the texts are counted as they come */
+
+            if (llcf->encoding || (seen & (1 << NGX_HTTP_LLM_W_MODEL))) {
+                ngx_http_llm_sum_init(r, model.len ? &model : &ctx->model,
+                                      &sum);
+                w.sum = &sum;
+            }
+
             p = ngx_http_llm_walk_open(p, end, &done);
 
             while (!done) {
@@ -344,31 +359,18 @@ ngx_http_llm_walk(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
     ctx->model_start = model_start;
     ctx->model_end = model_end;
 
-    ngx_http_llm_sum_init(r, ctx, &sum);
+    if (w.sum == NULL) {
+        ngx_http_llm_sum_init(r, &ctx->model, &sum);
 
-    ngx_memcpy(sum.number, number, sizeof(number));
-    sum.numbers = numbers;
+        span = w.spans.elts;
 
-    span = w.spans.elts;
-
-    for (i = 0; i < w.spans.nelts; i++) {
-
-        switch (span[i].kind) {
-
-        case NGX_HTTP_LLM_WALK_ROLE:
-            ngx_http_llm_sum_role(&sum, span[i].data, span[i].len);
-            break;
-
-        case NGX_HTTP_LLM_WALK_NAME:
-            ngx_http_llm_sum_text(&sum, span[i].data, span[i].len);
-            sum.tokens++;
-            break;
-
-        default:
-            ngx_http_llm_sum_text(&sum, span[i].data, span[i].len);
+        for (i = 0; i < w.spans.nelts; i++) {
+            ngx_http_llm_walk_add(&sum, span[i].kind, &span[i].text);
         }
     }
 
+    ngx_memcpy(sum.number, number, sizeof(number));
+    sum.numbers = numbers;
     sum.messages = w.messages;
 
     ngx_http_llm_sum_done(r, ctx, &sum);
@@ -436,14 +438,18 @@ ngx_http_llm_walk_message(ngx_http_llm_walk_t *w, u_char *p)
                 return NULL;
             }
 
-            span = ngx_array_push(&w->spans);
-            if (span == NULL) {
-                return NULL;
-            }
+            if (w->sum) {
+                ngx_http_llm_walk_add(w->sum, kind, &text);
 
-            span->data = text.data;
-            span->len = text.len;
-            span->kind = kind;
+            } else {
+                span = ngx_array_push(&w->spans);
+                if (span == NULL) {
+                    return NULL;
+                }
+
+                span->text = text;
+                span->kind = kind;
+            }
 
             p++;
 
@@ -467,6 +473,27 @@ ngx_http_llm_walk_message(ngx_http_llm_walk_t *w, u_char *p)
     }
 
     return p;
+}
+
+
+static void
+ngx_http_llm_walk_add(ngx_http_llm_sum_t *sum, ngx_uint_t kind,
+    ngx_str_t *text)
+{
+    switch (kind) {
+
+    case NGX_HTTP_LLM_WALK_ROLE:
+        ngx_http_llm_sum_role(sum, text->data, text->len);
+        break;
+
+    case NGX_HTTP_LLM_WALK_NAME:
+        ngx_http_llm_sum_text(sum, text->data, text->len);
+        sum->tokens++;
+        break;
+
+    default:
+        ngx_http_llm_sum_text(sum, text->data, text->len);
+    }
 }
 
 
