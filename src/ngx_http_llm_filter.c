@@ -189,6 +189,18 @@ ngx_http_llm_body_filter(ngx_http_request_t *r, ngx_chain_t *in)
     }
 
     if (ctx->scan) {
+
+        /* a JSON reply whole in its first buffer, as most are */
+
+        if (!ctx->sse && !ctx->first_byte && in && ngx_buf_in_memory(in->buf)
+            && r->headers_out.content_length_n > 0
+            && ngx_buf_size(in->buf) == r->headers_out.content_length_n)
+        {
+            (void) ngx_http_llm_scan_whole(ctx->scan, in->buf->pos,
+                                           in->buf->last,
+                                           r->connection->log);
+        }
+
         for (cl = in; cl; cl = cl->next) {
 
             if (!ctx->first_byte && ngx_buf_size(cl->buf)) {

@@ -320,6 +320,7 @@ typedef struct {
     unsigned                     overflow:1;
     unsigned                     found:1;
     unsigned                     walk:1;     /* llm_body_walk */
+    unsigned                     whole:1;    /* read from the end */
 
     u_char                       buf[NGX_HTTP_LLM_USAGE_MAX];
 } ngx_http_llm_scan_t;
@@ -540,7 +541,9 @@ typedef struct {
 
 extern ngx_http_llm_usage_name_t  ngx_http_llm_usage_names[];
 
-ngx_int_t ngx_http_llm_walk_usage(ngx_str_t *text, ngx_uint_t *n);
+u_char *ngx_http_llm_walk_usage(u_char *p, u_char *end, ngx_uint_t *n);
+ngx_int_t ngx_http_llm_scan_whole(ngx_http_llm_scan_t *s, u_char *start,
+    u_char *last, ngx_log_t *log);
 ngx_int_t ngx_http_llm_json_parse(ngx_str_t *text, cJSON **root,
     size_t *error_at, ngx_log_t *log);
 void ngx_http_llm_json_done(size_t len);

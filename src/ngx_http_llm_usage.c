@@ -44,6 +44,9 @@ ngx_http_llm_usage_name_t  ngx_http_llm_usage_names[] = {
 static u_char *ngx_http_llm_scan_usage(ngx_http_llm_scan_t *s, u_char *p,
     u_char *last, ngx_log_t *log);
 static void ngx_http_llm_usage_parse(ngx_http_llm_scan_t *s, ngx_log_t *log);
+static u_char *ngx_http_llm_last_quote(u_char *start, u_char *p);
+static void ngx_http_llm_usage_set(ngx_http_llm_scan_t *s, ngx_uint_t *n,
+    ngx_log_t *log);
 static ngx_uint_t ngx_http_llm_usage_number(cJSON *obj, ngx_uint_t i);
 
 
@@ -56,6 +59,10 @@ ngx_http_llm_scan(ngx_http_llm_scan_t *s, u_char *p, u_char *last,
     unsigned     in_string, escaped, after_string, after_colon, usage_key,
                  text_key, value_of_text, value_chars;
     ngx_uint_t   deltas;
+
+    if (s->whole) {
+        return;
+    }
 
     if (s->depth) {
         p = ngx_http_llm_scan_usage(s, p, last, log);
@@ -331,7 +338,10 @@ ngx_http_llm_usage_parse(ngx_http_llm_scan_t *s, ngx_log_t *log)
 
     /* the usual object is walked; the tree reads anything else */
 
-    if (!s->walk || ngx_http_llm_walk_usage(&text, n) != NGX_OK) {
+    if (!s->walk
+        || ngx_http_llm_walk_usage(text.data, text.data + text.len, n)
+           != text.data + text.len)
+    {
 
         if (ngx_http_llm_json_parse(&text, &obj, &at, log) != NGX_OK) {
             ngx_log_error(NGX_LOG_WARN, log, 0,
@@ -347,6 +357,134 @@ ngx_http_llm_usage_parse(ngx_http_llm_scan_t *s, ngx_log_t *log)
         ngx_http_llm_json_done(text.len);
     }
 
+    ngx_http_llm_usage_set(s, n, log);
+}
+
+
+/*
+ * A JSON reply that came whole in one buffer: its usage object, which
+ * backends send last, is found from the end and walked where it lies
+ * instead of scanning the reply from the start.  It is the object the
+ * scanner would take, the last one after a key "usage": in JSON a quote
+ * that is not escaped starts or ends a string, so "usage" between two
+ * such quotes is a string, and a key if a colon follows.  NGX_DECLINED
+ * (none, or one the walk declines or without counts): the reply is
+ * scanned.
+ */
+
+ngx_int_t
+ngx_http_llm_scan_whole(ngx_http_llm_scan_t *s, u_char *start, u_char *last,
+    ngx_log_t *log)
+{
+    u_char      *p, *q, *b, *o;
+    ngx_uint_t   n[NGX_HTTP_LLM_U_LAST];
+
+    if (!s->walk) {
+        return NGX_DECLINED;
+    }
+
+    for (p = last; /* void */; p = q) {
+
+        /* the closing quote of the last "usage" before p */
+
+        q = ngx_http_llm_last_quote(start + 6, p);
+
+        if (q == NULL) {
+            return NGX_DECLINED;
+        }
+
+        if (q[-6] != '"' || ngx_memcmp(q - 5, "usage", 5) != 0) {
+            continue;
+        }
+
+        /* its opening quote is not escaped: an even run of backslashes */
+
+        for (b = q - 6; b > start && b[-1] == '\\'; b--) { /* void */ }
+
+        if ((q - 6 - b) & 1) {
+            continue;
+        }
+
+        /* a key whose value is an object */
+
+        o = q + 1;
+
+        while (o < last && (*o == ' ' || *o == '\t' || *o == '\r'
+                            || *o == '\n'))
+        {
+            o++;
+        }
+
+        if (o == last || *o++ != ':') {
+            continue;
+        }
+
+        while (o < last && (*o == ' ' || *o == '\t' || *o == '\r'
+                            || *o == '\n'))
+        {
+            o++;
+        }
+
+        if (o == last || *o != '{') {
+            continue;
+        }
+
+        p = ngx_http_llm_walk_usage(o, last, n);
+
+        if (p == NULL || p - o > NGX_HTTP_LLM_USAGE_MAX
+            || (n[NGX_HTTP_LLM_U_PROMPT] == (ngx_uint_t) -1
+                && n[NGX_HTTP_LLM_U_INPUT] == (ngx_uint_t) -1))
+        {
+            return NGX_DECLINED;
+        }
+
+        ngx_http_llm_usage_set(s, n, log);
+
+        s->whole = 1;
+
+        return NGX_OK;
+    }
+}
+
+
+/* the last quote in [start, p), or NULL */
+
+static u_char *
+ngx_http_llm_last_quote(u_char *start, u_char *p)
+{
+#if (defined __SSE2__ && defined __GNUC__)
+
+    unsigned  hit;
+    __m128i   quote;
+
+    quote = _mm_set1_epi8('"');
+
+    while (p - start >= 16) {
+        hit = (unsigned) _mm_movemask_epi8(_mm_cmpeq_epi8(
+                  _mm_loadu_si128((const __m128i *) (p - 16)), quote));
+
+        if (hit) {
+            return p - 16 + (31 - __builtin_clz(hit));
+        }
+
+        p -= 16;
+    }
+
+#endif
+
+    while (p > start) {
+        if (*--p == '"') {
+            return p;
+        }
+    }
+
+    return NULL;
+}
+
+
+static void
+ngx_http_llm_usage_set(ngx_http_llm_scan_t *s, ngx_uint_t *n, ngx_log_t *log)
+{
     /* chat, completions and embeddings; else the Responses API's names */
 
     if (n[NGX_HTTP_LLM_U_PROMPT] != (ngx_uint_t) -1) {

@@ -498,28 +498,25 @@ ngx_http_llm_walk_add(ngx_http_llm_sum_t *sum, ngx_uint_t kind,
 
 
 /*
- * The counts of a usage object ((ngx_uint_t) -1 where absent or not a
- * count), as ngx_http_llm_usage_number() finds them in its tree
+ * A usage object at p: its counts ((ngx_uint_t) -1 where absent or not a
+ * count), as ngx_http_llm_usage_number() finds them in its tree, and the
+ * byte after it; NULL declines
  */
 
-ngx_int_t
-ngx_http_llm_walk_usage(ngx_str_t *text, ngx_uint_t *n)
+u_char *
+ngx_http_llm_walk_usage(u_char *p, u_char *end, ngx_uint_t *n)
 {
-    u_char                     *p, *end;
     uint64_t                    v;
     ngx_str_t                   key, *s;
     ngx_uint_t                  i, seen, done;
     ngx_http_llm_usage_name_t  *name;
-
-    p = text->data;
-    end = p + text->len;
 
     for (i = 0; i < NGX_HTTP_LLM_U_LAST; i++) {
         n[i] = (ngx_uint_t) -1;
     }
 
     if (p == end || *p != '{') {
-        return NGX_DECLINED;
+        return NULL;
     }
 
     seen = 0;
@@ -528,7 +525,7 @@ ngx_http_llm_walk_usage(ngx_str_t *text, ngx_uint_t *n)
     while (!done) {
         p = ngx_http_llm_walk_key(p, end, &key);
         if (p == NULL) {
-            return NGX_DECLINED;
+            return NULL;
         }
 
         for (i = 0; i < NGX_HTTP_LLM_U_LAST; i++) {
@@ -548,7 +545,7 @@ ngx_http_llm_walk_usage(ngx_str_t *text, ngx_uint_t *n)
         }
 
         if (seen & (1 << i)) {
-            return NGX_DECLINED;
+            return NULL;
         }
 
         seen |= 1 << i;
@@ -570,13 +567,11 @@ ngx_http_llm_walk_usage(ngx_str_t *text, ngx_uint_t *n)
 
         p = ngx_http_llm_walk_next(p, end, '}', &done);
         if (p == NULL) {
-            return NGX_DECLINED;
+            return NULL;
         }
     }
 
-    ngx_http_llm_walk_blanks(p, end);
-
-    return (p == end) ? NGX_OK : NGX_DECLINED;
+    return p;
 }
 
 
