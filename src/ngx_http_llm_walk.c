@@ -104,8 +104,8 @@ static ngx_http_llm_walk_name_t  ngx_http_llm_walk_names[] = {
 
 
 static u_char *ngx_http_llm_walk_message(ngx_http_llm_walk_t *w, u_char *p);
-static void ngx_http_llm_walk_add(ngx_http_llm_sum_t *sum, ngx_uint_t kind,
-    ngx_str_t *text);
+static ngx_inline void ngx_http_llm_walk_add(ngx_http_llm_sum_t *sum,
+    ngx_uint_t kind, ngx_str_t *text);
 static u_char *ngx_http_llm_walk_format(u_char *p, u_char *end);
 static u_char *ngx_http_llm_walk_details(u_char *p, u_char *end,
     ngx_str_t *name, ngx_uint_t *n);
@@ -123,7 +123,7 @@ static u_char *ngx_http_llm_walk_escapes(u_char *p, u_char *end,
     ngx_uint_t *escaped);
 static u_char *ngx_http_llm_walk_number(u_char *p, u_char *end);
 static u_char *ngx_http_llm_walk_count(u_char *p, u_char *end, uint64_t *v);
-static ngx_int_t ngx_http_llm_walk_text(ngx_http_llm_walk_t *w,
+static ngx_inline ngx_int_t ngx_http_llm_walk_text(ngx_http_llm_walk_t *w,
     u_char *start, u_char *close, ngx_uint_t escaped, ngx_str_t *text);
 
 
@@ -176,12 +176,13 @@ ngx_http_llm_walk(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
     w.messages = 0;
     w.pool = ngx_http_llm_json_scratch(r->connection->log);
 
-    if (w.pool == NULL
-        || ngx_array_init(&w.spans, w.pool, 16, sizeof(ngx_http_llm_span_t))
-           != NGX_OK)
-    {
+    if (w.pool == NULL) {
         return NGX_ERROR;
     }
+
+    /* made when a text has to be kept */
+    w.spans.nelts = 0;
+    w.spans.nalloc = 0;
 
     ngx_str_null(&model);
     model_start = 0;
@@ -442,6 +443,14 @@ ngx_http_llm_walk_message(ngx_http_llm_walk_t *w, u_char *p)
                 ngx_http_llm_walk_add(w->sum, kind, &text);
 
             } else {
+                if (w->spans.nalloc == 0
+                    && ngx_array_init(&w->spans, w->pool, 16,
+                                      sizeof(ngx_http_llm_span_t))
+                       != NGX_OK)
+                {
+                    return NULL;
+                }
+
                 span = ngx_array_push(&w->spans);
                 if (span == NULL) {
                     return NULL;
@@ -476,7 +485,7 @@ ngx_http_llm_walk_message(ngx_http_llm_walk_t *w, u_char *p)
 }
 
 
-static void
+static ngx_inline void
 ngx_http_llm_walk_add(ngx_http_llm_sum_t *sum, ngx_uint_t kind,
     ngx_str_t *text)
 {
@@ -980,34 +989,38 @@ ngx_http_llm_walk_number(u_char *p, u_char *end)
 /*
  * A count (max_tokens, n, usage): a plain integer of up to 15 digits,
  * exact in a double as cJSON reads it; a sign, a fraction or an exponent
- * is left to the tree
+ * is left to the tree, and so is what JSON does not allow after it
  */
 
 static u_char *
 ngx_http_llm_walk_count(u_char *p, u_char *end, uint64_t *v)
 {
-    u_char  *start, *after;
+    u_char    *start;
+    uint64_t   n;
 
-    *v = 0;
-    after = ngx_http_llm_walk_number(p, end);
+    start = p;
+    n = 0;
 
-    if (after == NULL || after - p > 15) {
-        return NULL;
-    }
+    if (p < end && *p == '0') {
+        p++;
 
-    for (start = p; p < after; p++) {
-        if (!ngx_http_llm_walk_digit(*p)) {
-            return NULL;
+    } else {
+        while (p < end && ngx_http_llm_walk_digit(*p)) {
+            n = n * 10 + (*p++ - '0');
         }
-
-        *v = *v * 10 + (*p - '0');
     }
 
-    if (p == start) {
+    *v = n;
+
+    if (p == start || p - start > 15
+        || (p < end
+            && (ngx_http_llm_walk_digit(*p) || *p == '.' || *p == '+'
+                || *p == '-' || (*p | 0x20) == 'e')))
+    {
         return NULL;
     }
 
-    return after;
+    return p;
 }
 
 
@@ -1017,7 +1030,7 @@ ngx_http_llm_walk_count(u_char *p, u_char *end, uint64_t *v)
  * tree's strings end there)
  */
 
-static ngx_int_t
+static ngx_inline ngx_int_t
 ngx_http_llm_walk_text(ngx_http_llm_walk_t *w, u_char *start, u_char *close,
     ngx_uint_t escaped, ngx_str_t *text)
 {
