@@ -356,9 +356,18 @@ ngx_http_llm_walk(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
     ctx->stream = stream;
     ctx->stream_options = options;
 
+    /*
+     * the place of "model" only where the tree's reading would look for
+     * it: a deployment in the path (percent-encoded in the path sent, so
+     * not replaced there) leaves the body as it is
+     */
+
     ctx->model_found = 1;
-    ctx->model_start = model_start;
-    ctx->model_end = model_end;
+
+    if (ctx->deployment.len == 0) {
+        ctx->model_start = model_start;
+        ctx->model_end = model_end;
+    }
 
     if (w.sum == NULL) {
         ngx_http_llm_sum_init(r, &ctx->model, &sum);

@@ -376,10 +376,12 @@ sub next_log {
 }
 
 # a mock backend: answers every request with a JSON description of what
-# it received, so tests can see what nginx forwarded
+# it received, so tests can see what nginx forwarded; with mirror => 1,
+# with the body itself (as one event of a stream if the request's
+# X-Mirror-Type is text/event-stream) and the path in X-Mirror-Uri
 
 sub start_echo {
-    my ($self) = @_;
+    my ($self, %opt) = @_;
     my $port = free_port();
     my $srv = IO::Socket::INET->new(LocalAddr => '127.0.0.1',
                                     LocalPort => $port, Listen => 64,
@@ -395,7 +397,7 @@ sub start_echo {
         while (my $c = $srv->accept) {
             my $k = fork;
             if (defined $k && $k == 0) {
-                echo_connection($c, $log);
+                echo_connection($c, $log, $opt{mirror});
                 POSIX::_exit(0);
             }
             close $c;
@@ -408,7 +410,7 @@ sub start_echo {
 }
 
 sub echo_connection {
-    my ($c, $log) = @_;
+    my ($c, $log, $mirror) = @_;
     binmode $c;
     while (1) {
         my $head = '';
@@ -436,6 +438,16 @@ sub echo_connection {
         if (open my $fh, '>>', $log) {
             print $fh "$method $uri\n";
             close $fh;
+        }
+        if ($mirror) {
+            my $type = $hdr{'x-mirror-type'} // 'application/json';
+            $body = "data: $body\n\ndata: [DONE]\n\n" if $type =~ /stream/;
+            syswrite $c, "HTTP/1.1 200 OK\r\nContent-Type: $type\r\n"
+                         . "X-Mirror-Uri: $uri\r\n"
+                         . "Content-Length: " . length($body) . "\r\n\r\n"
+                         . $body;
+            return if ($hdr{connection} // '') =~ /close/i;
+            next;
         }
         my $out = JSON::PP->new->canonical->encode({
             method => $method, uri => $uri, headers => \%hdr,
