@@ -364,33 +364,35 @@ ngx_http_llm_usage_parse(ngx_http_llm_scan_t *s, ngx_log_t *log)
 /*
  * A JSON reply that came whole in one buffer: its usage object, which
  * backends send last, is found from the end and walked where it lies
- * instead of scanning the reply from the start.  It is the object the
- * scanner would take, the last one after a key "usage": in JSON a quote
- * that is not escaped starts or ends a string, so "usage" between two
- * such quotes is a string, and a key if a colon follows.  NGX_DECLINED
- * (none, or one the walk declines or without counts): the reply is
- * scanned.
+ * instead of scanning the reply from the start.  In JSON a quote that is
+ * not escaped starts or ends a string, so "usage" between two of them is
+ * a string, and a key if a colon follows.  When the reply has one such
+ * key and its value is an object, that object is the one the scanner
+ * would take.  NGX_DECLINED (no such key or more than one, a value the
+ * walk declines or without counts): the reply is scanned.
  */
 
 ngx_int_t
 ngx_http_llm_scan_whole(ngx_http_llm_scan_t *s, u_char *start, u_char *last,
     ngx_log_t *log)
 {
-    u_char      *p, *q, *b, *o;
+    u_char      *p, *q, *b, *o, *usage;
     ngx_uint_t   n[NGX_HTTP_LLM_U_LAST];
 
     if (!s->walk) {
         return NGX_DECLINED;
     }
 
+    usage = NULL;
+
     for (p = last; /* void */; p = q) {
 
-        /* the closing quote of the last "usage" before p */
+        /* the closing quote of a "usage" before p */
 
         q = ngx_http_llm_last_quote(start + 6, p);
 
         if (q == NULL) {
-            return NGX_DECLINED;
+            break;
         }
 
         if (q[-6] != '"' || ngx_memcmp(q - 5, "usage", 5) != 0) {
@@ -405,7 +407,7 @@ ngx_http_llm_scan_whole(ngx_http_llm_scan_t *s, u_char *start, u_char *last,
             continue;
         }
 
-        /* a key whose value is an object */
+        /* a key if a colon follows */
 
         o = q + 1;
 
@@ -419,6 +421,15 @@ ngx_http_llm_scan_whole(ngx_http_llm_scan_t *s, u_char *start, u_char *last,
             continue;
         }
 
+        /*
+         * a second key "usage" (the scanner would take the last object
+         * not inside another) is left to the scanner
+         */
+
+        if (usage) {
+            return NGX_DECLINED;
+        }
+
         while (o < last && (*o == ' ' || *o == '\t' || *o == '\r'
                             || *o == '\n'))
         {
@@ -426,24 +437,34 @@ ngx_http_llm_scan_whole(ngx_http_llm_scan_t *s, u_char *start, u_char *last,
         }
 
         if (o == last || *o != '{') {
-            continue;
-        }
-
-        p = ngx_http_llm_walk_usage(o, last, n);
-
-        if (p == NULL || p - o > NGX_HTTP_LLM_USAGE_MAX
-            || (n[NGX_HTTP_LLM_U_PROMPT] == (ngx_uint_t) -1
-                && n[NGX_HTTP_LLM_U_INPUT] == (ngx_uint_t) -1))
-        {
             return NGX_DECLINED;
         }
 
-        ngx_http_llm_usage_set(s, n, log);
-
-        s->whole = 1;
-
-        return NGX_OK;
+        usage = o;
+        q -= 6;
     }
+
+    if (usage == NULL) {
+        return NGX_DECLINED;
+    }
+
+    p = ngx_http_llm_walk_usage(usage, last, n);
+
+    if (p == NULL || p - usage > NGX_HTTP_LLM_USAGE_MAX
+        || (n[NGX_HTTP_LLM_U_PROMPT] == (ngx_uint_t) -1
+            && n[NGX_HTTP_LLM_U_INPUT] == (ngx_uint_t) -1))
+    {
+        return NGX_DECLINED;
+    }
+
+    ngx_http_llm_usage_set(s, n, log);
+
+    ngx_log_debug0(NGX_LOG_DEBUG_HTTP, log, 0,
+                   "llm usage: read from the end");
+
+    s->whole = 1;
+
+    return NGX_OK;
 }
 
 
