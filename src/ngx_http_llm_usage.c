@@ -44,7 +44,7 @@ ngx_http_llm_usage_name_t  ngx_http_llm_usage_names[] = {
 static u_char *ngx_http_llm_scan_usage(ngx_http_llm_scan_t *s, u_char *p,
     u_char *last, ngx_log_t *log);
 static void ngx_http_llm_usage_parse(ngx_http_llm_scan_t *s, ngx_log_t *log);
-static u_char *ngx_http_llm_last_quote(u_char *start, u_char *p);
+static u_char *ngx_http_llm_last_usage(u_char *start, u_char *p);
 static void ngx_http_llm_usage_set(ngx_http_llm_scan_t *s, ngx_uint_t *n,
     ngx_log_t *log);
 static ngx_uint_t ngx_http_llm_usage_number(cJSON *obj, ngx_uint_t i);
@@ -389,7 +389,7 @@ ngx_http_llm_scan_whole(ngx_http_llm_scan_t *s, u_char *start, u_char *last,
 
         /* the closing quote of a "usage" before p */
 
-        q = ngx_http_llm_last_quote(start + 6, p);
+        q = ngx_http_llm_last_usage(start + 6, p);
 
         if (q == NULL) {
             break;
@@ -468,21 +468,30 @@ ngx_http_llm_scan_whole(ngx_http_llm_scan_t *s, u_char *start, u_char *last,
 }
 
 
-/* the last quote in [start, p), or NULL */
+/*
+ * The last quote in [start, p) that follows "ge", or NULL: candidates
+ * for the end of "usage", found sixteen at a time (start is 6 bytes in)
+ */
 
 static u_char *
-ngx_http_llm_last_quote(u_char *start, u_char *p)
+ngx_http_llm_last_usage(u_char *start, u_char *p)
 {
 #if (defined __SSE2__ && defined __GNUC__)
 
     unsigned  hit;
-    __m128i   quote;
+    __m128i   q, e, g;
 
-    quote = _mm_set1_epi8('"');
+    q = _mm_set1_epi8('"');
+    e = _mm_set1_epi8('e');
+    g = _mm_set1_epi8('g');
 
     while (p - start >= 16) {
-        hit = (unsigned) _mm_movemask_epi8(_mm_cmpeq_epi8(
-                  _mm_loadu_si128((const __m128i *) (p - 16)), quote));
+        hit = (unsigned) _mm_movemask_epi8(_mm_and_si128(
+                  _mm_cmpeq_epi8(_mm_loadu_si128((__m128i *) (p - 16)), q),
+                  _mm_and_si128(
+                  _mm_cmpeq_epi8(_mm_loadu_si128((__m128i *) (p - 17)), e),
+                  _mm_cmpeq_epi8(_mm_loadu_si128((__m128i *) (p - 18)),
+                                 g))));
 
         if (hit) {
             return p - 16 + (31 - __builtin_clz(hit));
@@ -494,7 +503,9 @@ ngx_http_llm_last_quote(u_char *start, u_char *p)
 #endif
 
     while (p > start) {
-        if (*--p == '"') {
+        p--;
+
+        if (p[0] == '"' && p[-1] == 'e' && p[-2] == 'g') {
             return p;
         }
     }
