@@ -7,7 +7,11 @@
 # Defaults 8 4 4 1: 8 rounds x 4 configurations x 4 s, a little over two
 # minutes.  With no delay (sh bench/latency.sh 8 3 8 0) the connections
 # saturate nginx, and the requests/s ratio to plain of the same round is
-# the throughput the module keeps, measured with the same controls.  BODY=20k takes another body size; PIN=0, PRIO=nice or none,
+# the throughput the module keeps, measured with the same controls.
+# Each slice also reads the CPU time the worker ran (schedstat): CPU per
+# request, and plain's over the configuration's, is the throughput kept
+# when nginx is the bottleneck, less noisy than requests/s on a shared
+# machine, where a slice can lose its CPU for a while.  BODY=20k takes another body size; PIN=0, PRIO=nice or none,
 # SPIN=0 turn off the noise controls below one by one.
 #
 # One nginx 1.22.1 binary (build/nginx.sh), the same backend (a server
@@ -135,19 +139,30 @@ LUA
 $on_nginx "$LLM_NGINX" -p "$work" -c "$work/nginx.conf"
 sleep 1
 
+# the worker (it serves the proxy and the backend alike) and the time it
+# has run on a CPU, nanoseconds (/proc/PID/schedstat, exact where the
+# clock ticks of /proc/PID/stat are 10 ms)
+worker=$(pgrep -P "$(cat "$work/nginx.pid")" | head -1)
+ran() {
+    cut -d' ' -f1 "/proc/$worker/schedstat"
+}
+
 # one slice: slice CONFIG SECONDS prints
-#   requests/s p50 p99 p99.9 (us)
+#   requests/s p50 p99 p99.9 (us) CPU-per-request (ns)
 slice() {
     loc=$1
     [ "$loc" = plain2 ] && loc=plain
+    cpu0=$(ran)
     # shellcheck disable=SC2086
     out=$(BODY="$work/body-$size.json" DELAY_MS=$delay $on_wrk \
           wrk -t1 -c"$conns" -d"${2}s" -s "$work/latency.lua" \
           "http://127.0.0.1:18991/$loc/openai/deployments/gpt-4o/chat/completions" \
           | tail -1)
-    echo "$out" | awk -v c="$1" '{
+    cpu1=$(ran)
+    echo "$out" | awk -v c="$1" -v cpu=$((cpu1 - cpu0)) '{
         if ($3 != 0) { print c ": " $3 " errors" > "/dev/stderr"; exit 1 }
-        printf "%.0f %d %d %d\n", $1 / ($2 / 1e6), $4, $5, $6 }'
+        printf "%.0f %d %d %d %.0f\n", $1 / ($2 / 1e6), $4, $5, $6,
+               cpu / $1 }'
 }
 
 echo "== added latency, $size body: $rounds rounds x $secs s per" \
@@ -187,7 +202,7 @@ python3 - "$work/slices" "$configs" <<'PY'
 import sys
 rows = [l.split() for l in open(sys.argv[1])]
 configs = sys.argv[2].split()
-by = {}  # (config, round) -> [rps, p50, p99, p999]
+by = {}  # (config, round) -> [rps, p50, p99, p999, cpu ns/request]
 for r, c, *v in rows:
     by[(c, int(r))] = [float(x) for x in v]
 rounds = sorted({k[1] for k in by})
@@ -217,6 +232,16 @@ for c in configs[1:]:
     x = [100 * by[(c, r)][0] / by[("plain", r)][0] for r in rounds]
     print("%-9s %5.1f %% [%5.1f-%5.1f] (%5.1f to %5.1f)" % (c, q(x, .5),
           q(x, .25), q(x, .75), min(x), max(x)))
+
+print("\nCPU time of the worker per request (it serves the backend too),"
+      " microseconds: median [interquartile range];\nthroughput when nginx"
+      " is the bottleneck: plain's CPU per request over the configuration's,"
+      " same round")
+for c in configs:
+    x = [by[(c, r)][4] / 1000 for r in rounds]
+    y = [100 * by[("plain", r)][4] / by[(c, r)][4] for r in rounds]
+    print("%-9s %6.2f [%5.2f-%5.2f] us   %5.1f %% [%5.1f-%5.1f]" % (c,
+          q(x, .5), q(x, .25), q(x, .75), q(y, .5), q(y, .25), q(y, .75)))
 
 print("\nadded to plain of the same round, microseconds: median"
       " [interquartile range] (min to max)")
