@@ -8,10 +8,11 @@
 # minutes.  With no delay (sh bench/latency.sh 8 3 8 0) the connections
 # saturate nginx, and the requests/s ratio to plain of the same round is
 # the throughput the module keeps, measured with the same controls.
-# Each slice also reads the CPU time the worker ran (schedstat): CPU per
-# request, and plain's over the configuration's, is the throughput kept
-# when nginx is the bottleneck, less noisy than requests/s on a shared
-# machine, where a slice can lose its CPU for a while.  BODY=20k takes another body size; PIN=0, PRIO=nice or none,
+# Each slice also reads the CPU time the worker ran (schedstat), per
+# request: at moderate load, what a request costs; saturated, about the
+# inverse of requests/s (the worker is never idle), and as noisy on a
+# shared VM, where the time the host takes the CPU away counts as run
+# time.  BODY=20k takes another body size; PIN=0, PRIO=nice or none,
 # SPIN=0 turn off the noise controls below one by one.
 #
 # One nginx 1.22.1 binary (build/nginx.sh), the same backend (a server
@@ -234,9 +235,8 @@ for c in configs[1:]:
           q(x, .25), q(x, .75), min(x), max(x)))
 
 print("\nCPU time of the worker per request (it serves the backend too),"
-      " microseconds: median [interquartile range];\nthroughput when nginx"
-      " is the bottleneck: plain's CPU per request over the configuration's,"
-      " same round")
+      " microseconds: median [interquartile range];\nplain's over the"
+      " configuration's, same round")
 for c in configs:
     x = [by[(c, r)][4] / 1000 for r in rounds]
     y = [100 * by[("plain", r)][4] / by[(c, r)][4] for r in rounds]
