@@ -270,26 +270,38 @@ ngx_http_llm_deployment_from_uri(ngx_str_t *uri, ngx_str_t *deployment)
 {
     u_char  *p, *last, *start;
 
-    static u_char  prefix[] = "/deployments/";
-
     deployment->len = 0;
     deployment->data = NULL;
 
     last = uri->data + uri->len;
 
-    p = ngx_strlcasestrn(uri->data, last, prefix, sizeof(prefix) - 2);
-    if (p == NULL) {
-        return;
+    /*
+     * the first "/deployments/" in any case, compared as it is usually
+     * spelt first: ngx_strlcasestrn() called ngx_strncasecmp(), 17
+     * instructions a byte, at every slash of the path
+     */
+
+    for (p = uri->data; last - p >= (ssize_t) sizeof("/deployments/") - 1;
+         p++)
+    {
+        if (p[0] == '/' && (p[1] | 0x20) == 'd'
+            && (ngx_memcmp(p + 2, "eployments/", sizeof("eployments/") - 1)
+                == 0
+                || ngx_strncasecmp(p + 2, (u_char *) "eployments/",
+                                   sizeof("eployments/") - 1)
+                   == 0))
+        {
+            start = p + sizeof("/deployments/") - 1;
+
+            for (p = start; p < last && *p != '/'; p++) {
+                /* void */
+            }
+
+            deployment->data = start;
+            deployment->len = p - start;
+            return;
+        }
     }
-
-    start = p + sizeof(prefix) - 1;
-
-    for (p = start; p < last && *p != '/'; p++) {
-        /* void */
-    }
-
-    deployment->data = start;
-    deployment->len = p - start;
 }
 
 

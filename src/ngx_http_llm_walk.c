@@ -34,6 +34,14 @@
  */
 
 
+/* a key is read at every member: gcc would not inline it (260 a body) */
+#if (defined __GNUC__)
+#define ngx_http_llm_walk_inline  ngx_inline __attribute__((always_inline))
+#else
+#define ngx_http_llm_walk_inline  ngx_inline
+#endif
+
+
 #define NGX_HTTP_LLM_WALK_DEPTH   64
 
 /* as the reader: a longer number is left to cJSON */
@@ -113,8 +121,8 @@ static u_char *ngx_http_llm_walk_value(u_char *p, u_char *end,
     ngx_uint_t depth);
 static ngx_inline u_char *ngx_http_llm_walk_open(u_char *p, u_char *end,
     ngx_uint_t *done);
-static ngx_inline u_char *ngx_http_llm_walk_key(u_char *p, u_char *end,
-    ngx_str_t *key);
+static ngx_http_llm_walk_inline u_char *ngx_http_llm_walk_key(u_char *p,
+    u_char *end, ngx_str_t *key);
 static ngx_inline u_char *ngx_http_llm_walk_next(u_char *p, u_char *end,
     u_char close, ngx_uint_t *done);
 static ngx_inline u_char *ngx_http_llm_walk_string(u_char *p, u_char *end,
@@ -779,7 +787,7 @@ ngx_http_llm_walk_open(u_char *p, u_char *end, ngx_uint_t *done)
 }
 
 
-static ngx_inline u_char *
+static ngx_http_llm_walk_inline u_char *
 ngx_http_llm_walk_key(u_char *p, u_char *end, ngx_str_t *key)
 {
     ngx_uint_t  escaped;
