@@ -223,8 +223,9 @@ bench_measure() {
 
 
 # the instructions of a callgrind dump by where they were spent: nginx
-# with everything else, libc, cJSON, counting (the tokenizer, the guess,
-# the repeat cache), the module's own code
+# with everything else, libc, JSON (the walk, our reader, cJSON),
+# counting (the tokenizer, the guess, the repeat cache), the module's
+# own code
 bench_groups() {
     # self costs from the file itself: a cost line after "calls=" is the
     # call's inclusive cost and is skipped; names are compressed as
@@ -247,7 +248,7 @@ bench_groups() {
         /^fn=/ {
             fn = name("n", substr($0, 4))
             g = "nginx"
-            if (ob ~ /libcjson/ || fl ~ /ngx_http_llm_json/) g = "json"
+            if (ob ~ /libcjson/ || fl ~ /ngx_http_llm_(json|walk)/) g = "json"
             else if (fl ~ /ngx_http_llm_(tokenizer|unicode|script|vocab)/)
                 g = "count"
             else if (fl ~ /ngx_http_llm_/ || fn ~ /^ngx_http_llm_/)

@@ -93,9 +93,9 @@ echo "== instructions per request (callgrind, $n2 requests after 3 to warm up)"
 bench_conf "daemon off; master_process off;" \
     "llm_tokenizer o200k_base $vocab/o200k_base.json;" >"$work/cg.conf"
 
-echo "   by where they go: nginx (and the rest), libc, JSON (our reader"
-echo "   and cJSON), counting"
-echo "   (tokenizer, guess, repeat cache), the module's own code"
+echo "   by where they go: nginx (and the rest), libc, JSON (the walk,"
+echo "   our reader and cJSON), counting (tokenizer, guess, repeat cache),"
+echo "   the module's own code"
 printf '%-6s %-12s %10s %7s %9s %8s %9s %9s %8s\n' body mode instr/req ratio \
     nginx libc json count module
 bench_start "$work/cg.conf" 18991
