@@ -16,10 +16,11 @@
  * holding or copying the reply: one pass that knows only whether it is
  * inside a string, the name of the last key, and the depth of the usage
  * object it is copying (a few hundred bytes, walked or parsed into a
- * cJSON tree when it closes).  In a stream, "data:" prefixes and [DONE] sit outside any
- * string and are passed over; events split across reads just continue
- * the same state.  A stream's text deltas are counted on the way, for
- * streams that end without usage.
+ * cJSON tree when it closes).  In a stream, "data:" prefixes and [DONE]
+ * sit outside any string and are passed over; events split across reads
+ * just continue the same state.  A stream's text deltas are counted on
+ * the way, for streams that end without usage.  A key with an escape is
+ * never one of those looked for, as it is not in the reply's tree.
  */
 
 
@@ -128,7 +129,9 @@ ngx_http_llm_scan(ngx_http_llm_scan_t *s, u_char *p, u_char *last,
             }
 
             if (*p++ == '\\') {
+                /* a key with an escape is none of those looked for */
                 escaped = 1;
+                klen = NGX_HTTP_LLM_KEY_MAX + 1;
                 continue;
             }
 
@@ -401,7 +404,9 @@ ngx_http_llm_scan_whole(ngx_http_llm_scan_t *s, u_char *start, u_char *last,
 
         /* its opening quote is not escaped: an even run of backslashes */
 
-        for (b = q - 6; b > start && b[-1] == '\\'; b--) { /* void */ }
+        for (b = q - 6; b > start && b[-1] == '\\'; b--) {
+            /* void */
+        }
 
         if ((q - 6 - b) & 1) {
             continue;

@@ -16,10 +16,11 @@
  * A chat body of the usual shape counted in one pass over its text, with
  * no tree: building cJSON's tree and walking it cost more than all of
  * nginx's proxying of a 1 KB body.  The texts to count are the body's
- * own bytes, unless they hold escapes.  They are counted as they come
+ * own bytes, unless they hold escapes.  They are guessed as they come
  * when the encoding is known; when "model", which names it, comes after
- * "messages" (OpenAI's Python SDK sends it so), they are kept until the
- * end.
+ * "messages" (OpenAI's Python SDK sends it so), or when a tokenizer
+ * counts them (it is not to count twice a body the walk then declines),
+ * they are kept until the end.
  *
  * The walk reads strict JSON only, and counts only what it is sure
  * ngx_http_llm_inspect() would count the same: messages whose role,
@@ -189,8 +190,8 @@ ngx_http_llm_walk(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
     }
 
     /* made when a text has to be kept */
-    w.spans.nelts = 0;
-    w.spans.nalloc = 0;
+    ngx_memzero(&w.spans, sizeof(ngx_array_t));
+    ngx_memzero(number, sizeof(number));
 
     ngx_str_null(&model);
     model_start = 0;
@@ -283,9 +284,15 @@ ngx_http_llm_walk(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
                 return NGX_DECLINED;
             }
 
-            /* the encoding is known: the texts are counted as they come */
+            /*
+             * the encoding is known: texts are guessed as they come; a
+             * tokenizer's count waits until the body is accepted, as a
+             * body the walk declines is counted again by the tree
+             */
 
-            if (llcf->encoding || (seen & (1 << NGX_HTTP_LLM_W_MODEL))) {
+            if (llcf->count != NGX_HTTP_LLM_COUNT_EXACT
+                && (llcf->encoding || (seen & (1 << NGX_HTTP_LLM_W_MODEL))))
+            {
                 ngx_http_llm_sum_init(r, model.len ? &model : &ctx->model,
                                       &sum);
                 w.sum = &sum;

@@ -104,6 +104,17 @@ is($h->{'x-llm-estimate'}, 9, 'UTF-8 characters, not bytes');
 is($h->{'x-llm-reserve'}, 50, 'max_completion_tokens wins over max_tokens');
 is($h->{'x-llm-model'}, 'gpt-4o', '$llm_model falls back to the deployment');
 
+# the deployment is after the first "/deployments/", in any case
+for my $case (['/openai/Deployments/gpt-4/chat/completions', 'gpt-4'],
+              ['/openai/DEPLOYMENTS/o1/chat/completions', 'o1'],
+              ['/openai/deploymentsx/deployments/a/deployments/b/chat', 'a'],
+              ['/openai/deployments', ''], ['/openai/deployments/', ''])
+{
+    ($st, $h) = post_json($case->[0], '{"messages":[]}');
+    is($h->{'x-llm-model'} // '', $case->[1],
+       "deployment of $case->[0]: '$case->[1]'");
+}
+
 # content parts: text counts, image parts do not count as characters
 $body = '{"messages":[{"role":"user","content":[{"type":"text",'
       . '"text":"abcdefgh"},{"type":"image_url","image_url":{"url":'

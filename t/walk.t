@@ -201,6 +201,9 @@ my %usage;
          [input => 'cached'], [output => 'reasoning']),
     '"prompt\u005ftokens"' => [0.05, \&number, 'wild'],
     '"x"' => [0.05, sub { obj(['"usage"', members(\%usage)]) }],
+    # keys that are not "usage" once decoded, nor to the scanner
+    '"y"' => [0.05, sub { obj([pick('"usage\n"', '"\"usage"', '"us\"age"',
+                                    '"\\usage"'), members(\%usage)]) }],
 );
 
 sub deep {
@@ -243,6 +246,7 @@ my %top = (
     '"functions"' => [0.03, $tools, 'wild'],
     '"mod\u0065l"' => [0.03, sub { '"gpt-4"' }, 'wild'],
     '"usage"' => [0.5, sub { members(\%usage) }],
+    '"usage\n"' => [0.05, sub { members(\%usage) }],
 );
 
 sub body {
