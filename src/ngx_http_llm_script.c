@@ -32,7 +32,7 @@
  *   ASCII letters                          5            5
  *   ASCII digits (split in threes)         7            8
  *   space (it joins the next word)         0            2
- *   tab, line feed                        20           20
+ *   tab, line feed, control bytes         20           20
  *   ASCII punctuation                     12           10
  *   accented Latin (C2-CA)                 5           10
  *   Greek, combining marks (CB-CF)         7           20
@@ -81,14 +81,24 @@ static uint64_t  ngx_http_llm_weight[2][256];
 static int       ngx_http_llm_weight_ready;
 
 
-/* the low 32 bits hold the weights of up to 64 MB (60 a byte at most) */
 #define NGX_HTTP_LLM_SCRIPT_BLOCK  (64 * 1024 * 1024)
 
 
+/* each caller gets its own loop, with json a constant */
+#if (defined __GNUC__)
+#define ngx_http_llm_weigh_inline  inline __attribute__((always_inline))
+#else
+#define ngx_http_llm_weigh_inline  inline
+#endif
+
+
 static void ngx_http_llm_script_init(void);
-static size_t ngx_http_llm_ascii_weight(
-    const ngx_http_llm_script_weights_t *sw, const unsigned char *p,
-    size_t len, uint64_t *sum);
+static ngx_http_llm_weigh_inline const unsigned char *ngx_http_llm_weigh(
+    ngx_http_llm_guess_t *wg, const unsigned char *p,
+    const unsigned char *end, int json);
+static ngx_http_llm_weigh_inline const unsigned char *
+    ngx_http_llm_weigh_bytes(ngx_http_llm_guess_t *wg, const unsigned char *p,
+    const unsigned char *end, int json);
 #if (defined __SSE2__ && defined __GNUC__)
 static size_t ngx_http_llm_lanes(__m128i v);
 #endif
@@ -98,144 +108,256 @@ size_t
 ngx_http_llm_estimate_weight(ngx_http_llm_encoding_e enc,
     const unsigned char *text, size_t len, size_t *chars)
 {
-    size_t                                i, k, n, w, end;
-    uint64_t                              sum;
-    const uint64_t                       *weight;
-    const ngx_http_llm_script_weights_t  *sw;
+    ngx_http_llm_guess_t  g;
 
+    ngx_http_llm_guess_init(&g, enc);
+
+    (void) ngx_http_llm_weigh(&g, text, text + len, 0);
+
+    return ngx_http_llm_guess_done(&g, chars);
+}
+
+
+void
+ngx_http_llm_guess_init(ngx_http_llm_guess_t *g, ngx_http_llm_encoding_e enc)
+{
     if (!ngx_http_llm_weight_ready) {
         ngx_http_llm_script_init();
     }
 
-    weight = ngx_http_llm_weight[enc == NGX_HTTP_LLM_ENC_CL100K];
-    sw = &ngx_http_llm_script_weights[enc == NGX_HTTP_LLM_ENC_CL100K];
-
-    n = 0;
-    w = 0;
-
-    for (i = 0; i < len; /* void */) {
-        end = (len - i > NGX_HTTP_LLM_SCRIPT_BLOCK)
-              ? i + NGX_HTTP_LLM_SCRIPT_BLOCK : len;
-        sum = 0;
-
-        while (i + 4 <= end) {
-
-            /* runs of ASCII, most of an English prompt, by classes */
-
-            if (end - i >= 16 && text[i] < 0x80) {
-                k = ngx_http_llm_ascii_weight(sw, text + i, end - i, &sum);
-
-                if (k) {
-                    i += k;
-                    continue;
-                }
-            }
-
-            sum += weight[text[i]] + weight[text[i + 1]]
-                   + weight[text[i + 2]] + weight[text[i + 3]];
-            i += 4;
-        }
-
-        for ( /* void */ ; i < end; i++) {
-            sum += weight[text[i]];
-        }
-
-        n += (size_t) (sum >> 32);
-        w += (size_t) (sum & 0xffffffff);
-    }
-
-    if (chars) {
-        *chars = n;
-    }
-
-    return w;
+    memset(g, 0, sizeof(ngx_http_llm_guess_t));
+    g->table = ngx_http_llm_weight[enc == NGX_HTTP_LLM_ENC_CL100K];
+    g->class_weight = (const unsigned char *)
+               &ngx_http_llm_script_weights[enc == NGX_HTTP_LLM_ENC_CL100K];
 }
 
 
+const unsigned char *
+ngx_http_llm_guess_json(ngx_http_llm_guess_t *g, const unsigned char *p,
+    const unsigned char *end)
+{
+    return ngx_http_llm_weigh(g, p, end, 1);
+}
+
+
+size_t
+ngx_http_llm_guess_done(ngx_http_llm_guess_t *g, size_t *chars)
+{
+    const ngx_http_llm_script_weights_t  *sw;
+
+    sw = (const ngx_http_llm_script_weights_t *) g->class_weight;
+
+    if (chars) {
+        *chars = g->chars + g->ascii;
+    }
+
+    return g->weight
+           + g->letters * sw->letter + g->digits * sw->digit
+           + g->spaces * sw->space + g->lines * sw->line
+           + (g->ascii - g->letters - g->digits - g->spaces - g->lines)
+             * sw->punct;
+}
+
+
+#if (defined __SSE2__ && defined __GNUC__)
+
 /*
- * Sixteen ASCII bytes at a time: a lane of each class counter goes up by
- * one for each of its bytes (a compare gives -1), the lanes are added
- * up at the end; punctuation is what is left.  Stops at the first block
- * with a byte of 0x80 or more, and adds to sum what the table would
- * have added.  Returns the bytes read: a multiple of 16, at least 16 if
- * the first block is ASCII.
+ * A lane of each class counter goes up by one for each of its bytes (a
+ * compare gives -1).  A range test is one signed compare:
+ * x - lo + 0x80 is below -0x80 + (hi - lo + 1) exactly for lo <= x <= hi.
+ * The control bytes (below 0x20) are the line class: tab, line feed and
+ * carriage return are all of them a text usually has.
  */
 
-static size_t
-ngx_http_llm_ascii_weight(const ngx_http_llm_script_weights_t *sw,
-    const unsigned char *p, size_t len, uint64_t *sum)
+#define ngx_http_llm_classify(b)                                             \
+    letter = _mm_sub_epi8(letter, _mm_cmplt_epi8(                            \
+        _mm_add_epi8(_mm_or_si128(b, _mm_set1_epi8(0x20)),                   \
+                     _mm_set1_epi8((char) (0x80 - 'a'))),                    \
+        _mm_set1_epi8((char) (0x80 + 26))));                                 \
+    digit = _mm_sub_epi8(digit, _mm_cmplt_epi8(                              \
+        _mm_add_epi8(b, _mm_set1_epi8((char) (0x80 - '0'))),                 \
+        _mm_set1_epi8((char) (0x80 + 10))));                                 \
+    space = _mm_sub_epi8(space, _mm_cmpeq_epi8(b, _mm_set1_epi8(' ')));     \
+    if (!json) {                                                             \
+        line = _mm_sub_epi8(line, _mm_cmplt_epi8(b, _mm_set1_epi8(0x20)));  \
+    }
+
+#define ngx_http_llm_classified(wg)                                          \
+    (wg)->letters += ngx_http_llm_lanes(letter);                             \
+    (wg)->digits += ngx_http_llm_lanes(digit);                               \
+    (wg)->spaces += ngx_http_llm_lanes(space);                               \
+    if (!json) {                                                             \
+        (wg)->lines += ngx_http_llm_lanes(line);                             \
+    }                                                                        \
+    letter = _mm_setzero_si128();                                            \
+    digit = letter;                                                          \
+    space = letter;                                                          \
+    line = letter
+
+#endif
+
+
+/*
+ * Weighs the text from p to end or, with json set (a constant, so that
+ * each caller has its loop), up to its first '"', '\\' or NUL byte, the
+ * bytes a JSON string's scan stops at; returns where it stopped.  Runs
+ * of sixteen ASCII bytes, most of an English prompt, are counted by
+ * classes; the rest goes through the table.
+ */
+
+static ngx_http_llm_weigh_inline const unsigned char *
+ngx_http_llm_weigh(ngx_http_llm_guess_t *wg, const unsigned char *p,
+    const unsigned char *end, int json)
 {
 #if (defined __SSE2__ && defined __GNUC__)
 
-    size_t   i, blocks, letters, digits, spaces, lines;
-    __m128i  b, x, zero, letter, digit, space, line, t;
+    unsigned  odd, stop, k;
+    size_t    blocks;
+    __m128i   b, s, letter, digit, space, line, idx, keep;
 
-    zero = _mm_setzero_si128();
-    letter = zero;
-    digit = zero;
-    space = zero;
-    line = zero;
+    letter = _mm_setzero_si128();
+    digit = letter;
+    space = letter;
+    line = letter;
     blocks = 0;
 
-    /* at most 255 blocks: a lane counts to 255 */
+    while (end - p >= 16) {
+        b = _mm_loadu_si128((const __m128i *) p);
 
-    for (i = 0; i + 16 <= len && blocks < 255; i += 16) {
-        b = _mm_loadu_si128((const __m128i *) (p + i));
+        if (json) {
+            /*
+             * a quote, a backslash, a control byte or, in the signed
+             * compare, a byte of 0x80 or more: the block takes the
+             * slower way
+             */
 
-        if (_mm_movemask_epi8(b)) {
+            s = _mm_or_si128(_mm_cmpeq_epi8(b, _mm_set1_epi8('"')),
+                             _mm_cmpeq_epi8(b, _mm_set1_epi8('\\')));
+            s = _mm_or_si128(s, _mm_cmplt_epi8(b, _mm_set1_epi8(0x20)));
+            odd = (unsigned) _mm_movemask_epi8(s);
+
+        } else {
+            odd = (unsigned) _mm_movemask_epi8(b);
+        }
+
+        if (odd == 0) {
+            ngx_http_llm_classify(b);
+            p += 16;
+
+            /* a lane counts to 255 */
+
+            if (++blocks == 255) {
+                wg->ascii += blocks * 16;
+                blocks = 0;
+                ngx_http_llm_classified(wg);
+            }
+
+            continue;
+        }
+
+        if (json) {
+            s = _mm_or_si128(_mm_cmpeq_epi8(b, _mm_set1_epi8('"')),
+                             _mm_cmpeq_epi8(b, _mm_set1_epi8('\\')));
+            s = _mm_or_si128(s, _mm_cmpeq_epi8(b, _mm_setzero_si128()));
+            stop = (unsigned) _mm_movemask_epi8(s);
+
+        } else {
+            stop = 0;
+        }
+
+        if (stop == 0) {
+            p = ngx_http_llm_weigh_bytes(wg, p, p + 16, 0);
+            continue;
+        }
+
+        /* the string ends in this block */
+
+        k = (unsigned) __builtin_ctz(stop);
+
+        if (odd & ((1u << k) - 1)) {
+            p = ngx_http_llm_weigh_bytes(wg, p, p + k, 0);
             break;
         }
 
         /*
-         * a range test in one signed compare: x - lo + 0x80 is below
-         * -0x80 + (hi - lo + 1) exactly for lo <= x <= hi
+         * all ASCII text before k; lanes from k on become punctuation,
+         * which is not counted
          */
 
-        x = _mm_add_epi8(_mm_or_si128(b, _mm_set1_epi8(0x20)),
-                         _mm_set1_epi8((char) (0x80 - 'a')));
-        letter = _mm_sub_epi8(letter,
-                     _mm_cmplt_epi8(x, _mm_set1_epi8((char) (0x80 + 26))));
+        idx = _mm_setr_epi8(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13,
+                            14, 15);
+        keep = _mm_cmplt_epi8(idx, _mm_set1_epi8((char) k));
+        b = _mm_or_si128(_mm_and_si128(keep, b),
+                         _mm_andnot_si128(keep, _mm_set1_epi8('!')));
 
-        x = _mm_add_epi8(b, _mm_set1_epi8((char) (0x80 - '0')));
-        digit = _mm_sub_epi8(digit,
-                    _mm_cmplt_epi8(x, _mm_set1_epi8((char) (0x80 + 10))));
-
-        space = _mm_sub_epi8(space, _mm_cmpeq_epi8(b, _mm_set1_epi8(' ')));
-
-        t = _mm_or_si128(_mm_cmpeq_epi8(b, _mm_set1_epi8('\n')),
-                         _mm_cmpeq_epi8(b, _mm_set1_epi8('\t')));
-        t = _mm_or_si128(t, _mm_cmpeq_epi8(b, _mm_set1_epi8('\r')));
-        line = _mm_sub_epi8(line, t);
-
-        blocks++;
+        ngx_http_llm_classify(b);
+        wg->ascii += k;
+        p += k;
+        break;
     }
 
-    if (blocks == 0) {
-        return 0;
+    wg->ascii += blocks * 16;
+    ngx_http_llm_classified(wg);
+
+    if (end - p < 16) {
+        p = ngx_http_llm_weigh_bytes(wg, p, end, json);
     }
 
-    letters = ngx_http_llm_lanes(letter);
-    digits = ngx_http_llm_lanes(digit);
-    spaces = ngx_http_llm_lanes(space);
-    lines = ngx_http_llm_lanes(line);
-
-    *sum += ((uint64_t) (blocks * 16) << 32)
-            + letters * sw->letter + digits * sw->digit
-            + spaces * sw->space + lines * sw->line
-            + (blocks * 16 - letters - digits - spaces - lines) * sw->punct;
-
-    return blocks * 16;
+    return p;
 
 #else
 
-    (void) sw;
-    (void) p;
-    (void) len;
-    (void) sum;
-
-    return 0;
+    return ngx_http_llm_weigh_bytes(wg, p, end, json);
 
 #endif
+}
+
+
+/*
+ * Byte by byte, with the table.  The low 32 bits of sum hold the weights
+ * of 64 MB (60 a byte at most): a longer text is summed in pieces.
+ */
+
+static ngx_http_llm_weigh_inline const unsigned char *
+ngx_http_llm_weigh_bytes(ngx_http_llm_guess_t *wg, const unsigned char *p,
+    const unsigned char *end, int json)
+{
+    uint64_t              sum;
+    const uint64_t       *table;
+    const unsigned char  *last;
+
+    table = wg->table;
+
+    do {
+        last = (end - p > NGX_HTTP_LLM_SCRIPT_BLOCK)
+               ? p + NGX_HTTP_LLM_SCRIPT_BLOCK : end;
+        sum = 0;
+
+        if (!json) {
+            /* four at a time, which compilers leave unvectorized */
+
+            for ( /* void */ ; last - p >= 4; p += 4) {
+                sum += table[p[0]] + table[p[1]] + table[p[2]]
+                       + table[p[3]];
+            }
+        }
+
+        for ( /* void */ ; p < last; p++) {
+
+            if (json && (*p == '"' || *p == '\\' || *p == '\0')) {
+                end = p;
+                break;
+            }
+
+            sum += table[*p];
+        }
+
+        wg->chars += (size_t) (sum >> 32);
+        wg->weight += (size_t) (sum & 0xffffffff);
+
+    } while (p < end);
+
+    return p;
 }
 
 
@@ -274,7 +396,7 @@ ngx_http_llm_script_init(void)
                 t[c] = ((c | 0x20) >= 'a' && (c | 0x20) <= 'z') ? sw->letter
                        : (c >= '0' && c <= '9') ? sw->digit
                        : (c == ' ') ? sw->space
-                       : (c == '\t' || c == '\n' || c == '\r') ? sw->line
+                       : (c < 0x20) ? sw->line
                        : sw->punct;
 
             } else if (c < 0xc0) {

@@ -118,4 +118,30 @@ size_t ngx_http_llm_count_tokens(const ngx_http_llm_vocab_t *vocab,
 size_t ngx_http_llm_estimate_weight(ngx_http_llm_encoding_e enc,
     const unsigned char *text, size_t len, size_t *chars);
 
+/*
+ * The same guess added up over the texts of JSON strings, each weighed
+ * on the way to its end: ngx_http_llm_guess_json() reads from p (after
+ * the opening quote) up to the first '"', '\\' or NUL byte, or end, and
+ * returns where it stopped.  Weights add up byte by byte, so a string
+ * with an escape can be weighed in two pieces: the text before the
+ * escape here, the rest once it is decoded.
+ */
+typedef struct {
+    size_t                weight;     /* of bytes the table weighed */
+    size_t                chars;
+    size_t                ascii;      /* bytes counted by classes */
+    size_t                letters;
+    size_t                digits;
+    size_t                spaces;
+    size_t                lines;
+    const uint64_t       *table;
+    const unsigned char  *class_weight;
+} ngx_http_llm_guess_t;
+
+void ngx_http_llm_guess_init(ngx_http_llm_guess_t *g,
+    ngx_http_llm_encoding_e enc);
+const unsigned char *ngx_http_llm_guess_json(ngx_http_llm_guess_t *g,
+    const unsigned char *p, const unsigned char *end);
+size_t ngx_http_llm_guess_done(ngx_http_llm_guess_t *g, size_t *chars);
+
 #endif /* _NGX_HTTP_LLM_TOKENIZER_H_INCLUDED_ */

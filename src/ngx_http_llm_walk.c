@@ -67,6 +67,10 @@ typedef struct {
     ngx_http_llm_sum_t    *sum;      /* NULL: texts kept as spans */
     ngx_array_t            spans;
     ngx_uint_t             messages;
+
+    /* the guess of texts weighed on the way (estimate mode) */
+    ngx_uint_t             guessing;
+    ngx_http_llm_guess_t   guess;
 } ngx_http_llm_walk_t;
 
 
@@ -158,7 +162,7 @@ ngx_http_llm_walk(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
     ngx_str_t *body)
 {
     u_char                   *p, *end;
-    size_t                    model_start, model_end;
+    size_t                    n, model_start, model_end;
     uint64_t                  v;
     double                    number[NGX_HTTP_LLM_N_LAST];
     ngx_str_t                 key, model;
@@ -183,6 +187,7 @@ ngx_http_llm_walk(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
     w.end = end;
     w.sum = NULL;
     w.messages = 0;
+    w.guessing = 0;
     w.pool = ngx_http_llm_json_scratch(r->connection->log);
 
     if (w.pool == NULL) {
@@ -296,6 +301,11 @@ ngx_http_llm_walk(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
                 ngx_http_llm_sum_init(r, model.len ? &model : &ctx->model,
                                       &sum);
                 w.sum = &sum;
+
+                if (sum.vocab == NULL) {
+                    ngx_http_llm_guess_init(&w.guess, sum.encoding);
+                    w.guessing = 1;
+                }
             }
 
             p = ngx_http_llm_walk_open(p, end, &done);
@@ -309,6 +319,12 @@ ngx_http_llm_walk(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
                 }
 
                 w.messages++;
+            }
+
+            if (w.guessing) {
+                sum.weight += ngx_http_llm_guess_done(&w.guess, &n);
+                sum.chars += n;
+                w.guessing = 0;
             }
 
             done = 0;
@@ -454,7 +470,34 @@ ngx_http_llm_walk_message(ngx_http_llm_walk_t *w, u_char *p)
 
         if (*p == '"') {
             key.data = p + 1;
-            p = ngx_http_llm_walk_string(p, end, &escaped);
+
+            if (w->guessing && kind != NGX_HTTP_LLM_WALK_ROLE) {
+
+                /*
+                 * the text is weighed on the way to its end; from an
+                 * escape on it is decoded and weighed as it would be
+                 * whole, weights adding up byte by byte
+                 */
+
+                p = (u_char *) ngx_http_llm_guess_json(&w->guess, key.data,
+                                                       end);
+
+                if (kind == NGX_HTTP_LLM_WALK_NAME) {
+                    w->sum->tokens++;
+                    kind = NGX_HTTP_LLM_WALK_TEXT;
+                }
+
+                if (p < end && *p == '"') {
+                    p++;
+                    goto next;
+                }
+
+                key.data = p;
+                p = ngx_http_llm_walk_escapes(p, end, &escaped);
+
+            } else {
+                p = ngx_http_llm_walk_string(p, end, &escaped);
+            }
 
             if (p == NULL
                 || ngx_http_llm_walk_text(w, key.data, p, escaped, &text)

@@ -66,8 +66,10 @@ int
 LLVMFuzzerTestOneInput(const unsigned char *data, size_t size)
 {
     int             i;
-    size_t          a, b, w, chars, rw, rchars, piece;
-    unsigned char  *copy;
+    size_t                 a, b, w, chars, rw, rchars, piece, gw, gchars;
+    unsigned char         *copy;
+    const unsigned char   *q, *s;
+    ngx_http_llm_guess_t   g;
 
     /* an exact-size copy, so ASan sees any read past the end */
     copy = malloc(size ? size : 1);
@@ -120,6 +122,60 @@ LLVMFuzzerTestOneInput(const unsigned char *data, size_t size)
         if (rw != w || rchars != chars) {
             fprintf(stderr, "fuzz: guess %zu/%zu, by pieces %zu/%zu\n",
                     w, chars, rw, rchars);
+            abort();
+        }
+
+        /*
+         * a JSON string's guess stops at its first quote, backslash or
+         * NUL byte and weighs what comes before as the table does; two
+         * strings in a row add up
+         */
+
+        for (s = copy; s < copy + size; s++) {
+            if (*s == '"' || *s == '\\' || *s == '\0') {
+                break;
+            }
+        }
+
+        ngx_http_llm_guess_init(&g, i ? NGX_HTTP_LLM_ENC_CL100K
+                                      : NGX_HTTP_LLM_ENC_O200K);
+        q = ngx_http_llm_guess_json(&g, copy, copy + size);
+
+        if (q != s) {
+            fprintf(stderr, "fuzz: guess stopped at %zu, not %zu\n",
+                    (size_t) (q - copy), (size_t) (s - copy));
+            abort();
+        }
+
+        if (q < copy + size) {
+            (void) ngx_http_llm_guess_json(&g, q + 1, copy + size);
+        }
+
+        gw = ngx_http_llm_guess_done(&g, &gchars);
+
+        rw = 0;
+        rchars = 0;
+
+        for (s = copy; s < copy + size; s = q + 1) {
+            for (q = s; q < copy + size; q++) {
+                if (*q == '"' || *q == '\\' || *q == '\0') {
+                    break;
+                }
+            }
+
+            rw += ngx_http_llm_estimate_weight(i ? NGX_HTTP_LLM_ENC_CL100K
+                                                 : NGX_HTTP_LLM_ENC_O200K,
+                                               s, q - s, &piece);
+            rchars += piece;
+
+            if (s != copy) {
+                break;
+            }
+        }
+
+        if (rw != gw || rchars != gchars) {
+            fprintf(stderr, "fuzz: json guess %zu/%zu, by the table %zu/%zu\n",
+                    gw, gchars, rw, rchars);
             abort();
         }
     }
