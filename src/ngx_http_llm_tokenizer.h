@@ -138,6 +138,12 @@ typedef struct {
     const unsigned char  *class_weight;
 } ngx_http_llm_guess_t;
 
+/*
+ * 1: the guess reads 32 bytes at a time (AVX2, asked of the CPU on first
+ * use), 0: 16 (SSE2) or one; a test may clear it after the first use
+ */
+extern int  ngx_http_llm_guess_wide;
+
 void ngx_http_llm_guess_init(ngx_http_llm_guess_t *g,
     ngx_http_llm_encoding_e enc);
 const unsigned char *ngx_http_llm_guess_json(ngx_http_llm_guess_t *g,
