@@ -144,10 +144,14 @@ ngx_http_llm_scan_reply(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
         return;
     }
 
-    ctx->scan = ngx_pcalloc(r->pool, sizeof(ngx_http_llm_scan_t));
+    /* the usage object's buffer is written before it is read */
+
+    ctx->scan = ngx_palloc(r->pool, sizeof(ngx_http_llm_scan_t));
     if (ctx->scan == NULL) {
         return;
     }
+
+    ngx_memzero(ctx->scan, offsetof(ngx_http_llm_scan_t, buf));
 
     llcf = ngx_http_get_module_loc_conf(r, ngx_http_llm_module);
     ctx->scan->walk = llcf->body_walk;

@@ -164,6 +164,14 @@ ngx_http_llm_encoding_for(ngx_str_t *model)
     p = model->data;
     last = p + model->len;
 
+    /* the names most bodies give, as they are spelt, without a search */
+
+    if ((model->len >= 6 && ngx_strncmp(p, "gpt-4o", 6) == 0)
+        || (model->len >= 5 && ngx_strncmp(p, "gpt-5", 5) == 0))
+    {
+        return NGX_HTTP_LLM_ENC_O200K;
+    }
+
     if (ngx_strlcasestrn(p, last, (u_char *) "4o", 2 - 1)
         || ngx_strlcasestrn(p, last, (u_char *) "gpt-4.", 6 - 1)
         || ngx_strlcasestrn(p, last, (u_char *) "gpt-5", 5 - 1)

@@ -117,6 +117,8 @@ static ngx_http_llm_walk_name_t  ngx_http_llm_walk_names[] = {
 
 
 static u_char *ngx_http_llm_walk_message(ngx_http_llm_walk_t *w, u_char *p);
+static ngx_inline ngx_uint_t ngx_http_llm_walk_ascii(u_char *p, size_t len,
+    u_char *end);
 static ngx_inline void ngx_http_llm_walk_add(ngx_http_llm_sum_t *sum,
     ngx_uint_t kind, ngx_str_t *text);
 static u_char *ngx_http_llm_walk_format(u_char *p, u_char *end);
@@ -223,6 +225,7 @@ ngx_http_llm_walk(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
                         / sizeof(ngx_http_llm_walk_name_t); i++)
         {
             if (key.len == ngx_http_llm_walk_names[i].name.len
+                && key.data[0] == ngx_http_llm_walk_names[i].name.data[0]
                 && ngx_memcmp(key.data, ngx_http_llm_walk_names[i].name.data,
                               key.len)
                    == 0)
@@ -506,7 +509,14 @@ ngx_http_llm_walk_message(ngx_http_llm_walk_t *w, u_char *p)
                 return NULL;
             }
 
-            if (w->sum) {
+            if (w->guessing && kind == NGX_HTTP_LLM_WALK_ROLE && !escaped
+                && ngx_http_llm_walk_ascii(text.data, text.len, end))
+            {
+                /* as ngx_http_llm_sum_role() guesses a role */
+                w->sum->chars += text.len;
+                w->sum->tokens++;
+
+            } else if (w->sum) {
                 ngx_http_llm_walk_add(w->sum, kind, &text);
 
             } else {
@@ -549,6 +559,32 @@ ngx_http_llm_walk_message(ngx_http_llm_walk_t *w, u_char *p)
     }
 
     return p;
+}
+
+
+/*
+ * Whether a short text is all ASCII, as every role the API knows is,
+ * read as one block where the body has 16 bytes from it (its bytes are
+ * then its characters); 0 leaves it to be counted
+ */
+
+static ngx_inline ngx_uint_t
+ngx_http_llm_walk_ascii(u_char *p, size_t len, u_char *end)
+{
+#if (defined __SSE2__ && defined __GNUC__)
+
+    unsigned  high;
+
+    if (len < 16 && end - p >= 16) {
+        high = (unsigned) _mm_movemask_epi8(
+                              _mm_loadu_si128((const __m128i *) p));
+
+        return (high & ((1u << len) - 1)) == 0;
+    }
+
+#endif
+
+    return 0;
 }
 
 
@@ -608,7 +644,7 @@ ngx_http_llm_walk_usage(u_char *p, u_char *end, ngx_uint_t *n)
             name = &ngx_http_llm_usage_names[i];
             s = name->details.len ? &name->details : &name->name;
 
-            if (key.len == s->len
+            if (key.len == s->len && key.data[0] == s->data[0]
                 && ngx_memcmp(key.data, s->data, key.len) == 0)
             {
                 break;
