@@ -485,6 +485,8 @@ ngx_http_llm_walk_message(ngx_http_llm_walk_t *w, u_char *p)
                 p = (u_char *) ngx_http_llm_guess_json(&w->guess, key.data,
                                                        end);
 
+                /* a name's own token now; a decoded rest is its text */
+
                 if (kind == NGX_HTTP_LLM_WALK_NAME) {
                     w->sum->tokens++;
                     kind = NGX_HTTP_LLM_WALK_TEXT;
