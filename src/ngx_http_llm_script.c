@@ -26,7 +26,7 @@
  * x86-64 compilers that build a function for AVX2 in an SSE2 build; the
  * CPU is asked at run time
  */
-#if (defined __x86_64__ && defined __SSE2__                                \
+#if (defined __x86_64__ && defined __SSE2__                                  \
      && (defined __clang__ || (defined __GNUC__ && __GNUC__ >= 5)))
 #define NGX_HTTP_LLM_AVX2  1
 #include <immintrin.h>
@@ -107,10 +107,10 @@ int  ngx_http_llm_guess_wide = -1;
 
 static void ngx_http_llm_script_init(void);
 static ngx_http_llm_weigh_inline const unsigned char *ngx_http_llm_weigh(
-    ngx_http_llm_guess_t *wg, const unsigned char *p,
+    ngx_http_llm_guess_t *g, const unsigned char *p,
     const unsigned char *end, int json);
-static ngx_http_llm_weigh_inline const unsigned char *
-    ngx_http_llm_weigh_bytes(ngx_http_llm_guess_t *wg, const unsigned char *p,
+static ngx_http_llm_weigh_inline const unsigned char *ngx_http_llm_weigh_bytes(
+    ngx_http_llm_guess_t *g, const unsigned char *p,
     const unsigned char *end, int json);
 #if (defined __SSE2__ && defined __GNUC__)
 static size_t ngx_http_llm_lanes(__m128i v);
@@ -154,7 +154,7 @@ ngx_http_llm_guess_init(ngx_http_llm_guess_t *g, ngx_http_llm_encoding_e enc)
 
     memset(g, 0, sizeof(ngx_http_llm_guess_t));
     g->table = ngx_http_llm_weight[enc == NGX_HTTP_LLM_ENC_CL100K];
-    g->class_weight = (const unsigned char *)
+    g->class_weight =
                &ngx_http_llm_script_weights[enc == NGX_HTTP_LLM_ENC_CL100K];
 }
 
@@ -178,7 +178,7 @@ ngx_http_llm_guess_done(ngx_http_llm_guess_t *g, size_t *chars)
 {
     const ngx_http_llm_script_weights_t  *sw;
 
-    sw = (const ngx_http_llm_script_weights_t *) g->class_weight;
+    sw = g->class_weight;
 
     if (chars) {
         *chars = g->chars + g->ascii;
@@ -199,7 +199,9 @@ ngx_http_llm_guess_done(ngx_http_llm_guess_t *g, size_t *chars)
  * compare gives -1).  A range test is one signed compare:
  * x - lo + 0x80 is below -0x80 + (hi - lo + 1) exactly for lo <= x <= hi.
  * The control bytes (below 0x20) are the line class: tab, line feed and
- * carriage return are all of them a text usually has.
+ * carriage return are all of them a text usually has.  The macros work
+ * on the locals of ngx_http_llm_weigh(): letter, digit, space, line and
+ * the constant json.
  */
 
 #define ngx_http_llm_classify(b)                                             \
@@ -210,17 +212,17 @@ ngx_http_llm_guess_done(ngx_http_llm_guess_t *g, size_t *chars)
     digit = _mm_sub_epi8(digit, _mm_cmplt_epi8(                              \
         _mm_add_epi8(b, _mm_set1_epi8((char) (0x80 - '0'))),                 \
         _mm_set1_epi8((char) (0x80 + 10))));                                 \
-    space = _mm_sub_epi8(space, _mm_cmpeq_epi8(b, _mm_set1_epi8(' ')));     \
+    space = _mm_sub_epi8(space, _mm_cmpeq_epi8(b, _mm_set1_epi8(' ')));      \
     if (!json) {                                                             \
-        line = _mm_sub_epi8(line, _mm_cmplt_epi8(b, _mm_set1_epi8(0x20)));  \
+        line = _mm_sub_epi8(line, _mm_cmplt_epi8(b, _mm_set1_epi8(0x20)));   \
     }
 
-#define ngx_http_llm_classified(wg)                                          \
-    (wg)->letters += ngx_http_llm_lanes(letter);                             \
-    (wg)->digits += ngx_http_llm_lanes(digit);                               \
-    (wg)->spaces += ngx_http_llm_lanes(space);                               \
+#define ngx_http_llm_classified(g)                                           \
+    (g)->letters += ngx_http_llm_lanes(letter);                              \
+    (g)->digits += ngx_http_llm_lanes(digit);                                \
+    (g)->spaces += ngx_http_llm_lanes(space);                                \
     if (!json) {                                                             \
-        (wg)->lines += ngx_http_llm_lanes(line);                             \
+        (g)->lines += ngx_http_llm_lanes(line);                              \
     }                                                                        \
     letter = _mm_setzero_si128();                                            \
     digit = letter;                                                          \
@@ -239,19 +241,20 @@ ngx_http_llm_guess_done(ngx_http_llm_guess_t *g, size_t *chars)
  */
 
 static ngx_http_llm_weigh_inline const unsigned char *
-ngx_http_llm_weigh(ngx_http_llm_guess_t *wg, const unsigned char *p,
+ngx_http_llm_weigh(ngx_http_llm_guess_t *g, const unsigned char *p,
     const unsigned char *end, int json)
 {
 #if (defined __SSE2__ && defined __GNUC__)
 
     unsigned  odd, stop, k;
     size_t    blocks;
-    __m128i   b, s, letter, digit, space, line, idx, keep;
+    __m128i   b, s, qb, letter, digit, space, line, idx, keep;
 
     letter = _mm_setzero_si128();
     digit = letter;
     space = letter;
     line = letter;
+    qb = letter;
     blocks = 0;
 
     while (end - p >= 16) {
@@ -264,9 +267,9 @@ ngx_http_llm_weigh(ngx_http_llm_guess_t *wg, const unsigned char *p,
              * slower way
              */
 
-            s = _mm_or_si128(_mm_cmpeq_epi8(b, _mm_set1_epi8('"')),
-                             _mm_cmpeq_epi8(b, _mm_set1_epi8('\\')));
-            s = _mm_or_si128(s, _mm_cmplt_epi8(b, _mm_set1_epi8(0x20)));
+            qb = _mm_or_si128(_mm_cmpeq_epi8(b, _mm_set1_epi8('"')),
+                              _mm_cmpeq_epi8(b, _mm_set1_epi8('\\')));
+            s = _mm_or_si128(qb, _mm_cmplt_epi8(b, _mm_set1_epi8(0x20)));
             odd = (unsigned) _mm_movemask_epi8(s);
 
         } else {
@@ -280,18 +283,16 @@ ngx_http_llm_weigh(ngx_http_llm_guess_t *wg, const unsigned char *p,
             /* a lane counts to 255 */
 
             if (++blocks == 255) {
-                wg->ascii += blocks * 16;
+                g->ascii += blocks * 16;
                 blocks = 0;
-                ngx_http_llm_classified(wg);
+                ngx_http_llm_classified(g);
             }
 
             continue;
         }
 
         if (json) {
-            s = _mm_or_si128(_mm_cmpeq_epi8(b, _mm_set1_epi8('"')),
-                             _mm_cmpeq_epi8(b, _mm_set1_epi8('\\')));
-            s = _mm_or_si128(s, _mm_cmpeq_epi8(b, _mm_setzero_si128()));
+            s = _mm_or_si128(qb, _mm_cmpeq_epi8(b, _mm_setzero_si128()));
             stop = (unsigned) _mm_movemask_epi8(s);
 
         } else {
@@ -299,7 +300,7 @@ ngx_http_llm_weigh(ngx_http_llm_guess_t *wg, const unsigned char *p,
         }
 
         if (stop == 0) {
-            p = ngx_http_llm_weigh_bytes(wg, p, p + 16, 0);
+            p = ngx_http_llm_weigh_bytes(g, p, p + 16, 0);
             continue;
         }
 
@@ -308,7 +309,7 @@ ngx_http_llm_weigh(ngx_http_llm_guess_t *wg, const unsigned char *p,
         k = (unsigned) __builtin_ctz(stop);
 
         if (odd & ((1u << k) - 1)) {
-            p = ngx_http_llm_weigh_bytes(wg, p, p + k, 0);
+            p = ngx_http_llm_weigh_bytes(g, p, p + k, 0);
             break;
         }
 
@@ -324,23 +325,23 @@ ngx_http_llm_weigh(ngx_http_llm_guess_t *wg, const unsigned char *p,
                          _mm_andnot_si128(keep, _mm_set1_epi8('!')));
 
         ngx_http_llm_classify(b);
-        wg->ascii += k;
+        g->ascii += k;
         p += k;
         break;
     }
 
-    wg->ascii += blocks * 16;
-    ngx_http_llm_classified(wg);
+    g->ascii += blocks * 16;
+    ngx_http_llm_classified(g);
 
     if (end - p < 16) {
-        p = ngx_http_llm_weigh_bytes(wg, p, end, json);
+        p = ngx_http_llm_weigh_bytes(g, p, end, json);
     }
 
     return p;
 
 #else
 
-    return ngx_http_llm_weigh_bytes(wg, p, end, json);
+    return ngx_http_llm_weigh_bytes(g, p, end, json);
 
 #endif
 }
@@ -352,14 +353,14 @@ ngx_http_llm_weigh(ngx_http_llm_guess_t *wg, const unsigned char *p,
  */
 
 static ngx_http_llm_weigh_inline const unsigned char *
-ngx_http_llm_weigh_bytes(ngx_http_llm_guess_t *wg, const unsigned char *p,
+ngx_http_llm_weigh_bytes(ngx_http_llm_guess_t *g, const unsigned char *p,
     const unsigned char *end, int json)
 {
     uint64_t              sum;
     const uint64_t       *table;
     const unsigned char  *last;
 
-    table = wg->table;
+    table = g->table;
 
     do {
         last = (end - p > NGX_HTTP_LLM_SCRIPT_BLOCK)
@@ -385,8 +386,8 @@ ngx_http_llm_weigh_bytes(ngx_http_llm_guess_t *wg, const unsigned char *p,
             sum += table[*p];
         }
 
-        wg->chars += (size_t) (sum >> 32);
-        wg->weight += (size_t) (sum & 0xffffffff);
+        g->chars += (size_t) (sum >> 32);
+        g->weight += (size_t) (sum & 0xffffffff);
 
     } while (p < end);
 
@@ -417,7 +418,7 @@ ngx_http_llm_lanes(__m128i v)
 /*
  * Thirty-two bytes at a time while they are plain ASCII text, as
  * ngx_http_llm_weigh() does sixteen; it goes on from the first block
- * that is not, or from the last 31 bytes
+ * that is not, or from the last 31 bytes.
  */
 
 #define ngx_http_llm_avx2  __attribute__((target("avx2")))
@@ -441,6 +442,7 @@ ngx_http_llm_lanes_avx2(__m256i v)
 }
 
 
+/* the same for 32 bytes, on ngx_http_llm_weigh_wide()'s locals */
 
 #define ngx_http_llm_classify_wide(b)                                        \
     letter = _mm256_sub_epi8(letter, _mm256_cmpgt_epi8(alphas,               \
@@ -471,8 +473,8 @@ ngx_http_llm_weigh_wide(ngx_http_llm_guess_t *g, const unsigned char *p,
 {
     size_t    blocks;
     unsigned  odd, stop, k;
-    __m256i   b, s, letter, digit, space, line, quote, backslash, blank,
-              alpha, alphas, digit0, digits;
+    __m256i   b, s, qb, letter, digit, space, line, quote, backslash,
+              blank, alpha, alphas, digit0, digits;
 
     quote = _mm256_set1_epi8('"');
     backslash = _mm256_set1_epi8('\\');
@@ -494,21 +496,25 @@ ngx_http_llm_weigh_wide(ngx_http_llm_guess_t *g, const unsigned char *p,
     digit = letter;
     space = letter;
     line = letter;
+    b = letter;
+    qb = letter;
     blocks = 0;
     odd = 0;
 
     for ( ;; ) {
 
-        /* plain text: a quote, a backslash, a control or non-ASCII byte
-         * ends the run (the signed compare takes 0x80 and more) */
+        /*
+         * plain text: a quote, a backslash, a control or non-ASCII byte
+         * ends the run (the signed compare takes 0x80 and more)
+         */
 
         while (end - p >= 32) {
             b = _mm256_loadu_si256((const __m256i *) p);
 
             if (json) {
-                s = _mm256_or_si256(_mm256_cmpeq_epi8(b, quote),
-                                    _mm256_cmpeq_epi8(b, backslash));
-                s = _mm256_or_si256(s, _mm256_cmpgt_epi8(blank, b));
+                qb = _mm256_or_si256(_mm256_cmpeq_epi8(b, quote),
+                                     _mm256_cmpeq_epi8(b, backslash));
+                s = _mm256_or_si256(qb, _mm256_cmpgt_epi8(blank, b));
                 odd = (unsigned) _mm256_movemask_epi8(s);
 
             } else {
@@ -539,9 +545,7 @@ ngx_http_llm_weigh_wide(ngx_http_llm_guess_t *g, const unsigned char *p,
         stop = 0;
 
         if (json) {
-            s = _mm256_or_si256(_mm256_cmpeq_epi8(b, quote),
-                                _mm256_cmpeq_epi8(b, backslash));
-            s = _mm256_or_si256(s,
+            s = _mm256_or_si256(qb,
                     _mm256_cmpeq_epi8(b, _mm256_setzero_si256()));
             stop = (unsigned) _mm256_movemask_epi8(s);
         }

@@ -135,7 +135,7 @@ typedef struct {
     size_t                spaces;
     size_t                lines;
     const uint64_t       *table;
-    const unsigned char  *class_weight;
+    const void           *class_weight;
 } ngx_http_llm_guess_t;
 
 /*
