@@ -82,7 +82,10 @@ for size in 1k 20k; do
     done
 done
 
-rss=$(ps -o rss= -C nginx | sort -n | tail -1)
+# this run's nginx only: its master and worker, not any other on the box
+master=$(cat "$work/nginx.pid")
+rss=$( (ps -o rss= -p "$master"; ps -o rss= --ppid "$master") \
+      | sort -n | tail -1)
 echo "largest nginx process RSS after the runs: ${rss} KB (vocabulary included)"
 kill "$(cat "$work/nginx.pid")"
 sleep 1
