@@ -217,14 +217,16 @@ ngx_http_llm_guess_done(ngx_http_llm_guess_t *g, size_t *chars)
         line = _mm_sub_epi8(line, _mm_cmplt_epi8(b, _mm_set1_epi8(0x20)));   \
     }
 
-#define ngx_http_llm_classified(g)                                           \
-    (g)->letters += ngx_http_llm_lanes(letter);                              \
-    (g)->digits += ngx_http_llm_lanes(digit);                                \
-    (g)->spaces += ngx_http_llm_lanes(space);                                \
+/* the lanes summed into g and cleared: of 16 or 32 bytes, by lanes() */
+
+#define ngx_http_llm_classified(g, lanes, zero)                              \
+    (g)->letters += lanes(letter);                                           \
+    (g)->digits += lanes(digit);                                             \
+    (g)->spaces += lanes(space);                                             \
     if (!json) {                                                             \
-        (g)->lines += ngx_http_llm_lanes(line);                              \
+        (g)->lines += lanes(line);                                           \
     }                                                                        \
-    letter = _mm_setzero_si128();                                            \
+    letter = zero;                                                           \
     digit = letter;                                                          \
     space = letter;                                                          \
     line = letter
@@ -285,7 +287,8 @@ ngx_http_llm_weigh(ngx_http_llm_guess_t *g, const unsigned char *p,
             if (++blocks == 255) {
                 g->ascii += blocks * 16;
                 blocks = 0;
-                ngx_http_llm_classified(g);
+                ngx_http_llm_classified(g, ngx_http_llm_lanes,
+                                        _mm_setzero_si128());
             }
 
             continue;
@@ -331,7 +334,7 @@ ngx_http_llm_weigh(ngx_http_llm_guess_t *g, const unsigned char *p,
     }
 
     g->ascii += blocks * 16;
-    ngx_http_llm_classified(g);
+    ngx_http_llm_classified(g, ngx_http_llm_lanes, _mm_setzero_si128());
 
     if (end - p < 16) {
         p = ngx_http_llm_weigh_bytes(g, p, end, json);
@@ -454,18 +457,6 @@ ngx_http_llm_lanes_avx2(__m256i v)
         line = _mm256_sub_epi8(line, _mm256_cmpgt_epi8(blank, b));           \
     }
 
-#define ngx_http_llm_classified_wide(g)                                      \
-    (g)->letters += ngx_http_llm_lanes_avx2(letter);                         \
-    (g)->digits += ngx_http_llm_lanes_avx2(digit);                           \
-    (g)->spaces += ngx_http_llm_lanes_avx2(space);                           \
-    if (!json) {                                                             \
-        (g)->lines += ngx_http_llm_lanes_avx2(line);                         \
-    }                                                                        \
-    letter = _mm256_setzero_si256();                                         \
-    digit = letter;                                                          \
-    space = letter;                                                          \
-    line = letter
-
 
 static ngx_http_llm_avx2_inline const unsigned char *
 ngx_http_llm_weigh_wide(ngx_http_llm_guess_t *g, const unsigned char *p,
@@ -533,7 +524,8 @@ ngx_http_llm_weigh_wide(ngx_http_llm_guess_t *g, const unsigned char *p,
             if (++blocks == 255) {
                 g->ascii += blocks * 32;
                 blocks = 0;
-                ngx_http_llm_classified_wide(g);
+                ngx_http_llm_classified(g, ngx_http_llm_lanes_avx2,
+                                        _mm256_setzero_si256());
             }
         }
 
@@ -579,13 +571,15 @@ ngx_http_llm_weigh_wide(ngx_http_llm_guess_t *g, const unsigned char *p,
         }
 
         g->ascii += blocks * 32;
-        ngx_http_llm_classified_wide(g);
+        ngx_http_llm_classified(g, ngx_http_llm_lanes_avx2,
+                                _mm256_setzero_si256());
 
         return p;
     }
 
     g->ascii += blocks * 32;
-    ngx_http_llm_classified_wide(g);
+    ngx_http_llm_classified(g, ngx_http_llm_lanes_avx2,
+                            _mm256_setzero_si256());
 
     return ngx_http_llm_weigh(g, p, end, json);
 }

@@ -64,12 +64,14 @@ typedef struct {
 typedef struct {
     u_char                *end;
     ngx_pool_t            *pool;
-    ngx_http_llm_sum_t    *sum;      /* NULL: texts kept as spans */
     ngx_array_t            spans;
     ngx_uint_t             messages;
 
-    /* the guess of texts weighed on the way (estimate mode) */
-    ngx_uint_t             guessing;
+    /*
+     * NULL: texts kept as spans; else the encoding is known and the
+     * count is a guess, made on the way in guess
+     */
+    ngx_http_llm_sum_t    *sum;
     ngx_http_llm_guess_t   guess;
 } ngx_http_llm_walk_t;
 
@@ -189,7 +191,6 @@ ngx_http_llm_walk(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
     w.end = end;
     w.sum = NULL;
     w.messages = 0;
-    w.guessing = 0;
     w.pool = ngx_http_llm_json_scratch(r->connection->log);
 
     if (w.pool == NULL) {
@@ -293,9 +294,10 @@ ngx_http_llm_walk(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
             }
 
             /*
-             * the encoding is known: texts are guessed as they come; a
-             * tokenizer's count waits until the body is accepted, as a
-             * body the walk declines is counted again by the tree
+             * the encoding is known: texts are guessed as they come
+             * (sum has no vocabulary then); a tokenizer's count waits
+             * until the body is accepted, as a body the walk declines
+             * is counted again by the tree
              */
 
             if (llcf->count != NGX_HTTP_LLM_COUNT_EXACT
@@ -304,11 +306,7 @@ ngx_http_llm_walk(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
                 ngx_http_llm_sum_init(r, model.len ? &model : &ctx->model,
                                       &sum);
                 w.sum = &sum;
-
-                if (sum.vocab == NULL) {
-                    ngx_http_llm_guess_init(&w.guess, sum.encoding);
-                    w.guessing = 1;
-                }
+                ngx_http_llm_guess_init(&w.guess, sum.encoding);
             }
 
             p = ngx_http_llm_walk_open(p, end, &done);
@@ -324,10 +322,9 @@ ngx_http_llm_walk(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
                 w.messages++;
             }
 
-            if (w.guessing) {
+            if (w.sum) {
                 sum.weight += ngx_http_llm_guess_done(&w.guess, &n);
                 sum.chars += n;
-                w.guessing = 0;
             }
 
             done = 0;
@@ -474,7 +471,7 @@ ngx_http_llm_walk_message(ngx_http_llm_walk_t *w, u_char *p)
         if (*p == '"') {
             key.data = p + 1;
 
-            if (w->guessing && kind != NGX_HTTP_LLM_WALK_ROLE) {
+            if (w->sum && kind != NGX_HTTP_LLM_WALK_ROLE) {
 
                 /*
                  * the text is weighed on the way to its end; from an
@@ -511,7 +508,7 @@ ngx_http_llm_walk_message(ngx_http_llm_walk_t *w, u_char *p)
                 return NULL;
             }
 
-            if (w->guessing && kind == NGX_HTTP_LLM_WALK_ROLE && !escaped
+            if (w->sum && kind == NGX_HTTP_LLM_WALK_ROLE && !escaped
                 && ngx_http_llm_walk_ascii(text.data, text.len, end))
             {
                 /* as ngx_http_llm_sum_role() guesses a role */
