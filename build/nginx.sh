@@ -96,6 +96,7 @@ dir="$out/$name"
 
 # up to date: nothing in the addon is newer than the last build
 if [ -f "$dir/env" ] && [ -z "$(find "$top/config" "$top/src" \
+                                   "$top/build/nginx.sh" \
                                    -newer "$dir/env" 2>/dev/null)" ]
 then
     echo "$name is up to date" >&2
@@ -133,15 +134,21 @@ echo "building nginx $upstream ($name) in $src" >&2
 start=$(date +%s)
 (
     cd "$src"
-    # configure again only when the addon's config changed; make itself
-    # rebuilds just what changed
-    [ -f objs/Makefile ] && [ ! "$top/config" -nt objs/Makefile ] || \
-    ./configure --prefix="$dir" --with-compat --with-debug \
+    # configure again only when the addon's config or these options
+    # changed; make itself rebuilds just what changed.  auth_request is
+    # here for the tests of access modules that run before ours.
+    set -- --prefix="$dir" --with-compat --with-debug \
         --with-http_ssl_module --with-http_v2_module \
-        --with-http_stub_status_module \
-        --with-cc-opt="$ccopt" --with-ld-opt="$ldopt" \
-        "$addon" >configure.log 2>&1 \
-        || { tail -30 configure.log >&2; exit 1; }
+        --with-http_stub_status_module --with-http_auth_request_module \
+        --with-threads \
+        --with-cc-opt="$ccopt" --with-ld-opt="$ldopt" "$addon"
+    if [ ! -f objs/Makefile ] || [ "$top/config" -nt objs/Makefile ] \
+       || [ "$*" != "$(cat objs/llm-configure-args 2>/dev/null)" ]
+    then
+        ./configure "$@" >configure.log 2>&1 \
+            || { tail -30 configure.log >&2; exit 1; }
+        echo "$*" >objs/llm-configure-args
+    fi
     make -j"$jobs" >make.log 2>&1 || { grep -B2 -A8 -E 'error|Error' \
         make.log | head -60 >&2; exit 1; }
     rm -rf "$dir"

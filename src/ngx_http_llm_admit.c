@@ -48,6 +48,12 @@ ngx_http_llm_admit(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
     ctx->request = r;
     now = ngx_current_msec;
 
+    /* whatever admission charges, the request's end settles */
+
+    if (ngx_http_llm_charge_own(r, ctx) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
     /* first come, first served: only the head of the queue may try */
 
     if (!ngx_queue_empty(&pool->waiting)

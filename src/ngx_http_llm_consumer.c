@@ -685,7 +685,7 @@ ngx_http_llm_consumers_refund(ngx_http_llm_ctx_t *ctx)
  */
 
 void
-ngx_http_llm_consumers_account(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
+ngx_http_llm_consumers_account(ngx_http_llm_ctx_t *ctx, ngx_uint_t status)
 {
     ngx_http_llm_scan_t  usage;
 
@@ -698,9 +698,7 @@ ngx_http_llm_consumers_account(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
         return;
     }
 
-    if (r->headers_out.status >= NGX_HTTP_OK
-        && r->headers_out.status < NGX_HTTP_SPECIAL_RESPONSE)
-    {
+    if (status >= NGX_HTTP_OK && status < NGX_HTTP_SPECIAL_RESPONSE) {
         ctx->consumers_charged = 0;
         return;
     }

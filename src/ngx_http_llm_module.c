@@ -234,11 +234,13 @@ ngx_http_llm_init(ngx_conf_t *cf)
     cmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_core_module);
 
     /*
-     * preaccess: after rewrites chose the location, and before proxying;
-     * a 429 here costs no access check or upstream connection
+     * precontent, where the mirror module reads the body: after every
+     * access module (deny, auth_basic, auth_request, limit_req, ...)
+     * has let the request through, so that a refused client never
+     * reads, counts or charges anything; before proxying
      */
 
-    h = ngx_array_push(&cmcf->phases[NGX_HTTP_PREACCESS_PHASE].handlers);
+    h = ngx_array_push(&cmcf->phases[NGX_HTTP_PRECONTENT_PHASE].handlers);
     if (h == NULL) {
         return NGX_ERROR;
     }

@@ -19,6 +19,9 @@
 #define NGX_HTTP_LLM_MAX_TOKENS    100000000
 #define NGX_HTTP_LLM_MAX_CHOICES   128
 
+/* a charge fits a window's 32-bit slot with room for others */
+#define NGX_HTTP_LLM_MAX_CHARGE    0x7fffffff
+
 
 /*
  * Azure's token window is 60 s and its request window 10 s: 240 slots of
@@ -374,6 +377,9 @@ typedef struct {
     ngx_uint_t                   final_charge;
     ngx_msec_t                   final_at;
 
+    /* the last attempt's status from the backend, 0 when none came */
+    ngx_uint_t                   upstream_status;
+
     ngx_msec_t                   start;
     ngx_msec_t                   ttft;
 
@@ -411,6 +417,12 @@ typedef struct {
     unsigned                     cleanup:1;
     unsigned                     consumers_keyed:1;
     unsigned                     consumers_charged:1;
+
+    /* see ngx_http_llm_charge.c */
+    unsigned                     held:1;      /* the backend's charge */
+    unsigned                     in_flight:1; /* one of its in_flight */
+    unsigned                     owned:1;     /* settled at the end */
+    unsigned                     settled:1;
     unsigned                     over_kind:2;  /* tokens, requests,
                                                  quota */
 } ngx_http_llm_ctx_t;
@@ -464,8 +476,14 @@ ngx_http_llm_backend_t *ngx_http_llm_choose(ngx_http_llm_pool_t *pool,
     ngx_http_llm_ctx_t *ctx, uintptr_t *tried, uintptr_t *down,
     ngx_uint_t reserve, ngx_msec_t *wait);
 void ngx_http_llm_refund(ngx_http_llm_backend_t *b, ngx_http_llm_ctx_t *ctx);
-void ngx_http_llm_backend_done(ngx_http_llm_backend_t *b, ngx_uint_t status,
-    ngx_msec_t cooldown, ngx_int_t remote_tokens, ngx_int_t remote_requests);
+void ngx_http_llm_backend_done(ngx_http_llm_backend_t *b,
+    ngx_http_llm_ctx_t *ctx, ngx_uint_t outcome, ngx_msec_t cooldown,
+    ngx_int_t remote_tokens, ngx_int_t remote_requests);
+
+ngx_int_t ngx_http_llm_charge_own(ngx_http_request_t *r,
+    ngx_http_llm_ctx_t *ctx);
+void ngx_http_llm_charge_adopt(ngx_http_request_t *r);
+void ngx_http_llm_charge_settle(ngx_http_llm_ctx_t *ctx, ngx_uint_t status);
 
 void ngx_http_llm_window_advance(uint32_t *slots, ngx_uint_t n,
     ngx_msec_t slot_ms, ngx_msec_t *last, ngx_uint_t *sum, ngx_msec_t now);
@@ -484,8 +502,8 @@ char *ngx_http_llm_limit(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 ngx_int_t ngx_http_llm_consumers_charge(ngx_http_request_t *r,
     ngx_http_llm_ctx_t *ctx, ngx_msec_t *wait);
 void ngx_http_llm_consumers_refund(ngx_http_llm_ctx_t *ctx);
-void ngx_http_llm_consumers_account(ngx_http_request_t *r,
-    ngx_http_llm_ctx_t *ctx);
+void ngx_http_llm_consumers_account(ngx_http_llm_ctx_t *ctx,
+    ngx_uint_t status);
 ngx_uint_t ngx_http_llm_consumers_top(ngx_shm_zone_t *shm_zone,
     ngx_http_llm_consumer_sh_t *top, ngx_uint_t n, ngx_uint_t *count,
     ngx_uint_t *evicted);
@@ -508,7 +526,7 @@ void ngx_http_llm_keepalive_save(ngx_peer_connection_t *pc,
 
 void ngx_http_llm_scan(ngx_http_llm_scan_t *s, u_char *p, u_char *last,
     ngx_log_t *log);
-void ngx_http_llm_account(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx);
+void ngx_http_llm_account(ngx_http_llm_ctx_t *ctx, ngx_uint_t status);
 void ngx_http_llm_count_local_throttle(ngx_http_llm_pool_t *pool);
 void ngx_http_llm_windows_update(ngx_http_llm_pool_t *pool,
     ngx_http_llm_backend_sh_t *sh, ngx_msec_t now);

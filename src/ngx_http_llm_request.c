@@ -68,6 +68,10 @@ ngx_http_llm_request_handler(ngx_http_request_t *r)
     ngx_log_debug0(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
                    "llm route handler");
 
+    /* back from an internal redirect: what it held there is settled */
+
+    ngx_http_llm_charge_adopt(r);
+
     ctx = ngx_pcalloc(r->pool, sizeof(ngx_http_llm_ctx_t));
     if (ctx == NULL) {
         return NGX_ERROR;

@@ -42,6 +42,7 @@ static ngx_int_t ngx_http_llm_rebuild_request(ngx_http_request_t *r,
     ngx_http_llm_peer_data_t *pd, ngx_http_llm_backend_t *b);
 static void ngx_http_llm_free_peer(ngx_peer_connection_t *pc, void *data,
     ngx_uint_t state);
+static ngx_uint_t ngx_http_llm_not_counted(ngx_uint_t status);
 static ngx_msec_t ngx_http_llm_cooldown(ngx_http_upstream_t *u,
     ngx_http_llm_pool_t *pool, ngx_int_t *remote_tokens,
     ngx_int_t *remote_requests);
@@ -810,7 +811,9 @@ ngx_http_llm_upstream_init_peer(ngx_http_request_t *r,
     ctx->pool = pool;
     pd->built_for = ctx->backend;
 
-    return NGX_OK;
+    /* attempts without llm_route in the location charge too */
+
+    return ngx_http_llm_charge_own(r, ctx);
 }
 
 
@@ -853,7 +856,8 @@ ngx_http_llm_get_peer(ngx_peer_connection_t *pc, void *data)
 
         if (peer == NULL) {
             ngx_http_llm_refund(b, ctx);
-            ngx_http_llm_backend_done(b, NGX_HTTP_LLM_DONE_OK, 0, -1, -1);
+            ngx_http_llm_backend_done(b, ctx, NGX_HTTP_LLM_DONE_OK, 0, -1,
+                                      -1);
             pd->tried[(b - backends) / NGX_HTTP_LLM_BITS] |=
                           (uintptr_t) 1 << (b - backends) % NGX_HTTP_LLM_BITS;
             b = NULL;
@@ -912,7 +916,8 @@ ngx_http_llm_get_peer(ngx_peer_connection_t *pc, void *data)
         if (peer == NULL) {
             /* cannot happen: the backend was not skipped */
             ngx_http_llm_refund(b, ctx);
-            ngx_http_llm_backend_done(b, NGX_HTTP_LLM_DONE_OK, 0, -1, -1);
+            ngx_http_llm_backend_done(b, ctx, NGX_HTTP_LLM_DONE_OK, 0, -1,
+                                      -1);
             pd->tried[(b - backends) / NGX_HTTP_LLM_BITS] |=
                           (uintptr_t) 1 << (b - backends) % NGX_HTTP_LLM_BITS;
         }
@@ -1174,6 +1179,8 @@ ngx_http_llm_free_peer(ngx_peer_connection_t *pc, void *data,
     remote_tokens = -1;
     remote_requests = -1;
 
+    ctx->upstream_status = status;
+
     if (status == NGX_HTTP_TOO_MANY_REQUESTS) {
 
         /*
@@ -1190,8 +1197,8 @@ ngx_http_llm_free_peer(ngx_peer_connection_t *pc, void *data,
                       cooldown);
 
         ngx_http_llm_refund(b, ctx);
-        ngx_http_llm_backend_done(b, NGX_HTTP_LLM_DONE_THROTTLED, cooldown,
-                                  remote_tokens, remote_requests);
+        ngx_http_llm_backend_done(b, ctx, NGX_HTTP_LLM_DONE_THROTTLED,
+                                  cooldown, remote_tokens, remote_requests);
         ctx->throttle = NGX_HTTP_LLM_THROTTLE_BACKEND;
 
         state &= ~NGX_PEER_FAILED;
@@ -1200,7 +1207,7 @@ ngx_http_llm_free_peer(ngx_peer_connection_t *pc, void *data,
 
         /* a request that never reached the backend cost it nothing */
 
-        if (!u->request_sent) {
+        if (!u->request_sent || ngx_http_llm_not_counted(status)) {
             ngx_http_llm_refund(b, ctx);
         }
 
@@ -1209,7 +1216,7 @@ ngx_http_llm_free_peer(ngx_peer_connection_t *pc, void *data,
                                          &remote_requests);
         }
 
-        ngx_http_llm_backend_done(b, NGX_HTTP_LLM_DONE_FAILED, 0,
+        ngx_http_llm_backend_done(b, ctx, NGX_HTTP_LLM_DONE_FAILED, 0,
                                   remote_tokens, remote_requests);
 
     } else {
@@ -1218,8 +1225,12 @@ ngx_http_llm_free_peer(ngx_peer_connection_t *pc, void *data,
                                          &remote_requests);
         }
 
-        ngx_http_llm_backend_done(b, NGX_HTTP_LLM_DONE_OK, 0, remote_tokens,
-                                  remote_requests);
+        if (ngx_http_llm_not_counted(status)) {
+            ngx_http_llm_refund(b, ctx);
+        }
+
+        ngx_http_llm_backend_done(b, ctx, NGX_HTTP_LLM_DONE_OK, 0,
+                                  remote_tokens, remote_requests);
 
         /* the log phase corrects a PTU backend's charge to the usage */
 
@@ -1227,13 +1238,29 @@ ngx_http_llm_free_peer(ngx_peer_connection_t *pc, void *data,
         ctx->final_at = ctx->charged_at;
     }
 
+    /* what was not refunded stays in the backend's windows */
+
     ctx->charged = 0;
+    ctx->held = 0;
 
     if (pd->pool->keepalive) {
         ngx_http_llm_keepalive_save(pc, b, u, state);
     }
 
     ngx_http_upstream_free_round_robin_peer(pc, &pd->rrp, state);
+}
+
+
+/*
+ * A wrong key, a forbidden resource or a deployment that does not exist
+ * is refused before Azure's limiter: it counts in no window.
+ */
+
+static ngx_uint_t
+ngx_http_llm_not_counted(ngx_uint_t status)
+{
+    return status == NGX_HTTP_UNAUTHORIZED || status == NGX_HTTP_FORBIDDEN
+           || status == NGX_HTTP_NOT_FOUND;
 }
 
 

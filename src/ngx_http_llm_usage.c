@@ -642,8 +642,7 @@ ngx_http_llm_log_handler(ngx_http_request_t *r)
     ctx = ngx_http_get_module_ctx(r, ngx_http_llm_module);
 
     if (ctx) {
-        ngx_http_llm_account(r, ctx);
-        ngx_http_llm_consumers_account(r, ctx);
+        ngx_http_llm_charge_settle(ctx, r->headers_out.status);
     }
 
     return NGX_OK;

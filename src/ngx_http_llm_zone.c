@@ -404,8 +404,11 @@ ngx_http_llm_charge_for(ngx_http_llm_ctx_t *ctx, ngx_http_llm_backend_t *b,
      * one the real prompt tokens (or, without a vocabulary, our guess)
      */
 
-    return (b->ptu ? ctx->prompt_tokens : ctx->prompt_estimate)
-           + reserve * ctx->choices;
+    /* each part is bounded: the product cannot wrap, the sum is capped */
+
+    return ngx_min((b->ptu ? ctx->prompt_tokens : ctx->prompt_estimate)
+                   + ngx_min(reserve, NGX_HTTP_LLM_MAX_TOKENS) * ctx->choices,
+                   NGX_HTTP_LLM_MAX_CHARGE);
 }
 
 
@@ -577,20 +580,23 @@ ngx_http_llm_choose(ngx_http_llm_pool_t *pool, ngx_http_llm_ctx_t *ctx,
     if (best) {
         sh = best->sh;
 
-        sh->tokens[sh->tokens_last % NGX_HTTP_LLM_TOKEN_SLOTS] +=
-                                                      (uint32_t) best_charge;
-        sh->tokens_sum += best_charge;
-        sh->requests_slot[sh->requests_last % NGX_HTTP_LLM_REQ_SLOTS]++;
-        sh->requests_sum++;
+        ngx_http_llm_window_add(sh->tokens, NGX_HTTP_LLM_TOKEN_SLOTS,
+                                pool->token_slot_ms, sh->tokens_last,
+                                &sh->tokens_sum, best_charge, now);
+        ngx_http_llm_window_add(sh->requests_slot, NGX_HTTP_LLM_REQ_SLOTS,
+                                pool->request_slot_ms, sh->requests_last,
+                                &sh->requests_sum, 1, now);
         sh->in_flight++;
         sh->requests++;
         sh->tokens_charged += best_charge;
         sh->remote_charged += best_charge;
 
-        if (ctx) {
-            ctx->charged = best_charge;
-            ctx->charged_at = now;
-        }
+        /* the request owns the in-flight count until its attempt ends */
+
+        ctx->charged = best_charge;
+        ctx->charged_at = now;
+        ctx->held = 1;
+        ctx->in_flight = 1;
     }
 
     ngx_shmtx_unlock(&shpool->mutex);
@@ -608,6 +614,14 @@ ngx_http_llm_refund(ngx_http_llm_backend_t *b, ngx_http_llm_ctx_t *ctx)
     ngx_http_llm_pool_t        *pool;
     ngx_http_llm_zone_t        *zone;
     ngx_http_llm_backend_sh_t  *sh;
+
+    /* a charge is given back once: the request slot has no amount */
+
+    if (!ctx->held) {
+        return;
+    }
+
+    ctx->held = 0;
 
     pool = b->pool;
     zone = pool->shm_zone->data;
@@ -637,8 +651,9 @@ ngx_http_llm_refund(ngx_http_llm_backend_t *b, ngx_http_llm_ctx_t *ctx)
 /* the end of an attempt: cool-down, counters, the backend's own view */
 
 void
-ngx_http_llm_backend_done(ngx_http_llm_backend_t *b, ngx_uint_t outcome,
-    ngx_msec_t cooldown, ngx_int_t remote_tokens, ngx_int_t remote_requests)
+ngx_http_llm_backend_done(ngx_http_llm_backend_t *b, ngx_http_llm_ctx_t *ctx,
+    ngx_uint_t outcome, ngx_msec_t cooldown, ngx_int_t remote_tokens,
+    ngx_int_t remote_requests)
 {
     ngx_msec_t                  now;
     ngx_slab_pool_t            *shpool;
@@ -652,8 +667,12 @@ ngx_http_llm_backend_done(ngx_http_llm_backend_t *b, ngx_uint_t outcome,
 
     ngx_shmtx_lock(&shpool->mutex);
 
-    if (sh->in_flight) {
-        sh->in_flight--;
+    if (ctx->in_flight) {
+        ctx->in_flight = 0;
+
+        if (sh->in_flight) {
+            sh->in_flight--;
+        }
     }
 
     switch (outcome) {
@@ -694,7 +713,7 @@ ngx_http_llm_backend_done(ngx_http_llm_backend_t *b, ngx_uint_t outcome,
  */
 
 void
-ngx_http_llm_account(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
+ngx_http_llm_account(ngx_http_llm_ctx_t *ctx, ngx_uint_t status)
 {
     ngx_msec_t                  now, gen, ttft;
     ngx_uint_t                  source, actual, tps, cls;
@@ -720,7 +739,7 @@ ngx_http_llm_account(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
     now = ngx_current_msec;
 
     source = ngx_http_llm_usage_of(ctx, &usage);
-    cls = ngx_min(r->headers_out.status / 100, 5);
+    cls = ngx_min(status / 100, 5);
 
     ngx_shmtx_lock(&shpool->mutex);
 
@@ -820,6 +839,14 @@ ngx_http_llm_window_add(uint32_t *slots, ngx_uint_t n, ngx_msec_t slot_ms,
     if (s > last || last - s >= n) {
         return;
     }
+
+    /*
+     * a slot holds 32 bits: what does not fit is not counted, so that the
+     * sum always equals the slots and a refund never takes more than was
+     * added (admission never lets such a charge into a limited window)
+     */
+
+    value = ngx_min(value, (ngx_uint_t) (NGX_MAX_UINT32_VALUE - slots[s % n]));
 
     slots[s % n] += (uint32_t) value;
     *sum += value;

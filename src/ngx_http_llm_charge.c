@@ -1,0 +1,128 @@
+
+/*
+ * Copyright (C) nginx-llm-router authors
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+#include "ngx_http_llm_module.h"
+
+
+/*
+ * The owner of a request's charges.  Admission charges a backend's token
+ * and request windows and one of its in-flight requests, and every
+ * consumer window and quota the request falls under; each attempt may
+ * charge another backend.  Whatever path the request then takes, all of
+ * it is settled exactly once, when the request ends:
+ *
+ *   - in the log phase, normally, with the status the client got;
+ *   - from the request pool's cleanup when the log phase did not see the
+ *     context: an internal redirect (error_page, try_files, a named
+ *     location) empties the request's module contexts, not its pool;
+ *   - when the request, sent elsewhere by such a redirect, comes back to
+ *     a routed location: the earlier location's charges are settled
+ *     before new ones are made, so one request never holds two.
+ *
+ * Settling keeps what the backend's own counter keeps, corrects what is
+ * corrected to the reply's usage, and gives back what was never spent:
+ * a charge no attempt carried (the request ended before proxying), and,
+ * from the consumers, a request that got no successful reply.
+ */
+
+
+static void ngx_http_llm_charge_cleanup(void *data);
+
+
+ngx_int_t
+ngx_http_llm_charge_own(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
+{
+    ngx_pool_cleanup_t  *cln;
+
+    if (ctx->owned) {
+        return NGX_OK;
+    }
+
+    cln = ngx_pool_cleanup_add(r->pool, 0);
+    if (cln == NULL) {
+        return NGX_ERROR;
+    }
+
+    cln->handler = ngx_http_llm_charge_cleanup;
+    cln->data = ctx;
+
+    ctx->owned = 1;
+
+    return NGX_OK;
+}
+
+
+/*
+ * A routed location met with no context: if the request held charges in
+ * a location it left by an internal redirect, they are settled now, with
+ * what its last attempt's backend answered.
+ */
+
+void
+ngx_http_llm_charge_adopt(ngx_http_request_t *r)
+{
+    ngx_pool_cleanup_t  *cln;
+    ngx_http_llm_ctx_t  *ctx;
+
+    for (cln = r->pool->cleanup; cln; cln = cln->next) {
+
+        if (cln->handler != ngx_http_llm_charge_cleanup) {
+            continue;
+        }
+
+        ctx = cln->data;
+
+        if (!ctx->settled) {
+            ngx_log_debug0(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                           "llm charge: settled after a redirect");
+
+            ngx_http_llm_charge_settle(ctx, ctx->upstream_status);
+        }
+    }
+}
+
+
+void
+ngx_http_llm_charge_settle(ngx_http_llm_ctx_t *ctx, ngx_uint_t status)
+{
+    ngx_http_llm_backend_t  *b;
+
+    if (ctx->settled) {
+        return;
+    }
+
+    ctx->settled = 1;
+
+    b = ctx->backend;
+
+    /* admitted, and no attempt took the charge: nothing was spent */
+
+    if (b) {
+        ngx_http_llm_refund(b, ctx);
+
+        if (ctx->in_flight) {
+            ngx_http_llm_backend_done(b, ctx, NGX_HTTP_LLM_DONE_OK, 0, -1, -1);
+        }
+    }
+
+    if (ctx->attempts) {
+        ngx_http_llm_account(ctx, status);
+    }
+
+    ngx_http_llm_consumers_account(ctx, status);
+}
+
+
+static void
+ngx_http_llm_charge_cleanup(void *data)
+{
+    ngx_http_llm_ctx_t  *ctx = data;
+
+    ngx_http_llm_charge_settle(ctx, ctx->upstream_status);
+}

@@ -1,0 +1,314 @@
+#!/usr/bin/perl
+
+# Every charge a request makes (the backend's token and request windows,
+# its in-flight count, the consumer's window and quota) is settled once
+# when the request ends, whatever path it took: refused by an access
+# module (deny, auth_basic, auth_request, limit_req), a bad body, a
+# local 429, a backend's 401 or 404 (refused before Azure's limiter: no
+# charge), a 500, a 500 turned into an error_page, a timeout, a client
+# that goes away, a success.  Each path reads llm_status before and after.
+
+use strict;
+use warnings;
+
+use FindBin;
+use lib "$FindBin::Bin/lib";
+use Test::More;
+use Time::HiRes qw(sleep time);
+use IO::Socket::INET;
+use LLMTest;
+
+my $t = LLMTest->new;
+my $dir = $t->dir;
+
+my $ctl = free_port();
+my $port = free_port();
+
+$t->start_sim({ control_port => $ctl, deployments => [
+    { name => 'one', port => $port, host => 'res-one.openai.azure.com',
+      api_key => 'key-one', deployment => 'dep-one', tpm => 100000,
+      ttft_ms => [0, 0], tokens_per_s => 5000, completion_tokens => 7 },
+] });
+
+for (['one.key', 'key-one'], ['wrong.key', 'not-the-key']) {
+    open my $fh, '>', "$dir/$_->[0]" or die;
+    print $fh "$_->[1]\n";
+    close $fh;
+}
+
+open my $pw, '>', "$dir/htpasswd" or die;
+print $pw "user:{PLAIN}password\n";
+close $pw;
+
+my $listen = free_port();
+
+my $proxy = <<"END";
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host \$llm_backend_host;
+            proxy_set_header api-key \$llm_backend_key;
+            proxy_read_timeout 1s;
+END
+
+sub backend {
+    my ($name, $key, $dep) = @_;
+    return "llm_backend one http://res-one.openai.azure.com "
+         . "deployment=$dep tpm=8000 key_file=$dir/$key "
+         . "address=127.0.0.1:$port;";
+}
+
+sub routed {
+    my ($prefix, $pool, $extra) = @_;
+    $extra //= '';
+    return <<"END";
+        location /$prefix/ {
+            llm_route $pool;
+            llm_limit \$http_x_app tpm=1000000 quota=10000000/day;
+$extra
+            rewrite ^/$prefix(/.*)\$ \$1 break;
+            proxy_pass http://$pool;
+$proxy
+        }
+END
+}
+
+my $conf = <<"END";
+    llm_zone llm:1m;
+    limit_req_zone \$binary_remote_addr zone=rl:1m rate=1r/m;
+
+    upstream pool {
+        llm_balance zone=llm;
+        ${\ backend('one', 'one.key', 'dep-one')}
+    }
+
+    upstream badkey {
+        llm_balance zone=llm;
+        ${\ backend('one', 'wrong.key', 'dep-one')}
+    }
+
+    upstream nodep {
+        llm_balance zone=llm;
+        ${\ backend('one', 'one.key', 'no-such-deployment')}
+    }
+
+    server {
+        listen 127.0.0.1:$listen;
+
+${\ routed('ok', 'pool')}
+${\ routed('deny', 'pool', '            deny all;')}
+${\ routed('basic', 'pool',
+           "            auth_basic closed;\n"
+           . "            auth_basic_user_file $dir/htpasswd;")}
+${\ routed('authreq', 'pool', '            auth_request /no;')}
+${\ routed('limited', 'pool', '            limit_req zone=rl nodelay;')}
+${\ routed('badkey', 'badkey')}
+${\ routed('nodep', 'nodep')}
+${\ routed('intercept', 'pool',
+           "            proxy_intercept_errors on;\n"
+           . "            error_page 500 502 503 504 = \@down;")}
+
+        location = /no {
+            internal;
+            return 403;
+        }
+
+        location \@down {
+            return 503 '{"error":{"code":"down","message":"down"}}';
+        }
+
+        location = /status {
+            llm_status consumers=50;
+            access_log off;
+        }
+    }
+END
+
+$t->start_nginx($conf, ports => [$listen], workers => 2);
+
+my $chat = '/openai/deployments/gpt-4o/chat/completions'
+         . '?api-version=2024-10-21';
+my $body = json_encode({ messages => [ { role => 'user',
+                                         content => 'hello there' } ],
+                         max_tokens => 20 });
+
+# what llm_status says of one pool's backend and of all consumers
+
+sub snapshot {
+    my ($pool) = @_;
+    my ($st, $h, $b) = http_get($listen, '/status');
+    die "status: $st" unless $st == 200;
+    my $j = json_decode($b);
+    my ($p) = grep { $_->{name} eq $pool } @{ $j->{pools} };
+    my $be = $p->{backends}[0];
+    my %s = map { $_ => $be->{$_} } qw(window_tokens window_requests
+                                        in_flight);
+    for my $z (@{ $j->{consumers} }) {
+        for my $c (@{ $z->{top} }) {
+            $s{consumer_tokens} += $c->{window_tokens};
+            $s{consumer_requests} += $c->{window_requests};
+            $s{quota_used} += $c->{quota_used} // 0;
+        }
+    }
+    $s{$_} //= 0 for qw(consumer_tokens consumer_requests quota_used);
+    return \%s;
+}
+
+# nginx may end a request after it answered: wait for in_flight to drop
+
+sub settled {
+    my ($pool, $want) = @_;
+    my $s;
+    for (1 .. 60) {
+        $s = snapshot($pool);
+        return $s if $s->{in_flight} == ($want // 0);
+        sleep 0.05;
+    }
+    return $s;
+}
+
+sub post {
+    my ($prefix, %hdr) = @_;
+    my $b = delete $hdr{body} // $body;
+    return http_post($listen, "/$prefix$chat", $b, 'X-App' => 'app-1', %hdr);
+}
+
+sub unchanged {
+    my ($pool, $before, $name) = @_;
+    my $after = settled($pool);
+    is_deeply($after, $before, "$name: nothing charged")
+        or diag explain { before => $before, after => $after };
+}
+
+###########################################################################
+# refused before the module: access modules run first and cost nothing
+
+my $sim_before = $t->sim_stats->{deployments}{one}{requests};
+my $before = snapshot('pool');
+
+for (1 .. 12) {
+    my ($st) = post('deny');
+    is($st, 403, "deny all: 403 ($_)") if $_ == 1 || $_ == 12;
+}
+unchanged('pool', $before, 'deny all, 12 requests');
+
+my ($st, $h, $raw) = post('basic');
+is($st, 401, 'auth_basic without credentials: 401');
+($st) = post('basic', Authorization => 'Basic ' . 'dXNlcjp3cm9uZw==');
+is($st, 401, 'auth_basic with a wrong password: 401');
+unchanged('pool', $before, 'auth_basic');
+
+($st) = post('authreq');
+is($st, 403, 'auth_request refusing: 403');
+unchanged('pool', $before, 'auth_request');
+
+($st) = post('limited');
+is($st, 200, 'limit_req: the first passes');
+$before = settled('pool');
+($st) = post('limited');
+is($st, 503, 'limit_req: the second is refused');
+unchanged('pool', $before, 'limit_req');
+
+is($t->sim_stats->{deployments}{one}{requests}, $sim_before + 1,
+   'only the one admitted request reached the backend');
+
+###########################################################################
+# a bad body: 400, nothing proxied, nothing charged
+
+($st, $h, $raw) = post('ok', body => '{"messages": [');
+is($st, 400, 'malformed JSON: 400');
+unchanged('pool', $before, 'malformed JSON');
+
+###########################################################################
+# a success keeps the backend's arrival charge; the consumer is charged
+# what the reply used
+
+($st, $h, $raw) = post('ok');
+is($st, 200, 'success') or diag $raw;
+my $usage = json_decode($raw)->{usage};
+my $after = settled('pool');
+cmp_ok($after->{window_tokens} - $before->{window_tokens}, '>', 20,
+       'success: the backend keeps its charge');
+is($after->{window_requests} - $before->{window_requests}, 1,
+   'success: one request in the backend window');
+is($after->{in_flight}, 0, 'success: nothing in flight');
+is($after->{consumer_tokens} - $before->{consumer_tokens},
+   $usage->{total_tokens}, 'success: the consumer pays the usage');
+is($after->{quota_used} - $before->{quota_used}, $usage->{total_tokens},
+   'success: the quota too');
+
+###########################################################################
+# the backend refuses the credential or the deployment: Azure counts
+# neither in its window, nor do we
+
+for my $case (['badkey', 401], ['nodep', 404]) {
+    my ($prefix, $want) = @$case;
+    my $b0 = snapshot($prefix);
+    for (1 .. 3) {
+        ($st, $h, $raw) = post($prefix);
+    }
+    is($st, $want, "$prefix: the backend says $want") or diag $raw;
+    my $b1 = settled($prefix);
+    is_deeply($b1, $b0, "$prefix: nothing charged")
+        or diag explain { before => $b0, after => $b1 };
+}
+
+###########################################################################
+# a 500: Azure counted the request at arrival, the window keeps it; the
+# consumer got nothing and pays nothing
+
+$t->sim_update('one', { faults => { 500 => 1 } });
+
+$before = snapshot('pool');
+($st) = post('ok');
+is($st, 500, 'backend 500 passed on');
+$after = settled('pool');
+is($after->{in_flight}, 0, '500: nothing in flight');
+is($after->{window_requests} - $before->{window_requests}, 1,
+   '500: the backend keeps the request');
+is($after->{consumer_tokens}, $before->{consumer_tokens},
+   '500: the consumer pays nothing');
+is($after->{quota_used}, $before->{quota_used}, '500: nor its quota');
+
+# the same 500 replaced by an error_page: the request leaves the
+# location (and the module's context) before the log phase
+
+$before = snapshot('pool');
+($st, $h, $raw) = post('intercept');
+is($st, 503, 'error_page after a 500') or diag $raw;
+$after = settled('pool');
+is($after->{in_flight}, 0, 'error_page: nothing in flight');
+is($after->{consumer_tokens}, $before->{consumer_tokens},
+   'error_page: the consumer pays nothing');
+is($after->{quota_used}, $before->{quota_used}, 'error_page: nor its quota');
+
+###########################################################################
+# a backend that hangs: a timeout, and a client that goes away
+
+$t->sim_update('one', { faults => { 500 => 0, hang => 1 } });
+
+$before = snapshot('pool');
+($st) = post('ok');
+is($st, 504, 'timeout: 504');
+$after = settled('pool');
+is($after->{in_flight}, 0, 'timeout: nothing in flight');
+is($after->{consumer_tokens}, $before->{consumer_tokens},
+   'timeout: the consumer pays nothing');
+
+$before = snapshot('pool');
+my $c = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $listen)
+    or die "connect: $!";
+print $c "POST /ok$chat HTTP/1.1\r\nHost: localhost\r\nX-App: app-1\r\n"
+       . "Content-Type: application/json\r\n"
+       . "Content-Length: " . length($body) . "\r\n\r\n$body";
+sleep 0.3;
+is(snapshot('pool')->{in_flight}, 1, 'client waiting: one in flight');
+close $c;
+$after = settled('pool');
+is($after->{in_flight}, 0, 'client gone: nothing in flight');
+is($after->{consumer_tokens}, $before->{consumer_tokens},
+   'client gone: the consumer pays nothing');
+
+$t->sim_update('one', { faults => { hang => 0 } });
+
+$t->allow_log(qr/upstream timed out/);
+$t->done;
