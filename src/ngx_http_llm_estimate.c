@@ -59,7 +59,7 @@ static const char  *ngx_http_llm_message_members[] = {
 };
 
 
-static void ngx_http_llm_members(cJSON *obj, const char **names,
+static const char *ngx_http_llm_members(cJSON *obj, const char **names,
     ngx_uint_t n, cJSON **found);
 static void ngx_http_llm_add_text(ngx_http_llm_sum_t *sum, const char *s);
 static size_t ngx_http_llm_chars(const u_char *p, size_t len);
@@ -88,8 +88,11 @@ ngx_http_llm_inspect(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
     cJSON               *item, *msg, *m[NGX_HTTP_LLM_M_LAST], *mm[3];
     ngx_http_llm_sum_t   sum;
 
-    ngx_http_llm_members(root, ngx_http_llm_body_members,
-                         NGX_HTTP_LLM_M_LAST, m);
+    ctx->duplicate = ngx_http_llm_members(root, ngx_http_llm_body_members,
+                                          NGX_HTTP_LLM_M_LAST, m);
+    if (ctx->duplicate) {
+        return NGX_OK;
+    }
 
     item = m[NGX_HTTP_LLM_M_MODEL];
 
@@ -112,7 +115,12 @@ ngx_http_llm_inspect(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
     cJSON_ArrayForEach(msg, m[NGX_HTTP_LLM_M_MESSAGES]) {
         sum.messages++;
 
-        ngx_http_llm_members(msg, ngx_http_llm_message_members, 3, mm);
+        ctx->duplicate = ngx_http_llm_members(msg,
+                                              ngx_http_llm_message_members,
+                                              3, mm);
+        if (ctx->duplicate) {
+            return NGX_OK;
+        }
 
         ngx_http_llm_add_role(&sum, mm[0]);
         ngx_http_llm_add_content(&sum, mm[1]);
@@ -306,12 +314,15 @@ ngx_http_llm_deployment_from_uri(ngx_str_t *uri, ngx_str_t *deployment)
 
 
 /*
- * Several members of an object in one walk: each the first of its name,
- * as cJSON_GetObjectItemCaseSensitive() would find it (a dozen walks and
- * strcmp() calls a message cost more than the rest of the walk).
+ * Several members of an object in one walk, as
+ * cJSON_GetObjectItemCaseSensitive() would find them (a dozen walks and
+ * strcmp() calls a message cost more than the rest of the walk).  A name
+ * met twice is returned: parsers disagree on which one counts (cJSON
+ * takes the first, most others the last), so such a body is refused
+ * rather than counted for one value and served for the other.
  */
 
-static void
+static const char *
 ngx_http_llm_members(cJSON *obj, const char **names, ngx_uint_t n,
     cJSON **found)
 {
@@ -321,7 +332,7 @@ ngx_http_llm_members(cJSON *obj, const char **names, ngx_uint_t n,
     ngx_memzero(found, n * sizeof(cJSON *));
 
     if (obj == NULL) {
-        return;
+        return NULL;
     }
 
     for (item = obj->child; item; item = item->next) {
@@ -331,15 +342,20 @@ ngx_http_llm_members(cJSON *obj, const char **names, ngx_uint_t n,
         }
 
         for (i = 0; i < n; i++) {
-            if (found[i] == NULL
-                && item->string[0] == names[i][0]
+            if (item->string[0] == names[i][0]
                 && ngx_strcmp(item->string, names[i]) == 0)
             {
+                if (found[i]) {
+                    return names[i];
+                }
+
                 found[i] = item;
                 break;
             }
         }
     }
+
+    return NULL;
 }
 
 

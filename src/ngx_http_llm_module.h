@@ -365,6 +365,9 @@ typedef struct {
     /* the body named its own completion limit */
     ngx_uint_t                   explicit_reserve;
 
+    /* a member the module reads, named twice in the body */
+    const char                  *duplicate;
+
     ngx_http_llm_pool_t         *pool;
     ngx_http_llm_backend_t      *backend;     /* current attempt's */
     ngx_uint_t                   charged;     /* tokens charged to it */

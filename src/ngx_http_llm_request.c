@@ -21,6 +21,8 @@ static ngx_int_t ngx_http_llm_parse_json(ngx_http_request_t *r,
     ngx_http_llm_ctx_t *ctx, ngx_str_t *body);
 static void ngx_http_llm_fail(ngx_http_llm_ctx_t *ctx, ngx_uint_t status,
     const char *code, const char *message);
+static void ngx_http_llm_fail_duplicate(ngx_http_request_t *r,
+    ngx_http_llm_ctx_t *ctx);
 
 
 /*
@@ -315,6 +317,11 @@ ngx_http_llm_parse(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
         return;
     }
 
+    if (ctx->duplicate) {
+        ngx_http_llm_fail_duplicate(r, ctx);
+        return;
+    }
+
     ctx->parsed = 1;
 
     /* the v1 API: the deployment is the body's "model" */
@@ -474,4 +481,35 @@ ngx_http_llm_fail(ngx_http_llm_ctx_t *ctx, ngx_uint_t status,
     ctx->error_code = code;
     ctx->error_message.data = (u_char *) message;
     ctx->error_message.len = ngx_strlen(message);
+}
+
+
+static void
+ngx_http_llm_fail_duplicate(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
+{
+    u_char  *p;
+    size_t   len;
+
+    ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                  "llm: client body names \"%s\" twice", ctx->duplicate);
+
+    len = sizeof("The request body names \"\" more than once; send each "
+                 "member once.") + ngx_strlen(ctx->duplicate);
+
+    p = ngx_pnalloc(r->pool, len);
+    if (p == NULL) {
+        ngx_http_llm_fail(ctx, NGX_HTTP_INTERNAL_SERVER_ERROR,
+                          "InternalServerError",
+                          "The gateway could not inspect the request.");
+        return;
+    }
+
+    ngx_http_llm_fail(ctx, NGX_HTTP_BAD_REQUEST, "BadRequest", "");
+
+    ctx->error_message.data = p;
+    ctx->error_message.len = ngx_snprintf(p, len, "The request body names "
+                                          "\"%s\" more than once; send "
+                                          "each member once.",
+                                          ctx->duplicate)
+                             - p;
 }
