@@ -23,6 +23,8 @@ static ngx_int_t ngx_http_llm_consumer_throttled(ngx_http_request_t *r,
     ngx_http_llm_ctx_t *ctx, ngx_msec_t wait);
 static void ngx_http_llm_consumer_message(ngx_http_request_t *r,
     ngx_http_llm_ctx_t *ctx, ngx_str_t *message);
+static ngx_int_t ngx_http_llm_never_fits(ngx_http_request_t *r,
+    ngx_http_llm_ctx_t *ctx, ngx_uint_t need, ngx_uint_t most);
 
 
 /*
@@ -36,6 +38,7 @@ ngx_int_t
 ngx_http_llm_admit(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
 {
     ngx_int_t                 rc;
+    ngx_uint_t                need, most;
     ngx_msec_t                wait, now, delay;
     ngx_http_llm_pool_t      *pool;
     ngx_http_llm_backend_t   *b;
@@ -52,6 +55,15 @@ ngx_http_llm_admit(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
 
     if (ngx_http_llm_charge_own(r, ctx) != NGX_OK) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    /* more than any backend's whole window: a 400, never a wait */
+
+    if (!ctx->queued
+        && !ngx_http_llm_pool_fits(pool, ctx, llcf->completion_reserve,
+                                   &need, &most))
+    {
+        return ngx_http_llm_never_fits(r, ctx, need, most);
     }
 
     /* first come, first served: only the head of the queue may try */
@@ -75,6 +87,11 @@ ngx_http_llm_admit(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
 
             if (rc == NGX_BUSY) {
                 return ngx_http_llm_consumer_throttled(r, ctx, wait);
+            }
+
+            if (rc == NGX_DECLINED) {
+                return ngx_http_llm_never_fits(r, ctx, ctx->tokens_estimate,
+                                               0);
             }
         }
 
@@ -177,6 +194,76 @@ ngx_http_llm_consumer_throttled(ngx_http_request_t *r,
                   &ctx->over->key.value, ctx->tokens_estimate, wait);
 
     rc = ngx_http_llm_send_throttled(r, ctx);
+
+    ngx_http_finalize_request(r, rc);
+    return NGX_DONE;
+}
+
+
+/*
+ * A request that needs more than a whole window or quota is refused at
+ * once, in Azure's shape, with a 400: a 429 would tell the client to
+ * retry what can never pass.  "most" is the largest backend window, 0
+ * when a consumer's limit (ctx->over) refused it.
+ */
+
+static ngx_int_t
+ngx_http_llm_never_fits(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
+    ngx_uint_t need, ngx_uint_t most)
+{
+    u_char                *p, *last;
+    size_t                 len;
+    ngx_int_t              rc;
+    ngx_str_t              message;
+    ngx_http_llm_limit_t  *limit;
+
+    ngx_http_llm_dequeue(ctx);
+
+    ctx->admitted = 1;
+
+    limit = most ? NULL : ctx->over;
+
+    len = sizeof("This request needs  tokens (its prompt and the completion "
+                 "limit times n), more than the deployments of \"\" accept "
+                 "in a minute ( at most); lower max_tokens or n, or shorten "
+                 "the prompt.")
+          + ctx->pool->name.len + 2 * NGX_INT_T_LEN
+          + NGX_HTTP_LLM_CONSUMER_ID_LEN
+          + (limit ? limit->key.value.len : 0);
+
+    p = ngx_pnalloc(r->pool, len);
+    if (p == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    message.data = p;
+    last = p + len;
+
+    p = ngx_slprintf(p, last, "This request needs %ui tokens (its prompt "
+                     "and the completion limit times n), more than ", need);
+
+    if (limit == NULL) {
+        p = ngx_slprintf(p, last, "the deployments of \"%V\" accept in a "
+                         "minute (%ui at most)", &ctx->pool->name, most);
+
+    } else {
+        p = ngx_slprintf(p, last, "\"llm_limit %V\" allows consumer ",
+                         &limit->key.value);
+        p = ngx_http_llm_consumer_id(p, ctx->over_consumer->digest);
+        p = ngx_slprintf(p, last, " (%ui)",
+                         (ctx->over_kind == NGX_HTTP_LLM_OVER_TOKENS)
+                         ? limit->tpm : limit->quota);
+    }
+
+    p = ngx_slprintf(p, last, "; lower max_tokens or n, or shorten the "
+                     "prompt.");
+    message.len = p - message.data;
+
+    ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                  "llm: request of %ui tokens can never be admitted", need);
+
+    rc = ngx_http_llm_send_error(r, NGX_HTTP_BAD_REQUEST,
+                                 "TokenLimitExceeded", &message);
 
     ngx_http_finalize_request(r, rc);
     return NGX_DONE;

@@ -280,6 +280,23 @@ ngx_http_llm_consumers_charge(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
     zone = ctx->pool->shm_zone->data;
     c = ctx->consumers;
     need = ctx->tokens_estimate;
+
+    /* larger than a whole window or period: waiting would never help */
+
+    for (i = 0; i < ctx->nconsumers; i++) {
+        limit = c[i].limit;
+
+        if ((limit->tpm && need > limit->tpm)
+            || (limit->quota && need > limit->quota))
+        {
+            ctx->over = limit;
+            ctx->over_consumer = &c[i];
+            ctx->over_kind = (limit->tpm && need > limit->tpm)
+                             ? NGX_HTTP_LLM_OVER_TOKENS
+                             : NGX_HTTP_LLM_OVER_QUOTA;
+            return NGX_DECLINED;
+        }
+    }
     now = ngx_current_msec;
     sec = ngx_time();
     nomem = 0;
@@ -378,12 +395,15 @@ ngx_http_llm_consumers_charge(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
                 continue;
             }
 
-            cs->tokens[cs->tokens_last % NGX_HTTP_LLM_CONSUMER_SLOTS] +=
-                                                              (uint32_t) need;
-            cs->tokens_sum += need;
-            cs->requests_slot[cs->requests_last
-                              % NGX_HTTP_LLM_CONSUMER_RSLOTS]++;
-            cs->requests_sum++;
+            ngx_http_llm_window_add(cs->tokens, NGX_HTTP_LLM_CONSUMER_SLOTS,
+                                    ngx_http_llm_tslot(cs->window),
+                                    cs->tokens_last, &cs->tokens_sum, need,
+                                    now);
+            ngx_http_llm_window_add(cs->requests_slot,
+                                    NGX_HTTP_LLM_CONSUMER_RSLOTS,
+                                    ngx_http_llm_rslot(cs->window),
+                                    cs->requests_last, &cs->requests_sum, 1,
+                                    now);
             cs->requests++;
 
             if (c[i].limit->quota) {

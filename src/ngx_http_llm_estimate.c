@@ -264,7 +264,11 @@ ngx_http_llm_sum_done(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
         ctx->prompt_estimate = NGX_HTTP_LLM_MAX_TOKENS;
     }
 
-    ctx->tokens_estimate = ctx->prompt_tokens + ctx->reserve * ctx->choices;
+    ctx->tokens_estimate = ngx_min(ctx->prompt_tokens
+                                   + ngx_min(ctx->reserve,
+                                             NGX_HTTP_LLM_MAX_TOKENS)
+                                     * ctx->choices,
+                                   NGX_HTTP_LLM_MAX_CHARGE);
 }
 
 

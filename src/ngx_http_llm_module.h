@@ -475,6 +475,9 @@ ngx_int_t ngx_http_llm_zone_add_pool(ngx_conf_t *cf, ngx_shm_zone_t *zone,
     ngx_http_llm_pool_t *pool);
 ngx_uint_t ngx_http_llm_charge_for(ngx_http_llm_ctx_t *ctx,
     ngx_http_llm_backend_t *b, ngx_uint_t location_reserve);
+ngx_uint_t ngx_http_llm_pool_fits(ngx_http_llm_pool_t *pool,
+    ngx_http_llm_ctx_t *ctx, ngx_uint_t reserve, ngx_uint_t *need,
+    ngx_uint_t *most);
 ngx_http_llm_backend_t *ngx_http_llm_choose(ngx_http_llm_pool_t *pool,
     ngx_http_llm_ctx_t *ctx, uintptr_t *tried, uintptr_t *down,
     ngx_uint_t reserve, ngx_msec_t *wait);

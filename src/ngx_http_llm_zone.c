@@ -413,6 +413,40 @@ ngx_http_llm_charge_for(ngx_http_llm_ctx_t *ctx, ngx_http_llm_backend_t *b,
 
 
 /*
+ * The largest window of the pool for this request, and what the request
+ * needs there: a request that needs more than every backend's whole
+ * token window can never be admitted.  Returns 0 then.
+ */
+
+ngx_uint_t
+ngx_http_llm_pool_fits(ngx_http_llm_pool_t *pool, ngx_http_llm_ctx_t *ctx,
+    ngx_uint_t reserve, ngx_uint_t *need, ngx_uint_t *most)
+{
+    ngx_uint_t               i, charge;
+    ngx_http_llm_backend_t  *b;
+
+    b = pool->backends.elts;
+    *need = 0;
+    *most = 0;
+
+    for (i = 0; i < pool->backends.nelts; i++) {
+        charge = ngx_http_llm_charge_for(ctx, &b[i], reserve);
+
+        if (b[i].tpm == 0 || charge <= b[i].tpm) {
+            return 1;
+        }
+
+        if (b[i].tpm > *most) {
+            *most = b[i].tpm;
+            *need = charge;
+        }
+    }
+
+    return pool->backends.nelts == 0;
+}
+
+
+/*
  * With "llm_balance ... latency", backends of one priority are chosen by
  * room x weight / the reply's expected time: the backend's TTFT EWMA
  * plus the request's completion reserve at its tokens/s EWMA.  A backend
@@ -498,6 +532,15 @@ ngx_http_llm_choose(ngx_http_llm_pool_t *pool, ngx_http_llm_ctx_t *ctx,
 
         sh = b[i].sh;
         charge = ngx_http_llm_charge_for(ctx, &b[i], reserve);
+
+        /*
+         * a charge larger than the whole window never fits: Azure would
+         * refuse it for ever, and waiting for room would not help
+         */
+
+        if (b[i].tpm && charge > b[i].tpm) {
+            continue;
+        }
 
         if ((ngx_msec_int_t) (sh->cooldown_until - now) > 0) {
             w = sh->cooldown_until - now;

@@ -86,6 +86,13 @@ my $conf = <<"END";
         ${\ backend('one', 'wrong.key', 'dep-one')}
     }
 
+    upstream unlimited {
+        llm_balance zone=llm;
+        llm_backend one http://res-one.openai.azure.com
+                    deployment=dep-one key_file=$dir/one.key
+                    address=127.0.0.1:$port;
+    }
+
     upstream nodep {
         llm_balance zone=llm;
         ${\ backend('one', 'one.key', 'no-such-deployment')}
@@ -103,6 +110,7 @@ ${\ routed('authreq', 'pool', '            auth_request /no;')}
 ${\ routed('limited', 'pool', '            limit_req zone=rl nodelay;')}
 ${\ routed('badkey', 'badkey')}
 ${\ routed('nodep', 'nodep')}
+${\ routed('unlimited', 'unlimited')}
 ${\ routed('intercept', 'pool',
            "            proxy_intercept_errors on;\n"
            . "            error_page 500 502 503 504 = \@down;")}
@@ -153,14 +161,18 @@ sub snapshot {
     return \%s;
 }
 
-# nginx may end a request after it answered: wait for in_flight to drop
+# nginx ends a request (its log phase settles it) just after the last
+# byte, maybe after the other worker answered llm_status: wait for
+# in_flight to drop, then for two readings 50 ms apart to agree
 
 sub settled {
     my ($pool, $want) = @_;
-    my $s;
+    my ($s, $last) = (undef, '');
     for (1 .. 60) {
         $s = snapshot($pool);
-        return $s if $s->{in_flight} == ($want // 0);
+        my $now = join ',', map { "$_=$s->{$_}" } sort keys %$s;
+        return $s if $s->{in_flight} == ($want // 0) && $now eq $last;
+        $last = $now;
         sleep 0.05;
     }
     return $s;
@@ -210,6 +222,44 @@ unchanged('pool', $before, 'limit_req');
 
 is($t->sim_stats->{deployments}{one}{requests}, $sim_before + 1,
    'only the one admitted request reached the backend');
+
+###########################################################################
+# a request larger than every backend's whole window, or than the
+# consumer's: a 400 that says why, nothing charged, never a 429
+
+sub big {
+    my (%m) = @_;
+    return json_encode({ messages => [ { role => 'user', content => 'hi' } ],
+                         %m });
+}
+
+($st, $h, $raw) = post('ok', body => big(max_tokens => 9000));
+is($st, 400, 'larger than the backend window: 400') or diag $raw;
+my $err = json_decode($raw)->{error};
+is($err->{code}, 'TokenLimitExceeded', 'its code');
+like($err->{message}, qr/needs \d+ tokens.*"pool" accept in a minute \(8000/,
+     'the message says why');
+ok(!exists $h->{'retry-after'}, 'no Retry-After');
+unchanged('pool', $before, 'larger than the window');
+
+($st, $h, $raw) = post('ok', body => big(max_tokens => 100000000, n => 43));
+is($st, 400, 'a charge above 2^32: 400') or diag $raw;
+unchanged('pool', $before, 'a charge above 2^32');
+
+($st, $h, $raw) = post('unlimited', body => big(max_tokens => 2000000));
+is($st, 400, 'larger than the consumer window: 400') or diag $raw;
+like(json_decode($raw)->{error}{message},
+     qr/"llm_limit \$http_x_app" allows consumer [0-9a-f]{16} \(1000000\)/,
+     'the message names the limit');
+
+# an unlimited backend takes a charge above 2^32 only clamped, and gives
+# it back whole when the backend refuses it (the simulator says 429)
+
+my $u0 = snapshot('unlimited');
+($st, $h, $raw) = http_post($listen, "/unlimited$chat",
+                            big(max_tokens => 100000000, n => 43));
+is($st, 429, 'unlimited: the backend refuses it') or diag $raw;
+is_deeply(settled('unlimited'), $u0, 'unlimited: the window is intact');
 
 ###########################################################################
 # a bad body: 400, nothing proxied, nothing charged
