@@ -103,6 +103,10 @@ ngx_http_llm_header_filter(ngx_http_request_t *r)
 
     ctx->replace_body = 1;
 
+    /* $status says what the client got */
+
+    r->err_status = NGX_HTTP_TOO_MANY_REQUESTS;
+
     return ngx_http_next_header_filter(r);
 }
 

@@ -885,7 +885,14 @@ ngx_http_llm_get_peer(ngx_peer_connection_t *pc, void *data)
                                 llcf->completion_reserve, &wait);
 
         if (b == NULL) {
-            ctx->backend = NULL;
+
+            /*
+             * no attempt: $llm_backend keeps naming the last backend
+             * tried, and the access log's $upstream_addr names the pool
+             * for this one, as nginx's round-robin does
+             */
+
+            pc->name = &pd->pool->upstream->host;
 
             if (wait == NGX_MAX_INT32_VALUE) {
                 /* nothing is throttled: the backends are down */

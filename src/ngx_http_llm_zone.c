@@ -782,6 +782,12 @@ ngx_http_llm_account(ngx_http_llm_ctx_t *ctx, ngx_uint_t status)
     now = ngx_current_msec;
 
     source = ngx_http_llm_usage_of(ctx, &usage);
+    /* the answer of the backend itself, when the client got another */
+
+    if (ctx->upstream_status) {
+        status = ctx->upstream_status;
+    }
+
     cls = ngx_min(status / 100, 5);
 
     ngx_shmtx_lock(&shpool->mutex);

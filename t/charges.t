@@ -23,10 +23,14 @@ my $dir = $t->dir;
 
 my $ctl = free_port();
 my $port = free_port();
+my $port2 = free_port();
 
 $t->start_sim({ control_port => $ctl, deployments => [
     { name => 'one', port => $port, host => 'res-one.openai.azure.com',
       api_key => 'key-one', deployment => 'dep-one', tpm => 100000,
+      ttft_ms => [0, 0], tokens_per_s => 5000, completion_tokens => 7 },
+    { name => 'two', port => $port2, host => 'res-two.openai.azure.com',
+      api_key => 'key-one', deployment => 'dep-two', tpm => 100000,
       ttft_ms => [0, 0], tokens_per_s => 5000, completion_tokens => 7 },
 ] });
 
@@ -93,6 +97,20 @@ my $conf = <<"END";
                     address=127.0.0.1:$port;
     }
 
+    # a first, b when a fails; b takes one such request a minute
+    upstream pair {
+        llm_balance zone=llm cooldown_max=300ms;
+        llm_backend a http://res-one.openai.azure.com
+                    deployment=dep-one tpm=100k priority=1
+                    key_file=$dir/one.key address=127.0.0.1:$port;
+        llm_backend b http://res-two.openai.azure.com
+                    deployment=dep-two tpm=1000 priority=2
+                    key_file=$dir/one.key address=127.0.0.1:$port2;
+    }
+
+    log_format attempts '\$status|\$upstream_status|\$upstream_addr|'
+                        '\$llm_backend|\$llm_throttle|\$llm_attempts';
+
     upstream nodep {
         llm_balance zone=llm;
         ${\ backend('one', 'one.key', 'no-such-deployment')}
@@ -111,6 +129,10 @@ ${\ routed('limited', 'pool', '            limit_req zone=rl nodelay;')}
 ${\ routed('badkey', 'badkey')}
 ${\ routed('nodep', 'nodep')}
 ${\ routed('unlimited', 'unlimited')}
+${\ routed('pair', 'pair',
+           "            access_log $dir/pair.log attempts;\n"
+           . "            proxy_next_upstream error timeout http_429 "
+           . "http_500 non_idempotent;")}
 ${\ routed('intercept', 'pool',
            "            proxy_intercept_errors on;\n"
            . "            error_page 500 502 503 504 = \@down;")}
@@ -330,6 +352,31 @@ is($after->{in_flight}, 0, 'error_page: nothing in flight');
 is($after->{consumer_tokens}, $before->{consumer_tokens},
    'error_page: the consumer pays nothing');
 is($after->{quota_used}, $before->{quota_used}, 'error_page: nor its quota');
+
+###########################################################################
+# a retry after a 500 finds no room: the client gets a 429, and the
+# access log says so, attempt by attempt
+
+$t->sim_update('one', { faults => { 500 => 0, overload429 => 1 } });
+my $heavy = big(max_tokens => 600);
+($st, $h, $raw) = post('pair', body => $heavy);
+is($st, 200, 'a says 429, b serves') or diag $raw;
+my @f = qw(status ustatus uaddr backend throttle attempts);
+my $l = $t->next_log('pair.log', @f);
+is($l->{backend}, 'b', 'b served');
+
+sleep 0.4;    # a's cool-down ends
+$t->sim_update('one', { faults => { 500 => 1, overload429 => 0 } });
+($st, $h, $raw) = post('pair', body => $heavy);
+is($st, 429, 'a says 500, b has no room: 429') or diag $raw;
+$l = $t->next_log('pair.log', @f);
+is($l->{status}, 429, '$status 429');
+is($l->{ustatus}, '500, 502', '$upstream_status: a 500, then no attempt');
+is($l->{uaddr}, "127.0.0.1:$port, pair",
+   '$upstream_addr: a, then the pool, as round-robin says it');
+is($l->{backend}, 'a', '$llm_backend: the backend tried last');
+is($l->{throttle}, 'local', '$llm_throttle local');
+is($l->{attempts}, 1, '$llm_attempts 1');
 
 ###########################################################################
 # a backend that hangs: a timeout, and a client that goes away
