@@ -523,6 +523,13 @@ ngx_int_t ngx_http_llm_parse_duration(ngx_str_t *value);
 ngx_int_t ngx_http_llm_parse_count(u_char *p, size_t len);
 ngx_int_t ngx_http_llm_pool_check(ngx_conf_t *cf, ngx_http_llm_pool_t *pool);
 
+ngx_int_t ngx_http_llm_credentials(ngx_http_request_t *r,
+    ngx_http_llm_backend_t *b);
+#if (NGX_HTTP_SSL)
+ngx_int_t ngx_http_llm_ssl_server_name(ngx_connection_t *c,
+    ngx_http_llm_backend_t *b);
+#endif
+
 ngx_int_t ngx_http_llm_keepalive_init(ngx_conf_t *cf,
     ngx_http_llm_pool_t *pool);
 ngx_int_t ngx_http_llm_keepalive_get(ngx_peer_connection_t *pc,

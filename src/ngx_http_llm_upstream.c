@@ -43,6 +43,10 @@ static ngx_int_t ngx_http_llm_rebuild_request(ngx_http_request_t *r,
 static void ngx_http_llm_free_peer(ngx_peer_connection_t *pc, void *data,
     ngx_uint_t state);
 static ngx_uint_t ngx_http_llm_not_counted(ngx_uint_t status);
+#if (NGX_HTTP_SSL)
+static ngx_int_t ngx_http_llm_set_session(ngx_peer_connection_t *pc,
+    void *data);
+#endif
 static ngx_msec_t ngx_http_llm_cooldown(ngx_http_upstream_t *u,
     ngx_http_llm_pool_t *pool, ngx_int_t *remote_tokens,
     ngx_int_t *remote_requests);
@@ -790,6 +794,9 @@ ngx_http_llm_upstream_init_peer(ngx_http_request_t *r,
 
     r->upstream->peer.get = ngx_http_llm_get_peer;
     r->upstream->peer.free = ngx_http_llm_free_peer;
+#if (NGX_HTTP_SSL)
+    r->upstream->peer.set_session = ngx_http_llm_set_session;
+#endif
 
     pd->pool = pool;
     pd->request = r;
@@ -958,6 +965,10 @@ ngx_http_llm_get_peer(ngx_peer_connection_t *pc, void *data)
         if (ngx_http_llm_rebuild_request(r, pd, b) != NGX_OK) {
             return NGX_ERROR;
         }
+    }
+
+    if (!b->plain && ngx_http_llm_credentials(r, b) != NGX_OK) {
+        return NGX_ERROR;
     }
 
     if (pd->pool->keepalive) {
@@ -1256,6 +1267,32 @@ ngx_http_llm_free_peer(ngx_peer_connection_t *pc, void *data,
 
     ngx_http_upstream_free_round_robin_peer(pc, &pd->rrp, state);
 }
+
+
+#if (NGX_HTTP_SSL)
+
+/* before a handshake: the backend's server name, then the saved session */
+
+static ngx_int_t
+ngx_http_llm_set_session(ngx_peer_connection_t *pc, void *data)
+{
+    ngx_http_llm_peer_data_t  *pd = data;
+
+    ngx_http_llm_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(pd->request, ngx_http_llm_module);
+
+    if (ctx && ctx->backend && !ctx->backend->plain
+        && ngx_http_llm_ssl_server_name(pc->connection, ctx->backend)
+           != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    return ngx_http_upstream_set_round_robin_peer_session(pc, &pd->rrp);
+}
+
+#endif
 
 
 /*
