@@ -31,8 +31,8 @@ static ngx_uint_t ngx_http_llm_replaced(u_char *p, size_t len);
 ngx_int_t
 ngx_http_llm_credentials(ngx_http_request_t *r, ngx_http_llm_backend_t *b)
 {
-    u_char               *p, *last, *line, *next, *end, *dst;
-    size_t                len, keep;
+    u_char               *p, *last, *line, *next, *dst;
+    size_t                len;
     ngx_buf_t            *hb, *nb;
     ngx_str_t             credential;
     ngx_chain_t          *cl;
@@ -55,38 +55,6 @@ ngx_http_llm_credentials(ngx_http_request_t *r, ngx_http_llm_backend_t *b)
     p = hb->pos;
     last = hb->last;
 
-    /* the request line */
-
-    end = memchr(p, '\n', last - p);
-    if (end == NULL) {
-        return NGX_OK;
-    }
-
-    /* the header block ends with an empty line */
-
-    keep = 0;
-
-    for (line = end + 1; line < last; line = next) {
-        next = memchr(line, '\n', last - line);
-        if (next == NULL) {
-            return NGX_OK;
-        }
-
-        next++;
-
-        if (next - line <= 2) {
-            break;
-        }
-
-        if (!ngx_http_llm_replaced(line, next - line)) {
-            keep += next - line;
-        }
-    }
-
-    if (line >= last) {
-        return NGX_OK;
-    }
-
     credential.len = 0;
 
     if (b->secret
@@ -95,20 +63,34 @@ ngx_http_llm_credentials(ngx_http_request_t *r, ngx_http_llm_backend_t *b)
         credential = b->secret->value;
     }
 
-    len = (end + 1 - p) + keep
-          + sizeof("Host: " CRLF) - 1 + b->host.len
-          + sizeof("Authorization: " CRLF) - 1 + credential.len
-          + (last - line);
+    /* one pass, into a buffer as large as the most it can need */
+
+    len = (last - p) + sizeof("Host: " CRLF) - 1 + b->host.len
+          + sizeof("Authorization: " CRLF) - 1 + credential.len;
 
     nb = ngx_create_temp_buf(r->pool, len);
     if (nb == NULL) {
         return NGX_ERROR;
     }
 
-    dst = ngx_cpymem(nb->last, p, end + 1 - p);
+    dst = nb->last;
 
-    for (line = end + 1; /* void */ ; line = next) {
-        next = (u_char *) memchr(line, '\n', last - line) + 1;
+    /* the request line, then the headers up to the empty line */
+
+    for (line = p; /* void */ ; line = next) {
+        next = memchr(line, LF, last - line);
+
+        if (next == NULL) {
+            /* not a header block proxy made: left as it is */
+            return NGX_OK;
+        }
+
+        next++;
+
+        if (line == p) {
+            dst = ngx_cpymem(dst, line, next - line);
+            continue;
+        }
 
         if (next - line <= 2) {
             break;
@@ -150,7 +132,11 @@ ngx_http_llm_credentials(ngx_http_request_t *r, ngx_http_llm_backend_t *b)
 }
 
 
-/* Host, api-key or Authorization, in any case */
+/*
+ * "Host:", "api-key:" or "Authorization:", in any case: a header line is
+ * at least "X:" and CRLF, and the name is compared letter by letter only
+ * after its first two letters matched
+ */
 
 static ngx_uint_t
 ngx_http_llm_replaced(u_char *p, size_t len)
@@ -158,17 +144,20 @@ ngx_http_llm_replaced(u_char *p, size_t len)
     switch (p[0] | 0x20) {
 
     case 'h':
-        return len > sizeof("host:") - 1
-               && ngx_strncasecmp(p, (u_char *) "host:",
-                                  sizeof("host:") - 1) == 0;
+        return len > sizeof("host:") - 1 && p[4] == ':'
+               && (p[1] | 0x20) == 'o' && (p[2] | 0x20) == 's'
+               && (p[3] | 0x20) == 't';
 
     case 'a':
-        return (len > sizeof("api-key:") - 1
-                && ngx_strncasecmp(p, (u_char *) "api-key:",
-                                   sizeof("api-key:") - 1) == 0)
-               || (len > sizeof("authorization:") - 1
-                   && ngx_strncasecmp(p, (u_char *) "authorization:",
-                                      sizeof("authorization:") - 1) == 0);
+        if ((p[1] | 0x20) == 'p') {
+            return len > sizeof("api-key:") - 1 && p[7] == ':'
+                   && ngx_strncasecmp(p, (u_char *) "api-key",
+                                      sizeof("api-key") - 1) == 0;
+        }
+
+        return len > sizeof("authorization:") - 1 && p[13] == ':'
+               && ngx_strncasecmp(p, (u_char *) "authorization",
+                                  sizeof("authorization") - 1) == 0;
 
     default:
         return 0;
