@@ -17,9 +17,9 @@
  * callgrind).  The pool is the worker's own and outlives the parse: it
  * is reset after each one, its blocks kept for the next request, so a
  * parse costs no malloc() at all in the steady state; after a body of
- * more than 256 KB it is given back instead.  cJSON's hooks are
- * process-wide; a worker has one thread, and they are put back when the
- * walk over the tree is done.
+ * more than 256 KB it is given back instead.  Each thread that counts
+ * bodies has its own pool; cJSON's hooks are process-wide and set once,
+ * when the worker starts, so that no thread changes them under another.
  */
 
 
@@ -32,7 +32,7 @@ static void *ngx_http_llm_json_palloc(void *data, size_t size);
 static void ngx_http_llm_json_free(void *p);
 
 
-static ngx_pool_t  *ngx_http_llm_json_pool;
+static ngx_http_llm_thread_local ngx_pool_t  *ngx_http_llm_json_pool;
 
 
 /*
@@ -48,18 +48,10 @@ ngx_http_llm_json_parse(ngx_str_t *text, cJSON **root, size_t *error_at,
 {
     int           rc;
     const char   *end;
-    cJSON_Hooks   hooks;
 
     if (ngx_http_llm_json_scratch(log) == NULL) {
         return NGX_ERROR;
     }
-
-    hooks.malloc_fn = ngx_http_llm_json_alloc;
-    hooks.free_fn = ngx_http_llm_json_free;
-
-    /* cJSON_PrintUnformatted() of the tools allocates with these too */
-
-    cJSON_InitHooks(&hooks);
 
     rc = ngx_http_llm_json_read(text->data, text->len, root,
                                 ngx_http_llm_json_palloc,
@@ -117,11 +109,27 @@ ngx_http_llm_json_scratch(ngx_log_t *log)
 }
 
 
+/*
+ * In each worker, before any request: cJSON's nodes, and what
+ * cJSON_PrintUnformatted() makes of the tools, come from the pool of the
+ * thread that parses
+ */
+
+void
+ngx_http_llm_json_init(void)
+{
+    cJSON_Hooks  hooks;
+
+    hooks.malloc_fn = ngx_http_llm_json_alloc;
+    hooks.free_fn = ngx_http_llm_json_free;
+
+    cJSON_InitHooks(&hooks);
+}
+
+
 void
 ngx_http_llm_json_done(size_t len)
 {
-    cJSON_InitHooks(NULL);
-
     if (ngx_http_llm_json_pool == NULL) {
         return;
     }
@@ -139,6 +147,10 @@ ngx_http_llm_json_done(size_t len)
 static void *
 ngx_http_llm_json_alloc(size_t size)
 {
+    if (ngx_http_llm_json_pool == NULL) {
+        return NULL;
+    }
+
     return ngx_palloc(ngx_http_llm_json_pool, size);
 }
 

@@ -118,6 +118,13 @@ static ngx_command_t  ngx_http_llm_commands[] = {
       0,
       NULL },
 
+    { ngx_string("llm_count_threads"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE12,
+      ngx_http_llm_count_threads,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
     { ngx_string("llm_max_body_size"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
       ngx_conf_set_size_slot,
@@ -286,7 +293,11 @@ ngx_http_llm_create_main_conf(ngx_conf_t *cf)
 }
 
 
-/* each worker its own repeat cache, only where a vocabulary counts */
+/*
+ * In each worker: cJSON's hooks and the guess's tables, before any
+ * thread reads a body; its own repeat cache, only where a vocabulary
+ * counts
+ */
 
 static ngx_int_t
 ngx_http_llm_init_process(ngx_cycle_t *cycle)
@@ -294,6 +305,9 @@ ngx_http_llm_init_process(ngx_cycle_t *cycle)
     ngx_http_llm_main_conf_t  *lmcf;
 
     lmcf = ngx_http_cycle_get_module_main_conf(cycle, ngx_http_llm_module);
+
+    ngx_http_llm_json_init();
+    ngx_http_llm_guess_prepare();
 
     if (lmcf == NULL
         || (lmcf->vocab[NGX_HTTP_LLM_ENC_O200K] == NULL
@@ -355,6 +369,8 @@ ngx_http_llm_create_loc_conf(ngx_conf_t *cf)
     conf->route = NGX_CONF_UNSET;
     conf->upstream = NGX_CONF_UNSET_PTR;
     conf->max_body_size = NGX_CONF_UNSET_SIZE;
+    conf->threads = NGX_CONF_UNSET;
+    conf->thread_min = NGX_CONF_UNSET_SIZE;
     conf->completion_reserve = NGX_CONF_UNSET_UINT;
     conf->count = NGX_CONF_UNSET_UINT;
     conf->wait = NGX_CONF_UNSET_MSEC;
@@ -417,6 +433,10 @@ ngx_http_llm_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_conf_merge_uint_value(conf->image_tokens, prev->image_tokens, 765);
     ngx_conf_merge_uint_value(conf->encoding, prev->encoding,
                               NGX_HTTP_LLM_ENC_UNKNOWN);
+
+    if (ngx_http_llm_threads_merge(cf, conf, prev) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
 
     if (conf->completion_reserve > NGX_HTTP_LLM_MAX_TOKENS) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,

@@ -15,6 +15,21 @@
 #include "ngx_http_llm_tokenizer.h"
 
 
+/*
+ * Large bodies are read and counted in nginx's thread pool: what the
+ * counting keeps between calls (the tokenizer's workspace, the JSON
+ * pool, the repeat cache) is then each thread's own.
+ */
+
+#if (NGX_THREADS && defined __GNUC__)
+#define NGX_HTTP_LLM_THREADS        1
+#define ngx_http_llm_thread_local   __thread
+#else
+#define NGX_HTTP_LLM_THREADS        0
+#define ngx_http_llm_thread_local
+#endif
+
+
 /* a sane bound for one request; keeps sums far from overflow */
 #define NGX_HTTP_LLM_MAX_TOKENS    100000000
 #define NGX_HTTP_LLM_MAX_CHOICES   128
@@ -287,7 +302,18 @@ typedef struct {
     ngx_flag_t                   body_walk;
     ngx_array_t                 *limits;     /* ngx_http_llm_limit_t */
     ngx_uint_t                   status_consumers;
+
+    /* llm_count_threads */
+    ngx_flag_t                   threads;
+    size_t                       thread_min;
+    ngx_str_t                    thread_pool_name;
+#if (NGX_HTTP_LLM_THREADS)
+    ngx_thread_pool_t           *thread_pool;
+#endif
 } ngx_http_llm_loc_conf_t;
+
+
+typedef void (*ngx_http_llm_thread_pt)(ngx_http_request_t *r);
 
 
 #define NGX_HTTP_LLM_COUNT_EXACT     1
@@ -485,6 +511,14 @@ void ngx_http_llm_refund(ngx_http_llm_backend_t *b, ngx_http_llm_ctx_t *ctx);
 void ngx_http_llm_backend_done(ngx_http_llm_backend_t *b,
     ngx_http_llm_ctx_t *ctx, ngx_uint_t outcome, ngx_msec_t cooldown,
     ngx_int_t remote_tokens, ngx_int_t remote_requests);
+
+char *ngx_http_llm_count_threads(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+ngx_int_t ngx_http_llm_threads_merge(ngx_conf_t *cf,
+    ngx_http_llm_loc_conf_t *conf, ngx_http_llm_loc_conf_t *prev);
+ngx_int_t ngx_http_llm_thread_run(ngx_http_request_t *r, off_t size,
+    ngx_http_llm_thread_pt work, ngx_http_llm_thread_pt done);
+void ngx_http_llm_json_init(void);
 
 ngx_int_t ngx_http_llm_charge_own(ngx_http_request_t *r,
     ngx_http_llm_ctx_t *ctx);

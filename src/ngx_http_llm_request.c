@@ -12,6 +12,8 @@
 
 
 static void ngx_http_llm_body_handler(ngx_http_request_t *r);
+static void ngx_http_llm_parse_request(ngx_http_request_t *r);
+static void ngx_http_llm_parsed(ngx_http_request_t *r);
 static ngx_int_t ngx_http_llm_check_encoding(ngx_http_request_t *r,
     ngx_http_llm_ctx_t *ctx);
 static ngx_int_t ngx_http_llm_body_contents(ngx_http_request_t *r,
@@ -145,14 +147,50 @@ ngx_http_llm_request_handler(ngx_http_request_t *r)
 }
 
 
+/*
+ * A large body is read and counted in a thread (llm_count_threads), so
+ * that the worker goes on serving its other connections meanwhile
+ */
+
 static void
 ngx_http_llm_body_handler(ngx_http_request_t *r)
+{
+    off_t         size;
+    ngx_chain_t  *cl;
+
+    size = 0;
+
+    if (r->request_body) {
+        for (cl = r->request_body->bufs; cl; cl = cl->next) {
+            size += ngx_buf_size(cl->buf);
+        }
+    }
+
+    if (ngx_http_llm_thread_run(r, size, ngx_http_llm_parse_request,
+                                ngx_http_llm_parsed)
+        == NGX_OK)
+    {
+        return;
+    }
+
+    ngx_http_llm_parse_request(r);
+    ngx_http_llm_parsed(r);
+}
+
+
+static void
+ngx_http_llm_parse_request(ngx_http_request_t *r)
+{
+    ngx_http_llm_parse(r, ngx_http_get_module_ctx(r, ngx_http_llm_module));
+}
+
+
+static void
+ngx_http_llm_parsed(ngx_http_request_t *r)
 {
     ngx_http_llm_ctx_t  *ctx;
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_llm_module);
-
-    ngx_http_llm_parse(r, ctx);
 
     ctx->status = NGX_DECLINED;
 

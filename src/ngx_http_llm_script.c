@@ -145,6 +145,17 @@ ngx_http_llm_estimate_weight(ngx_http_llm_encoding_e enc,
 }
 
 
+/* the tables, made before threads may guess at once */
+
+void
+ngx_http_llm_guess_prepare(void)
+{
+    if (!ngx_http_llm_weight_ready) {
+        ngx_http_llm_script_init();
+    }
+}
+
+
 void
 ngx_http_llm_guess_init(ngx_http_llm_guess_t *g, ngx_http_llm_encoding_e enc)
 {

@@ -144,6 +144,7 @@ typedef struct {
  */
 extern int  ngx_http_llm_guess_wide;
 
+void ngx_http_llm_guess_prepare(void);
 void ngx_http_llm_guess_init(ngx_http_llm_guess_t *g,
     ngx_http_llm_encoding_e enc);
 const unsigned char *ngx_http_llm_guess_json(ngx_http_llm_guess_t *g,

@@ -17,10 +17,10 @@ static void *ngx_http_llm_ws_alloc(void *ctx, size_t size);
 static void ngx_http_llm_ws_free(void *ctx, void *p);
 
 
-/* one per worker: the tokenizer's scratch space, never shared */
+/* one per thread: the tokenizer's scratch space, never shared */
 
-static ngx_http_llm_tok_ws_t  ngx_http_llm_ws;
-static ngx_uint_t             ngx_http_llm_ws_ready;
+static ngx_http_llm_thread_local ngx_http_llm_tok_ws_t  ngx_http_llm_ws;
+static ngx_http_llm_thread_local ngx_uint_t             ngx_http_llm_ws_ready;
 
 
 /*
@@ -48,8 +48,11 @@ typedef struct {
 } ngx_http_llm_cache_entry_t;
 
 
-static ngx_http_llm_cache_entry_t  *ngx_http_llm_cache;
-static uint64_t                     ngx_http_llm_cache_seed;
+/* the worker's main thread only: a counting thread has none */
+
+static ngx_http_llm_thread_local ngx_http_llm_cache_entry_t
+                                            *ngx_http_llm_cache;
+static uint64_t                              ngx_http_llm_cache_seed;
 
 
 static uint64_t ngx_http_llm_text_hash(u_char *p, size_t len);
