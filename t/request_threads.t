@@ -150,7 +150,10 @@ for my $name (sort keys %bodies) {
                    . "meanwhile, p99 %.1f ms, the longest %.1f ms",
                      $name, $where, $took * 1000, $n, $p99, $worst;
         next unless $where eq 'threads';
-        cmp_ok($worst, '<', $asan ? 500 : 100,
+        # a p99, not the longest wait: a loaded machine may pause any
+        # process now and then; counting in the worker stops it for
+        # the whole count, tens of milliseconds to seconds
+        cmp_ok($p99, '<', $asan ? 200 : 30,
                "$name: the worker kept serving");
     }
 }
