@@ -78,7 +78,9 @@ ngx_http_llm_charge_adopt(ngx_http_request_t *r)
 
         ctx = cln->data;
 
-        if (!ctx->settled) {
+        /* a subrequest's charges, in the same pool, are its own */
+
+        if (!ctx->settled && ctx->request == r) {
             ngx_log_debug0(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
                            "llm charge: settled after a redirect");
 

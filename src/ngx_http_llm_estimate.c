@@ -264,9 +264,10 @@ ngx_http_llm_sum_done(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
         ctx->prompt_estimate = NGX_HTTP_LLM_MAX_TOKENS;
     }
 
-    ctx->tokens_estimate = ngx_min(ctx->prompt_tokens
-                                   + ngx_min(ctx->reserve,
-                                             NGX_HTTP_LLM_MAX_TOKENS)
+    ctx->tokens_estimate = (ngx_uint_t)
+                           ngx_min((uint64_t) ctx->prompt_tokens
+                                   + (uint64_t) ngx_min(ctx->reserve,
+                                                     NGX_HTTP_LLM_MAX_TOKENS)
                                      * ctx->choices,
                                    NGX_HTTP_LLM_MAX_CHARGE);
 }

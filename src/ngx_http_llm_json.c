@@ -144,11 +144,17 @@ ngx_http_llm_json_done(size_t len)
 }
 
 
+/*
+ * Outside a parse of ours (a vocabulary loaded again by a process
+ * without a master), cJSON gets malloc() and free() as it would without
+ * hooks; the trees of bodies are never freed one node at a time
+ */
+
 static void *
 ngx_http_llm_json_alloc(size_t size)
 {
     if (ngx_http_llm_json_pool == NULL) {
-        return NULL;
+        return malloc(size);
     }
 
     return ngx_palloc(ngx_http_llm_json_pool, size);
@@ -166,4 +172,8 @@ static void
 ngx_http_llm_json_free(void *p)
 {
     /* the pool is reset as a whole */
+
+    if (ngx_http_llm_json_pool == NULL) {
+        free(p);
+    }
 }

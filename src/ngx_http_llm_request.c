@@ -84,6 +84,7 @@ ngx_http_llm_request_handler(ngx_http_request_t *r)
     ngx_http_set_ctx(r, ctx, ngx_http_llm_module);
 
     ctx->start = ngx_current_msec;
+    ctx->request = r;
 
     ngx_http_llm_deployment_from_uri(&r->uri, &ctx->deployment);
     ctx->model = ctx->deployment;

@@ -28,11 +28,19 @@ typedef struct {
     ngx_http_request_t          *request;
     ngx_http_llm_thread_pt       work;
     ngx_http_llm_thread_pt       done;
+
+    /* the connection's log, put back when the task is done */
+    ngx_log_t                   *log;
+    ngx_log_t                    thread_log;
+
+    /* a worker that exits waits for the task (see below) */
+    ngx_event_t                  keep;
 } ngx_http_llm_thread_ctx_t;
 
 
 static void ngx_http_llm_thread_handler(void *data, ngx_log_t *log);
 static void ngx_http_llm_thread_event_handler(ngx_event_t *ev);
+static void ngx_http_llm_thread_keep_handler(ngx_event_t *ev);
 
 #endif
 
@@ -158,6 +166,7 @@ ngx_http_llm_thread_run(ngx_http_request_t *r, off_t size,
 {
 #if (NGX_HTTP_LLM_THREADS)
 
+    ngx_log_t                  *log;
     ngx_thread_task_t          *task;
     ngx_http_llm_loc_conf_t    *llcf;
     ngx_http_llm_thread_ctx_t  *tc;
@@ -180,19 +189,59 @@ ngx_http_llm_thread_run(ngx_http_request_t *r, off_t size,
     tc->work = work;
     tc->done = done;
 
+    /*
+     * what the task logs (a client's bad body) goes only to the error
+     * logs that are files: one write() each, which threads may share,
+     * where the syslog and memory writers may not be entered twice
+     */
+
+    log = r->connection->log;
+    tc->log = log;
+
+    while (log && log->writer) {
+        log = log->next;
+    }
+
+    if (log) {
+        tc->thread_log = *log;
+        tc->thread_log.next = NULL;
+
+    } else {
+        tc->thread_log = *tc->log;
+        tc->thread_log.log_level = 0;
+        tc->thread_log.writer = NULL;
+        tc->thread_log.next = NULL;
+    }
+
     task->handler = ngx_http_llm_thread_handler;
     task->event.handler = ngx_http_llm_thread_event_handler;
     task->event.data = tc;
 
+    r->connection->log = &tc->thread_log;
+
     if (ngx_thread_task_post(llcf->thread_pool, task) != NGX_OK) {
+        r->connection->log = tc->log;
         return NGX_DECLINED;
     }
 
-    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, tc->log, 0,
                    "llm body of %O bytes read in a thread", size);
 
     r->main->blocked++;
     r->write_event_handler = ngx_http_request_empty_handler;
+
+    /*
+     * nothing else of the request is timed meanwhile: a worker that is
+     * told to exit would find no timer left, and go before the task is
+     * done, its client never answered
+     */
+
+    tc->keep.handler = ngx_http_llm_thread_keep_handler;
+    tc->keep.data = tc;
+    tc->keep.log = tc->log;
+    tc->keep.cancelable = 0;
+
+    ngx_add_timer(&tc->keep, 60000);
 
     return NGX_OK;
 
@@ -226,6 +275,12 @@ ngx_http_llm_thread_event_handler(ngx_event_t *ev)
     r = tc->request;
     c = r->connection;
 
+    c->log = tc->log;
+
+    if (tc->keep.timer_set) {
+        ngx_del_timer(&tc->keep);
+    }
+
     ngx_http_set_log_request(c->log, r);
 
     ngx_log_debug0(NGX_LOG_DEBUG_HTTP, c->log, 0, "llm thread done");
@@ -241,6 +296,15 @@ ngx_http_llm_thread_event_handler(ngx_event_t *ev)
     }
 
     ngx_http_run_posted_requests(c);
+}
+
+static void
+ngx_http_llm_thread_keep_handler(ngx_event_t *ev)
+{
+    ngx_log_error(NGX_LOG_WARN, ev->log, 0,
+                  "llm: a body has been counted for 60 s");
+
+    ngx_add_timer(ev, 60000);
 }
 
 #endif

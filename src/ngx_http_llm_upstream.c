@@ -806,6 +806,11 @@ ngx_http_llm_upstream_init_peer(ngx_http_request_t *r,
     ctx = ngx_http_get_module_ctx(r, ngx_http_llm_module);
 
     if (ctx == NULL) {
+
+        /* back from an internal redirect: what it held there is settled */
+
+        ngx_http_llm_charge_adopt(r);
+
         ctx = ngx_pcalloc(r->pool, sizeof(ngx_http_llm_ctx_t));
         if (ctx == NULL) {
             return NGX_ERROR;
@@ -813,6 +818,7 @@ ngx_http_llm_upstream_init_peer(ngx_http_request_t *r,
 
         ngx_http_set_ctx(r, ctx, ngx_http_llm_module);
         ctx->start = ngx_current_msec;
+        ctx->request = r;
     }
 
     ctx->pool = pool;
@@ -967,8 +973,16 @@ ngx_http_llm_get_peer(ngx_peer_connection_t *pc, void *data)
         }
     }
 
-    if (!b->plain && ngx_http_llm_credentials(r, b) != NGX_OK) {
-        return NGX_ERROR;
+    if (!b->plain) {
+        if (ngx_http_llm_credentials(r, b) != NGX_OK) {
+            return NGX_ERROR;
+        }
+
+#if (NGX_HTTP_SSL)
+    } else {
+        /* not the name of a backend tried before */
+        r->upstream->ssl_name = pd->pool->upstream->host;
+#endif
     }
 
     if (pd->pool->keepalive) {
@@ -1243,7 +1257,12 @@ ngx_http_llm_free_peer(ngx_peer_connection_t *pc, void *data,
                                          &remote_requests);
         }
 
-        if (ngx_http_llm_not_counted(status)) {
+        /*
+         * ended before the request went out (the client gone during the
+         * connect or the TLS handshake, an error of ours): nothing spent
+         */
+
+        if (!u->request_sent || ngx_http_llm_not_counted(status)) {
             ngx_http_llm_refund(b, ctx);
         }
 

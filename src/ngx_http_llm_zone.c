@@ -406,8 +406,11 @@ ngx_http_llm_charge_for(ngx_http_llm_ctx_t *ctx, ngx_http_llm_backend_t *b,
 
     /* each part is bounded: the product cannot wrap, the sum is capped */
 
-    return ngx_min((b->ptu ? ctx->prompt_tokens : ctx->prompt_estimate)
-                   + ngx_min(reserve, NGX_HTTP_LLM_MAX_TOKENS) * ctx->choices,
+    return (ngx_uint_t)
+           ngx_min((uint64_t) (b->ptu ? ctx->prompt_tokens
+                                      : ctx->prompt_estimate)
+                   + (uint64_t) ngx_min(reserve, NGX_HTTP_LLM_MAX_TOKENS)
+                     * ctx->choices,
                    NGX_HTTP_LLM_MAX_CHARGE);
 }
 

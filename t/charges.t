@@ -46,6 +46,14 @@ close $pw;
 
 my $listen = free_port();
 
+# a TLS backend that never answers the handshake: the kernel accepts
+# the connection, nobody reads it
+my $silent_port = free_port();
+my $silent = IO::Socket::INET->new(LocalAddr => '127.0.0.1',
+                                   LocalPort => $silent_port, Listen => 16,
+                                   ReuseAddr => 1)
+    or die "listen: $!";
+
 my $proxy = <<"END";
             proxy_http_version 1.1;
             proxy_set_header Connection "";
@@ -111,6 +119,13 @@ my $conf = <<"END";
     log_format attempts '\$status|\$upstream_status|\$upstream_addr|'
                         '\$llm_backend|\$llm_throttle|\$llm_attempts';
 
+    upstream silent {
+        llm_balance zone=llm;
+        llm_backend one https://res-one.openai.azure.com
+                    deployment=dep-one tpm=8000 key_file=$dir/one.key
+                    address=127.0.0.1:$silent_port;
+    }
+
     upstream nodep {
         llm_balance zone=llm;
         ${\ backend('one', 'one.key', 'no-such-deployment')}
@@ -129,6 +144,14 @@ ${\ routed('limited', 'pool', '            limit_req zone=rl nodelay;')}
 ${\ routed('badkey', 'badkey')}
 ${\ routed('nodep', 'nodep')}
 ${\ routed('unlimited', 'unlimited')}
+
+        location /silent/ {
+            llm_route silent;
+            llm_limit \$http_x_app tpm=1000000 quota=10000000/day;
+            rewrite ^/silent(/.*)\$ \$1 break;
+            proxy_pass https://silent;
+            proxy_connect_timeout 5s;
+        }
 ${\ routed('pair', 'pair',
            "            access_log $dir/pair.log attempts;\n"
            . "            proxy_next_upstream error timeout http_429 "
@@ -406,6 +429,23 @@ is($after->{consumer_tokens}, $before->{consumer_tokens},
    'client gone: the consumer pays nothing');
 
 $t->sim_update('one', { faults => { hang => 0 } });
+
+# a client gone while nginx still waits for the backend's TLS handshake:
+# the request never reached the backend, which keeps nothing
+
+$before = snapshot('silent');
+$c = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $listen)
+    or die "connect: $!";
+print $c "POST /silent$chat HTTP/1.1\r\nHost: localhost\r\nX-App: app-1\r\n"
+       . "Content-Type: application/json\r\n"
+       . "Content-Length: " . length($body) . "\r\n\r\n$body";
+sleep 0.3;
+is(snapshot('silent')->{in_flight}, 1, 'handshake pending: one in flight');
+close $c;
+$after = settled('silent');
+is_deeply($after, $before, 'client gone before the request was sent: '
+                           . 'nothing charged')
+    or diag explain { before => $before, after => $after };
 
 $t->allow_log(qr/upstream timed out/);
 $t->done;

@@ -158,4 +158,38 @@ for my $name (sort keys %bodies) {
     }
 }
 
+# a bad body counted in a thread is refused and logged like any other
+
+my $bad = '{"messages":[{"role":"user","content":"' . ('y' x 100_000) . '"}';
+my ($st, $h, $raw) = http_post($port, "/threads$chat", $bad);
+is($st, 400, 'a malformed large body: 400');
+like($t->error_log, qr/\[info\].*malformed JSON in client body/,
+     'logged from the thread');
+
+# a worker told to exit while a body is counted answers it first
+
+SKIP: {
+    skip 'a long count only without sanitizers', 2 if $asan;
+
+    my $big = IO::Socket::INET->new(PeerAddr => "127.0.0.1:$port")
+        or die "connect: $!";
+    my $body = $bodies{'one 7 MB word'};
+    my $req = "POST /threads$chat HTTP/1.1\r\nHost: x\r\n"
+            . "Content-Type: application/json\r\nConnection: close\r\n"
+            . "Content-Length: " . length($body) . "\r\n\r\n$body";
+    my $off = 0;
+    $off += syswrite($big, $req, 1 << 20, $off) // die "write: $!"
+        while $off < length $req;
+    sleep 0.5;
+    kill 'HUP', $t->{nginx_pid};    # a reload: the old worker exits
+    my $reply = '';
+    my $sel = IO::Select->new($big);
+    while ($sel->can_read(30)) {
+        sysread($big, $reply, 65536, length $reply) or last;
+    }
+    like($reply, qr{^HTTP/1.1 200}, 'reload while counting: answered');
+    ($st) = http_get($port, '/small');
+    is($st, 200, 'the new worker serves');
+}
+
 $t->done;
