@@ -173,6 +173,10 @@ ngx_http_llm_sum_init(ngx_http_request_t *r, ngx_str_t *model,
     if (llcf->count == NGX_HTTP_LLM_COUNT_EXACT) {
         sum->vocab = lmcf->vocab[sum->encoding];
         sum->cache = llcf->count_cache;
+
+        if (sum->vocab) {
+            sum->counter = ngx_http_llm_counter();
+        }
     }
 
     sum->pool = r->pool;
@@ -208,7 +212,7 @@ ngx_http_llm_sum_done(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
     ctx->prompt_tokens = ngx_min(sum->tokens, NGX_HTTP_LLM_MAX_TOKENS);
 
     if (sum->vocab) {
-        ngx_http_llm_count_done(ctx->body.len);
+        ngx_http_llm_count_done(sum->counter, ctx->body.len);
     }
 
     /* the completion reserve: the most specific limit the body names */
@@ -389,8 +393,8 @@ ngx_http_llm_sum_text(ngx_http_llm_sum_t *sum, const u_char *p, size_t len)
     }
 
     sum->chars += ngx_http_llm_chars(p, len);
-    sum->tokens += ngx_http_llm_count(sum->vocab, (u_char *) p, len,
-                                      sum->cache);
+    sum->tokens += ngx_http_llm_count(sum->counter, sum->vocab,
+                                      (u_char *) p, len, sum->cache);
 }
 
 
@@ -432,7 +436,8 @@ static void
 ngx_http_llm_add_tokens(ngx_http_llm_sum_t *sum, u_char *text, size_t len)
 {
     if (sum->vocab) {
-        sum->tokens += ngx_http_llm_count(sum->vocab, text, len, sum->cache);
+        sum->tokens += ngx_http_llm_count(sum->counter, sum->vocab, text, len,
+                                          sum->cache);
         return;
     }
 

@@ -40,6 +40,7 @@ typedef struct {
     size_t                   tokens;
     size_t                   weight;     /* of guessed tokens */
     ngx_http_llm_vocab_t    *vocab;      /* NULL: tokens are guessed */
+    ngx_http_llm_counter_t  *counter;    /* the thread's, with a vocab */
     ngx_uint_t               cache;      /* llm_count_cache */
     ngx_uint_t               encoding;
 

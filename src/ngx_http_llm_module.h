@@ -486,9 +486,12 @@ ngx_int_t ngx_http_llm_add_variables(ngx_conf_t *cf);
 
 char *ngx_http_llm_tokenizer(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 ngx_uint_t ngx_http_llm_encoding_for(ngx_str_t *model);
-size_t ngx_http_llm_count(ngx_http_llm_vocab_t *vocab, u_char *text,
-    size_t len, ngx_uint_t cache);
-void ngx_http_llm_count_done(size_t body_len);
+typedef struct ngx_http_llm_counter_s  ngx_http_llm_counter_t;
+
+ngx_http_llm_counter_t *ngx_http_llm_counter(void);
+size_t ngx_http_llm_count(ngx_http_llm_counter_t *c,
+    ngx_http_llm_vocab_t *vocab, u_char *text, size_t len, ngx_uint_t cache);
+void ngx_http_llm_count_done(ngx_http_llm_counter_t *c, size_t body_len);
 ngx_int_t ngx_http_llm_count_cache_init(ngx_cycle_t *cycle);
 ngx_uint_t ngx_http_llm_image_tokens(ngx_pool_t *pool, const char *url,
     const char *detail, ngx_uint_t mini, ngx_uint_t remote);

@@ -17,10 +17,23 @@ static void *ngx_http_llm_ws_alloc(void *ctx, size_t size);
 static void ngx_http_llm_ws_free(void *ctx, void *p);
 
 
-/* one per thread: the tokenizer's scratch space, never shared */
+/*
+ * One per thread: the tokenizer's scratch space, never shared, and the
+ * repeat cache, which only the worker's own thread has.  A thread's
+ * state is looked up once a body (ngx_http_llm_counter()): in a module
+ * loaded with dlopen(), each lookup of a thread's variable is a call.
+ */
 
-static ngx_http_llm_thread_local ngx_http_llm_tok_ws_t  ngx_http_llm_ws;
-static ngx_http_llm_thread_local ngx_uint_t             ngx_http_llm_ws_ready;
+typedef struct ngx_http_llm_cache_entry_s  ngx_http_llm_cache_entry_t;
+
+struct ngx_http_llm_counter_s {
+    ngx_http_llm_tok_ws_t         ws;
+    ngx_uint_t                    ready;
+    ngx_http_llm_cache_entry_t   *cache;
+};
+
+
+static ngx_http_llm_thread_local ngx_http_llm_counter_t  ngx_http_llm_counter_tls;
 
 
 /*
@@ -40,19 +53,15 @@ static ngx_http_llm_thread_local ngx_uint_t             ngx_http_llm_ws_ready;
 #define ngx_http_llm_cache_hit(e, h, n, v)                                   \
     ((e)->hash == (h) && (e)->len == (n) && (e)->vocab == (v))
 
-typedef struct {
+struct ngx_http_llm_cache_entry_s {
     uint64_t                  hash;
     ngx_http_llm_vocab_t     *vocab;
     uint32_t                  len;
     uint32_t                  tokens;
-} ngx_http_llm_cache_entry_t;
+};
 
 
-/* the worker's main thread only: a counting thread has none */
-
-static ngx_http_llm_thread_local ngx_http_llm_cache_entry_t
-                                            *ngx_http_llm_cache;
-static uint64_t                              ngx_http_llm_cache_seed;
+static uint64_t  ngx_http_llm_cache_seed;
 
 
 static uint64_t ngx_http_llm_text_hash(u_char *p, size_t len);
@@ -198,25 +207,25 @@ ngx_http_llm_encoding_for(ngx_str_t *model)
 
 
 size_t
-ngx_http_llm_count(ngx_http_llm_vocab_t *vocab, u_char *text, size_t len,
-    ngx_uint_t cache)
+ngx_http_llm_count(ngx_http_llm_counter_t *c, ngx_http_llm_vocab_t *vocab,
+    u_char *text, size_t len, ngx_uint_t cache)
 {
     size_t                       n;
     uint64_t                     hash;
     ngx_http_llm_cache_entry_t  *set, hit;
 
-    if (!ngx_http_llm_ws_ready) {
-        ngx_http_llm_tok_ws_init(&ngx_http_llm_ws, ngx_http_llm_ws_alloc,
+    if (!c->ready) {
+        ngx_http_llm_tok_ws_init(&c->ws, ngx_http_llm_ws_alloc,
                                  ngx_http_llm_ws_free, NULL);
-        ngx_http_llm_ws_ready = 1;
+        c->ready = 1;
     }
 
     set = NULL;
     hash = 0;
 
-    if (cache && ngx_http_llm_cache && len <= NGX_MAX_UINT32_VALUE) {
+    if (cache && c->cache && len <= NGX_MAX_UINT32_VALUE) {
         hash = ngx_http_llm_text_hash(text, len);
-        set = &ngx_http_llm_cache[hash & (NGX_HTTP_LLM_CACHE_SIZE - 2)];
+        set = &c->cache[hash & (NGX_HTTP_LLM_CACHE_SIZE - 2)];
 
         if (ngx_http_llm_cache_hit(&set[0], hash, len, vocab)) {
             return set[0].tokens;
@@ -231,7 +240,7 @@ ngx_http_llm_count(ngx_http_llm_vocab_t *vocab, u_char *text, size_t len,
         }
     }
 
-    n = ngx_http_llm_count_tokens(vocab, &ngx_http_llm_ws, text, len);
+    n = ngx_http_llm_count_tokens(vocab, &c->ws, text, len);
 
     if (n == NGX_HTTP_LLM_TOKENS_ERROR) {
         return 0;
@@ -255,10 +264,13 @@ ngx_http_llm_count(ngx_http_llm_vocab_t *vocab, u_char *text, size_t len,
 ngx_int_t
 ngx_http_llm_count_cache_init(ngx_cycle_t *cycle)
 {
-    ngx_http_llm_cache = ngx_calloc(NGX_HTTP_LLM_CACHE_SIZE
-                                    * sizeof(ngx_http_llm_cache_entry_t),
-                                    cycle->log);
-    if (ngx_http_llm_cache == NULL) {
+    ngx_http_llm_counter_t  *c;
+
+    c = &ngx_http_llm_counter_tls;
+
+    c->cache = ngx_calloc(NGX_HTTP_LLM_CACHE_SIZE
+                          * sizeof(ngx_http_llm_cache_entry_t), cycle->log);
+    if (c->cache == NULL) {
         /* counting works without it, only slower */
         return NGX_OK;
     }
@@ -269,8 +281,8 @@ ngx_http_llm_count_cache_init(ngx_cycle_t *cycle)
     {
         ngx_log_error(NGX_LOG_ALERT, cycle->log, 0,
                       "RAND_bytes() failed, llm_count_cache disabled");
-        ngx_free(ngx_http_llm_cache);
-        ngx_http_llm_cache = NULL;
+        ngx_free(c->cache);
+        c->cache = NULL;
     }
 
     return NGX_OK;
@@ -312,11 +324,20 @@ ngx_http_llm_text_hash(u_char *p, size_t len)
  */
 
 void
-ngx_http_llm_count_done(size_t body_len)
+ngx_http_llm_count_done(ngx_http_llm_counter_t *c, size_t body_len)
 {
-    if (ngx_http_llm_ws_ready && body_len > 256 * 1024) {
-        ngx_http_llm_tok_ws_cleanup(&ngx_http_llm_ws);
+    if (c->ready && body_len > 256 * 1024) {
+        ngx_http_llm_tok_ws_cleanup(&c->ws);
     }
+}
+
+
+/* the calling thread's tokenizer state */
+
+ngx_http_llm_counter_t *
+ngx_http_llm_counter(void)
+{
+    return &ngx_http_llm_counter_tls;
 }
 
 
