@@ -160,6 +160,23 @@ ${\ routed('intercept', 'pool',
            "            proxy_intercept_errors on;\n"
            . "            error_page 500 502 503 504 = \@down;")}
 
+        # try_files sends the request to a named location after the
+        # module admitted it here: the first charge is settled there
+        location /tf/ {
+            llm_route pool;
+            llm_limit \$http_x_app tpm=1000000 quota=10000000/day;
+            root $dir;
+            try_files /no-such-file \@tf;
+        }
+
+        location \@tf {
+            llm_route pool;
+            llm_limit \$http_x_app tpm=1000000 quota=10000000/day;
+            rewrite ^/tf(/.*)\$ \$1 break;
+            proxy_pass http://pool;
+$proxy
+        }
+
         location = /no {
             internal;
             return 403;
@@ -307,6 +324,18 @@ is($st, 429, 'unlimited: the backend refuses it') or diag $raw;
 is_deeply(settled('unlimited'), $u0, 'unlimited: the window is intact');
 
 ###########################################################################
+# no backend with room: a local 429 keeps nothing
+
+$t->sim_update('one', { faults => { 500 => 1 } });
+($st) = post('ok', body => big(max_tokens => 4000));
+is($st, 500, 'a 500 keeps its charge of about 4,000 tokens');
+$before = settled('pool');
+($st, $h, $raw) = post('ok', body => big(max_tokens => 4000));
+is($st, 429, 'no room for another: 429 from nginx') or diag $raw;
+unchanged('pool', $before, 'local 429');
+$t->sim_update('one', { faults => { 500 => 0 } });
+
+###########################################################################
 # a bad body: 400, nothing proxied, nothing charged
 
 ($st, $h, $raw) = post('ok', body => '{"messages": [');
@@ -330,6 +359,22 @@ is($after->{consumer_tokens} - $before->{consumer_tokens},
    $usage->{total_tokens}, 'success: the consumer pays the usage');
 is($after->{quota_used} - $before->{quota_used}, $usage->{total_tokens},
    'success: the quota too');
+
+###########################################################################
+# admitted, then sent elsewhere by try_files: charged once, not twice
+
+$before = snapshot('pool');
+($st, $h, $raw) = post('tf');
+is($st, 200, 'try_files to a named location') or diag $raw;
+$usage = json_decode($raw)->{usage};
+$after = settled('pool');
+is($after->{window_requests} - $before->{window_requests}, 1,
+   'try_files: one request in the backend window');
+is($after->{in_flight}, 0, 'try_files: nothing in flight');
+is($after->{consumer_requests} - $before->{consumer_requests}, 1,
+   'try_files: one request for the consumer');
+is($after->{consumer_tokens} - $before->{consumer_tokens},
+   $usage->{total_tokens}, 'try_files: the consumer pays the usage once');
 
 ###########################################################################
 # the backend refuses the credential or the deployment: Azure counts
