@@ -459,15 +459,25 @@ is($after->{in_flight}, 0, 'timeout: nothing in flight');
 is($after->{consumer_tokens}, $before->{consumer_tokens},
    'timeout: the consumer pays nothing');
 
+# a client that sends its request, waits 0.3 s and goes: the state of
+# the pool while it waited
+
+sub goes_away {
+    my ($prefix, $pool) = @_;
+    my $c = IO::Socket::INET->new(PeerAddr => '127.0.0.1',
+                                  PeerPort => $listen)
+        or die "connect: $!";
+    print $c "POST /$prefix$chat HTTP/1.1\r\nHost: localhost\r\n"
+           . "X-App: app-1\r\nContent-Type: application/json\r\n"
+           . "Content-Length: " . length($body) . "\r\n\r\n$body";
+    sleep 0.3;
+    my $waiting = snapshot($pool);
+    close $c;
+    return $waiting;
+}
+
 $before = snapshot('pool');
-my $c = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $listen)
-    or die "connect: $!";
-print $c "POST /ok$chat HTTP/1.1\r\nHost: localhost\r\nX-App: app-1\r\n"
-       . "Content-Type: application/json\r\n"
-       . "Content-Length: " . length($body) . "\r\n\r\n$body";
-sleep 0.3;
-is(snapshot('pool')->{in_flight}, 1, 'client waiting: one in flight');
-close $c;
+is(goes_away('ok', 'pool')->{in_flight}, 1, 'client waiting: one in flight');
 $after = settled('pool');
 is($after->{in_flight}, 0, 'client gone: nothing in flight');
 is($after->{consumer_tokens}, $before->{consumer_tokens},
@@ -479,14 +489,8 @@ $t->sim_update('one', { faults => { hang => 0 } });
 # the request never reached the backend, which keeps nothing
 
 $before = snapshot('silent');
-$c = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $listen)
-    or die "connect: $!";
-print $c "POST /silent$chat HTTP/1.1\r\nHost: localhost\r\nX-App: app-1\r\n"
-       . "Content-Type: application/json\r\n"
-       . "Content-Length: " . length($body) . "\r\n\r\n$body";
-sleep 0.3;
-is(snapshot('silent')->{in_flight}, 1, 'handshake pending: one in flight');
-close $c;
+is(goes_away('silent', 'silent')->{in_flight}, 1,
+   'handshake pending: one in flight');
 $after = settled('silent');
 is_deeply($after, $before, 'client gone before the request was sent: '
                            . 'nothing charged')
