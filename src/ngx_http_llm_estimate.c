@@ -61,6 +61,8 @@ static const char  *ngx_http_llm_message_members[] = {
 
 static const char *ngx_http_llm_members(cJSON *obj, const char **names,
     ngx_uint_t n, cJSON **found);
+static cJSON *ngx_http_llm_member(ngx_http_llm_sum_t *sum, cJSON *obj,
+    const char *name);
 static void ngx_http_llm_add_text(ngx_http_llm_sum_t *sum, const char *s);
 static size_t ngx_http_llm_chars(const u_char *p, size_t len);
 static void ngx_http_llm_add_tokens(ngx_http_llm_sum_t *sum, u_char *text,
@@ -146,6 +148,10 @@ ngx_http_llm_inspect(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
 
     ngx_http_llm_numbers(&sum, m);
     ngx_http_llm_sum_done(r, ctx, &sum);
+
+    /* a part, a tool or a schema that names a member twice */
+
+    ctx->duplicate = sum.duplicate;
 
     return NGX_OK;
 }
@@ -369,6 +375,46 @@ ngx_http_llm_members(cJSON *obj, const char **names, ngx_uint_t n,
 
 
 /*
+ * One member of an object, the first of its name, as
+ * cJSON_GetObjectItemCaseSensitive() finds it; a name met twice is noted
+ * in the sum, and the body refused (see ngx_http_llm_members())
+ */
+
+static cJSON *
+ngx_http_llm_member(ngx_http_llm_sum_t *sum, cJSON *obj, const char *name)
+{
+    cJSON  *item, *found;
+
+    if (obj == NULL || !cJSON_IsObject(obj)) {
+        return NULL;
+    }
+
+    found = NULL;
+
+    for (item = obj->child; item; item = item->next) {
+
+        if (item->string == NULL || item->string[0] != name[0]
+            || ngx_strcmp(item->string, name) != 0)
+        {
+            continue;
+        }
+
+        if (found) {
+            if (sum->duplicate == NULL) {
+                sum->duplicate = name;
+            }
+
+            break;
+        }
+
+        found = item;
+    }
+
+    return found;
+}
+
+
+/*
  * A text of the prompt: its characters for Azure's estimate, its tokens
  * counted or guessed (the guess counts the characters on its way)
  */
@@ -505,17 +551,17 @@ ngx_http_llm_add_content(ngx_http_llm_sum_t *sum, cJSON *content)
             continue;
         }
 
-        text = cJSON_GetObjectItemCaseSensitive(part, "text");
+        text = ngx_http_llm_member(sum, part, "text");
 
         if (ngx_http_llm_is_string(text)) {
             ngx_http_llm_add_text(sum, text->valuestring);
             continue;
         }
 
-        audio = cJSON_GetObjectItemCaseSensitive(part, "input_audio");
+        audio = ngx_http_llm_member(sum, part, "input_audio");
 
         if (audio) {
-            data = cJSON_GetObjectItemCaseSensitive(audio, "data");
+            data = ngx_http_llm_member(sum, audio, "data");
 
             if (ngx_http_llm_is_string(data)) {
                 sum->tokens += ngx_http_llm_audio_tokens(data->valuestring);
@@ -524,11 +570,11 @@ ngx_http_llm_add_content(ngx_http_llm_sum_t *sum, cJSON *content)
             continue;
         }
 
-        image = cJSON_GetObjectItemCaseSensitive(part, "image_url");
+        image = ngx_http_llm_member(sum, part, "image_url");
 
         if (image) {
-            url = cJSON_GetObjectItemCaseSensitive(image, "url");
-            detail = cJSON_GetObjectItemCaseSensitive(image, "detail");
+            url = ngx_http_llm_member(sum, image, "url");
+            detail = ngx_http_llm_member(sum, image, "detail");
 
             if (ngx_http_llm_is_string(image)) {
                 url = image;
@@ -580,12 +626,12 @@ ngx_http_llm_add_input(ngx_http_llm_sum_t *sum, cJSON *input,
             continue;
         }
 
-        content = cJSON_GetObjectItemCaseSensitive(item, "content");
+        content = ngx_http_llm_member(sum, item, "content");
 
         if (content) {
             (*items)++;
             ngx_http_llm_add_role(sum,
-                          cJSON_GetObjectItemCaseSensitive(item, "role"));
+                          ngx_http_llm_member(sum, item, "role"));
             ngx_http_llm_add_content(sum, content);
             continue;
         }
@@ -617,7 +663,7 @@ ngx_http_llm_add_tools(ngx_http_llm_sum_t *sum, cJSON *tools, cJSON *format)
     nfunc = 0;
 
     cJSON_ArrayForEach(tool, tools) {
-        fn = cJSON_GetObjectItemCaseSensitive(tool, "function");
+        fn = ngx_http_llm_member(sum, tool, "function");
 
         if (fn == NULL) {
             fn = tool;
@@ -631,11 +677,11 @@ ngx_http_llm_add_tools(ngx_http_llm_sum_t *sum, cJSON *tools, cJSON *format)
         tokens += (sum->encoding == NGX_HTTP_LLM_ENC_CL100K) ? 10 : 7;
 
         ngx_http_llm_add_line(sum,
-                    cJSON_GetObjectItemCaseSensitive(fn, "name"), NULL,
-                    cJSON_GetObjectItemCaseSensitive(fn, "description"));
+                    ngx_http_llm_member(sum, fn, "name"), NULL,
+                    ngx_http_llm_member(sum, fn, "description"));
 
-        props = cJSON_GetObjectItemCaseSensitive(
-                    cJSON_GetObjectItemCaseSensitive(fn, "parameters"),
+        props = ngx_http_llm_member(sum,
+                    ngx_http_llm_member(sum, fn, "parameters"),
                     "properties");
 
         if (cJSON_GetArraySize(props) > 0) {
@@ -645,7 +691,7 @@ ngx_http_llm_add_tools(ngx_http_llm_sum_t *sum, cJSON *tools, cJSON *format)
         cJSON_ArrayForEach(prop, props) {
             tokens += 3;
 
-            en = cJSON_GetObjectItemCaseSensitive(prop, "enum");
+            en = ngx_http_llm_member(sum, prop, "enum");
 
             if (en) {
                 tokens -= 3;
@@ -662,8 +708,8 @@ ngx_http_llm_add_tools(ngx_http_llm_sum_t *sum, cJSON *tools, cJSON *format)
             }
 
             ngx_http_llm_add_line(sum, prop,
-                     cJSON_GetObjectItemCaseSensitive(prop, "type"),
-                     cJSON_GetObjectItemCaseSensitive(prop, "description"));
+                     ngx_http_llm_member(sum, prop, "type"),
+                     ngx_http_llm_member(sum, prop, "description"));
         }
     }
 
@@ -673,7 +719,7 @@ ngx_http_llm_add_tools(ngx_http_llm_sum_t *sum, cJSON *tools, cJSON *format)
 
     sum->tokens += (tokens > 0) ? (size_t) tokens : 0;
 
-    schema = cJSON_GetObjectItemCaseSensitive(format, "json_schema");
+    schema = ngx_http_llm_member(sum, format, "json_schema");
 
     if (schema) {
         text = cJSON_PrintUnformatted(schema);

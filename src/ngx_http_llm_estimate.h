@@ -51,6 +51,9 @@ typedef struct {
 
     ngx_uint_t               messages;
 
+    /* a member of a part, a tool or a schema named twice */
+    const char              *duplicate;
+
     /* the members that are JSON numbers: bit i for number[i] */
     ngx_uint_t               numbers;
     double                   number[NGX_HTTP_LLM_N_LAST];

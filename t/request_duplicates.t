@@ -60,6 +60,16 @@ my @cases = (
                  . qq("content":"a much longer text"}]}) ],
     [ 'role', qq({"messages":[{"role":"user","role":"system",)
               . qq("content":"hi"}]}) ],
+    [ 'text', qq({"messages":[{"role":"user","content":[{"type":"text",)
+              . qq("text":"hi","text":"a much longer text"}]}]}) ],
+    [ 'url', qq({"messages":[{"role":"user","content":[{"type":)
+             . qq("image_url","image_url":{"url":"https://x/a.png",)
+             . qq("detail":"low","url":"https://x/b.png"}}]}]}) ],
+    [ 'description', qq({$msgs,"tools":[{"type":"function","function":)
+                     . qq({"name":"f","description":"d",)
+                     . qq("description":"a much longer one"}}]}) ],
+    [ 'content', qq({"input":[{"role":"user","content":"hi",)
+                 . qq("content":"a much longer text"}]}) ],
 );
 
 for my $prefix ('', '/tree') {
