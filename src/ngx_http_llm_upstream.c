@@ -710,6 +710,31 @@ ngx_http_llm_pool_check(ngx_conf_t *cf, ngx_http_llm_pool_t *pool)
         return NGX_OK;
     }
 
+#if (nginx_version >= 1029007)
+
+    /*
+     * nginx 1.29.7 and later keep connections alive for every upstream
+     * block, "keepalive" written or not, and cannot tell us which; its
+     * cache matches connections by address only.  The pool's own cache,
+     * per backend, takes its place, at nginx's default size unless
+     * "llm_balance keepalive=" says otherwise ("keepalive 0" turns both
+     * off).
+     */
+
+    if (pool->keepalive == 0) {
+        pool->keepalive = 32;
+
+        if (ngx_http_llm_keepalive_init(cf, pool) != NGX_OK) {
+            return NGX_ERROR;
+        }
+    }
+
+    us->peer.init = ngx_http_llm_upstream_init_peer;
+
+    return NGX_OK;
+
+#endif
+
     if (pool->keepalive) {
         ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
                       "upstream \"%V\" has both \"keepalive\" and "

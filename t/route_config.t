@@ -62,7 +62,9 @@ conf_error('llm_route without llm_balance', qr/"llm_route" names upstream "plain
     server { location / { llm_route plain; proxy_pass http://plain; } }
 END
 
-conf_error('llm_balance after keepalive', qr/"llm_balance" must come before "keepalive"/, <<"END");
+# nginx 1.29.7 and later wrap every upstream in keepalive once all are
+# read, whatever the order: there the pool's cache takes its place
+my $after_keepalive = <<"END";
     llm_zone llm:64k;
     upstream u {
         server 127.0.0.1:1;
@@ -70,6 +72,18 @@ conf_error('llm_balance after keepalive', qr/"llm_balance" must come before "kee
         llm_balance zone=llm;
     }
 END
+
+my ($version) = `$ENV{LLM_NGINX} -v 2>&1` =~ m{nginx/(\d+)\.(\d+)\.(\d+)}
+    ? sprintf('%d%03d%03d', $1, $2, $3) : (0);
+
+if ($version >= 1029007) {
+    my ($rc, $out) = $t->test_conf($after_keepalive);
+    is($rc, 0, 'llm_balance after keepalive: accepted') or diag $out;
+} else {
+    conf_error('llm_balance after keepalive',
+               qr/"llm_balance" must come before "keepalive"/,
+               $after_keepalive);
+}
 
 conf_error('llm_backend without llm_balance', qr/"llm_backend" needs "llm_balance" before it/, <<"END");
     upstream u { llm_backend a https://a.example address=127.0.0.1:1; }
