@@ -11,6 +11,12 @@ pkgs="build-essential libpcre2-dev zlib1g-dev libssl-dev libcjson-dev
 
 missing=""
 for p in $pkgs; do
+    # Node.js from elsewhere (nodesource) bundles npm, and conflicts
+    # with Debian's package of it
+    if [ "$p" = npm ] && command -v npm >/dev/null 2>&1; then
+        continue
+    fi
+
     dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null \
         | grep -q 'install ok installed' || missing="$missing $p"
 done

@@ -111,9 +111,11 @@ cp "$work/nginx/objs/ngx_http_llm_module.so" "$out/"
 # the vocabularies: two files of the npm tarball, no npm needed
 tgz=${TIKTOKEN_TGZ:-$work/tiktoken.tgz}
 if [ ! -s "$tgz" ]; then
-    curl -fsSL --retry 3 -o "$tgz.part" \
-        "https://registry.npmjs.org/tiktoken/-/tiktoken-$tiktoken.tgz"
-    mv "$tgz.part" "$tgz"
+    # from the registry npm is configured with
+    mkdir -p "$work/pack"
+    (cd "$work/pack" && npm pack --silent "tiktoken@$tiktoken" >/dev/null) \
+        || die "npm pack tiktoken@$tiktoken failed"
+    mv "$work/pack/tiktoken-$tiktoken.tgz" "$tgz"
 fi
 echo "$tiktoken_sha512  $tgz" | sha512sum -c --quiet - \
     || die "$tgz is not tiktoken $tiktoken as npm publishes it"
