@@ -13,7 +13,7 @@
 
 /*
  * One walk of the parsed body adds up two prompt counts: characters / 4,
- * what an Azure Standard deployment charges at arrival (AOAI_FACTS.md
+ * what an Azure Standard deployment charges at arrival (docs/azure.md
  * section 1), and tokens: exact with the model's vocabulary, else
  * guessed from the text's scripts ("llm_count estimate").  Both get 3
  * tokens of framing per message and 3 for the reply; the cost of a

@@ -11,7 +11,7 @@
 
 
 /*
- * Image parts count by OpenAI's tile rule (AOAI_FACTS.md section 7):
+ * Image parts count by OpenAI's tile rule (docs/azure.md section 7):
  * "low" detail is a base cost; otherwise the image is fitted into
  * 2048 x 2048, its shortest side scaled to 768, and each 512 px tile
  * costs the tile price on top of the base.  The size is read from the

@@ -7,7 +7,7 @@
 /*
  * cJSON reads a string byte by byte twice, once to find its end and once
  * to copy it, with a bounds check and a branch per byte: about 19
- * instructions a byte of body (DESIGN.md, "Cost budget"), as much as all
+ * instructions a byte of body (measured with callgrind), as much as all
  * of nginx's proxying for a 1 KB chat body.  Most of a chat body is the
  * text of its messages, so this reader finds the end of a string sixteen
  * bytes at a time and copies it with memcpy().  It builds cJSON's own

@@ -405,7 +405,7 @@ ngx_http_llm_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
 
     /*
      * Azure charges about 640 tokens of completion when a chat request
-     * names no max_tokens (AOAI_FACTS.md section 1)
+     * names no max_tokens (docs/azure.md section 1)
      */
 
     ngx_conf_merge_uint_value(conf->completion_reserve,

@@ -7,7 +7,7 @@
 /*
  * The "estimate" count: tokens guessed from the scripts a text is
  * written in, for users who prefer speed to an exact count.  Characters
- * / 4 is fair for English and 3-3.5x low for Japanese (AOAI_FACTS.md
+ * / 4 is fair for English and 3-3.5x low for Japanese (docs/azure.md
  * section 7); a character's script is told well enough by the lead byte
  * of its UTF-8 sequence, so each byte carries a weight in 1/20 of a
  * token (NGX_HTTP_LLM_WEIGHT_UNIT), one table per encoding.  Weights of

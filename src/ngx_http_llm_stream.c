@@ -13,7 +13,7 @@
 /*
  * llm_stream_usage: a streaming chat or completions request that does
  * not ask for usage gets "stream_options": {"include_usage": true}, so
- * the backend ends the stream with its usage (AOAI_FACTS.md section 6);
+ * the backend ends the stream with its usage (docs/azure.md section 6);
  * what that changes in the stream is taken out again as it passes, so
  * the client gets the bytes it would have got without us:
  *

@@ -33,7 +33,8 @@ struct ngx_http_llm_counter_s {
 };
 
 
-static ngx_http_llm_thread_local ngx_http_llm_counter_t  ngx_http_llm_counter_tls;
+static ngx_http_llm_thread_local ngx_http_llm_counter_t
+                                                ngx_http_llm_counter_tls;
 
 
 /*
@@ -157,7 +158,7 @@ ngx_http_llm_vocab_cleanup(void *data)
 
 
 /*
- * The encoding of a model or deployment name (AOAI_FACTS.md section 7):
+ * The encoding of a model or deployment name (docs/azure.md section 7):
  * o200k_base for gpt-4o, gpt-4.1, gpt-4.5, gpt-5 and the o-series,
  * cl100k_base for gpt-4, gpt-35-turbo and the embeddings models.  A name
  * that says nothing (a deployment called "prod") gets o200k_base, the

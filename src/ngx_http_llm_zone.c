@@ -370,7 +370,7 @@ ngx_http_llm_lookup(ngx_http_llm_zone_t *zone, ngx_str_t *key, uint32_t hash)
 
 
 /*
- * What a backend's own limiter charges this request (DESIGN.md "What
+ * What a backend's own limiter charges this request (README.md, "What
  * each backend is charged"): the prompt estimate plus the completion
  * reserve for every choice.  The reserve is the body's own limit, else
  * the backend's, else the location's.

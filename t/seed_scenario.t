@@ -1,7 +1,7 @@
 #!/usr/bin/perl
 
 # The seed article's scenario through the module, against three simulated
-# deployments of 60,000 TPM (AOAI_FACTS.md numbers), time compressed x10
+# deployments of 60,000 TPM (docs/azure.md numbers), time compressed x10
 # in the simulator, the load and the module's windows (window=6s):
 #  - 200 requests a minute of 50-token Japanese prompts, max_tokens 800:
 #    demand ~165k TPM under the pool's 180k: no client sees a 429 or a

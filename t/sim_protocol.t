@@ -1,6 +1,6 @@
 #!/usr/bin/perl
 
-# tools/aoai-sim: HTTP behaviour as AOAI_FACTS.md sections 3-6 describe it.
+# tools/aoai-sim: HTTP behaviour as docs/azure.md sections 3-6 describe it.
 # Routing by Host, keys, Azure error bodies, JSON replies and usage
 # shapes, SSE framing with and without include_usage, pacing (TTFT and
 # tokens per second), keep-alive, chunked request bodies, live updates.

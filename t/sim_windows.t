@@ -1,6 +1,6 @@
 #!/usr/bin/perl
 
-# tools/aoai-sim: rate limits as AOAI_FACTS.md sections 1-4 describe them.
+# tools/aoai-sim: rate limits as docs/azure.md sections 1-4 describe them.
 # Standard: 6 RPM per 1000 TPM counted over a rolling 10 s window, arrival
 # charges of ceil(chars / 4) + max tokens x n in a rolling 60 s window,
 # 429 bodies and headers, nothing charged for a 429; PTU: a leaky bucket

@@ -247,7 +247,7 @@ sub with_image {
 
 my $plain = with_image('gpt-4o', 'data:image/png;base64,');
 my @cases = (
-    # format, w, h, detail, model, tokens (AOAI_FACTS.md section 7)
+    # format, w, h, detail, model, tokens (docs/azure.md section 7)
     ['png', 1024, 1024, 'high', 'gpt-4o', 85 + 170 * 4],
     ['png', 1024, 1024, 'low', 'gpt-4o', 85],
     ['png', 2048, 4096, 'high', 'gpt-4o', 85 + 170 * 6],

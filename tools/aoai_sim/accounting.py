@@ -1,6 +1,6 @@
 """What a request asks for, and what it costs.
 
-Two counts are derived from a request body (AOAI_FACTS.md sections 1, 2, 6):
+Two counts are derived from a request body (docs/azure.md sections 1, 2, 6):
 
 * the Standard *arrival charge*, Azure's character estimate:
       ceil(chars / 4) + max_tokens x max(n, best_of, 1)

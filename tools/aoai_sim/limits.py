@@ -4,7 +4,7 @@ All times are real (time.monotonic) seconds; simulated durations are
 divided by the speed factor, so with --speed 10 the 60 s token window
 lasts 6 real seconds and every retry-after reports real seconds.
 
-Standard (AOAI_FACTS.md section 1):
+Standard (docs/azure.md section 1):
   * token window: each accepted request's arrival charge stays for
     exactly 60 s; a request whose charge does not fit in tpm minus the
     window's sum gets 429 "token rate limit";

@@ -10,7 +10,7 @@ import json
 import time
 import uuid
 
-# -- errors (AOAI_FACTS.md section 4) -------------------------------------
+# -- errors (docs/azure.md section 4) -------------------------------------
 
 OPERATIONS = {'chat': 'ChatCompletions_Create', 'completions': 'Completions_Create',
               'embeddings': 'Embeddings_Create', 'responses': 'Responses_Create'}
