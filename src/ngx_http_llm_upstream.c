@@ -1260,44 +1260,34 @@ ngx_http_llm_free_peer(ngx_peer_connection_t *pc, void *data,
 
         state &= ~NGX_PEER_FAILED;
 
-    } else if (state & NGX_PEER_FAILED) {
-
-        /* a request that never reached the backend cost it nothing */
-
-        if (!u->request_sent || ngx_http_llm_not_counted(status)) {
-            ngx_http_llm_refund(b, ctx);
-        }
-
-        if (status) {
-            (void) ngx_http_llm_cooldown(u, pd->pool, &remote_tokens,
-                                         &remote_requests);
-        }
-
-        ngx_http_llm_backend_done(b, ctx, NGX_HTTP_LLM_DONE_FAILED, 0,
-                                  remote_tokens, remote_requests);
-
     } else {
-        if (status) {
-            (void) ngx_http_llm_cooldown(u, pd->pool, &remote_tokens,
-                                         &remote_requests);
-        }
 
         /*
-         * ended before the request went out (the client gone during the
-         * connect or the TLS handshake, an error of ours): nothing spent
+         * a request that never went out (a connect error, the client gone
+         * during the connect or the TLS handshake, an error of ours) cost
+         * the backend nothing, nor one that it refused before its limiter
          */
 
         if (!u->request_sent || ngx_http_llm_not_counted(status)) {
             ngx_http_llm_refund(b, ctx);
         }
 
-        ngx_http_llm_backend_done(b, ctx, NGX_HTTP_LLM_DONE_OK, 0,
-                                  remote_tokens, remote_requests);
+        if (status) {
+            (void) ngx_http_llm_cooldown(u, pd->pool, &remote_tokens,
+                                         &remote_requests);
+        }
+
+        ngx_http_llm_backend_done(b, ctx, (state & NGX_PEER_FAILED)
+                                          ? NGX_HTTP_LLM_DONE_FAILED
+                                          : NGX_HTTP_LLM_DONE_OK,
+                                  0, remote_tokens, remote_requests);
 
         /* the log phase corrects a PTU backend's charge to the usage */
 
-        ctx->final_charge = ctx->charged;
-        ctx->final_at = ctx->charged_at;
+        if (!(state & NGX_PEER_FAILED)) {
+            ctx->final_charge = ctx->charged;
+            ctx->final_at = ctx->charged_at;
+        }
     }
 
     /* what was not refunded stays in the backend's windows */
