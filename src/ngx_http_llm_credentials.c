@@ -39,12 +39,6 @@ ngx_http_llm_credentials(ngx_http_request_t *r, ngx_http_llm_backend_t *b)
     ngx_http_upstream_t  *u;
 
     u = r->upstream;
-
-#if (NGX_HTTP_SSL)
-    /* the name a certificate is verified against, when no proxy_ssl_name */
-    u->ssl_name = b->host;
-#endif
-
     cl = u->request_bufs;
 
     if (cl == NULL || cl->buf->in_file || cl->buf->pos == cl->buf->last) {
@@ -54,6 +48,15 @@ ngx_http_llm_credentials(ngx_http_request_t *r, ngx_http_llm_backend_t *b)
     hb = cl->buf;
     p = hb->pos;
     last = hb->last;
+
+    /* the request line */
+
+    line = memchr(p, LF, last - p);
+    if (line == NULL) {
+        return NGX_OK;
+    }
+
+    line++;
 
     credential.len = 0;
 
@@ -73,11 +76,11 @@ ngx_http_llm_credentials(ngx_http_request_t *r, ngx_http_llm_backend_t *b)
         return NGX_ERROR;
     }
 
-    dst = nb->last;
+    dst = ngx_cpymem(nb->last, p, line - p);
 
-    /* the request line, then the headers up to the empty line */
+    /* the headers up to the empty line */
 
-    for (line = p; /* void */ ; line = next) {
+    for ( /* void */ ; /* void */ ; line = next) {
         next = memchr(line, LF, last - line);
 
         if (next == NULL) {
@@ -86,11 +89,6 @@ ngx_http_llm_credentials(ngx_http_request_t *r, ngx_http_llm_backend_t *b)
         }
 
         next++;
-
-        if (line == p) {
-            dst = ngx_cpymem(dst, line, next - line);
-            continue;
-        }
 
         if (next - line <= 2) {
             break;

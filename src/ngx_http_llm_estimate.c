@@ -383,31 +383,13 @@ ngx_http_llm_members(cJSON *obj, const char **names, ngx_uint_t n,
 static cJSON *
 ngx_http_llm_member(ngx_http_llm_sum_t *sum, cJSON *obj, const char *name)
 {
-    cJSON  *item, *found;
+    cJSON       *found;
+    const char  *duplicate;
 
-    if (obj == NULL || !cJSON_IsObject(obj)) {
-        return NULL;
-    }
+    duplicate = ngx_http_llm_members(obj, &name, 1, &found);
 
-    found = NULL;
-
-    for (item = obj->child; item; item = item->next) {
-
-        if (item->string == NULL || item->string[0] != name[0]
-            || ngx_strcmp(item->string, name) != 0)
-        {
-            continue;
-        }
-
-        if (found) {
-            if (sum->duplicate == NULL) {
-                sum->duplicate = name;
-            }
-
-            break;
-        }
-
-        found = item;
+    if (duplicate && sum->duplicate == NULL) {
+        sum->duplicate = duplicate;
     }
 
     return found;

@@ -12,6 +12,7 @@
 
 
 static void ngx_http_llm_body_handler(ngx_http_request_t *r);
+static off_t ngx_http_llm_body_size(ngx_http_request_t *r);
 static void ngx_http_llm_parse_request(ngx_http_request_t *r);
 static void ngx_http_llm_parsed(ngx_http_request_t *r);
 static ngx_int_t ngx_http_llm_check_encoding(ngx_http_request_t *r,
@@ -156,18 +157,8 @@ ngx_http_llm_request_handler(ngx_http_request_t *r)
 static void
 ngx_http_llm_body_handler(ngx_http_request_t *r)
 {
-    off_t         size;
-    ngx_chain_t  *cl;
-
-    size = 0;
-
-    if (r->request_body) {
-        for (cl = r->request_body->bufs; cl; cl = cl->next) {
-            size += ngx_buf_size(cl->buf);
-        }
-    }
-
-    if (ngx_http_llm_thread_run(r, size, ngx_http_llm_parse_request,
+    if (ngx_http_llm_thread_run(r, ngx_http_llm_body_size(r),
+                                ngx_http_llm_parse_request,
                                 ngx_http_llm_parsed)
         == NGX_OK)
     {
@@ -457,11 +448,7 @@ ngx_http_llm_body_contents(ngx_http_request_t *r, ngx_str_t *body)
     llcf = ngx_http_get_module_loc_conf(r, ngx_http_llm_module);
 
     in = r->request_body->bufs;
-    size = 0;
-
-    for (cl = in; cl; cl = cl->next) {
-        size += ngx_buf_size(cl->buf);
-    }
+    size = ngx_http_llm_body_size(r);
 
     body->len = (size_t) size;
 
@@ -512,6 +499,26 @@ ngx_http_llm_body_contents(ngx_http_request_t *r, ngx_str_t *body)
 }
 
 
+/* the bytes of the body read, wherever they are (memory, a file) */
+
+static off_t
+ngx_http_llm_body_size(ngx_http_request_t *r)
+{
+    off_t         size;
+    ngx_chain_t  *cl;
+
+    size = 0;
+
+    if (r->request_body) {
+        for (cl = r->request_body->bufs; cl; cl = cl->next) {
+            size += ngx_buf_size(cl->buf);
+        }
+    }
+
+    return size;
+}
+
+
 static void
 ngx_http_llm_fail(ngx_http_llm_ctx_t *ctx, ngx_uint_t status,
     const char *code, const char *message)
@@ -543,12 +550,8 @@ ngx_http_llm_fail_duplicate(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
         return;
     }
 
-    ngx_http_llm_fail(ctx, NGX_HTTP_BAD_REQUEST, "BadRequest", "");
+    *ngx_snprintf(p, len - 1, "The request body names \"%s\" more than "
+                  "once; send each member once.", ctx->duplicate) = '\0';
 
-    ctx->error_message.data = p;
-    ctx->error_message.len = ngx_snprintf(p, len, "The request body names "
-                                          "\"%s\" more than once; send "
-                                          "each member once.",
-                                          ctx->duplicate)
-                             - p;
+    ngx_http_llm_fail(ctx, NGX_HTTP_BAD_REQUEST, "BadRequest", (char *) p);
 }

@@ -998,16 +998,13 @@ ngx_http_llm_get_peer(ngx_peer_connection_t *pc, void *data)
         }
     }
 
-    if (!b->plain) {
-        if (ngx_http_llm_credentials(r, b) != NGX_OK) {
-            return NGX_ERROR;
-        }
-
 #if (NGX_HTTP_SSL)
-    } else {
-        /* not the name of a backend tried before */
-        r->upstream->ssl_name = pd->pool->upstream->host;
+    /* the name a certificate is verified against, with no proxy_ssl_name */
+    r->upstream->ssl_name = b->plain ? pd->pool->upstream->host : b->host;
 #endif
+
+    if (!b->plain && ngx_http_llm_credentials(r, b) != NGX_OK) {
+        return NGX_ERROR;
     }
 
     if (pd->pool->keepalive) {

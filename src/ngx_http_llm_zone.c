@@ -433,9 +433,14 @@ ngx_http_llm_pool_fits(ngx_http_llm_pool_t *pool, ngx_http_llm_ctx_t *ctx,
     *most = 0;
 
     for (i = 0; i < pool->backends.nelts; i++) {
+
+        if (b[i].tpm == 0) {
+            return 1;
+        }
+
         charge = ngx_http_llm_charge_for(ctx, &b[i], reserve);
 
-        if (b[i].tpm == 0 || charge <= b[i].tpm) {
+        if (charge <= b[i].tpm) {
             return 1;
         }
 
@@ -785,6 +790,7 @@ ngx_http_llm_account(ngx_http_llm_ctx_t *ctx, ngx_uint_t status)
     now = ngx_current_msec;
 
     source = ngx_http_llm_usage_of(ctx, &usage);
+
     /* the answer of the backend itself, when the client got another */
 
     if (ctx->upstream_status) {
@@ -894,8 +900,8 @@ ngx_http_llm_window_add(uint32_t *slots, ngx_uint_t n, ngx_msec_t slot_ms,
 
     /*
      * a slot holds 32 bits: what does not fit is not counted, so that the
-     * sum always equals the slots and a refund never takes more than was
-     * added (admission never lets such a charge into a limited window)
+     * sum always equals the slots (a removal takes at most what a slot
+     * holds; admission never lets such a charge into a limited window)
      */
 
     value = ngx_min(value, (ngx_uint_t) (NGX_MAX_UINT32_VALUE - slots[s % n]));
