@@ -4,6 +4,7 @@
 set -eu
 
 pkgs="build-essential libpcre2-dev zlib1g-dev libssl-dev libcjson-dev
+      libhiredis-dev redis-server
       perl libio-socket-ssl-perl python3 openssl curl ca-certificates
       git procps"
 

@@ -11,6 +11,8 @@
 
 
 static void ngx_http_llm_wait_handler(ngx_http_request_t *r);
+static ngx_int_t ngx_http_llm_wait_again(ngx_http_request_t *r,
+    ngx_msec_t delay);
 static ngx_int_t ngx_http_llm_enqueue(ngx_http_request_t *r,
     ngx_http_llm_ctx_t *ctx);
 static void ngx_http_llm_dequeue(ngx_http_llm_ctx_t *ctx);
@@ -93,6 +95,12 @@ ngx_http_llm_admit(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
                 return ngx_http_llm_never_fits(r, ctx, ctx->tokens_estimate,
                                                0);
             }
+
+            /* a lease asked of Redis: a look again in a millisecond */
+
+            if (rc == NGX_AGAIN) {
+                return ngx_http_llm_wait_again(r, 1);
+            }
         }
 
         b = ngx_http_llm_choose(pool, ctx, NULL, NULL,
@@ -136,13 +144,7 @@ ngx_http_llm_admit(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
 
             ctx->retry_after = delay;
 
-            r->read_event_handler = ngx_http_test_reading;
-            r->write_event_handler = ngx_http_llm_wait_handler;
-
-            r->connection->write->delayed = 1;
-            ngx_add_timer(r->connection->write, delay);
-
-            return NGX_AGAIN;
+            return ngx_http_llm_wait_again(r, delay);
         }
 
         ngx_http_llm_dequeue(ctx);
@@ -267,6 +269,21 @@ ngx_http_llm_never_fits(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
 
     ngx_http_finalize_request(r, rc);
     return NGX_DONE;
+}
+
+
+/* admission again after delay, unless the client goes away meanwhile */
+
+static ngx_int_t
+ngx_http_llm_wait_again(ngx_http_request_t *r, ngx_msec_t delay)
+{
+    r->read_event_handler = ngx_http_test_reading;
+    r->write_event_handler = ngx_http_llm_wait_handler;
+
+    r->connection->write->delayed = 1;
+    ngx_add_timer(r->connection->write, delay);
+
+    return NGX_AGAIN;
 }
 
 

@@ -53,6 +53,18 @@ static void ngx_http_llm_consumer_insert_value(ngx_rbtree_node_t *temp,
     ngx_rbtree_node_t *node, ngx_rbtree_node_t *sentinel);
 static void ngx_http_llm_quota_period(ngx_http_llm_consumer_sh_t *cs,
     ngx_uint_t period, time_t now);
+static ngx_int_t ngx_http_llm_consumer_lease(ngx_http_llm_zone_t *zone,
+    ngx_http_llm_ctx_t *ctx, ngx_http_llm_consumer_sh_t *cs,
+    ngx_uint_t need, ngx_uint_t renew, ngx_msec_t now, ngx_msec_t *wait,
+    ngx_uint_t *kind);
+static void ngx_http_llm_consumer_spend(ngx_http_llm_zone_t *zone,
+    ngx_http_llm_consumer_sh_t *cs, ngx_uint_t k, int64_t value,
+    ngx_msec_t at, ngx_msec_t now);
+static void ngx_http_llm_consumer_budget(ngx_http_llm_zone_t *zone,
+    ngx_http_llm_consumer_sh_t *cs, ngx_uint_t k, ngx_http_llm_budget_t *b);
+static ngx_uint_t ngx_http_llm_consumer_busy(ngx_http_llm_zone_t *zone,
+    ngx_http_llm_consumer_sh_t *cs, ngx_msec_t now);
+static void ngx_http_llm_consumers_sync(ngx_event_t *ev);
 
 
 /*
@@ -251,8 +263,10 @@ ngx_http_llm_consumers_charge(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
     ngx_msec_t *wait)
 {
     time_t                       sec;
+    ngx_int_t                    rc;
     ngx_msec_t                   now, w, wr, wq;
-    ngx_uint_t                   i, need, nomem;
+    ngx_uint_t                   i, k, need, nomem, missing, shared, scale;
+    ngx_uint_t                   state, kind;
     ngx_http_llm_zone_t         *zone;
     ngx_http_llm_limit_t        *limit;
     ngx_http_llm_consumer_t     *c;
@@ -300,9 +314,50 @@ ngx_http_llm_consumers_charge(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
     now = ngx_current_msec;
     sec = ngx_time();
     nomem = 0;
+    missing = 0;
+    shared = 0;
+    scale = 100;
 
     ctx->over = NULL;
     ctx->over_consumer = NULL;
+
+    /*
+     * A zone shared through Redis admits on its leases; until this
+     * worker's connection first answers, a request waits for it, as long
+     * as redis_timeout= at most; without Redis, each limit is the share
+     * of it that redis_share= gives this instance
+     */
+
+    if (zone->share && !ctx->share_local) {
+        state = ngx_http_llm_share_state(zone->share);
+
+        if (ctx->share_since
+            && now - ctx->share_since >= zone->share_conf->redis.timeout)
+        {
+            ctx->share_local = 1;
+
+        } else if (state == NGX_HTTP_LLM_REDIS_READY) {
+            shared = 1;
+
+        } else if (state == NGX_HTTP_LLM_REDIS_CONNECTING) {
+            if (ctx->share_since == 0) {
+                ctx->share_since = now ? now : 1;
+            }
+
+            return NGX_AGAIN;
+
+        } else {
+            ctx->share_local = 1;
+        }
+
+        if (ctx->share_local) {
+            (void) ngx_atomic_fetch_add(&zone->sh->share.degraded, 1);
+        }
+    }
+
+    if (ctx->share_local) {
+        scale = zone->share_conf->share;
+    }
 
     ngx_shmtx_lock(&zone->shpool->mutex);
 
@@ -333,32 +388,68 @@ ngx_http_llm_consumers_charge(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
         wr = 0;
         wq = 0;
 
-        if (limit->tpm) {
-            w = ngx_http_llm_window_wait(cs->tokens,
-                                         NGX_HTTP_LLM_CONSUMER_SLOTS,
-                                         ngx_http_llm_tslot(cs->window),
-                                         cs->tokens_last, cs->tokens_sum,
-                                         limit->tpm, need, now);
-        }
-
-        if (limit->rpm) {
-            wr = ngx_http_llm_window_wait(cs->requests_slot,
-                                          NGX_HTTP_LLM_CONSUMER_RSLOTS,
-                                          ngx_http_llm_rslot(cs->window),
-                                          cs->requests_last,
-                                          cs->requests_sum, limit->rpm, 1,
-                                          now);
-        }
-
-        /*
-         * a quota, as a window, takes a request larger than itself only
-         * at the start of a period; room comes back when the period ends
-         */
-
         if (limit->quota) {
             ngx_http_llm_quota_period(cs, limit->quota_period, sec);
+        }
 
-            if (cs->quota_used && cs->quota_used + need > limit->quota) {
+        if (cs->share) {
+            cs->share->limit[NGX_HTTP_LLM_BUDGET_TOKENS] = limit->tpm;
+            cs->share->limit[NGX_HTTP_LLM_BUDGET_REQUESTS] = limit->rpm;
+            cs->share->limit[NGX_HTTP_LLM_BUDGET_QUOTA] = limit->quota;
+            cs->share->touched = now;
+        }
+
+        if (shared && cs->share && !c[i].dup) {
+            rc = ngx_http_llm_consumer_lease(zone, ctx, cs, need, 0, now,
+                                             &w, &kind);
+
+            if (rc == NGX_AGAIN) {
+                missing++;
+                continue;
+            }
+
+            if (rc == NGX_BUSY) {
+                if (kind == NGX_HTTP_LLM_BUDGET_QUOTA) {
+                    wq = w;
+                    w = 0;
+
+                } else if (kind == NGX_HTTP_LLM_BUDGET_REQUESTS) {
+                    wr = w;
+                    w = 0;
+                }
+            }
+
+        } else {
+            if (limit->tpm) {
+                w = ngx_http_llm_window_wait(cs->tokens,
+                                             NGX_HTTP_LLM_CONSUMER_SLOTS,
+                                             ngx_http_llm_tslot(cs->window),
+                                             cs->tokens_last, cs->tokens_sum,
+                                             ngx_max(limit->tpm * scale / 100,
+                                                     1),
+                                             need, now);
+            }
+
+            if (limit->rpm) {
+                wr = ngx_http_llm_window_wait(cs->requests_slot,
+                                              NGX_HTTP_LLM_CONSUMER_RSLOTS,
+                                              ngx_http_llm_rslot(cs->window),
+                                              cs->requests_last,
+                                              cs->requests_sum,
+                                              ngx_max(limit->rpm * scale
+                                                      / 100, 1),
+                                              1, now);
+            }
+
+            /*
+             * a quota, as a window, takes a request larger than itself
+             * only at the start of a period; room comes back when the
+             * period ends
+             */
+
+            if (limit->quota && cs->quota_used
+                && cs->quota_used + need > limit->quota * scale / 100)
+            {
                 wq = (ngx_msec_t) (cs->quota_end - sec) * 1000;
             }
         }
@@ -387,6 +478,13 @@ ngx_http_llm_consumers_charge(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
         cs = ctx->over_consumer->node;
         cs->throttled++;
 
+    } else if (missing) {
+        /* leases asked for: the request tries again when they come */
+
+        if (ctx->share_since == 0) {
+            ctx->share_since = now ? now : 1;
+        }
+
     } else {
         for (i = 0; i < ctx->nconsumers; i++) {
             cs = c[i].node;
@@ -413,12 +511,33 @@ ngx_http_llm_consumers_charge(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
 
             c[i].charged = need;
             c[i].charged_at = now;
+
+            /* what Redis is told, and leases renewed ahead of need */
+
+            if (cs->share) {
+                for (k = 0; k < 3; k++) {
+                    if (cs->share->limit[k]) {
+                        ngx_http_llm_consumer_spend(zone, cs, k,
+                               k == NGX_HTTP_LLM_BUDGET_REQUESTS ? 1 : need,
+                               now, now);
+                    }
+                }
+
+                if (shared) {
+                    (void) ngx_http_llm_consumer_lease(zone, ctx, cs, need,
+                                                       1, now, &w, &kind);
+                }
+            }
         }
 
         ctx->consumers_charged = 1;
     }
 
     ngx_shmtx_unlock(&zone->shpool->mutex);
+
+    if (missing) {
+        return NGX_AGAIN;
+    }
 
     if (nomem) {
         ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
@@ -636,12 +755,34 @@ ngx_http_llm_consumer_get(ngx_http_llm_zone_t *zone,
             }
         }
 
+        /* a reply from Redis still to come writes into it */
+
+        if (old->share
+            && ngx_http_llm_consumer_busy(zone, old, ngx_current_msec))
+        {
+            return NULL;
+        }
+
         ngx_queue_remove(q);
         ngx_rbtree_delete(&sh->consumers, &old->node);
+
+        if (old->share) {
+            ngx_slab_free_locked(zone->shpool, old->share);
+        }
+
         ngx_slab_free_locked(zone->shpool, old);
 
         sh->nconsumers--;
         sh->evicted++;
+    }
+
+    if (zone->share_conf) {
+        cs->share = ngx_slab_calloc_locked(zone->shpool,
+                                     sizeof(ngx_http_llm_consumer_share_t));
+        if (cs->share == NULL) {
+            ngx_slab_free_locked(zone->shpool, cs);
+            return NULL;
+        }
     }
 
     ngx_memcpy(&cs->node.key, c[n].digest, sizeof(ngx_rbtree_key_t));
@@ -737,6 +878,7 @@ static void
 ngx_http_llm_consumers_settle(ngx_http_llm_ctx_t *ctx,
     ngx_http_llm_scan_t *usage)
 {
+    int64_t                      diff;
     ngx_msec_t                   now, tslot, rslot;
     ngx_uint_t                   i, actual;
     ngx_http_llm_zone_t         *zone;
@@ -797,6 +939,32 @@ ngx_http_llm_consumers_settle(ngx_http_llm_ctx_t *ctx,
             cs->requests -= ngx_min(cs->requests, 1);
         }
 
+        /* Redis hears the same correction, in the slot of the charge */
+
+        if (cs->share) {
+            diff = (int64_t) actual - (int64_t) c[i].charged;
+
+            if (cs->share->limit[NGX_HTTP_LLM_BUDGET_TOKENS]) {
+                ngx_http_llm_consumer_spend(zone, cs,
+                                            NGX_HTTP_LLM_BUDGET_TOKENS, diff,
+                                            c[i].charged_at, now);
+            }
+
+            if (!usage && cs->share->limit[NGX_HTTP_LLM_BUDGET_REQUESTS]) {
+                ngx_http_llm_consumer_spend(zone, cs,
+                                            NGX_HTTP_LLM_BUDGET_REQUESTS, -1,
+                                            c[i].charged_at, now);
+            }
+
+            if (c[i].quota_start && c[i].quota_start == cs->quota_start
+                && cs->share->limit[NGX_HTTP_LLM_BUDGET_QUOTA])
+            {
+                ngx_http_llm_consumer_spend(zone, cs,
+                                            NGX_HTTP_LLM_BUDGET_QUOTA, diff,
+                                            c[i].charged_at, now);
+            }
+        }
+
         c[i].charged = usage ? actual : 0;
     }
 
@@ -854,6 +1022,16 @@ ngx_http_llm_quota_period(ngx_http_llm_consumer_sh_t *cs, ngx_uint_t period,
     cs->quota_start = start;
     cs->quota_end = end;
     cs->quota_used = 0;
+
+    /* a period is a budget of its own in Redis: nothing held of it yet */
+
+    if (cs->share && cs->share->quota_start != start) {
+        cs->share->quota_start = start;
+        cs->share->quota[0] = 0;
+        cs->share->lease[NGX_HTTP_LLM_BUDGET_QUOTA].credit = 0;
+        cs->share->lease[NGX_HTTP_LLM_BUDGET_QUOTA].expires = 0;
+        cs->share->lease[NGX_HTTP_LLM_BUDGET_QUOTA].exhausted = 0;
+    }
 }
 
 
@@ -865,8 +1043,9 @@ ngx_http_llm_quota_period(ngx_http_llm_consumer_sh_t *cs, ngx_uint_t period,
 
 ngx_uint_t
 ngx_http_llm_consumers_top(ngx_shm_zone_t *shm_zone,
-    ngx_http_llm_consumer_sh_t *top, ngx_uint_t n, ngx_uint_t *count,
-    ngx_uint_t *evicted)
+    ngx_http_llm_consumer_sh_t *top, ngx_http_llm_consumer_share_t *shares,
+    ngx_uint_t n, ngx_uint_t *count, ngx_uint_t *evicted,
+    ngx_http_llm_share_sh_t *share)
 {
     ngx_msec_t                   now;
     ngx_uint_t                   k, pos;
@@ -905,14 +1084,34 @@ ngx_http_llm_consumers_top(ngx_shm_zone_t *shm_zone,
 
         while (pos > 0 && top[pos - 1].tokens_sum < cs->tokens_sum) {
             top[pos] = top[pos - 1];
+
+            if (shares) {
+                shares[pos] = shares[pos - 1];
+            }
+
             pos--;
         }
 
         top[pos] = *cs;
+
+        /* the shared figures are copied too: the node may go after */
+
+        if (shares && cs->share) {
+            shares[pos] = *cs->share;
+        }
+    }
+
+    /* top[].share points to the copies */
+
+    for (pos = 0; pos < k; pos++) {
+        if (top[pos].share) {
+            top[pos].share = shares ? &shares[pos] : NULL;
+        }
     }
 
     *count = zone->sh->nconsumers;
     *evicted = zone->sh->evicted;
+    *share = zone->sh->share;
 
     ngx_shmtx_unlock(&zone->shpool->mutex);
 
@@ -926,4 +1125,412 @@ u_char *
 ngx_http_llm_consumer_id(u_char *p, u_char *digest)
 {
     return ngx_hex_dump(p, digest, NGX_HTTP_LLM_CONSUMER_ID_LEN / 2);
+}
+
+
+/*
+ * Shared through Redis (llm_zone redis=): a consumer's token window,
+ * request window and quota are three budgets, each with a lease.  Under
+ * the zone's lock, as everything below but the set-up and the timer.
+ */
+
+ngx_int_t
+ngx_http_llm_consumers_share_init(ngx_cycle_t *cycle,
+    ngx_http_llm_zone_t *zone)
+{
+    ngx_http_llm_share_t  *share;
+
+    share = ngx_pcalloc(cycle->pool, sizeof(ngx_http_llm_share_t));
+    if (share == NULL) {
+        return NGX_ERROR;
+    }
+
+    share->conf = zone->share_conf;
+    share->sh = &zone->sh->share;
+    share->shpool = zone->shpool;
+    share->zone = zone->name;
+    share->data = zone;
+
+    zone->share = share;
+
+    return ngx_http_llm_share_init(cycle, share,
+                                   ngx_http_llm_consumers_sync);
+}
+
+
+/*
+ * The request's room in each budget of one consumer: NGX_OK when every
+ * lease covers it; NGX_AGAIN when a lease was asked for; NGX_BUSY when
+ * Redis said lately that there is no more (*wait, *kind: which, and until
+ * when).  renew: after the charge, leases that run low are renewed
+ * ahead of the next request, which then need not wait.
+ */
+
+static ngx_int_t
+ngx_http_llm_consumer_lease(ngx_http_llm_zone_t *zone,
+    ngx_http_llm_ctx_t *ctx, ngx_http_llm_consumer_sh_t *cs,
+    ngx_uint_t need, ngx_uint_t renew, ngx_msec_t now, ngx_msec_t *wait,
+    ngx_uint_t *kind)
+{
+    int64_t                 n;
+    ngx_int_t               rc;
+    ngx_uint_t              k;
+    ngx_msec_t              sync;
+    ngx_http_llm_lease_t   *lease;
+    ngx_http_llm_budget_t   b;
+
+    rc = NGX_OK;
+    sync = zone->share_conf->sync;
+
+    for (k = 0; k < 3; k++) {
+
+        if (cs->share->limit[k] == 0) {
+            continue;
+        }
+
+        lease = &cs->share->lease[k];
+        n = (k == NGX_HTTP_LLM_BUDGET_REQUESTS) ? 1 : (int64_t) need;
+
+        if (!renew && ngx_http_llm_lease_ok(lease, n, now)) {
+            continue;
+        }
+
+        if (ngx_http_llm_consumer_busy(zone, cs, now)
+            && lease->busy)
+        {
+            if (!renew) {
+                rc = (rc == NGX_BUSY) ? rc : NGX_AGAIN;
+            }
+
+            continue;
+        }
+
+        /*
+         * Redis had no more a moment ago, or since this request waits:
+         * a 429, without asking again for each request
+         */
+
+        if (!renew && lease->exhausted
+            && ((ngx_msec_int_t) (now - lease->exhausted)
+                                                  < (ngx_msec_int_t) sync
+                || (ctx->share_since
+                    && (ngx_msec_int_t) (lease->exhausted - ctx->share_since)
+                       >= 0)))
+        {
+            ngx_http_llm_consumer_budget(zone, cs, k, &b);
+
+            *kind = k;
+            *wait = b.slot_ms ? b.slot_ms
+                              : (ngx_msec_t) ngx_max(cs->quota_end
+                                                     - ngx_time(), 1) * 1000;
+            rc = NGX_BUSY;
+            continue;
+        }
+
+        ngx_http_llm_consumer_budget(zone, cs, k, &b);
+
+        b.ask = ngx_http_llm_lease_want(&b, n, now);
+
+        if (renew && b.ask <= 0) {
+            continue;
+        }
+
+        if (ngx_http_llm_lease_send(zone->share, &b, now) != NGX_OK) {
+            ngx_log_debug0(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                           "llm share: lease not asked");
+        }
+
+        if (!renew) {
+            rc = (rc == NGX_BUSY) ? rc : NGX_AGAIN;
+        }
+    }
+
+    return rc;
+}
+
+
+static void
+ngx_http_llm_consumer_spend(ngx_http_llm_zone_t *zone,
+    ngx_http_llm_consumer_sh_t *cs, ngx_uint_t k, int64_t value,
+    ngx_msec_t at, ngx_msec_t now)
+{
+    ngx_http_llm_budget_t  b;
+
+    if (value == 0) {
+        return;
+    }
+
+    ngx_http_llm_consumer_budget(zone, cs, k, &b);
+    ngx_http_llm_lease_spend(&b, value, at, now);
+}
+
+
+/*
+ * A budget's key in Redis: the zone's name, the consumer's hash (never
+ * the key's value) and which budget; a quota's names its period
+ */
+
+static void
+ngx_http_llm_consumer_budget(ngx_http_llm_zone_t *zone,
+    ngx_http_llm_consumer_sh_t *cs, ngx_uint_t k, ngx_http_llm_budget_t *b)
+{
+    u_char      *p, *last;
+    ngx_msec_t   ttl;
+
+    ttl = zone->share_conf->ttl;
+
+    b->lease = &cs->share->lease[k];
+    b->limit = cs->share->limit[k];
+    b->ask = 0;
+
+    p = b->key;
+    last = b->key + sizeof(b->key);
+
+    p = ngx_slprintf(p, last, "llm:%V:", &zone->name);
+    p = ngx_hex_dump(p, cs->digest, NGX_HTTP_LLM_DIGEST_LEN);
+
+    switch (k) {
+
+    case NGX_HTTP_LLM_BUDGET_TOKENS:
+        b->ring = cs->share->tokens;
+        b->nslots = NGX_HTTP_LLM_CONSUMER_SLOTS;
+        b->slot_ms = ngx_http_llm_tslot(cs->window);
+        b->expire = b->slot_ms * (b->nslots + 1) + ttl;
+        p = ngx_slprintf(p, last, ":t");
+        break;
+
+    case NGX_HTTP_LLM_BUDGET_REQUESTS:
+        b->ring = cs->share->requests;
+        b->nslots = NGX_HTTP_LLM_CONSUMER_RSLOTS;
+        b->slot_ms = ngx_http_llm_rslot(cs->window);
+        b->expire = b->slot_ms * (b->nslots + 1) + ttl;
+        p = ngx_slprintf(p, last, ":r");
+        break;
+
+    default: /* NGX_HTTP_LLM_BUDGET_QUOTA */
+        b->ring = cs->share->quota;
+        b->nslots = 1;
+        b->slot_ms = 0;
+
+        /* kept a day past its period, for a look after the fact */
+
+        b->expire = (ngx_msec_t) (ngx_max(cs->quota_end - ngx_time(), 0)
+                                  + 86400) * 1000;
+        p = ngx_slprintf(p, last, ":q:%T", cs->share->quota_start);
+    }
+
+    b->key_len = p - b->key;
+}
+
+
+/*
+ * A reply from Redis is awaited for one of its budgets; one that has
+ * not come in twice redis_timeout= will not come: its connection failed.
+ */
+
+static ngx_uint_t
+ngx_http_llm_consumer_busy(ngx_http_llm_zone_t *zone,
+    ngx_http_llm_consumer_sh_t *cs, ngx_msec_t now)
+{
+    ngx_uint_t             k, busy;
+    ngx_http_llm_lease_t  *lease;
+
+    busy = 0;
+
+    for (k = 0; k < 3; k++) {
+        lease = &cs->share->lease[k];
+
+        if (lease->busy == 0) {
+            continue;
+        }
+
+        if ((ngx_msec_int_t) (now - lease->busy)
+            > (ngx_msec_int_t) (2 * zone->share_conf->redis.timeout))
+        {
+            lease->busy = 0;
+            continue;
+        }
+
+        busy = 1;
+    }
+
+    return busy;
+}
+
+
+/*
+ * Every redis_sync= period, one worker of the instance reports what was
+ * spent and renews the leases about to lapse, most recently used
+ * consumers first; it stops at the first consumer idle for two lease
+ * lifetimes with nothing left to say, as all behind it are older.
+ */
+
+#define NGX_HTTP_LLM_SYNC_MAX  512
+
+static void
+ngx_http_llm_consumers_sync(ngx_event_t *ev)
+{
+    ngx_http_llm_share_t  *share = ev->data;
+
+    int64_t                        sum;
+    ngx_uint_t                     k, i, sent, idle;
+    ngx_msec_t                     now, ttl;
+    ngx_queue_t                   *q;
+    ngx_http_llm_zone_t           *zone;
+    ngx_http_llm_lease_t          *lease;
+    ngx_http_llm_budget_t          b;
+    ngx_http_llm_consumer_sh_t    *cs;
+
+    zone = share->data;
+    now = ngx_current_msec;
+    ttl = share->conf->ttl;
+    sent = 0;
+
+    if (ngx_exiting || ngx_terminate || ngx_quit) {
+        return;
+    }
+
+    ngx_add_timer(&share->timer, share->conf->sync);
+
+    if (ngx_http_llm_share_state(share) != NGX_HTTP_LLM_REDIS_READY) {
+        return;
+    }
+
+    ngx_shmtx_lock(&zone->shpool->mutex);
+
+    if ((ngx_msec_int_t) (share->sh->next_sync - now) > 0) {
+        ngx_shmtx_unlock(&zone->shpool->mutex);
+        return;
+    }
+
+    share->sh->next_sync = now + share->conf->sync;
+
+    for (q = ngx_queue_head(&zone->sh->consumer_lru);
+         q != ngx_queue_sentinel(&zone->sh->consumer_lru)
+         && sent < NGX_HTTP_LLM_SYNC_MAX;
+         q = ngx_queue_next(q))
+    {
+        cs = ngx_queue_data(q, ngx_http_llm_consumer_sh_t, queue);
+
+        if (cs->share == NULL) {
+            continue;
+        }
+
+        idle = ((ngx_msec_int_t) (now - cs->share->touched)
+                > (ngx_msec_int_t) (2 * ttl));
+
+        (void) ngx_http_llm_consumer_busy(zone, cs, now);
+
+        for (k = 0; k < 3; k++) {
+            lease = &cs->share->lease[k];
+
+            if (cs->share->limit[k] == 0 || lease->busy) {
+                continue;
+            }
+
+            ngx_http_llm_consumer_budget(zone, cs, k, &b);
+
+            /* idle: the credit goes back; in use: topped up */
+
+            b.ask = ngx_http_llm_lease_idle(&b, now, ttl);
+
+            if (b.ask == 0
+                && (ngx_msec_int_t) (now - lease->used)
+                   <= (ngx_msec_int_t) ttl / 2)
+            {
+                b.ask = ngx_http_llm_lease_want(&b, 0, now);
+            }
+
+            sum = 0;
+
+            for (i = 0; i < b.nslots; i++) {
+                sum |= b.ring[i];
+            }
+
+            if (sum == 0 && b.ask == 0
+                && !(lease->credit > 0
+                     && (ngx_msec_int_t) (lease->expires - now)
+                        < (ngx_msec_int_t) ttl / 2))
+            {
+                continue;
+            }
+
+            idle = 0;
+
+            if (ngx_http_llm_lease_send(share, &b, now) == NGX_OK) {
+                sent++;
+            }
+        }
+
+        if (idle) {
+            break;
+        }
+    }
+
+    ngx_shmtx_unlock(&zone->shpool->mutex);
+}
+
+
+/*
+ * A worker that exits reports what it knows and Redis does not yet, so
+ * that a stop or a reload loses nothing: every ring not yet empty.
+ * Leases stay: the instance's other workers may go on with them.
+ */
+
+void
+ngx_http_llm_consumers_share_exit(ngx_http_llm_zone_t *zone)
+{
+    int64_t                      sum;
+    ngx_uint_t                   k, i;
+    ngx_msec_t                   now;
+    ngx_queue_t                 *q;
+    ngx_http_llm_budget_t        b;
+    ngx_http_llm_consumer_sh_t  *cs;
+
+    if (zone->share == NULL) {
+        return;
+    }
+
+    if (ngx_http_llm_share_state(zone->share) != NGX_HTTP_LLM_REDIS_READY) {
+        ngx_http_llm_redis_close(zone->share->redis);
+        return;
+    }
+
+    ngx_time_update();
+    now = ngx_current_msec;
+
+    ngx_shmtx_lock(&zone->shpool->mutex);
+
+    for (q = ngx_queue_head(&zone->sh->consumer_lru);
+         q != ngx_queue_sentinel(&zone->sh->consumer_lru);
+         q = ngx_queue_next(q))
+    {
+        cs = ngx_queue_data(q, ngx_http_llm_consumer_sh_t, queue);
+
+        if (cs->share == NULL) {
+            continue;
+        }
+
+        for (k = 0; k < 3; k++) {
+            if (cs->share->limit[k] == 0) {
+                continue;
+            }
+
+            ngx_http_llm_consumer_budget(zone, cs, k, &b);
+
+            sum = 0;
+
+            for (i = 0; i < b.nslots; i++) {
+                sum |= b.ring[i];
+            }
+
+            if (sum) {
+                (void) ngx_http_llm_lease_send(zone->share, &b, now);
+            }
+        }
+    }
+
+    ngx_shmtx_unlock(&zone->shpool->mutex);
+
+    ngx_http_llm_redis_drain(zone->share->redis);
 }

@@ -14,6 +14,7 @@ static ngx_int_t ngx_http_llm_preconfiguration(ngx_conf_t *cf);
 static ngx_int_t ngx_http_llm_init(ngx_conf_t *cf);
 static void *ngx_http_llm_create_main_conf(ngx_conf_t *cf);
 static ngx_int_t ngx_http_llm_init_process(ngx_cycle_t *cycle);
+static void ngx_http_llm_exit_process(ngx_cycle_t *cycle);
 static void *ngx_http_llm_create_srv_conf(ngx_conf_t *cf);
 static void *ngx_http_llm_create_loc_conf(ngx_conf_t *cf);
 static char *ngx_http_llm_merge_loc_conf(ngx_conf_t *cf, void *parent,
@@ -42,7 +43,7 @@ static ngx_conf_enum_t  ngx_http_llm_encodings[] = {
 static ngx_command_t  ngx_http_llm_commands[] = {
 
     { ngx_string("llm_zone"),
-      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      NGX_HTTP_MAIN_CONF|NGX_CONF_1MORE,
       ngx_http_llm_zone,
       0,
       0,
@@ -189,7 +190,7 @@ ngx_module_t  ngx_http_llm_module = {
     ngx_http_llm_init_process,             /* init process */
     NULL,                                  /* init thread */
     NULL,                                  /* exit thread */
-    NULL,                                  /* exit process */
+    ngx_http_llm_exit_process,             /* exit process */
     NULL,                                  /* exit master */
     NGX_MODULE_V1_PADDING
 };
@@ -302,12 +303,33 @@ ngx_http_llm_create_main_conf(ngx_conf_t *cf)
 static ngx_int_t
 ngx_http_llm_init_process(ngx_cycle_t *cycle)
 {
-    ngx_http_llm_main_conf_t  *lmcf;
+    ngx_uint_t                  i;
+    ngx_http_llm_pool_t       **pools;
+    ngx_http_llm_zone_t        *zone;
+    ngx_http_llm_main_conf_t   *lmcf;
 
     lmcf = ngx_http_cycle_get_module_main_conf(cycle, ngx_http_llm_module);
 
     ngx_http_llm_json_init();
     ngx_http_llm_guess_prepare();
+
+    /* each zone shared through Redis: this worker's connection to it */
+
+    if (lmcf && (ngx_process == NGX_PROCESS_WORKER
+                 || ngx_process == NGX_PROCESS_SINGLE))
+    {
+        pools = lmcf->pools.elts;
+
+        for (i = 0; i < lmcf->pools.nelts; i++) {
+            zone = pools[i]->shm_zone->data;
+
+            if (zone->share_conf && zone->share == NULL
+                && ngx_http_llm_consumers_share_init(cycle, zone) != NGX_OK)
+            {
+                return NGX_ERROR;
+            }
+        }
+    }
 
     if (lmcf == NULL
         || (lmcf->vocab[NGX_HTTP_LLM_ENC_O200K] == NULL
@@ -317,6 +339,37 @@ ngx_http_llm_init_process(ngx_cycle_t *cycle)
     }
 
     return ngx_http_llm_count_cache_init(cycle);
+}
+
+
+/* what Redis has not heard yet of a zone's budgets, before the end */
+
+static void
+ngx_http_llm_exit_process(ngx_cycle_t *cycle)
+{
+    ngx_uint_t                  i;
+    ngx_http_llm_pool_t       **pools;
+    ngx_http_llm_zone_t        *zone;
+    ngx_http_llm_main_conf_t   *lmcf;
+
+    lmcf = ngx_http_cycle_get_module_main_conf(cycle, ngx_http_llm_module);
+
+    if (lmcf == NULL) {
+        return;
+    }
+
+    pools = lmcf->pools.elts;
+
+    for (i = 0; i < lmcf->pools.nelts; i++) {
+        zone = pools[i]->shm_zone->data;
+
+        if (zone->share) {
+            ngx_http_llm_consumers_share_exit(zone);
+
+            /* pools of one zone: once */
+            zone->share = NULL;
+        }
+    }
 }
 
 

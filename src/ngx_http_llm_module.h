@@ -13,6 +13,7 @@
 #include <ngx_http.h>
 #include <cjson/cJSON.h>
 #include "ngx_http_llm_tokenizer.h"
+#include "ngx_http_llm_share.h"
 
 
 /*
@@ -112,6 +113,23 @@ typedef struct {
 #define NGX_HTTP_LLM_CONSUMER_ID_LEN     16  /* hex digits shown */
 
 
+/* a consumer's budgets shared through Redis (llm_zone redis=) */
+
+#define NGX_HTTP_LLM_BUDGET_TOKENS       0
+#define NGX_HTTP_LLM_BUDGET_REQUESTS     1
+#define NGX_HTTP_LLM_BUDGET_QUOTA        2
+
+typedef struct {
+    int64_t                      limit[3];   /* 0: none */
+    ngx_msec_t                   touched;
+    time_t                       quota_start;  /* of lease[2] */
+    ngx_http_llm_lease_t         lease[3];
+    int64_t                      tokens[NGX_HTTP_LLM_CONSUMER_SLOTS];
+    int64_t                      requests[NGX_HTTP_LLM_CONSUMER_RSLOTS];
+    int64_t                      quota[1];
+} ngx_http_llm_consumer_share_t;
+
+
 typedef struct {
     ngx_rbtree_node_t            node;
     ngx_queue_t                  queue;
@@ -135,6 +153,8 @@ typedef struct {
 
     uint32_t                     tokens[NGX_HTTP_LLM_CONSUMER_SLOTS];
     uint32_t                     requests_slot[NGX_HTTP_LLM_CONSUMER_RSLOTS];
+
+    ngx_http_llm_consumer_share_t  *share;   /* NULL: not shared */
 } ngx_http_llm_consumer_sh_t;
 
 
@@ -149,6 +169,8 @@ typedef struct {
     ngx_queue_t                  consumer_lru;
     ngx_uint_t                   nconsumers;
     ngx_uint_t                   evicted;
+
+    ngx_http_llm_share_sh_t      share;
 } ngx_http_llm_shctx_t;
 
 
@@ -156,6 +178,11 @@ typedef struct {
     ngx_http_llm_shctx_t        *sh;
     ngx_slab_pool_t             *shpool;
     ngx_array_t                  pools;      /* ngx_http_llm_pool_t * */
+    ngx_str_t                    name;
+
+    /* llm_zone redis=: the options, and this worker's link */
+    ngx_http_llm_share_conf_t   *share_conf;
+    ngx_http_llm_share_t        *share;
 } ngx_http_llm_zone_t;
 
 
@@ -427,6 +454,9 @@ typedef struct {
     ngx_http_llm_limit_t        *over;        /* the limit that refused */
     ngx_http_llm_consumer_t     *over_consumer;
 
+    /* waiting for a lease from Redis since, 0: not waiting */
+    ngx_msec_t                   share_since;
+
     unsigned                     parsed:1;
     unsigned                     stream:1;
     unsigned                     stream_options:1;
@@ -446,6 +476,7 @@ typedef struct {
     unsigned                     cleanup:1;
     unsigned                     consumers_keyed:1;
     unsigned                     consumers_charged:1;
+    unsigned                     share_local:1;  /* Redis did not answer */
 
     /* see ngx_http_llm_charge.c */
     unsigned                     held:1;      /* the backend's charge */
@@ -540,6 +571,9 @@ void ngx_http_llm_window_add(uint32_t *slots, ngx_uint_t n,
     ngx_msec_t slot_ms, ngx_msec_t last, ngx_uint_t *sum, ngx_uint_t value,
     ngx_msec_t at);
 void ngx_http_llm_consumers_init(ngx_http_llm_shctx_t *sh);
+ngx_int_t ngx_http_llm_consumers_share_init(ngx_cycle_t *cycle,
+    ngx_http_llm_zone_t *zone);
+void ngx_http_llm_consumers_share_exit(ngx_http_llm_zone_t *zone);
 
 char *ngx_http_llm_limit(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 ngx_int_t ngx_http_llm_consumers_charge(ngx_http_request_t *r,
@@ -548,8 +582,9 @@ void ngx_http_llm_consumers_refund(ngx_http_llm_ctx_t *ctx);
 void ngx_http_llm_consumers_account(ngx_http_llm_ctx_t *ctx,
     ngx_uint_t status);
 ngx_uint_t ngx_http_llm_consumers_top(ngx_shm_zone_t *shm_zone,
-    ngx_http_llm_consumer_sh_t *top, ngx_uint_t n, ngx_uint_t *count,
-    ngx_uint_t *evicted);
+    ngx_http_llm_consumer_sh_t *top, ngx_http_llm_consumer_share_t *shares,
+    ngx_uint_t n, ngx_uint_t *count, ngx_uint_t *evicted,
+    ngx_http_llm_share_sh_t *share);
 u_char *ngx_http_llm_consumer_id(u_char *p, u_char *digest);
 
 char *ngx_http_llm_balance(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);

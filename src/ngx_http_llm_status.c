@@ -32,11 +32,16 @@ typedef struct {
 /* a zone's consumers as the status shows them: the top n by tokens */
 
 typedef struct {
-    ngx_shm_zone_t              *shm_zone;
-    ngx_http_llm_consumer_sh_t  *top;
-    ngx_uint_t                   ntop;
-    ngx_uint_t                   count;
-    ngx_uint_t                   evicted;
+    ngx_shm_zone_t                 *shm_zone;
+    ngx_http_llm_consumer_sh_t     *top;
+    ngx_http_llm_consumer_share_t  *shares;
+    ngx_uint_t                      ntop;
+    ngx_uint_t                      count;
+    ngx_uint_t                      evicted;
+
+    /* llm_zone redis=: the link's figures, this worker's state */
+    ngx_http_llm_share_sh_t         share;
+    ngx_http_llm_zone_t            *zone;
 } ngx_http_llm_consumers_snap_t;
 
 
@@ -57,6 +62,10 @@ static ngx_http_llm_consumers_snap_t *ngx_http_llm_consumers_snapshot(
     ngx_uint_t n, ngx_uint_t *nzones);
 static u_char *ngx_http_llm_consumers_json(u_char *p,
     ngx_http_llm_consumers_snap_t *zones, ngx_uint_t nzones);
+static u_char *ngx_http_llm_share_json(u_char *p,
+    ngx_http_llm_consumers_snap_t *zone);
+static u_char *ngx_http_llm_consumer_shared_json(u_char *p,
+    ngx_http_llm_consumer_sh_t *cs);
 static u_char *ngx_http_llm_consumers_prometheus(u_char *p,
     ngx_http_llm_consumers_snap_t *zones, ngx_uint_t nzones);
 
@@ -164,7 +173,7 @@ ngx_http_llm_status_handler(ngx_http_request_t *r)
     }
 
     for (i = 0; i < nzones; i++) {
-        size += 1024 + 8 * zones[i].shm_zone->shm.name.len
+        size += 2048 + 8 * zones[i].shm_zone->shm.name.len
                 + zones[i].ntop * (1024 + 8 * zones[i].shm_zone->shm.name.len);
     }
 
@@ -612,6 +621,7 @@ ngx_http_llm_consumers_snapshot(ngx_http_request_t *r,
         }
 
         zones[k].shm_zone = pools[i]->shm_zone;
+        zones[k].zone = pools[i]->shm_zone->data;
 
         if (n) {
             zones[k].top = ngx_palloc(r->pool,
@@ -619,18 +629,125 @@ ngx_http_llm_consumers_snapshot(ngx_http_request_t *r,
             if (zones[k].top == NULL) {
                 return NULL;
             }
+
+            if (zones[k].zone->share_conf) {
+                zones[k].shares = ngx_palloc(r->pool,
+                                 n * sizeof(ngx_http_llm_consumer_share_t));
+                if (zones[k].shares == NULL) {
+                    return NULL;
+                }
+            }
         }
 
         zones[k].ntop = ngx_http_llm_consumers_top(pools[i]->shm_zone,
-                                                   zones[k].top, n,
+                                                   zones[k].top,
+                                                   zones[k].shares, n,
                                                    &zones[k].count,
-                                                   &zones[k].evicted);
+                                                   &zones[k].evicted,
+                                                   &zones[k].share);
         k++;
     }
 
     *nzones = k;
 
     return zones;
+}
+
+
+/*
+ * A zone shared through Redis: where, whether this worker is connected,
+ * and the link's history; the secret in a URL never shows
+ */
+
+static u_char *
+ngx_http_llm_share_json(u_char *p, ngx_http_llm_consumers_snap_t *zone)
+{
+    ngx_str_t                *name;
+    ngx_http_llm_share_sh_t  *sh;
+
+    static const char  *states[] = { "connecting", "connected", "down" };
+
+    if (zone->zone->share_conf == NULL) {
+        return ngx_sprintf(p, "\"redis\":null");
+    }
+
+    sh = &zone->share;
+    name = &zone->zone->share_conf->redis.name;
+
+    p = ngx_sprintf(p, "\"redis\":{\"server\":\"");
+    p = (u_char *) ngx_escape_json(p, name->data, name->len);
+    p = ngx_sprintf(p, "\",\"state\":\"%s\",\"replies\":%uA,"
+                    "\"errors\":%uA,\"degraded_admissions\":%uA,"
+                    "\"lag_ms\":%M,",
+                    zone->zone->share
+                    ? states[ngx_http_llm_share_state(zone->zone->share)]
+                    : "connecting",
+                    sh->replies, sh->errors, sh->degraded, sh->lag);
+
+    if (sh->last_ok) {
+        p = ngx_sprintf(p, "\"last_reply_s_ago\":%T,",
+                        ngx_max(ngx_time() - sh->last_ok, 0));
+
+    } else {
+        p = ngx_sprintf(p, "\"last_reply_s_ago\":null,");
+    }
+
+    if (sh->last_error) {
+        p = ngx_sprintf(p, "\"last_error_s_ago\":%T,\"last_error\":\"",
+                        ngx_max(ngx_time() - sh->last_error, 0));
+        p = (u_char *) ngx_escape_json(p, sh->error,
+                                       ngx_strlen(sh->error));
+        p = ngx_sprintf(p, "\"}");
+
+    } else {
+        p = ngx_sprintf(p, "\"last_error_s_ago\":null,"
+                        "\"last_error\":null}");
+    }
+
+    return p;
+}
+
+
+/*
+ * What every instance spent of the consumer's budgets, as Redis said at
+ * the last reply, and what they hold in leases
+ */
+
+static u_char *
+ngx_http_llm_consumer_shared_json(u_char *p, ngx_http_llm_consumer_sh_t *cs)
+{
+    ngx_uint_t                      k;
+    ngx_http_llm_lease_t           *lease;
+    ngx_http_llm_consumer_share_t  *share;
+
+    static const char  *names[] = { "tokens", "requests", "quota" };
+
+    share = cs->share;
+
+    if (share == NULL) {
+        return ngx_sprintf(p, "\"shared\":null");
+    }
+
+    p = ngx_sprintf(p, "\"shared\":{");
+
+    for (k = 0; k < 3; k++) {
+        lease = &share->lease[k];
+
+        if (share->limit[k] == 0 || lease->synced == 0) {
+            p = ngx_sprintf(p, "%s\"%s\":null", k ? "," : "", names[k]);
+            continue;
+        }
+
+        p = ngx_sprintf(p, "%s\"%s\":{\"used\":%L,\"leased\":%L,"
+                        "\"credit\":%L,\"synced_ms_ago\":%M}",
+                        k ? "," : "", names[k], lease->spent, lease->leased,
+                        ngx_max(lease->credit, 0),
+                        ngx_current_msec - lease->synced);
+    }
+
+    *p++ = '}';
+
+    return p;
 }
 
 
@@ -647,8 +764,10 @@ ngx_http_llm_consumers_json(u_char *p, ngx_http_llm_consumers_snap_t *zones,
 
         p = ngx_sprintf(p, "%s{\"zone\":\"", i ? "," : "");
         p = (u_char *) ngx_escape_json(p, name->data, name->len);
-        p = ngx_sprintf(p, "\",\"count\":%ui,\"evicted\":%ui,\"top\":[",
+        p = ngx_sprintf(p, "\",\"count\":%ui,\"evicted\":%ui,",
                         zones[i].count, zones[i].evicted);
+        p = ngx_http_llm_share_json(p, &zones[i]);
+        p = ngx_sprintf(p, ",\"top\":[");
 
         for (j = 0; j < zones[i].ntop; j++) {
             cs = &zones[i].top[j];
@@ -666,14 +785,17 @@ ngx_http_llm_consumers_json(u_char *p, ngx_http_llm_consumers_snap_t *zones,
 
             if (cs->quota_end) {
                 p = ngx_sprintf(p, "\"quota_used\":%ui,"
-                                "\"quota_resets_in_s\":%T}",
+                                "\"quota_resets_in_s\":%T,",
                                 cs->quota_used,
                                 ngx_max(cs->quota_end - ngx_time(), 0));
 
             } else {
                 p = ngx_sprintf(p, "\"quota_used\":null,"
-                                "\"quota_resets_in_s\":null}");
+                                "\"quota_resets_in_s\":null,");
             }
+
+            p = ngx_http_llm_consumer_shared_json(p, cs);
+            *p++ = '}';
         }
 
         p = ngx_sprintf(p, "]}");

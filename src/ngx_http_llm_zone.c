@@ -22,11 +22,14 @@ static ngx_uint_t ngx_http_llm_latency(ngx_http_llm_pool_t *pool,
 char *
 ngx_http_llm_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
-    u_char               *p;
-    ssize_t               size;
-    ngx_str_t            *value, name, s;
-    ngx_shm_zone_t       *shm_zone;
-    ngx_http_llm_zone_t  *zone;
+    char                       *rv;
+    u_char                     *p;
+    ssize_t                     size;
+    ngx_str_t                  *value, name, s;
+    ngx_uint_t                  i;
+    ngx_shm_zone_t             *shm_zone;
+    ngx_http_llm_zone_t        *zone;
+    ngx_http_llm_share_conf_t  *scf;
 
     value = cf->args->elts;
 
@@ -79,6 +82,38 @@ ngx_http_llm_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     /* marks the zone as declared until init_zone sets the real pointer */
     zone->sh = (void *) 1;
+    zone->name = name;
+
+    /* redis=URL and its options: the zone's budgets shared */
+
+    scf = NULL;
+
+    for (i = 2; i < cf->args->nelts; i++) {
+        rv = ngx_http_llm_share_option(cf, &value[i], &scf);
+
+        if (rv == NGX_CONF_ERROR) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid parameter \"%V\"",
+                               ngx_strncmp(value[i].data, "redis=", 6) == 0
+                               ? &name : &value[i]);
+            return NGX_CONF_ERROR;
+        }
+
+        if (rv != NGX_CONF_OK) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "llm_zone \"%V\" %s", &name, rv);
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    if (scf && scf->redis.addr == NULL) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "llm_zone \"%V\" has Redis options but no "
+                           "\"redis=\"", &name);
+        return NGX_CONF_ERROR;
+    }
+
+    zone->share_conf = scf;
 
     return NGX_CONF_OK;
 }

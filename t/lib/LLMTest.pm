@@ -169,10 +169,12 @@ sub reload_nginx {
     kill 'HUP', $self->{nginx_pid};
 }
 
+# $signal: QUIT (a graceful stop, the default) or TERM (nginx -s stop)
+
 sub stop_nginx {
-    my ($self) = @_;
+    my ($self, $signal) = @_;
     my $pid = delete $self->{nginx_pid} or return;
-    kill 'QUIT', $pid;
+    kill $signal // 'QUIT', $pid;
     my $deadline = time + 10;
     while (time < $deadline) {
         return if waitpid($pid, WNOHANG) == $pid;
@@ -515,6 +517,45 @@ sub start_sim {
     }
     $self->{sim_ctl} = $ctl;
     return $pid;
+}
+
+# a redis-server of our own on a free loopback port, nothing saved to
+# disk; $opt{port} starts it again where it was, $opt{args} adds options
+# (e.g. [--requirepass => 'x']); returns the port
+
+sub start_redis {
+    my ($self, %opt) = @_;
+    my $port = $opt{port} // free_port();
+    my $pid = fork // die "fork: $!";
+    if ($pid == 0) {
+        open STDOUT, '>>', "$self->{dir}/redis.log";
+        open STDERR, '>>', "$self->{dir}/redis.log";
+        exec 'redis-server', '--port', $port, '--bind', '127.0.0.1',
+             '--save', '', '--appendonly', 'no', '--dir', $self->{dir},
+             '--daemonize', 'no', @{ $opt{args} || [] };
+        die "exec redis-server: $!";
+    }
+    push @{ $self->{pids} }, $pid;
+    $self->{redis_pid} = $pid;
+    wait_port($port, 10) or die "redis-server did not start:\n"
+                                . $self->read_file('redis.log');
+    return $port;
+}
+
+# $signal: TERM (a clean stop) or KILL (a crash)
+
+sub stop_redis {
+    my ($self, $signal) = @_;
+    my $pid = delete $self->{redis_pid} or return;
+    kill $signal // 'TERM', $pid;
+    waitpid $pid, 0;
+    @{ $self->{pids} } = grep { $_ != $pid } @{ $self->{pids} };
+}
+
+sub redis_cli {
+    my ($self, $port, @args) = @_;
+    my $out = `redis-cli -h 127.0.0.1 -p $port @args 2>&1`;
+    return $out;
 }
 
 sub sim_stats {

@@ -1,0 +1,843 @@
+
+/*
+ * Copyright (C) nginx-llm-router authors
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_event.h>
+#include <ngx_event_connect.h>
+#include <openssl/sha.h>
+#include <poll.h>
+#include "ngx_http_llm_redis.h"
+
+
+/*
+ * One connection per worker and zone.  Replies come in the order of the
+ * commands, so the handlers wait in a ring; a command that finds the
+ * ring or the output buffer full is refused at once rather than queued
+ * without bound, and its caller does without Redis for this once.
+ */
+
+#define NGX_HTTP_LLM_REDIS_OUT       (64 * 1024)
+#define NGX_HTTP_LLM_REDIS_PENDING   1024
+#define NGX_HTTP_LLM_REDIS_BACKOFF   1000   /* the longest, in ms */
+
+
+typedef struct {
+    ngx_http_llm_redis_handler_pt  handler;
+    void                          *data;
+} ngx_http_llm_redis_pending_t;
+
+
+struct ngx_http_llm_redis_s {
+    ngx_http_llm_redis_conf_t     *conf;
+    ngx_log_t                     *log;
+    ngx_peer_connection_t          peer;
+    redisReader                   *reader;
+
+    u_char                        *out;
+    size_t                         out_pos;
+    size_t                         out_last;
+
+    ngx_http_llm_redis_pending_t   pending[NGX_HTTP_LLM_REDIS_PENDING];
+    ngx_uint_t                     head;
+    ngx_uint_t                     npending;
+
+    ngx_str_t                     *script;
+    u_char                         sha[SHA_DIGEST_LENGTH * 2];
+
+    ngx_event_t                    retry;
+    ngx_msec_t                     backoff;
+    ngx_uint_t                     state;
+    char                           error[128];
+
+    ngx_http_llm_redis_handler_pt  state_handler;
+    void                          *state_data;
+};
+
+
+static void ngx_http_llm_redis_connect(ngx_event_t *ev);
+static void ngx_http_llm_redis_write_handler(ngx_event_t *wev);
+static void ngx_http_llm_redis_read_handler(ngx_event_t *rev);
+static void ngx_http_llm_redis_fail(ngx_http_llm_redis_t *rs,
+    const char *error);
+static ngx_int_t ngx_http_llm_redis_push(ngx_http_llm_redis_t *rs, int argc,
+    const char **argv, const size_t *argvlen,
+    ngx_http_llm_redis_handler_pt handler, void *data);
+static void ngx_http_llm_redis_setup_done(void *data, redisReply *reply);
+static void ngx_http_llm_redis_script_done(void *data, redisReply *reply);
+static void ngx_http_llm_redis_flush(ngx_http_llm_redis_t *rs);
+
+
+/*
+ * redis://[:password@]host[:port][/db] or unix:/path.  The name kept for
+ * logs and llm_status leaves the password out.
+ */
+
+char *
+ngx_http_llm_redis_parse(ngx_conf_t *cf, ngx_str_t *url,
+    ngx_http_llm_redis_conf_t *rcf)
+{
+    u_char     *p, *last, *at, *slash;
+    ngx_int_t   db;
+    ngx_url_t   u;
+
+    ngx_memzero(&u, sizeof(ngx_url_t));
+
+    p = url->data;
+    last = url->data + url->len;
+    db = 0;
+
+    if (url->len > 5 && ngx_strncmp(p, "unix:", 5) == 0) {
+        u.url = *url;
+
+    } else if (url->len > 8 && ngx_strncmp(p, "redis://", 8) == 0) {
+        p += 8;
+
+        at = ngx_strlchr(p, last, '@');
+
+        if (at) {
+            /* redis://:password@host or redis://user:password@host */
+
+            u_char  *colon = ngx_strlchr(p, at, ':');
+
+            if (colon == NULL || colon + 1 == at) {
+                return "has an invalid password in its URL";
+            }
+
+            if (colon != p) {
+                return "names a user: only \":password@\" is supported";
+            }
+
+            rcf->password.data = colon + 1;
+            rcf->password.len = at - colon - 1;
+            p = at + 1;
+        }
+
+        slash = ngx_strlchr(p, last, '/');
+
+        if (slash) {
+            if (slash + 1 < last) {
+                db = ngx_atoi(slash + 1, last - slash - 1);
+                if (db == NGX_ERROR) {
+                    return "has an invalid database number";
+                }
+            }
+
+            last = slash;
+        }
+
+        u.url.data = p;
+        u.url.len = last - p;
+
+    } else {
+        return "needs a \"redis://\" or \"unix:\" URL";
+    }
+
+    u.default_port = 6379;
+
+    if (ngx_parse_url(cf->pool, &u) != NGX_OK) {
+        if (u.err) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "%s in redis URL",
+                               u.err);
+        }
+
+        return NGX_CONF_ERROR;
+    }
+
+    if (u.naddrs == 0) {
+        return "names a host without an address";
+    }
+
+    rcf->addr = &u.addrs[0];
+    rcf->db = db;
+
+    rcf->name.data = ngx_pnalloc(cf->pool, u.addrs[0].name.len
+                                           + 1 + NGX_INT_T_LEN);
+    if (rcf->name.data == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    rcf->name.len = ngx_sprintf(rcf->name.data, "%V/%i", &u.addrs[0].name,
+                                db)
+                    - rcf->name.data;
+
+    return NGX_CONF_OK;
+}
+
+
+/* read while the master still may: workers no longer see root's files */
+
+char *
+ngx_http_llm_redis_password_file(ngx_conf_t *cf, ngx_str_t *path,
+    ngx_http_llm_redis_conf_t *rcf)
+{
+    u_char            *p;
+    ssize_t            n;
+    ngx_str_t          name;
+    ngx_file_t         file;
+    ngx_file_info_t    fi;
+
+    name = *path;
+
+    if (ngx_conf_full_name(cf->cycle, &name, 1) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
+
+    ngx_memzero(&file, sizeof(ngx_file_t));
+
+    file.name = name;
+    file.log = cf->log;
+
+    file.fd = ngx_open_file(name.data, NGX_FILE_RDONLY, NGX_FILE_OPEN, 0);
+    if (file.fd == NGX_INVALID_FILE) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
+                           ngx_open_file_n " \"%V\" failed", &name);
+        return NGX_CONF_ERROR;
+    }
+
+    if (ngx_fd_info(file.fd, &fi) == NGX_FILE_ERROR
+        || ngx_file_size(&fi) > 4096)
+    {
+        ngx_close_file(file.fd);
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "redis password file \"%V\" is not a small "
+                           "file", &name);
+        return NGX_CONF_ERROR;
+    }
+
+    p = ngx_pnalloc(cf->pool, ngx_file_size(&fi) + 1);
+    if (p == NULL) {
+        ngx_close_file(file.fd);
+        return NGX_CONF_ERROR;
+    }
+
+    n = ngx_read_file(&file, p, ngx_file_size(&fi), 0);
+
+    ngx_close_file(file.fd);
+
+    if (n == NGX_ERROR) {
+        return NGX_CONF_ERROR;
+    }
+
+    while (n > 0 && (p[n - 1] == '\n' || p[n - 1] == '\r')) {
+        n--;
+    }
+
+    if (n == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "redis password file \"%V\" is empty", &name);
+        return NGX_CONF_ERROR;
+    }
+
+    rcf->password.data = p;
+    rcf->password.len = n;
+
+    return NGX_CONF_OK;
+}
+
+
+ngx_http_llm_redis_t *
+ngx_http_llm_redis_create(ngx_cycle_t *cycle, ngx_http_llm_redis_conf_t *rcf,
+    ngx_str_t *script, ngx_http_llm_redis_handler_pt state_handler,
+    void *data)
+{
+    u_char                 md[SHA_DIGEST_LENGTH];
+    ngx_http_llm_redis_t  *rs;
+
+    rs = ngx_pcalloc(cycle->pool, sizeof(ngx_http_llm_redis_t));
+    if (rs == NULL) {
+        return NULL;
+    }
+
+    rs->out = ngx_palloc(cycle->pool, NGX_HTTP_LLM_REDIS_OUT);
+    if (rs->out == NULL) {
+        return NULL;
+    }
+
+    rs->reader = redisReaderCreate();
+    if (rs->reader == NULL) {
+        return NULL;
+    }
+
+    rs->conf = rcf;
+    rs->log = cycle->log;
+    rs->script = script;
+    rs->state_handler = state_handler;
+    rs->state_data = data;
+    rs->state = NGX_HTTP_LLM_REDIS_CONNECTING;
+
+    /* EVALSHA names a script by the SHA-1 of its text */
+
+    SHA1(script->data, script->len, md);
+    ngx_hex_dump(rs->sha, md, SHA_DIGEST_LENGTH);
+
+    rs->retry.handler = ngx_http_llm_redis_connect;
+    rs->retry.data = rs;
+    rs->retry.log = cycle->log;
+    rs->retry.cancelable = 1;
+
+    ngx_add_timer(&rs->retry, 1);
+
+    return rs;
+}
+
+
+ngx_uint_t
+ngx_http_llm_redis_state(ngx_http_llm_redis_t *rs)
+{
+    return rs->state;
+}
+
+
+u_char *
+ngx_http_llm_redis_script_sha(ngx_http_llm_redis_t *rs)
+{
+    return rs->sha;
+}
+
+
+const char *
+ngx_http_llm_redis_error(ngx_http_llm_redis_t *rs)
+{
+    return rs->error;
+}
+
+
+static void
+ngx_http_llm_redis_connect(ngx_event_t *ev)
+{
+    ngx_int_t              rc;
+    ngx_connection_t      *c;
+    ngx_http_llm_redis_t  *rs;
+
+    const char  *argv[3];
+    size_t       argvlen[3];
+    char         db[NGX_INT_T_LEN];
+
+    rs = ev->data;
+
+    if (ngx_exiting || ngx_terminate || ngx_quit) {
+        return;
+    }
+
+    ngx_memzero(&rs->peer, sizeof(ngx_peer_connection_t));
+
+    rs->peer.sockaddr = rs->conf->addr->sockaddr;
+    rs->peer.socklen = rs->conf->addr->socklen;
+    rs->peer.name = &rs->conf->name;
+    rs->peer.get = ngx_event_get_peer;
+    rs->peer.log = rs->log;
+    /* one warning says Redis is away (below), not every attempt */
+    rs->peer.log_error = NGX_ERROR_INFO;
+
+    rc = ngx_event_connect_peer(&rs->peer);
+
+    if (rc == NGX_ERROR || rc == NGX_BUSY || rc == NGX_DECLINED) {
+        ngx_http_llm_redis_fail(rs, "cannot connect");
+        return;
+    }
+
+    c = rs->peer.connection;
+    c->data = rs;
+    c->read->handler = ngx_http_llm_redis_read_handler;
+    c->write->handler = ngx_http_llm_redis_write_handler;
+    c->log = rs->log;
+    c->read->log = rs->log;
+    c->write->log = rs->log;
+
+    /* Redis answers these first, in this order, before any budget */
+
+    rs->out_pos = 0;
+    rs->out_last = 0;
+
+    if (rs->conf->password.len) {
+        argv[0] = "AUTH";
+        argvlen[0] = 4;
+        argv[1] = (const char *) rs->conf->password.data;
+        argvlen[1] = rs->conf->password.len;
+
+        if (ngx_http_llm_redis_push(rs, 2, argv, argvlen,
+                                    ngx_http_llm_redis_setup_done, rs)
+            != NGX_OK)
+        {
+            ngx_http_llm_redis_fail(rs, "no memory");
+            return;
+        }
+    }
+
+    if (rs->conf->db) {
+        argv[0] = "SELECT";
+        argvlen[0] = 6;
+        argv[1] = db;
+        argvlen[1] = ngx_sprintf((u_char *) db, "%ui", rs->conf->db)
+                     - (u_char *) db;
+
+        if (ngx_http_llm_redis_push(rs, 2, argv, argvlen,
+                                    ngx_http_llm_redis_setup_done, rs)
+            != NGX_OK)
+        {
+            ngx_http_llm_redis_fail(rs, "no memory");
+            return;
+        }
+    }
+
+    argv[0] = "SCRIPT";
+    argvlen[0] = 6;
+    argv[1] = "LOAD";
+    argvlen[1] = 4;
+    argv[2] = (const char *) rs->script->data;
+    argvlen[2] = rs->script->len;
+
+    if (ngx_http_llm_redis_push(rs, 3, argv, argvlen,
+                                ngx_http_llm_redis_script_done, rs)
+        != NGX_OK)
+    {
+        ngx_http_llm_redis_fail(rs, "no memory");
+        return;
+    }
+
+    ngx_add_timer(c->read, rs->conf->timeout);
+
+    if (rc == NGX_AGAIN) {
+        return;
+    }
+
+    ngx_http_llm_redis_flush(rs);
+}
+
+
+/* AUTH and SELECT: an error here is the configuration's, said once */
+
+static void
+ngx_http_llm_redis_setup_done(void *data, redisReply *reply)
+{
+    ngx_http_llm_redis_t  *rs = data;
+
+    if (reply && reply->type == REDIS_REPLY_ERROR) {
+        ngx_snprintf((u_char *) rs->error, sizeof(rs->error) - 1,
+                     "refused the connection's set-up: %*s%Z",
+                     ngx_min(reply->len, 80), reply->str);
+        ngx_http_llm_redis_fail(rs, NULL);
+    }
+}
+
+
+static void
+ngx_http_llm_redis_script_done(void *data, redisReply *reply)
+{
+    ngx_http_llm_redis_t  *rs = data;
+
+    if (reply == NULL) {
+        return;
+    }
+
+    if (reply->type != REDIS_REPLY_STRING
+        || reply->len != sizeof(rs->sha)
+        || ngx_strncmp(reply->str, rs->sha, sizeof(rs->sha)) != 0)
+    {
+        ngx_snprintf((u_char *) rs->error, sizeof(rs->error) - 1,
+                     "did not load the script: %*s%Z",
+                     ngx_min(reply->len, 80),
+                     reply->str ? reply->str : "");
+        ngx_http_llm_redis_fail(rs, NULL);
+        return;
+    }
+
+    if (rs->state != NGX_HTTP_LLM_REDIS_READY) {
+        ngx_log_error(NGX_LOG_NOTICE, rs->log, 0,
+                      "llm: redis %V: connected", &rs->conf->name);
+    }
+
+    rs->state = NGX_HTTP_LLM_REDIS_READY;
+    rs->backoff = 0;
+    rs->error[0] = '\0';
+
+    if (rs->state_handler) {
+        rs->state_handler(rs->state_data, NULL);
+    }
+}
+
+
+ngx_int_t
+ngx_http_llm_redis_send(ngx_http_llm_redis_t *rs, int argc,
+    const char **argv, const size_t *argvlen,
+    ngx_http_llm_redis_handler_pt handler, void *data)
+{
+    if (rs->state != NGX_HTTP_LLM_REDIS_READY) {
+        return NGX_DECLINED;
+    }
+
+    if (ngx_http_llm_redis_push(rs, argc, argv, argvlen, handler, data)
+        != NGX_OK)
+    {
+        return NGX_BUSY;
+    }
+
+    /* commands of one turn of the event loop go out together */
+
+    if (!rs->peer.connection->write->posted) {
+        ngx_post_event(rs->peer.connection->write, &ngx_posted_events);
+    }
+
+    if (!rs->peer.connection->read->timer_set) {
+        ngx_add_timer(rs->peer.connection->read, rs->conf->timeout);
+    }
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_llm_redis_push(ngx_http_llm_redis_t *rs, int argc,
+    const char **argv, const size_t *argvlen,
+    ngx_http_llm_redis_handler_pt handler, void *data)
+{
+    int                            len;
+    char                          *cmd;
+    ngx_http_llm_redis_pending_t  *p;
+
+    if (rs->npending == NGX_HTTP_LLM_REDIS_PENDING) {
+        return NGX_BUSY;
+    }
+
+    len = redisFormatCommandArgv(&cmd, argc, argv, argvlen);
+    if (len < 0) {
+        return NGX_ERROR;
+    }
+
+    if (rs->out_pos == rs->out_last) {
+        rs->out_pos = 0;
+        rs->out_last = 0;
+    }
+
+    if ((size_t) len > NGX_HTTP_LLM_REDIS_OUT - rs->out_last) {
+        /* room at the front, where the sent bytes were */
+
+        ngx_memmove(rs->out, rs->out + rs->out_pos,
+                    rs->out_last - rs->out_pos);
+        rs->out_last -= rs->out_pos;
+        rs->out_pos = 0;
+
+        if ((size_t) len > NGX_HTTP_LLM_REDIS_OUT - rs->out_last) {
+            redisFreeCommand(cmd);
+            return NGX_BUSY;
+        }
+    }
+
+    ngx_memcpy(rs->out + rs->out_last, cmd, len);
+    rs->out_last += len;
+
+    redisFreeCommand(cmd);
+
+    p = &rs->pending[(rs->head + rs->npending) % NGX_HTTP_LLM_REDIS_PENDING];
+    p->handler = handler;
+    p->data = data;
+    rs->npending++;
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_llm_redis_write_handler(ngx_event_t *wev)
+{
+    ngx_connection_t      *c;
+    ngx_http_llm_redis_t  *rs;
+
+    c = wev->data;
+    rs = c->data;
+
+    if (wev->timedout) {
+        ngx_http_llm_redis_fail(rs, "timed out");
+        return;
+    }
+
+    ngx_http_llm_redis_flush(rs);
+}
+
+
+static void
+ngx_http_llm_redis_flush(ngx_http_llm_redis_t *rs)
+{
+    ssize_t            n;
+    ngx_connection_t  *c;
+
+    c = rs->peer.connection;
+
+    while (rs->out_pos < rs->out_last) {
+        n = c->send(c, rs->out + rs->out_pos, rs->out_last - rs->out_pos);
+
+        if (n == NGX_AGAIN) {
+            break;
+        }
+
+        if (n == NGX_ERROR || n == 0) {
+            ngx_http_llm_redis_fail(rs, "cannot send");
+            return;
+        }
+
+        rs->out_pos += n;
+    }
+
+    if (ngx_handle_write_event(c->write, 0) != NGX_OK) {
+        ngx_http_llm_redis_fail(rs, "cannot send");
+    }
+}
+
+
+static void
+ngx_http_llm_redis_read_handler(ngx_event_t *rev)
+{
+    u_char                         buf[16384];
+    void                          *reply;
+    ssize_t                        n;
+    ngx_connection_t              *c;
+    ngx_http_llm_redis_t          *rs;
+    ngx_http_llm_redis_pending_t   p;
+
+    c = rev->data;
+    rs = c->data;
+
+    if (rev->timedout) {
+        ngx_http_llm_redis_fail(rs, "timed out");
+        return;
+    }
+
+    for ( ;; ) {
+        n = c->recv(c, buf, sizeof(buf));
+
+        if (n == NGX_AGAIN) {
+            break;
+        }
+
+        if (n == NGX_ERROR || n == 0) {
+            ngx_http_llm_redis_fail(rs, n ? "cannot read"
+                                          : "closed the connection");
+            return;
+        }
+
+        if (redisReaderFeed(rs->reader, (const char *) buf, n) != REDIS_OK) {
+            ngx_http_llm_redis_fail(rs, "sent a reply that is not RESP");
+            return;
+        }
+
+        for ( ;; ) {
+            reply = NULL;
+
+            if (redisReaderGetReply(rs->reader, &reply) != REDIS_OK) {
+                ngx_http_llm_redis_fail(rs, "sent a reply that is not RESP");
+                return;
+            }
+
+            if (reply == NULL) {
+                break;
+            }
+
+            if (rs->npending == 0) {
+                freeReplyObject(reply);
+                ngx_http_llm_redis_fail(rs, "sent a reply nobody asked for");
+                return;
+            }
+
+            p = rs->pending[rs->head];
+            rs->head = (rs->head + 1) % NGX_HTTP_LLM_REDIS_PENDING;
+            rs->npending--;
+
+            /* the script went away (SCRIPT FLUSH, a failover): again */
+
+            if (((redisReply *) reply)->type == REDIS_REPLY_ERROR
+                && ((redisReply *) reply)->len >= 8
+                && ngx_strncmp(((redisReply *) reply)->str, "NOSCRIPT", 8)
+                   == 0)
+            {
+                freeReplyObject(reply);
+                p.handler(p.data, NULL);
+                ngx_http_llm_redis_fail(rs, "lost the script");
+                return;
+            }
+
+            p.handler(p.data, reply);
+            freeReplyObject(reply);
+
+            if (rs->peer.connection == NULL) {
+                /* the handler failed the connection */
+                return;
+            }
+        }
+    }
+
+    if (rs->npending) {
+        ngx_add_timer(rev, rs->conf->timeout);
+
+    } else if (rev->timer_set) {
+        ngx_del_timer(rev);
+    }
+
+    if (ngx_handle_read_event(rev, 0) != NGX_OK) {
+        ngx_http_llm_redis_fail(rs, "cannot read");
+    }
+}
+
+
+/*
+ * Every waiting handler hears of the failure; a new connection is tried
+ * after a pause that doubles up to a second, so that a Redis back up is
+ * found within a second and one that stays away costs nothing much.
+ */
+
+static void
+ngx_http_llm_redis_fail(ngx_http_llm_redis_t *rs, const char *error)
+{
+    ngx_uint_t                     was;
+    ngx_http_llm_redis_pending_t   p;
+
+    if (error) {
+        ngx_cpystrn((u_char *) rs->error, (u_char *) error,
+                    sizeof(rs->error));
+    }
+
+    if (rs->peer.connection) {
+        ngx_close_connection(rs->peer.connection);
+        rs->peer.connection = NULL;
+    }
+
+    redisReaderFree(rs->reader);
+    rs->reader = redisReaderCreate();
+
+    was = rs->state;
+    rs->state = NGX_HTTP_LLM_REDIS_DOWN;
+
+    if (was != NGX_HTTP_LLM_REDIS_DOWN) {
+        ngx_log_error(NGX_LOG_WARN, rs->log, 0,
+                      "llm: redis %V %s: shared budgets fall back to this "
+                      "instance's share until it answers again",
+                      &rs->conf->name, rs->error);
+    }
+
+    while (rs->npending) {
+        p = rs->pending[rs->head];
+        rs->head = (rs->head + 1) % NGX_HTTP_LLM_REDIS_PENDING;
+        rs->npending--;
+
+        if (p.handler != ngx_http_llm_redis_setup_done
+            && p.handler != ngx_http_llm_redis_script_done)
+        {
+            p.handler(p.data, NULL);
+        }
+    }
+
+    rs->head = 0;
+    rs->out_pos = 0;
+    rs->out_last = 0;
+
+    if (rs->reader == NULL) {
+        return;
+    }
+
+    if (rs->state_handler) {
+        rs->state_handler(rs->state_data, NULL);
+    }
+
+    rs->backoff = rs->backoff ? ngx_min(rs->backoff * 2,
+                                        NGX_HTTP_LLM_REDIS_BACKOFF)
+                              : 50;
+
+    if (!ngx_exiting && !ngx_terminate && !ngx_quit) {
+        ngx_add_timer(&rs->retry, rs->backoff);
+    }
+}
+
+
+/*
+ * A worker's last word as it exits, when the event loop no longer runs:
+ * the commands still queued go out and their replies are read, waiting
+ * redis_timeout= at most, so that what was spent since the last report
+ * is not lost with the process.
+ */
+
+void
+ngx_http_llm_redis_drain(ngx_http_llm_redis_t *rs)
+{
+    int                ms;
+    struct pollfd      pfd;
+    ngx_msec_t         start;
+    ngx_connection_t  *c;
+
+    c = rs->peer.connection;
+
+    if (rs->state != NGX_HTTP_LLM_REDIS_READY || c == NULL) {
+        ngx_http_llm_redis_close(rs);
+        return;
+    }
+
+    ngx_time_update();
+    start = ngx_current_msec;
+
+    while (rs->npending && rs->peer.connection) {
+        ngx_time_update();
+
+        ms = (int) (rs->conf->timeout - (ngx_current_msec - start));
+        if (ms <= 0) {
+            ngx_http_llm_redis_fail(rs, "timed out at exit");
+            return;
+        }
+
+        pfd.fd = c->fd;
+        pfd.events = POLLIN;
+        pfd.events |= (rs->out_pos < rs->out_last) ? POLLOUT : 0;
+        pfd.revents = 0;
+
+        if (poll(&pfd, 1, ms) <= 0) {
+            continue;
+        }
+
+        if (pfd.revents & POLLOUT) {
+            c->write->ready = 1;
+            ngx_http_llm_redis_flush(rs);
+        }
+
+        if (rs->peer.connection
+            && (pfd.revents & (POLLIN|POLLHUP|POLLERR)))
+        {
+            c->read->ready = 1;
+            ngx_http_llm_redis_read_handler(c->read);
+        }
+    }
+
+    ngx_http_llm_redis_close(rs);
+}
+
+
+/* the end: no warning, no new attempt; waiting handlers hear of it */
+
+void
+ngx_http_llm_redis_close(ngx_http_llm_redis_t *rs)
+{
+    ngx_http_llm_redis_pending_t  p;
+
+    if (rs->retry.timer_set) {
+        ngx_del_timer(&rs->retry);
+    }
+
+    if (rs->peer.connection) {
+        ngx_close_connection(rs->peer.connection);
+        rs->peer.connection = NULL;
+    }
+
+    rs->state = NGX_HTTP_LLM_REDIS_DOWN;
+
+    while (rs->npending) {
+        p = rs->pending[rs->head];
+        rs->head = (rs->head + 1) % NGX_HTTP_LLM_REDIS_PENDING;
+        rs->npending--;
+
+        if (p.handler != ngx_http_llm_redis_setup_done
+            && p.handler != ngx_http_llm_redis_script_done)
+        {
+            p.handler(p.data, NULL);
+        }
+    }
+}

@@ -1,0 +1,678 @@
+
+/*
+ * Copyright (C) nginx-llm-router authors
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_event.h>
+#include "ngx_http_llm_share.h"
+
+
+/*
+ * Budgets shared by several nginx instances, through Redis, without a
+ * round trip per request.  Each instance holds a lease of every budget
+ * it serves: a part of the limit that Redis has set aside for it and
+ * that it may spend locally.  What it spends goes into a ring of slots
+ * and is reported every llm_zone redis_sync= period, each amount with
+ * its age, so that Redis counts it in the slot it was spent in; the same
+ * call renews the lease.  Redis grants a lease only out of what is left
+ * after everything spent in the window and every other instance's
+ * lease, so the instances together never admit more than the limit.
+ *
+ * A lease lapses in Redis redis_sync x 10 (at least a second) after its
+ * last renewal, so a stopped instance's share comes back by itself; the
+ * instance stops spending it at the same time by its own clock, counted
+ * from when it asked, which is no later.  An idle budget's lease is
+ * given back.
+ *
+ * In Redis a budget is one hash: "s<slot>" holds what every instance
+ * spent in a slot, "l<instance>" an instance's lease and when it lapses.
+ * The script below does one budget's report and renewal atomically; it
+ * takes the time from Redis, so the instances' clocks need not agree.
+ */
+
+static ngx_str_t  ngx_http_llm_lease_script = ngx_string(
+"local key = KEYS[1]\n"
+"local inst = ARGV[1]\n"
+"local slot_ms = tonumber(ARGV[2])\n"
+"local nslots = tonumber(ARGV[3])\n"
+"local limit = tonumber(ARGV[4])\n"
+"local ask = tonumber(ARGV[5])\n"
+"local ttl = tonumber(ARGV[6])\n"
+"local t = redis.call('TIME')\n"
+"local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+"local slot = 0\n"
+"if slot_ms > 0 then slot = math.floor(now / slot_ms) end\n"
+"local spent, leased, own = 0, 0, 0\n"
+"local all = redis.call('HGETALL', key)\n"
+"for i = 1, #all, 2 do\n"
+"  local f, v = all[i], all[i + 1]\n"
+"  local k = string.sub(f, 1, 1)\n"
+"  if k == 's' then\n"
+"    local s = tonumber(string.sub(f, 2))\n"
+"    if s == nil or (slot_ms > 0 and s <= slot - nslots) then\n"
+"      redis.call('HDEL', key, f)\n"
+"    else\n"
+"      spent = spent + (tonumber(v) or 0)\n"
+"    end\n"
+"  elseif k == 'l' then\n"
+"    local a, e = string.match(v, '^(%-?%d+):(%d+)$')\n"
+"    a = tonumber(a)\n"
+"    e = tonumber(e)\n"
+"    if a == nil or e == nil or e <= now then\n"
+"      redis.call('HDEL', key, f)\n"
+"    elseif string.sub(f, 2) == inst then\n"
+"      own = a\n"
+"    else\n"
+"      leased = leased + a\n"
+"    end\n"
+"  end\n"
+"end\n"
+"for i = 8, #ARGV - 1, 2 do\n"
+"  local age, d = tonumber(ARGV[i]), tonumber(ARGV[i + 1])\n"
+"  if age < nslots then\n"
+"    redis.call('HINCRBY', key, 's' .. (slot - age), d)\n"
+"    spent = spent + d\n"
+"  end\n"
+"  own = own - d\n"
+"end\n"
+"if own < 0 then own = 0 end\n"
+"if ask < 0 then\n"
+"  own = math.max(0, own + ask)\n"
+"  ask = 0\n"
+"end\n"
+"local grant = 0\n"
+"local room = limit - spent - leased - own\n"
+"if ask > 0 and room > 0 then grant = math.min(ask, room) end\n"
+"own = own + grant\n"
+"if own > 0 then\n"
+"  redis.call('HSET', key, 'l' .. inst, own .. ':' .. (now + ttl))\n"
+"else\n"
+"  redis.call('HDEL', key, 'l' .. inst)\n"
+"end\n"
+"redis.call('PEXPIRE', key, tonumber(ARGV[7]))\n"
+"return {grant, own, spent, leased}\n");
+
+
+/* a report and renewal on its way; the ring's amounts, to put back */
+
+typedef struct {
+    ngx_http_llm_share_t        *share;
+    ngx_http_llm_lease_t        *lease;
+    int64_t                     *ring;
+    ngx_uint_t                   nslots;
+    ngx_msec_t                   slot_ms;
+    ngx_msec_t                   sent;
+    int64_t                      ask;
+    ngx_uint_t                   n;
+    int64_t                      slot[1];    /* then n deltas */
+} ngx_http_llm_lease_op_t;
+
+
+#define NGX_HTTP_LLM_LEASE_ARGS  11
+
+
+static void ngx_http_llm_share_state_changed(void *data, redisReply *reply);
+static void ngx_http_llm_ring_advance(ngx_http_llm_lease_t *lease,
+    int64_t *ring, ngx_uint_t n, ngx_msec_t slot_ms, ngx_msec_t now);
+static void ngx_http_llm_ring_add(ngx_http_llm_lease_t *lease, int64_t *ring,
+    ngx_uint_t n, ngx_msec_t slot_ms, int64_t value, ngx_msec_t at,
+    ngx_msec_t now);
+static void ngx_http_llm_lease_done(void *data, redisReply *reply);
+static void ngx_http_llm_lease_restore(ngx_http_llm_lease_op_t *op,
+    ngx_msec_t now);
+
+
+/*
+ * llm_zone's options: redis=URL redis_password_file=path redis_sync=time
+ * redis_timeout=time redis_share=percent
+ */
+
+char *
+ngx_http_llm_share_option(ngx_conf_t *cf, ngx_str_t *value,
+    ngx_http_llm_share_conf_t **scfp)
+{
+    char                       *rv;
+    ngx_int_t                   n;
+    ngx_str_t                   s;
+    ngx_http_llm_share_conf_t  *scf;
+
+    scf = *scfp;
+
+    if (scf == NULL) {
+        scf = ngx_pcalloc(cf->pool, sizeof(ngx_http_llm_share_conf_t));
+        if (scf == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        scf->sync = 100;
+        scf->share = 50;
+        scf->redis.timeout = 500;
+
+        *scfp = scf;
+    }
+
+    if (ngx_strncmp(value->data, "redis=", 6) == 0) {
+        s.data = value->data + 6;
+        s.len = value->len - 6;
+
+        rv = ngx_http_llm_redis_parse(cf, &s, &scf->redis);
+        if (rv != NGX_CONF_OK) {
+            return rv;
+        }
+
+        return NGX_CONF_OK;
+    }
+
+    if (ngx_strncmp(value->data, "redis_password_file=", 20) == 0) {
+        s.data = value->data + 20;
+        s.len = value->len - 20;
+
+        return ngx_http_llm_redis_password_file(cf, &s, &scf->redis);
+    }
+
+    if (ngx_strncmp(value->data, "redis_sync=", 11) == 0) {
+        s.data = value->data + 11;
+        s.len = value->len - 11;
+
+        n = ngx_parse_time(&s, 0);
+        if (n == NGX_ERROR || n < 10 || n > 10000) {
+            return "has an invalid \"redis_sync=\": 10ms to 10s";
+        }
+
+        scf->sync = n;
+        return NGX_CONF_OK;
+    }
+
+    if (ngx_strncmp(value->data, "redis_timeout=", 14) == 0) {
+        s.data = value->data + 14;
+        s.len = value->len - 14;
+
+        n = ngx_parse_time(&s, 0);
+        if (n == NGX_ERROR || n < 1 || n > 60000) {
+            return "has an invalid \"redis_timeout=\"";
+        }
+
+        scf->redis.timeout = n;
+        return NGX_CONF_OK;
+    }
+
+    if (ngx_strncmp(value->data, "redis_share=", 12) == 0) {
+        s.data = value->data + 12;
+        s.len = value->len - 12;
+
+        if (s.len > 1 && s.data[s.len - 1] == '%') {
+            s.len--;
+        }
+
+        n = ngx_atoi(s.data, s.len);
+        if (n == NGX_ERROR || n < 1 || n > 100) {
+            return "has an invalid \"redis_share=\": 1% to 100%";
+        }
+
+        scf->share = n;
+        return NGX_CONF_OK;
+    }
+
+    return NGX_CONF_ERROR;
+}
+
+
+/* in each worker: its connection, the zone's instance, the sync timer */
+
+ngx_int_t
+ngx_http_llm_share_init(ngx_cycle_t *cycle, ngx_http_llm_share_t *share,
+    ngx_event_handler_pt sync)
+{
+    ngx_http_llm_share_conf_t  *scf;
+
+    scf = share->conf;
+
+    scf->ttl = ngx_max(scf->sync * 10, 1000);
+
+    ngx_shmtx_lock(&share->shpool->mutex);
+
+    /* a new zone is a new instance: the old one's leases lapse */
+
+    while (share->sh->instance == 0) {
+        share->sh->instance = ((uint64_t) ngx_random() << 32)
+                              ^ (uint64_t) ngx_random()
+                              ^ ((uint64_t) ngx_time() << 16)
+                              ^ (uint64_t) ngx_pid;
+    }
+
+    ngx_shmtx_unlock(&share->shpool->mutex);
+
+    share->redis = ngx_http_llm_redis_create(cycle, &scf->redis,
+                                             &ngx_http_llm_lease_script,
+                                             ngx_http_llm_share_state_changed,
+                                             share);
+    if (share->redis == NULL) {
+        return NGX_ERROR;
+    }
+
+    share->timer.handler = sync;
+    share->timer.data = share;
+    share->timer.log = cycle->log;
+    share->timer.cancelable = 1;
+
+    ngx_add_timer(&share->timer, scf->sync);
+
+    return NGX_OK;
+}
+
+
+ngx_uint_t
+ngx_http_llm_share_state(ngx_http_llm_share_t *share)
+{
+    return ngx_http_llm_redis_state(share->redis);
+}
+
+
+/* for llm_status: the cause of the last failure, in every worker's view */
+
+static void
+ngx_http_llm_share_state_changed(void *data, redisReply *reply)
+{
+    ngx_http_llm_share_t  *share = data;
+
+    const char  *error;
+
+    if (ngx_http_llm_redis_state(share->redis) == NGX_HTTP_LLM_REDIS_READY) {
+        return;
+    }
+
+    error = ngx_http_llm_redis_error(share->redis);
+
+    ngx_shmtx_lock(&share->shpool->mutex);
+
+    share->sh->errors++;
+    share->sh->last_error = ngx_time();
+    ngx_cpystrn(share->sh->error, (u_char *) error, sizeof(share->sh->error));
+
+    ngx_shmtx_unlock(&share->shpool->mutex);
+}
+
+
+/* under the zone's lock, as everything below but the reply */
+
+ngx_uint_t
+ngx_http_llm_lease_ok(ngx_http_llm_lease_t *lease, int64_t need,
+    ngx_msec_t now)
+{
+    return lease->credit >= need
+           && (ngx_msec_int_t) (lease->expires - now) > 0;
+}
+
+
+/*
+ * Spent, or given back when value is negative: the credit moves at
+ * once, the ring keeps it for the next report, in the slot of "at" so
+ * that a refund leaves Redis's window where its charge went
+ */
+
+void
+ngx_http_llm_lease_spend(ngx_http_llm_budget_t *b, int64_t value,
+    ngx_msec_t at, ngx_msec_t now)
+{
+    b->lease->credit -= value;
+
+    if (value > 0) {
+        b->lease->used = now;
+    }
+
+    ngx_http_llm_ring_add(b->lease, b->ring, b->nslots, b->slot_ms, value,
+                          at, now);
+}
+
+
+/*
+ * How much to ask for: an eighth of the limit, or twice the request,
+ * ahead of need; nothing while the credit covers the request and half
+ * of that.  A credit that lapsed counts for nothing.
+ */
+
+int64_t
+ngx_http_llm_lease_want(ngx_http_llm_budget_t *b, int64_t need,
+    ngx_msec_t now)
+{
+    int64_t                target, have;
+    ngx_http_llm_lease_t  *lease;
+
+    lease = b->lease;
+
+    target = ngx_max(b->limit / 8, 2 * need);
+    target = ngx_min(target, b->limit);
+
+    have = ((ngx_msec_int_t) (lease->expires - now) > 0)
+           ? lease->credit : 0;
+
+    if (have >= need && have >= target / 2) {
+        return 0;
+    }
+
+    return ngx_max(target - ngx_max(have, 0), need - have);
+}
+
+
+/*
+ * A budget nobody here spent from for half a lease gives its credit
+ * back, for the instances that are busy: the amount to ask, negative
+ */
+
+int64_t
+ngx_http_llm_lease_idle(ngx_http_llm_budget_t *b, ngx_msec_t now,
+    ngx_msec_t ttl)
+{
+    ngx_http_llm_lease_t  *lease;
+
+    lease = b->lease;
+
+    if (lease->credit > 0
+        && (ngx_msec_int_t) (now - lease->used) > (ngx_msec_int_t) ttl / 2)
+    {
+        return -lease->credit;
+    }
+
+    return 0;
+}
+
+
+/*
+ * A report of the ring and a renewal of the lease, sent at once on this
+ * worker's connection: Redis's reply sets the credit.  NGX_DECLINED: not
+ * connected, nothing was taken from the ring.
+ */
+
+ngx_int_t
+ngx_http_llm_lease_send(ngx_http_llm_share_t *share,
+    ngx_http_llm_budget_t *b, ngx_msec_t now)
+{
+    u_char                   *p, *last, *nums;
+    size_t                   *argvlen;
+    ngx_int_t                 rc;
+    ngx_uint_t                i, k, n, argc;
+    ngx_msec_t                ns;
+    const char              **argv;
+    ngx_http_llm_lease_op_t  *op;
+
+    if (ngx_http_llm_share_state(share) != NGX_HTTP_LLM_REDIS_READY) {
+        return NGX_DECLINED;
+    }
+
+    ngx_http_llm_ring_advance(b->lease, b->ring, b->nslots, b->slot_ms, now);
+
+    n = 0;
+
+    for (i = 0; i < b->nslots; i++) {
+        n += (b->ring[i] != 0);
+    }
+
+    op = ngx_alloc(sizeof(ngx_http_llm_lease_op_t)
+                   + 2 * b->nslots * sizeof(int64_t), ngx_cycle->log);
+    if (op == NULL) {
+        return NGX_ERROR;
+    }
+
+    argc = NGX_HTTP_LLM_LEASE_ARGS + 2 * n;
+
+    argv = ngx_alloc(argc * (sizeof(char *) + sizeof(size_t))
+                     + (argc + 1) * (NGX_INT64_LEN + 2), ngx_cycle->log);
+    if (argv == NULL) {
+        ngx_free(op);
+        return NGX_ERROR;
+    }
+
+    argvlen = (size_t *) (argv + argc);
+    nums = (u_char *) (argvlen + argc);
+    p = nums;
+    last = nums + (argc + 1) * (NGX_INT64_LEN + 2);
+
+    op->share = share;
+    op->lease = b->lease;
+    op->ring = b->ring;
+    op->nslots = b->nslots;
+    op->slot_ms = b->slot_ms;
+    op->sent = now;
+    op->ask = b->ask;
+    op->n = 0;
+
+    argv[0] = "EVALSHA";
+    argvlen[0] = 7;
+    argv[1] = (const char *) ngx_http_llm_redis_script_sha(share->redis);
+    argvlen[1] = 40;
+    argv[2] = "1";
+    argvlen[2] = 1;
+    argv[3] = (const char *) b->key;
+    argvlen[3] = b->key_len;
+
+#define ngx_http_llm_arg(k, fmt, v)                                          \
+    argv[k] = (const char *) p;                                              \
+    p = ngx_slprintf(p, last, fmt, v);                                       \
+    argvlen[k] = (u_char *) p - (u_char *) argv[k]
+
+    ngx_http_llm_arg(4, "%016uxL", share->sh->instance);
+    ngx_http_llm_arg(5, "%M", b->slot_ms);
+    ngx_http_llm_arg(6, "%ui", b->nslots);
+    ngx_http_llm_arg(7, "%L", b->limit);
+    ngx_http_llm_arg(8, "%L", b->ask);
+    ngx_http_llm_arg(9, "%M", share->conf->ttl);
+    ngx_http_llm_arg(10, "%M", b->expire);
+
+    /* the ring's amounts, newest first, with their age in slots */
+
+    ns = b->slot_ms ? now / b->slot_ms : 0;
+    k = NGX_HTTP_LLM_LEASE_ARGS;
+
+    for (i = 0; i < b->nslots; i++) {
+        int64_t  *v = &b->ring[(ns - i) % b->nslots];
+
+        if (*v == 0) {
+            continue;
+        }
+
+        ngx_http_llm_arg(k, "%ui", i);
+        k++;
+        ngx_http_llm_arg(k, "%L", *v);
+        k++;
+
+        op->slot[op->n] = ns - i;
+        op->slot[b->nslots + op->n] = *v;
+        op->n++;
+    }
+
+#undef ngx_http_llm_arg
+
+    rc = ngx_http_llm_redis_send(share->redis, (int) argc, argv, argvlen,
+                                 ngx_http_llm_lease_done, op);
+
+    ngx_free(argv);
+
+    if (rc != NGX_OK) {
+        ngx_free(op);
+        return (rc == NGX_DECLINED) ? NGX_DECLINED : NGX_ERROR;
+    }
+
+    /* the amounts are Redis's now, unless the reply says otherwise */
+
+    for (i = 0; i < op->n; i++) {
+        b->ring[op->slot[i] % b->nslots] = 0;
+    }
+
+    b->lease->busy = now ? now : 1;
+    op->sent = b->lease->busy;
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_llm_lease_done(void *data, redisReply *reply)
+{
+    ngx_http_llm_lease_op_t  *op = data;
+
+    int64_t                   grant, own, pending;
+    ngx_uint_t                i, ok;
+    ngx_msec_t                now;
+    ngx_http_llm_lease_t     *lease;
+    ngx_http_llm_share_t     *share;
+    ngx_http_llm_share_sh_t  *sh;
+
+    share = op->share;
+    sh = share->sh;
+    lease = op->lease;
+    now = ngx_current_msec;
+
+    ok = (reply && reply->type == REDIS_REPLY_ARRAY && reply->elements == 4);
+
+    for (i = 0; ok && i < 4; i++) {
+        ok = (reply->element[i]->type == REDIS_REPLY_INTEGER);
+    }
+
+    ngx_shmtx_lock(&share->shpool->mutex);
+
+    if (!ok) {
+        ngx_http_llm_lease_restore(op, now);
+
+        sh->errors++;
+        sh->last_error = ngx_time();
+
+        if (reply && reply->type == REDIS_REPLY_ERROR) {
+            ngx_snprintf(sh->error, sizeof(sh->error) - 1, "%*s%Z",
+                         ngx_min(reply->len, sizeof(sh->error) - 1),
+                         reply->str);
+
+        } else if (reply) {
+            ngx_cpystrn(sh->error, (u_char *) "unexpected reply",
+                        sizeof(sh->error));
+        }
+
+        if (lease->busy == op->sent) {
+            lease->busy = 0;
+        }
+
+        ngx_shmtx_unlock(&share->shpool->mutex);
+
+        if (reply && reply->type == REDIS_REPLY_ERROR) {
+            ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
+                          "llm: redis %V answered a lease with: %*s",
+                          &share->conf->redis.name,
+                          ngx_min(reply->len, 200), reply->str);
+        }
+
+        ngx_free(op);
+        return;
+    }
+
+    grant = reply->element[0]->integer;
+    own = reply->element[1]->integer;
+
+    /* what was spent here since the report is still to come out of it */
+
+    ngx_http_llm_ring_advance(lease, op->ring, op->nslots, op->slot_ms, now);
+
+    pending = 0;
+
+    for (i = 0; i < op->nslots; i++) {
+        pending += op->ring[i];
+    }
+
+    lease->credit = own - pending;
+    lease->expires = op->sent + share->conf->ttl;
+    lease->spent = reply->element[2]->integer;
+    lease->leased = reply->element[3]->integer + own;
+    lease->synced = now;
+
+    if (op->ask > 0 && grant < op->ask) {
+        lease->exhausted = now ? now : 1;
+    }
+
+    if (lease->busy == op->sent) {
+        lease->busy = 0;
+    }
+
+    sh->replies++;
+    sh->last_ok = ngx_time();
+    sh->lag = now - op->sent;
+
+    ngx_shmtx_unlock(&share->shpool->mutex);
+
+    ngx_free(op);
+}
+
+
+/* no reply: the amounts go back into the ring, for the next report */
+
+static void
+ngx_http_llm_lease_restore(ngx_http_llm_lease_op_t *op, ngx_msec_t now)
+{
+    ngx_uint_t  i;
+
+    for (i = 0; i < op->n; i++) {
+        ngx_http_llm_ring_add(op->lease, op->ring, op->nslots, op->slot_ms,
+                              op->slot[op->nslots + i],
+                              op->slot[i] * (op->slot_ms ? op->slot_ms : 1),
+                              now);
+    }
+}
+
+
+/* slots that the window has left are cleared as "now" reaches them */
+
+static void
+ngx_http_llm_ring_advance(ngx_http_llm_lease_t *lease, int64_t *ring,
+    ngx_uint_t n, ngx_msec_t slot_ms, ngx_msec_t now)
+{
+    ngx_msec_t  ns, s;
+
+    if (slot_ms == 0) {
+        return;
+    }
+
+    ns = now / slot_ms;
+
+    if ((ngx_msec_int_t) (ns - lease->pending_last) <= 0) {
+        return;
+    }
+
+    if (ns - lease->pending_last >= n) {
+        ngx_memzero(ring, n * sizeof(int64_t));
+
+    } else {
+        for (s = lease->pending_last + 1; s != ns + 1; s++) {
+            ring[s % n] = 0;
+        }
+    }
+
+    lease->pending_last = ns;
+}
+
+
+static void
+ngx_http_llm_ring_add(ngx_http_llm_lease_t *lease, int64_t *ring,
+    ngx_uint_t n, ngx_msec_t slot_ms, int64_t value, ngx_msec_t at,
+    ngx_msec_t now)
+{
+    ngx_msec_t  s;
+
+    if (slot_ms == 0) {
+        ring[0] += value;
+        return;
+    }
+
+    ngx_http_llm_ring_advance(lease, ring, n, slot_ms, now);
+
+    s = at / slot_ms;
+
+    /* older than the window: it no longer counts anywhere */
+
+    if ((ngx_msec_int_t) (lease->pending_last - s) >= (ngx_msec_int_t) n
+        || (ngx_msec_int_t) (lease->pending_last - s) < 0)
+    {
+        return;
+    }
+
+    ring[s % n] += value;
+}

@@ -1,0 +1,295 @@
+#!/usr/bin/perl
+
+# Consumer budgets shared through Redis (llm_zone redis=): two nginx
+# instances, 2 workers each, in front of one backend, with a real
+# redis-server on loopback.
+# - a burst of 60 requests of one consumer split over both instances is
+#   admitted within the consumer's tpm once, not once per instance;
+# - both instances' llm_status show the same shared figures;
+# - a monthly quota survives a stop and a start of an instance;
+# - Redis killed under load: no client error, a warning, the degraded
+#   state in llm_status; Redis back: shared again without a restart, and
+#   what was spent meanwhile reaches it;
+# - a password from a file; no secret and no raw consumer value in Redis,
+#   the logs or llm_status.
+
+use strict;
+use warnings;
+
+use FindBin;
+use lib "$FindBin::Bin/lib";
+use Test::More;
+use Time::HiRes qw(time sleep);
+use Digest::SHA qw(sha256_hex);
+use LLMTest;
+
+my $ga = LLMTest->new;
+my $gb = LLMTest->new;
+my $echo = $ga->start_echo;
+
+my $password = 'redis-PASSWORD-secret-42';
+my $rport = $ga->start_redis(args => ['--requirepass', $password]);
+
+for my $t ($ga, $gb) {
+    open my $fh, '>', $t->dir . '/redis.pass' or die;
+    print $fh "$password\n";
+    close $fh;
+}
+
+my $app = 'app-SECRET-value-7';
+
+sub conf {
+    my ($t, $listen) = @_;
+    my $dir = $t->dir;
+    return <<"END";
+    llm_zone llm:1m redis=redis://127.0.0.1:$rport
+                    redis_password_file=$dir/redis.pass redis_sync=50ms;
+
+    upstream pool {
+        llm_balance zone=llm;
+        llm_backend d http://127.0.0.1:$echo tpm=100m rpm=1m;
+    }
+
+    server {
+        listen 127.0.0.1:$listen;
+
+        add_header X-Estimate \$llm_tokens_estimate always;
+
+        location / {
+            llm_route pool;
+            llm_limit \$http_x_app tpm=20k;
+            proxy_pass http://pool;
+        }
+
+        location /month/ {
+            llm_route pool;
+            llm_limit \$http_x_app quota=5000/month;
+            proxy_pass http://pool;
+        }
+
+        location /wide/ {
+            llm_route pool;
+            llm_limit \$http_x_app tpm=1m;
+            proxy_pass http://pool;
+        }
+
+        location = /status {
+            llm_status consumers=10;
+            access_log off;
+        }
+    }
+END
+}
+
+my $pa = free_port();
+my $pb = free_port();
+
+$ga->start_nginx(conf($ga, $pa), ports => [$pa], workers => 2);
+$gb->start_nginx(conf($gb, $pb), ports => [$pb], workers => 2);
+
+my $chat = '/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21';
+my $body = json_encode({ messages => [ { role => 'user',
+                                         content => 'hello there' } ],
+                         max_tokens => 800 });
+
+sub status {
+    my ($port) = @_;
+    my ($st, $h, $body) = http_get($port, '/status');
+    return $st == 200 ? (json_decode($body), $body) : (undef, $body);
+}
+
+sub redis_state {
+    my ($port) = @_;
+    my ($s) = status($port);
+    return $s ? $s->{consumers}[0]{redis}{state} // '' : '';
+}
+
+sub consumer {
+    my ($port, $key) = @_;
+    my ($s) = status($port);
+    my $id = substr sha256_hex("\$http_x_app\0$key"), 0, 16;
+    my ($c) = grep { $_->{consumer} eq $id } @{ $s->{consumers}[0]{top} };
+    return $c;
+}
+
+sub wait_for {
+    my ($secs, $check) = @_;
+    my $deadline = time + $secs;
+    while (time < $deadline) {
+        return 1 if $check->();
+        sleep 0.05;
+    }
+    return 0;
+}
+
+# every worker connects: a status request lands on either
+ok(wait_for(5, sub { redis_state($pa) eq 'connected'
+                     && redis_state($pb) eq 'connected' }),
+   'both instances connect to Redis, with the password from the file');
+
+###########################################################################
+# the burst: 60 at once, 30 on each instance
+
+my ($st, $h) = http_post($pa, "$chat", $body, 'X-App' => 'probe');
+is($st, 200, 'a first request passes');
+my $est = $h->{'x-estimate'};
+ok($est > 700 && $est < 900, "a request is charged $est tokens");
+my $exact = int(20000 / $est);
+
+my @raws;
+for my $i (1 .. 30) {
+    push @raws, "POST $chat HTTP/1.1\r\nHost: localhost\r\nX-App: $app\r\n"
+              . "Content-Type: application/json\r\nConnection: close\r\n"
+              . "Content-Length: " . length($body) . "\r\n\r\n$body";
+}
+
+my (@ra, @rb);
+my $pid = fork // die;
+if ($pid == 0) {
+    my @r = http_parallel($pb, @raws);
+    open my $fh, '>', $gb->dir . '/burst' or die;
+    print $fh join(' ', map { $_->[0] } @r);
+    close $fh;
+    POSIX::_exit(0);
+}
+@ra = map { $_->[0] } http_parallel($pa, @raws);
+waitpid $pid, 0;
+@rb = split / /, $gb->read_file('burst');
+
+my $ok = grep { $_ == 200 } @ra, @rb;
+my $refused = grep { $_ == 429 } @ra, @rb;
+my $oka = grep { $_ == 200 } @ra;
+diag("admitted $ok of 60 ($oka on one instance), exact answer $exact");
+ok($ok <= $exact + 2 && $ok >= $exact - 3,
+   "the two instances admit $ok, the consumer's limit allows $exact");
+is($ok + $refused, 60, 'every other request is a 429');
+ok($oka > 0 && $oka < $ok, 'both instances admitted some');
+
+# what each instance shows of the consumer, once both reported
+
+sleep 0.3;
+my $ca = consumer($pa, $app);
+my $cb = consumer($pb, $app);
+is($ca->{shared}{tokens}{used}, $ok * $est,
+   'instance A shows what both spent');
+ok(wait_for(2, sub {
+       (consumer($pb, $app)->{shared}{tokens}{used} // 0) == $ok * $est }),
+   'instance B shows the same');
+ok($ca->{window_tokens} < $ok * $est, 'A\'s own window holds its part only');
+
+###########################################################################
+# a monthly quota survives a stop and a start
+
+my $m = 0;
+for (1 .. 8) {
+    my ($s) = http_post($pa, "/month$chat", $body, 'X-App' => 'monthly');
+    $m++ if $s == 200;
+}
+my $mexact = int(5000 / $est);
+is($m, $mexact, "the quota admits $mexact requests of $est tokens");
+
+# stopped at once (nginx -s stop), with what the last request spent not
+# yet reported
+http_post($pa, "/wide$chat", $body, 'X-App' => 'flush-at-exit');
+$ga->stop_nginx('TERM');
+
+$ga->start_nginx(conf($ga, $pa), ports => [$pa], workers => 2);
+ok(wait_for(5, sub { redis_state($pa) eq 'connected' }),
+   'the instance connects again after its start');
+
+($st) = http_post($pa, "/month$chat", $body, 'X-App' => 'monthly');
+is($st, 429, 'the quota used before the stop still counts');
+($st) = http_post($pb, "/month$chat", $body, 'X-App' => 'monthly');
+is($st, 429, 'and the other instance agrees');
+
+http_post($pb, "/wide$chat", $body, 'X-App' => 'flush-at-exit');
+ok(wait_for(2, sub {
+       my $c = consumer($pb, 'flush-at-exit');
+       $c && ($c->{shared}{tokens}{used} // 0) == 2 * $est }),
+   'what a worker spent just before its stop reached Redis');
+
+###########################################################################
+# Redis away under load, then back
+
+my @codes;
+my $killed = 0;
+my $t0 = time;
+for my $i (1 .. 40) {
+    if ($i == 10) {
+        $ga->stop_redis('KILL');
+        $killed = 1;
+    }
+    my ($s) = http_post($i % 2 ? $pa : $pb, "/wide$chat", $body,
+                        'X-App' => 'steady');
+    push @codes, $s;
+    sleep 0.02;
+}
+my $bad = grep { $_ != 200 } @codes;
+is($bad, 0, 'no client error while Redis goes away (' . scalar(@codes)
+            . ' requests)');
+ok(wait_for(3, sub { redis_state($pa) eq 'down' }),
+   'llm_status says the link is down');
+my ($sa) = status($pa);
+ok($sa->{consumers}[0]{redis}{degraded_admissions} > 0,
+   'and counts admissions made without it');
+like($sa->{consumers}[0]{redis}{last_error} // '', qr/\S/,
+     'with the cause');
+like($ga->error_log, qr/\[warn\].*llm: redis 127\.0\.0\.1:$rport\/0 .*fall back/,
+     'a warning names Redis and the fallback');
+
+# degraded: the instance's share (50%) of tpm=20k applies
+my $d = 0;
+for (1 .. 20) {
+    my ($s) = http_post($pa, "$chat", $body, 'X-App' => 'degraded');
+    $d++ if $s == 200;
+}
+my $half = int(10000 / $est);
+is($d, $half, "without Redis an instance admits its share: $half");
+
+$ga->start_redis(port => $rport, args => ['--requirepass', $password]);
+ok(wait_for(5, sub { redis_state($pa) eq 'connected'
+                     && redis_state($pb) eq 'connected' }),
+   'both instances are back on Redis without a restart');
+
+# what was spent while it was away reaches the new Redis
+ok(wait_for(3, sub {
+       my $c = consumer($pa, 'degraded');
+       $c && ($c->{shared}{tokens}{used} // 0) == $d * $est }),
+   'what an instance spent without Redis is reported when it returns');
+
+# the other instance has the rest of the limit, not all of it, once the
+# first has given back the lease it no longer uses
+sleep 1;
+my $e = 0;
+for (1 .. 20) {
+    my ($s) = http_post($pb, "$chat", $body, 'X-App' => 'degraded');
+    $e++ if $s == 200;
+}
+my $rest = int((20000 - $d * $est) / $est);
+ok($e <= $rest && $e >= $rest - 1,
+   "the other instance admits $e, what is left of the limit: $rest");
+
+###########################################################################
+# no secret and no raw value in Redis, the logs or the status
+
+my $keys = $ga->redis_cli($rport, '-a', $password, '--no-auth-warning',
+                         'KEYS', "'*'");
+like($keys, qr/^llm:llm:[0-9a-f]{64}:t$/m, 'Redis keys are hashes');
+unlike($keys, qr/SECRET|monthly|steady/, 'no raw consumer value in a key');
+my $dump = '';
+for my $k (grep { length } split /\n/, $keys) {
+    $dump .= $ga->redis_cli($rport, '-a', $password, '--no-auth-warning',
+                           'HGETALL', $k);
+}
+unlike($dump, qr/SECRET|PASSWORD/, 'nor in a value');
+
+my (undef, $raw) = status($pa);
+my $logs = $ga->error_log . $gb->error_log;
+unlike($logs . $raw, qr/PASSWORD/, 'no password in the logs or the status');
+
+# nginx's own debug lines show request headers; ours never show the value
+$logs = join "\n", grep { !/\[debug\]|^\S+: / } split /\n/, $logs;
+unlike($logs . $raw, qr/SECRET/, 'no consumer value in the logs or the status');
+
+$gb->cleanup;
+$ga->done;
