@@ -12,9 +12,24 @@ bench_setup() {
     chmod 755 "$work"
     mkdir -p "$work/logs"
     trap 'kill $(cat "$work/nginx.pid" 2>/dev/null) 2>/dev/null || true
+          kill $(cat "$work/redis.pid" 2>/dev/null) 2>/dev/null || true
           [ -n "${KEEP:-}" ] || rm -rf "$work"' EXIT
 
     bench_client
+}
+
+# a redis-server of the benchmark's own on 18993, for /shared/ (see
+# bench_conf), nothing saved to disk
+bench_redis() {
+    sh "$top/build/deps.sh" redis-server >&2
+    redis-server --port 18993 --bind 127.0.0.1 --save '' --appendonly no \
+        --daemonize yes --pidfile "$work/redis.pid" --dir "$work" \
+        --logfile "$work/redis.log"
+    for _ in 1 2 3 4 5 6 7 8 9 10; do
+        redis-cli -p 18993 ping >/dev/null 2>&1 && break
+        sleep 0.2
+    done
+    bench_redis=18993
 }
 
 # what every benchmark's nginx.conf starts with, up to inside "http {";
@@ -77,12 +92,20 @@ PY
 # 18991, /plain/ (proxy_pass), /estimate/, /exact/, /nocache/,
 # /sse-plain/ and /sse-estimate/; $1 goes at the top, $2 into "http {"
 bench_conf() {
+    shared_zone=llm
+    [ -z "${bench_redis:-}" ] || shared_zone=shared
     bench_conf_head "$1"
     cat <<END
     client_max_body_size 2m;
     client_body_buffer_size 64k;
     $2
     llm_zone llm:1m;
+    ${bench_redis:+llm_zone shared:1m redis=redis://127.0.0.1:$bench_redis;}
+
+    upstream shared {
+        llm_balance zone=$shared_zone keepalive=32;
+        llm_backend be http://127.0.0.1:18992;
+    }
 
     upstream backend {
         server 127.0.0.1:18992;
@@ -134,6 +157,26 @@ bench_conf() {
             llm_route pool;
             llm_count estimate;
             proxy_pass http://pool;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+
+        # llm_estimate with a consumer limit, in a zone of its own; the
+        # same shared through Redis when bench_redis started one
+        location /limit/ {
+            llm_route pool;
+            llm_count estimate;
+            llm_limit bench tpm=100m rpm=10m;
+            proxy_pass http://pool;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+
+        location /shared/ {
+            llm_route shared;
+            llm_count estimate;
+            llm_limit bench tpm=100m rpm=10m;
+            proxy_pass http://shared;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
         }

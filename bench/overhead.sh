@@ -9,6 +9,9 @@
 #   nocache   the same with llm_count_cache off: every text tokenized
 #   sse-plain, sse-estimate
 #             plain and estimate with a streamed answer (SSE, 22 events)
+#   limit     estimate with an llm_limit line (tpm, rpm) on one consumer
+#   shared    the same in a zone shared through a redis-server of its own
+#             (llm_zone ... redis=), leases reported every 100 ms
 # The backend is a server of the same nginx returning a chat-completion
 # JSON, or its stream.  Requests/s and latency come from wrk (noisy on a shared
 # machine); instructions per request from valgrind --tool=callgrind,
@@ -24,6 +27,7 @@ n2=${2:-500}
 
 . "$top/bench/lib.sh"
 bench_setup
+bench_redis
 bench_bodies 1k 20k
 
 cat >"$work/post.lua" <<'LUA'
@@ -43,9 +47,11 @@ sleep 1
 printf '%-6s %-12s %10s %9s %9s %8s\n' body mode 'req/s' 'p50 ms' 'p99 ms' ratio
 for size in 1k 20k; do
     base=""
-    for mode in plain estimate exact nocache sse-plain sse-estimate; do
-        # streamed answers against plain streaming
+    for mode in plain estimate exact nocache sse-plain sse-estimate \
+                limit shared; do
+        # streamed answers against plain streaming, limits against plain
         [ "$mode" != sse-plain ] || base=""
+        [ "$mode" != limit ] || base=$plain_rps
         out=$(BODY="$work/body-$size.json" wrk -t1 -c8 -d"${secs}s" \
               --latency -s "$work/post.lua" \
               "http://127.0.0.1:18991/$mode/openai/deployments/gpt-4o/chat/completions")
@@ -53,6 +59,7 @@ for size in 1k 20k; do
         p50=$(echo "$out" | awk '$1 == "50%" {print $2}')
         p99=$(echo "$out" | awk '$1 == "99%" {print $2}')
         [ -n "$base" ] || base=$rps
+        [ "$mode" != plain ] || plain_rps=$rps
         printf '%-6s %-12s %10s %9s %9s %7.1f%%\n' "$size" "$mode" "$rps" \
             "$p50" "$p99" "$(echo "$rps $base" | awk '{print 100*$1/$2}')"
     done
@@ -104,12 +111,15 @@ printf '%-6s %-12s %10s %7s %9s %8s %9s %9s %8s\n' body mode instr/req ratio \
 bench_start "$work/cg.conf" 18991
 for size in 1k 20k; do
     base=""
-    for mode in plain estimate exact nocache sse-plain sse-estimate; do
+    for mode in plain estimate exact nocache sse-plain sse-estimate \
+                limit shared; do
         [ "$mode" != sse-plain ] || base=""
+        [ "$mode" != limit ] || base=$plain
         set -- $(bench_measure 18991 \
                  "/$mode/openai/deployments/gpt-4o/chat/completions" \
                  "$work/body-$size.json" "$n2")
         [ -n "$base" ] || base=$1
+        [ "$mode" != plain ] || plain=$1
         printf '%-6s %-12s %10s %6.2fx %9s %8s %9s %9s %8s\n' "$size" \
             "$mode" "$1" "$(echo "$1 $base" | awk '{print $1/$2}')" \
             "$2" "$3" "$4" "$5" "$6"

@@ -62,6 +62,9 @@ static void ngx_http_llm_consumer_spend(ngx_http_llm_zone_t *zone,
     ngx_msec_t at, ngx_msec_t now);
 static void ngx_http_llm_consumer_budget(ngx_http_llm_zone_t *zone,
     ngx_http_llm_consumer_sh_t *cs, ngx_uint_t k, ngx_http_llm_budget_t *b);
+static ngx_int_t ngx_http_llm_consumer_send(ngx_http_llm_zone_t *zone,
+    ngx_http_llm_consumer_sh_t *cs, ngx_uint_t k, ngx_http_llm_budget_t *b,
+    ngx_msec_t now);
 static ngx_uint_t ngx_http_llm_consumer_busy(ngx_http_llm_zone_t *zone,
     ngx_http_llm_consumer_sh_t *cs, ngx_msec_t now);
 static void ngx_http_llm_consumers_sync(ngx_event_t *ev);
@@ -731,6 +734,14 @@ ngx_http_llm_consumer_get(ngx_http_llm_zone_t *zone,
     if (cs) {
         ngx_queue_remove(&cs->queue);
         ngx_queue_insert_head(&sh->consumer_lru, &cs->queue);
+
+        /* the zone became shared at a reload: its consumers become so */
+
+        if (zone->share_conf && cs->share == NULL) {
+            cs->share = ngx_slab_calloc_locked(zone->shpool,
+                                     sizeof(ngx_http_llm_consumer_share_t));
+        }
+
         return cs;
     }
 
@@ -1235,7 +1246,7 @@ ngx_http_llm_consumer_lease(ngx_http_llm_zone_t *zone,
             continue;
         }
 
-        if (ngx_http_llm_lease_send(zone->share, &b, now) != NGX_OK) {
+        if (ngx_http_llm_consumer_send(zone, cs, k, &b, now) != NGX_OK) {
             ngx_log_debug0(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
                            "llm share: lease not asked");
         }
@@ -1274,20 +1285,14 @@ static void
 ngx_http_llm_consumer_budget(ngx_http_llm_zone_t *zone,
     ngx_http_llm_consumer_sh_t *cs, ngx_uint_t k, ngx_http_llm_budget_t *b)
 {
-    u_char      *p, *last;
-    ngx_msec_t   ttl;
+    ngx_msec_t  ttl;
 
     ttl = zone->share_conf->ttl;
 
     b->lease = &cs->share->lease[k];
     b->limit = cs->share->limit[k];
     b->ask = 0;
-
-    p = b->key;
-    last = b->key + sizeof(b->key);
-
-    p = ngx_slprintf(p, last, "llm:%V:", &zone->name);
-    p = ngx_hex_dump(p, cs->digest, NGX_HTTP_LLM_DIGEST_LEN);
+    b->key_len = 0;
 
     switch (k) {
 
@@ -1296,7 +1301,6 @@ ngx_http_llm_consumer_budget(ngx_http_llm_zone_t *zone,
         b->nslots = NGX_HTTP_LLM_CONSUMER_SLOTS;
         b->slot_ms = ngx_http_llm_tslot(cs->window);
         b->expire = b->slot_ms * (b->nslots + 1) + ttl;
-        p = ngx_slprintf(p, last, ":t");
         break;
 
     case NGX_HTTP_LLM_BUDGET_REQUESTS:
@@ -1304,7 +1308,6 @@ ngx_http_llm_consumer_budget(ngx_http_llm_zone_t *zone,
         b->nslots = NGX_HTTP_LLM_CONSUMER_RSLOTS;
         b->slot_ms = ngx_http_llm_rslot(cs->window);
         b->expire = b->slot_ms * (b->nslots + 1) + ttl;
-        p = ngx_slprintf(p, last, ":r");
         break;
 
     default: /* NGX_HTTP_LLM_BUDGET_QUOTA */
@@ -1316,10 +1319,42 @@ ngx_http_llm_consumer_budget(ngx_http_llm_zone_t *zone,
 
         b->expire = (ngx_msec_t) (ngx_max(cs->quota_end - ngx_time(), 0)
                                   + 86400) * 1000;
+    }
+}
+
+
+/* the key, only for what goes to Redis: most budgets are only spent */
+
+static ngx_int_t
+ngx_http_llm_consumer_send(ngx_http_llm_zone_t *zone,
+    ngx_http_llm_consumer_sh_t *cs, ngx_uint_t k, ngx_http_llm_budget_t *b,
+    ngx_msec_t now)
+{
+    u_char  *p, *last;
+
+    p = b->key;
+    last = b->key + sizeof(b->key);
+
+    p = ngx_slprintf(p, last, "llm:%V:", &zone->name);
+    p = ngx_hex_dump(p, cs->digest, NGX_HTTP_LLM_DIGEST_LEN);
+
+    switch (k) {
+
+    case NGX_HTTP_LLM_BUDGET_TOKENS:
+        p = ngx_slprintf(p, last, ":t");
+        break;
+
+    case NGX_HTTP_LLM_BUDGET_REQUESTS:
+        p = ngx_slprintf(p, last, ":r");
+        break;
+
+    default: /* NGX_HTTP_LLM_BUDGET_QUOTA */
         p = ngx_slprintf(p, last, ":q:%T", cs->share->quota_start);
     }
 
     b->key_len = p - b->key;
+
+    return ngx_http_llm_lease_send(zone->share, b, now);
 }
 
 
@@ -1457,7 +1492,7 @@ ngx_http_llm_consumers_sync(ngx_event_t *ev)
 
             idle = 0;
 
-            if (ngx_http_llm_lease_send(share, &b, now) == NGX_OK) {
+            if (ngx_http_llm_consumer_send(zone, cs, k, &b, now) == NGX_OK) {
                 sent++;
             }
         }
@@ -1525,7 +1560,7 @@ ngx_http_llm_consumers_share_exit(ngx_http_llm_zone_t *zone)
             }
 
             if (sum) {
-                (void) ngx_http_llm_lease_send(zone->share, &b, now);
+                (void) ngx_http_llm_consumer_send(zone, cs, k, &b, now);
             }
         }
     }

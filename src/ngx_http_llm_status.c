@@ -64,6 +64,8 @@ static u_char *ngx_http_llm_consumers_json(u_char *p,
     ngx_http_llm_consumers_snap_t *zones, ngx_uint_t nzones);
 static u_char *ngx_http_llm_share_json(u_char *p,
     ngx_http_llm_consumers_snap_t *zone);
+static u_char *ngx_http_llm_share_prometheus(u_char *p,
+    ngx_http_llm_consumers_snap_t *zones, ngx_uint_t nzones);
 static u_char *ngx_http_llm_consumer_shared_json(u_char *p,
     ngx_http_llm_consumer_sh_t *cs);
 static u_char *ngx_http_llm_consumers_prometheus(u_char *p,
@@ -173,8 +175,8 @@ ngx_http_llm_status_handler(ngx_http_request_t *r)
     }
 
     for (i = 0; i < nzones; i++) {
-        size += 2048 + 8 * zones[i].shm_zone->shm.name.len
-                + zones[i].ntop * (1024 + 8 * zones[i].shm_zone->shm.name.len);
+        size += 4096 + 16 * zones[i].shm_zone->shm.name.len
+                + zones[i].ntop * (2048 + 16 * zones[i].shm_zone->shm.name.len);
     }
 
     b = ngx_create_temp_buf(r->pool, size);
@@ -203,6 +205,7 @@ ngx_http_llm_status_handler(ngx_http_request_t *r)
     } else {
         p = ngx_http_llm_status_prometheus(p, pools, n, snaps, totals);
         p = ngx_http_llm_consumers_prometheus(p, zones, nzones);
+        p = ngx_http_llm_share_prometheus(p, zones, nzones);
         ngx_str_set(&r->headers_out.content_type,
                     "text/plain; version=0.0.4; charset=utf-8");
     }
@@ -891,6 +894,128 @@ ngx_http_llm_consumers_prometheus(u_char *p,
                     p = ngx_sprintf(p, "\",kind=\"completion\"} %ui\n",
                                     cs->completion_tokens);
                     break;
+                }
+            }
+        }
+    }
+
+    return p;
+}
+
+
+static ngx_http_llm_metric_t  ngx_http_llm_share_metrics[] = {
+    { "llm_redis_up", "gauge",
+      "1 when this worker's connection to the zone's Redis answers." },
+    { "llm_redis_replies_total", "counter",
+      "Lease reports and renewals Redis answered." },
+    { "llm_redis_errors_total", "counter",
+      "Connections to Redis that failed, and replies that were errors." },
+    { "llm_redis_degraded_admissions_total", "counter",
+      "Admissions made on the instance's share, without Redis." },
+    { "llm_redis_lag_seconds", "gauge",
+      "Round trip of the last reply from Redis." },
+    { "llm_consumer_shared_used", "gauge",
+      "What every instance spent of the consumer's budget, at the last "
+      "reply (top consumers only)." },
+    { "llm_consumer_shared_leased", "gauge",
+      "What every instance holds in leases of the consumer's budget." },
+    { NULL, NULL, NULL }
+};
+
+
+/* zones shared through Redis: the link, and the shared figures */
+
+static u_char *
+ngx_http_llm_share_prometheus(u_char *p,
+    ngx_http_llm_consumers_snap_t *zones, ngx_uint_t nzones)
+{
+    ngx_uint_t                      i, j, k, m, any;
+    ngx_http_llm_metric_t          *metric;
+    ngx_http_llm_share_sh_t        *sh;
+    ngx_http_llm_consumer_sh_t     *cs;
+    ngx_http_llm_consumer_share_t  *share;
+
+    static const char  *names[] = { "tokens", "requests", "quota" };
+
+    any = 0;
+
+    for (i = 0; i < nzones; i++) {
+        any |= (zones[i].zone->share_conf != NULL);
+    }
+
+    if (!any) {
+        return p;
+    }
+
+    for (m = 0; ngx_http_llm_share_metrics[m].name; m++) {
+        metric = &ngx_http_llm_share_metrics[m];
+
+        p = ngx_sprintf(p, "# HELP %s %s\n# TYPE %s %s\n",
+                        metric->name, metric->help, metric->name,
+                        metric->type);
+
+        for (i = 0; i < nzones; i++) {
+            if (zones[i].zone->share_conf == NULL) {
+                continue;
+            }
+
+            sh = &zones[i].share;
+
+            if (m < 5) {
+                p = ngx_sprintf(p, "%s{zone=\"", metric->name);
+                p = ngx_http_llm_label(p, &zones[i].shm_zone->shm.name);
+                p = ngx_sprintf(p, "\"} ");
+
+                switch (m) {
+
+                case 0:
+                    p = ngx_sprintf(p, "%d\n", zones[i].zone->share
+                                    && ngx_http_llm_share_state(
+                                           zones[i].zone->share)
+                                       == NGX_HTTP_LLM_REDIS_READY);
+                    break;
+
+                case 1:
+                    p = ngx_sprintf(p, "%uA\n", sh->replies);
+                    break;
+
+                case 2:
+                    p = ngx_sprintf(p, "%uA\n", sh->errors);
+                    break;
+
+                case 3:
+                    p = ngx_sprintf(p, "%uA\n", sh->degraded);
+                    break;
+
+                default: /* 4 */
+                    p = ngx_sprintf(p, "%M.%03M\n", sh->lag / 1000,
+                                    sh->lag % 1000);
+                }
+
+                continue;
+            }
+
+            for (j = 0; j < zones[i].ntop; j++) {
+                cs = &zones[i].top[j];
+                share = cs->share;
+
+                if (share == NULL) {
+                    continue;
+                }
+
+                for (k = 0; k < 3; k++) {
+                    if (share->limit[k] == 0 || share->lease[k].synced == 0)
+                    {
+                        continue;
+                    }
+
+                    p = ngx_sprintf(p, "%s{zone=\"", metric->name);
+                    p = ngx_http_llm_label(p, &zones[i].shm_zone->shm.name);
+                    p = ngx_sprintf(p, "\",consumer=\"");
+                    p = ngx_http_llm_consumer_id(p, cs->digest);
+                    p = ngx_sprintf(p, "\",budget=\"%s\"} %L\n", names[k],
+                                    m == 5 ? share->lease[k].spent
+                                           : share->lease[k].leased);
                 }
             }
         }

@@ -177,6 +177,21 @@ ok(wait_for(2, sub {
    'instance B shows the same');
 ok($ca->{window_tokens} < $ok * $est, 'A\'s own window holds its part only');
 
+# the same in Prometheus's format
+my ($pst, $ph, $prom) = http_get($pa, '/status?format=prometheus');
+like($prom, qr/^llm_redis_up\{zone="llm"\} 1$/m, 'llm_redis_up is 1');
+like($prom, qr/^llm_consumer_shared_used\{zone="llm",consumer="[0-9a-f]{16}",budget="tokens"\} ${\($ok * $est)}$/m,
+     'the shared figure in Prometheus');
+SKIP: {
+    skip 'promtool not installed (Debian package prometheus)', 1
+        unless -x '/usr/bin/promtool';
+    open my $fh, '>', $ga->dir . '/metrics.txt' or die;
+    print $fh $prom;
+    close $fh;
+    my $out = `/usr/bin/promtool check metrics < ${\$ga->dir}/metrics.txt 2>&1`;
+    is($?, 0, 'promtool check metrics') or diag $out;
+}
+
 ###########################################################################
 # a monthly quota survives a stop and a start
 
@@ -291,5 +306,121 @@ unlike($logs . $raw, qr/PASSWORD/, 'no password in the logs or the status');
 $logs = join "\n", grep { !/\[debug\]|^\S+: / } split /\n/, $logs;
 unlike($logs . $raw, qr/SECRET/, 'no consumer value in the logs or the status');
 
+###########################################################################
+# configuration errors say what is wrong, and never the password
+
+my $c = LLMTest->new;
+my @bad = (
+    [ 'redis=http://127.0.0.1:6379', qr/needs a "redis:\/\/" or "unix:" URL/ ],
+    [ 'redis=redis://user:pw\@127.0.0.1', qr/only ":password@" is supported/ ],
+    [ 'redis=redis://:pw-XYZ\@127.0.0.1/abc', qr/invalid database number/ ],
+    [ 'redis_sync=5ms redis=redis://127.0.0.1', qr/invalid "redis_sync="/ ],
+    [ 'redis_share=0% redis=redis://127.0.0.1', qr/invalid "redis_share="/ ],
+    [ 'redis_sync=1s', qr/has Redis options but no "redis="/ ],
+    [ 'redis_password_file=/nonexistent redis=redis://127.0.0.1',
+      qr/nonexistent/ ],
+    [ 'redis_bogus=1', qr/invalid parameter "redis_bogus=1"/ ],
+);
+for my $case (@bad) {
+    my ($opts, $re) = @$case;
+    # a wrong password: the link is down with Redis's own words, requests
+# flow on the instance's share
+open my $wfh, '>', $c->dir . '/wrong.pass' or die;
+print $wfh "not-the-password\n";
+close $wfh;
+my $pc = free_port();
+my $cdir = $c->dir;
+$c->start_nginx(<<"END", ports => [$pc]);
+    llm_zone z:1m redis=redis://127.0.0.1:$rport
+                  redis_password_file=$cdir/wrong.pass;
+    upstream u {
+        llm_balance zone=z;
+        llm_backend d http://127.0.0.1:$echo tpm=1m;
+    }
+    server {
+        listen 127.0.0.1:$pc;
+        location / {
+            llm_route u;
+            llm_limit \$http_x_app tpm=20k;
+            proxy_pass http://u;
+        }
+        location = /status {
+            llm_status;
+        }
+    }
+END
+ok(wait_for(3, sub { redis_state($pc) eq 'down' }),
+   'a wrong password: the link is down');
+my ($sc) = status($pc);
+like($sc->{consumers}[0]{redis}{last_error}, qr/WRONGPASS|invalid/i,
+     'with Redis\'s reason');
+($st) = http_post($pc, $chat, $body, 'X-App' => 'w');
+is($st, 200, 'and requests pass on the instance\'s share');
+like($c->error_log, qr/\[warn\].*refused the connection's set-up/,
+     'one warning says so');
+unlike($c->error_log, qr/not-the-password/, 'without the password');
+$c->stop_nginx;
+
+my ($rc, $out) = $c->test_conf(<<"END");
+    llm_zone z:1m $opts;
+    upstream u {
+        llm_balance zone=z;
+        llm_backend d http://127.0.0.1:1 tpm=1k;
+    }
+END
+    isnt($rc, 0, "nginx -t refuses $opts");
+    like($out, $re, 'and says why');
+    unlike($out, qr/pw-XYZ/, 'without the password') if $opts =~ /XYZ/;
+}
+
+# a wrong password: the link is down with Redis's own words, requests
+# flow on the instance's share
+open my $wfh, '>', $c->dir . '/wrong.pass' or die;
+print $wfh "not-the-password\n";
+close $wfh;
+my $pc = free_port();
+my $cdir = $c->dir;
+$c->start_nginx(<<"END", ports => [$pc]);
+    llm_zone z:1m redis=redis://127.0.0.1:$rport
+                  redis_password_file=$cdir/wrong.pass;
+    upstream u {
+        llm_balance zone=z;
+        llm_backend d http://127.0.0.1:$echo tpm=1m;
+    }
+    server {
+        listen 127.0.0.1:$pc;
+        location / {
+            llm_route u;
+            llm_limit \$http_x_app tpm=20k;
+            proxy_pass http://u;
+        }
+        location = /status {
+            llm_status;
+        }
+    }
+END
+ok(wait_for(3, sub { redis_state($pc) eq 'down' }),
+   'a wrong password: the link is down');
+my ($sc) = status($pc);
+like($sc->{consumers}[0]{redis}{last_error}, qr/WRONGPASS|invalid/i,
+     'with Redis\'s reason');
+($st) = http_post($pc, $chat, $body, 'X-App' => 'w');
+is($st, 200, 'and requests pass on the instance\'s share');
+like($c->error_log, qr/\[warn\].*refused the connection's set-up/,
+     'one warning says so');
+unlike($c->error_log, qr/not-the-password/, 'without the password');
+$c->stop_nginx;
+
+my ($rc, $out) = $c->test_conf(<<"END");
+    llm_zone z:1m redis=unix:/run/redis.sock redis_sync=20ms
+                  redis_timeout=200ms redis_share=25%;
+    upstream u {
+        llm_balance zone=z;
+        llm_backend d http://127.0.0.1:1 tpm=1k;
+    }
+END
+is($rc, 0, 'a unix socket and every option pass nginx -t') or diag $out;
+
+$c->cleanup;
 $gb->cleanup;
 $ga->done;
