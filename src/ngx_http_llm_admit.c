@@ -123,6 +123,18 @@ ngx_http_llm_admit(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
 
     ngx_http_llm_consumers_refund(ctx);
 
+    /* a backend's lease asked of Redis: a look again in a millisecond */
+
+    if (ctx->lease_wait) {
+        ctx->lease_wait = 0;
+
+        if (ctx->share_since == 0) {
+            ctx->share_since = now ? now : 1;
+        }
+
+        return ngx_http_llm_wait_again(r, 1);
+    }
+
     /* llm_wait: queue while room is expected within the time allowed */
 
     if (llcf->wait && wait != NGX_MAX_INT32_VALUE) {

@@ -67,7 +67,6 @@ static ngx_int_t ngx_http_llm_consumer_send(ngx_http_llm_zone_t *zone,
     ngx_msec_t now);
 static ngx_uint_t ngx_http_llm_consumer_busy(ngx_http_llm_zone_t *zone,
     ngx_http_llm_consumer_sh_t *cs, ngx_msec_t now);
-static void ngx_http_llm_consumers_sync(ngx_event_t *ev);
 
 
 /*
@@ -1142,31 +1141,8 @@ ngx_http_llm_consumer_id(u_char *p, u_char *digest)
 /*
  * Shared through Redis (llm_zone redis=): a consumer's token window,
  * request window and quota are three budgets, each with a lease.  Under
- * the zone's lock, as everything below but the set-up and the timer.
+ * the zone's lock, as everything below but the walks.
  */
-
-ngx_int_t
-ngx_http_llm_consumers_share_init(ngx_cycle_t *cycle,
-    ngx_http_llm_zone_t *zone)
-{
-    ngx_http_llm_share_t  *share;
-
-    share = ngx_pcalloc(cycle->pool, sizeof(ngx_http_llm_share_t));
-    if (share == NULL) {
-        return NGX_ERROR;
-    }
-
-    share->conf = zone->share_conf;
-    share->sh = &zone->sh->share;
-    share->shpool = zone->shpool;
-    share->zone = zone->name;
-    share->data = zone;
-
-    zone->share = share;
-
-    return ngx_http_llm_share_init(cycle, share,
-                                   ngx_http_llm_consumers_sync);
-}
 
 
 /*
@@ -1398,51 +1374,31 @@ ngx_http_llm_consumer_busy(ngx_http_llm_zone_t *zone,
  * spent and renews the leases about to lapse, most recently used
  * consumers first; it stops at the first consumer idle for two lease
  * lifetimes with nothing left to say, as all behind it are older.
+ * final: a worker's last report as it exits, every ring not yet empty.
  */
 
 #define NGX_HTTP_LLM_SYNC_MAX  512
 
-static void
-ngx_http_llm_consumers_sync(ngx_event_t *ev)
+void
+ngx_http_llm_consumers_sync(ngx_http_llm_zone_t *zone, ngx_msec_t now,
+    ngx_uint_t final)
 {
-    ngx_http_llm_share_t  *share = ev->data;
-
     int64_t                        sum;
     ngx_uint_t                     k, i, sent, idle;
-    ngx_msec_t                     now, ttl;
+    ngx_msec_t                     ttl;
     ngx_queue_t                   *q;
-    ngx_http_llm_zone_t           *zone;
     ngx_http_llm_lease_t          *lease;
     ngx_http_llm_budget_t          b;
     ngx_http_llm_consumer_sh_t    *cs;
 
-    zone = share->data;
-    now = ngx_current_msec;
-    ttl = share->conf->ttl;
+    ttl = zone->share_conf->ttl;
     sent = 0;
-
-    if (ngx_exiting || ngx_terminate || ngx_quit) {
-        return;
-    }
-
-    ngx_add_timer(&share->timer, share->conf->sync);
-
-    if (ngx_http_llm_share_state(share) != NGX_HTTP_LLM_REDIS_READY) {
-        return;
-    }
 
     ngx_shmtx_lock(&zone->shpool->mutex);
 
-    if ((ngx_msec_int_t) (share->sh->next_sync - now) > 0) {
-        ngx_shmtx_unlock(&zone->shpool->mutex);
-        return;
-    }
-
-    share->sh->next_sync = now + share->conf->sync;
-
     for (q = ngx_queue_head(&zone->sh->consumer_lru);
          q != ngx_queue_sentinel(&zone->sh->consumer_lru)
-         && sent < NGX_HTTP_LLM_SYNC_MAX;
+         && (final || sent < NGX_HTTP_LLM_SYNC_MAX);
          q = ngx_queue_next(q))
     {
         cs = ngx_queue_data(q, ngx_http_llm_consumer_sh_t, queue);
@@ -1459,22 +1415,11 @@ ngx_http_llm_consumers_sync(ngx_event_t *ev)
         for (k = 0; k < 3; k++) {
             lease = &cs->share->lease[k];
 
-            if (cs->share->limit[k] == 0 || lease->busy) {
+            if (cs->share->limit[k] == 0 || (lease->busy && !final)) {
                 continue;
             }
 
             ngx_http_llm_consumer_budget(zone, cs, k, &b);
-
-            /* idle: the credit goes back; in use: topped up */
-
-            b.ask = ngx_http_llm_lease_idle(&b, now, ttl);
-
-            if (b.ask == 0
-                && (ngx_msec_int_t) (now - lease->used)
-                   <= (ngx_msec_int_t) ttl / 2)
-            {
-                b.ask = ngx_http_llm_lease_want(&b, 0, now);
-            }
 
             sum = 0;
 
@@ -1482,10 +1427,20 @@ ngx_http_llm_consumers_sync(ngx_event_t *ev)
                 sum |= b.ring[i];
             }
 
+            if (final) {
+                /* the leases stay: the instance's other workers go on */
+
+                if (sum) {
+                    (void) ngx_http_llm_consumer_send(zone, cs, k, &b, now);
+                }
+
+                continue;
+            }
+
+            b.ask = ngx_http_llm_lease_renewal(&b, now, ttl);
+
             if (sum == 0 && b.ask == 0
-                && !(lease->credit > 0
-                     && (ngx_msec_int_t) (lease->expires - now)
-                        < (ngx_msec_int_t) ttl / 2))
+                && !ngx_http_llm_lease_lapsing(&b, now, ttl))
             {
                 continue;
             }
@@ -1497,75 +1452,10 @@ ngx_http_llm_consumers_sync(ngx_event_t *ev)
             }
         }
 
-        if (idle) {
+        if (idle && !final) {
             break;
         }
     }
 
     ngx_shmtx_unlock(&zone->shpool->mutex);
-}
-
-
-/*
- * A worker that exits reports what it knows and Redis does not yet, so
- * that a stop or a reload loses nothing: every ring not yet empty.
- * Leases stay: the instance's other workers may go on with them.
- */
-
-void
-ngx_http_llm_consumers_share_exit(ngx_http_llm_zone_t *zone)
-{
-    int64_t                      sum;
-    ngx_uint_t                   k, i;
-    ngx_msec_t                   now;
-    ngx_queue_t                 *q;
-    ngx_http_llm_budget_t        b;
-    ngx_http_llm_consumer_sh_t  *cs;
-
-    if (zone->share == NULL) {
-        return;
-    }
-
-    if (ngx_http_llm_share_state(zone->share) != NGX_HTTP_LLM_REDIS_READY) {
-        ngx_http_llm_redis_close(zone->share->redis);
-        return;
-    }
-
-    ngx_time_update();
-    now = ngx_current_msec;
-
-    ngx_shmtx_lock(&zone->shpool->mutex);
-
-    for (q = ngx_queue_head(&zone->sh->consumer_lru);
-         q != ngx_queue_sentinel(&zone->sh->consumer_lru);
-         q = ngx_queue_next(q))
-    {
-        cs = ngx_queue_data(q, ngx_http_llm_consumer_sh_t, queue);
-
-        if (cs->share == NULL) {
-            continue;
-        }
-
-        for (k = 0; k < 3; k++) {
-            if (cs->share->limit[k] == 0) {
-                continue;
-            }
-
-            ngx_http_llm_consumer_budget(zone, cs, k, &b);
-
-            sum = 0;
-
-            for (i = 0; i < b.nslots; i++) {
-                sum |= b.ring[i];
-            }
-
-            if (sum) {
-                (void) ngx_http_llm_consumer_send(zone, cs, k, &b, now);
-            }
-        }
-    }
-
-    ngx_shmtx_unlock(&zone->shpool->mutex);
-
-    ngx_http_llm_redis_drain(zone->share->redis);
 }

@@ -15,6 +15,9 @@ static ngx_int_t ngx_http_llm_init(ngx_conf_t *cf);
 static void *ngx_http_llm_create_main_conf(ngx_conf_t *cf);
 static ngx_int_t ngx_http_llm_init_process(ngx_cycle_t *cycle);
 static void ngx_http_llm_exit_process(ngx_cycle_t *cycle);
+static ngx_int_t ngx_http_llm_zone_share(ngx_cycle_t *cycle,
+    ngx_http_llm_zone_t *zone);
+static void ngx_http_llm_zone_sync(ngx_event_t *ev);
 static void *ngx_http_llm_create_srv_conf(ngx_conf_t *cf);
 static void *ngx_http_llm_create_loc_conf(ngx_conf_t *cf);
 static char *ngx_http_llm_merge_loc_conf(ngx_conf_t *cf, void *parent,
@@ -324,7 +327,7 @@ ngx_http_llm_init_process(ngx_cycle_t *cycle)
             zone = pools[i]->shm_zone->data;
 
             if (zone->share_conf && zone->share == NULL
-                && ngx_http_llm_consumers_share_init(cycle, zone) != NGX_OK)
+                && ngx_http_llm_zone_share(cycle, zone) != NGX_OK)
             {
                 return NGX_ERROR;
             }
@@ -339,6 +342,58 @@ ngx_http_llm_init_process(ngx_cycle_t *cycle)
     }
 
     return ngx_http_llm_count_cache_init(cycle);
+}
+
+
+/* a zone shared through Redis: this worker's link, and its reports */
+
+static ngx_int_t
+ngx_http_llm_zone_share(ngx_cycle_t *cycle, ngx_http_llm_zone_t *zone)
+{
+    ngx_http_llm_share_t  *share;
+
+    share = ngx_pcalloc(cycle->pool, sizeof(ngx_http_llm_share_t));
+    if (share == NULL) {
+        return NGX_ERROR;
+    }
+
+    share->conf = zone->share_conf;
+    share->sh = &zone->sh->share;
+    share->shpool = zone->shpool;
+    share->zone = zone->name;
+    share->data = zone;
+
+    zone->share = share;
+
+    return ngx_http_llm_share_init(cycle, share, ngx_http_llm_zone_sync);
+}
+
+
+static void
+ngx_http_llm_zone_sync(ngx_event_t *ev)
+{
+    ngx_http_llm_share_t  *share = ev->data;
+
+    ngx_msec_t            now;
+    ngx_http_llm_zone_t  *zone;
+
+    if (ngx_exiting || ngx_terminate || ngx_quit) {
+        return;
+    }
+
+    ngx_add_timer(ev, share->conf->sync);
+
+    zone = share->data;
+    now = ngx_current_msec;
+
+    if (ngx_http_llm_share_state(share) != NGX_HTTP_LLM_REDIS_READY
+        || !ngx_http_llm_share_claim(share, now))
+    {
+        return;
+    }
+
+    ngx_http_llm_backends_sync(zone, now, 0);
+    ngx_http_llm_consumers_sync(zone, now, 0);
 }
 
 
@@ -364,7 +419,11 @@ ngx_http_llm_exit_process(ngx_cycle_t *cycle)
         zone = pools[i]->shm_zone->data;
 
         if (zone->share) {
-            ngx_http_llm_consumers_share_exit(zone);
+            ngx_time_update();
+
+            ngx_http_llm_backends_sync(zone, ngx_current_msec, 1);
+            ngx_http_llm_consumers_sync(zone, ngx_current_msec, 1);
+            ngx_http_llm_share_exit(zone->share);
 
             /* pools of one zone: once */
             zone->share = NULL;

@@ -51,6 +51,24 @@
 
 
 /*
+ * A backend's windows shared through Redis (llm_zone redis=): a lease and
+ * a ring of unreported amounts for each, keyed in Redis by the SHA-256
+ * of "pool/backend"
+ */
+
+#define NGX_HTTP_LLM_BUDGET_BACKEND_TOKENS    0
+#define NGX_HTTP_LLM_BUDGET_BACKEND_REQUESTS  1
+
+typedef struct {
+    u_char                       digest[32];
+    int64_t                      limit[2];   /* 0: none */
+    ngx_http_llm_lease_t         lease[2];
+    int64_t                      tokens[NGX_HTTP_LLM_TOKEN_SLOTS];
+    int64_t                      requests[NGX_HTTP_LLM_REQ_SLOTS];
+} ngx_http_llm_backend_share_t;
+
+
+/*
  * A backend's state in the shared zone, keyed by "pool/backend" so that
  * it survives reloads.  Windows are rings of slots with an absolute slot
  * number for the newest one; one slot more than the window, so a charge
@@ -94,6 +112,8 @@ typedef struct {
 
     uint32_t                     tokens[NGX_HTTP_LLM_TOKEN_SLOTS];
     uint32_t                     requests_slot[NGX_HTTP_LLM_REQ_SLOTS];
+
+    ngx_http_llm_backend_share_t  *share;    /* NULL: not shared */
 
     u_short                      len;
     u_char                       name[1];
@@ -477,6 +497,7 @@ typedef struct {
     unsigned                     consumers_keyed:1;
     unsigned                     consumers_charged:1;
     unsigned                     share_local:1;  /* Redis did not answer */
+    unsigned                     lease_wait:1;   /* for a backend's lease */
 
     /* see ngx_http_llm_charge.c */
     unsigned                     held:1;      /* the backend's charge */
@@ -571,9 +592,20 @@ void ngx_http_llm_window_add(uint32_t *slots, ngx_uint_t n,
     ngx_msec_t slot_ms, ngx_msec_t last, ngx_uint_t *sum, ngx_uint_t value,
     ngx_msec_t at);
 void ngx_http_llm_consumers_init(ngx_http_llm_shctx_t *sh);
-ngx_int_t ngx_http_llm_consumers_share_init(ngx_cycle_t *cycle,
-    ngx_http_llm_zone_t *zone);
-void ngx_http_llm_consumers_share_exit(ngx_http_llm_zone_t *zone);
+void ngx_http_llm_consumers_sync(ngx_http_llm_zone_t *zone, ngx_msec_t now,
+    ngx_uint_t final);
+void ngx_http_llm_backends_sync(ngx_http_llm_zone_t *zone, ngx_msec_t now,
+    ngx_uint_t final);
+ngx_int_t ngx_http_llm_backend_lease(ngx_http_llm_zone_t *zone,
+    ngx_http_llm_pool_t *pool, ngx_http_llm_backend_sh_t *sh,
+    ngx_http_llm_ctx_t *ctx, ngx_uint_t charge, ngx_uint_t can_wait,
+    ngx_msec_t now, ngx_msec_t *wait, int64_t *credit);
+void ngx_http_llm_backend_spend(ngx_http_llm_zone_t *zone,
+    ngx_http_llm_pool_t *pool, ngx_http_llm_backend_sh_t *sh,
+    int64_t tokens, int64_t requests, ngx_msec_t at, ngx_msec_t now);
+void ngx_http_llm_backend_renew(ngx_http_llm_zone_t *zone,
+    ngx_http_llm_pool_t *pool, ngx_http_llm_backend_sh_t *sh,
+    ngx_uint_t charge, ngx_msec_t now);
 
 char *ngx_http_llm_limit(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 ngx_int_t ngx_http_llm_consumers_charge(ngx_http_request_t *r,

@@ -271,6 +271,36 @@ ngx_http_llm_share_state(ngx_http_llm_share_t *share)
 }
 
 
+/* one worker of the instance reports, each redis_sync= period */
+
+ngx_uint_t
+ngx_http_llm_share_claim(ngx_http_llm_share_t *share, ngx_msec_t now)
+{
+    ngx_uint_t  mine;
+
+    ngx_shmtx_lock(&share->shpool->mutex);
+
+    mine = ((ngx_msec_int_t) (share->sh->next_sync - now) <= 0);
+
+    if (mine) {
+        share->sh->next_sync = now + share->conf->sync;
+    }
+
+    ngx_shmtx_unlock(&share->shpool->mutex);
+
+    return mine;
+}
+
+
+/* the last reports went out: their replies, then the connection closes */
+
+void
+ngx_http_llm_share_exit(ngx_http_llm_share_t *share)
+{
+    ngx_http_llm_redis_drain(share->redis);
+}
+
+
 /* for llm_status: the cause of the last failure, in every worker's view */
 
 static void
@@ -377,6 +407,35 @@ ngx_http_llm_lease_idle(ngx_http_llm_budget_t *b, ngx_msec_t now,
     }
 
     return 0;
+}
+
+
+/*
+ * What a report asks besides: a budget spent from in the last half
+ * lease is topped up ahead of need; one idle longer gives back its credit
+ */
+
+int64_t
+ngx_http_llm_lease_renewal(ngx_http_llm_budget_t *b, ngx_msec_t now,
+    ngx_msec_t ttl)
+{
+    if ((ngx_msec_int_t) (now - b->lease->used) > (ngx_msec_int_t) ttl / 2) {
+        return ngx_http_llm_lease_idle(b, now, ttl);
+    }
+
+    return ngx_http_llm_lease_want(b, 0, now);
+}
+
+
+/* a credit that would lapse before the next reports could renew it */
+
+ngx_uint_t
+ngx_http_llm_lease_lapsing(ngx_http_llm_budget_t *b, ngx_msec_t now,
+    ngx_msec_t ttl)
+{
+    return b->lease->credit > 0
+           && (ngx_msec_int_t) (b->lease->expires - now)
+              < (ngx_msec_int_t) ttl / 2;
 }
 
 

@@ -90,6 +90,7 @@ char *ngx_http_llm_share_option(ngx_conf_t *cf, ngx_str_t *value,
     ngx_http_llm_share_conf_t **scfp);
 ngx_int_t ngx_http_llm_share_init(ngx_cycle_t *cycle,
     ngx_http_llm_share_t *share, ngx_event_handler_pt sync);
+void ngx_http_llm_share_exit(ngx_http_llm_share_t *share);
 ngx_uint_t ngx_http_llm_share_state(ngx_http_llm_share_t *share);
 
 ngx_uint_t ngx_http_llm_lease_ok(ngx_http_llm_lease_t *lease, int64_t need,
@@ -100,6 +101,12 @@ int64_t ngx_http_llm_lease_want(ngx_http_llm_budget_t *b, int64_t need,
     ngx_msec_t now);
 int64_t ngx_http_llm_lease_idle(ngx_http_llm_budget_t *b, ngx_msec_t now,
     ngx_msec_t ttl);
+int64_t ngx_http_llm_lease_renewal(ngx_http_llm_budget_t *b, ngx_msec_t now,
+    ngx_msec_t ttl);
+ngx_uint_t ngx_http_llm_lease_lapsing(ngx_http_llm_budget_t *b,
+    ngx_msec_t now, ngx_msec_t ttl);
+ngx_uint_t ngx_http_llm_share_claim(ngx_http_llm_share_t *share,
+    ngx_msec_t now);
 ngx_int_t ngx_http_llm_lease_send(ngx_http_llm_share_t *share,
     ngx_http_llm_budget_t *b, ngx_msec_t now);
 

@@ -26,6 +26,11 @@ typedef struct {
     ngx_http_llm_backend_sh_t   sh;
     ngx_msec_t                  cooldown;
     ngx_msec_t                  remote_age;
+
+    /* llm_zone redis=: the backend's leases, copied with the rest */
+    ngx_http_llm_lease_t        lease[2];
+    int64_t                     limit[2];
+    ngx_uint_t                  shared;
 } ngx_http_llm_snap_t;
 
 
@@ -57,6 +62,11 @@ static u_char *ngx_http_llm_sample(u_char *p, const char *name,
 static u_char *ngx_http_llm_label(u_char *p, ngx_str_t *value);
 static void ngx_http_llm_snapshot(ngx_http_llm_pool_t *pool,
     ngx_http_llm_snap_t *snap, ngx_http_llm_snap_t *total);
+static u_char *ngx_http_llm_backend_shared_json(u_char *p,
+    ngx_http_llm_snap_t *snap);
+static u_char *ngx_http_llm_backends_shared_prometheus(u_char *p,
+    ngx_http_llm_pool_t **pools, ngx_uint_t npools,
+    ngx_http_llm_snap_t **snaps);
 static ngx_http_llm_consumers_snap_t *ngx_http_llm_consumers_snapshot(
     ngx_http_request_t *r, ngx_http_llm_pool_t **pools, ngx_uint_t npools,
     ngx_uint_t n, ngx_uint_t *nzones);
@@ -151,7 +161,7 @@ ngx_http_llm_status_handler(ngx_http_request_t *r)
 
     /* an upper bound: a fixed part and names, per backend and pool */
 
-    size = 8192;
+    size = 9216;
 
     for (i = 0; i < n; i++) {
         snaps[i] = ngx_palloc(r->pool, (pools[i]->backends.nelts + 1)
@@ -204,6 +214,7 @@ ngx_http_llm_status_handler(ngx_http_request_t *r)
 
     } else {
         p = ngx_http_llm_status_prometheus(p, pools, n, snaps, totals);
+        p = ngx_http_llm_backends_shared_prometheus(p, pools, n, snaps);
         p = ngx_http_llm_consumers_prometheus(p, zones, nzones);
         p = ngx_http_llm_share_prometheus(p, zones, nzones);
         ngx_str_set(&r->headers_out.content_type,
@@ -298,6 +309,14 @@ ngx_http_llm_snapshot(ngx_http_llm_pool_t *pool, ngx_http_llm_snap_t *snap,
         snap[i].cooldown = ((ngx_msec_int_t) (sh->cooldown_until - now) > 0)
                            ? sh->cooldown_until - now : 0;
         snap[i].remote_age = now - sh->remote_time;
+        snap[i].shared = (sh->share && zone->share_conf);
+
+        if (snap[i].shared) {
+            ngx_memcpy(snap[i].lease, sh->share->lease,
+                       sizeof(snap[i].lease));
+            ngx_memcpy(snap[i].limit, sh->share->limit,
+                       sizeof(snap[i].limit));
+        }
     }
 
     total->sh = *pool->sh;
@@ -363,7 +382,7 @@ ngx_http_llm_status_json(u_char *p, ngx_http_llm_pool_t *pool,
                         "\"3xx\":%uA,\"4xx\":%uA,\"5xx\":%uA},"
                         "\"tokens\":{\"charged\":%uA,\"prompt\":%uA,"
                         "\"completion\":%uA,\"cached\":%uA,"
-                        "\"reasoning\":%uA},\"usage_counted\":%uA}",
+                        "\"reasoning\":%uA},\"usage_counted\":%uA,",
                         sh->ttft_ewma, sh->tps_ewma / 1000,
                         sh->tps_ewma % 1000,
                         sh->requests, sh->backend_throttled, sh->failures,
@@ -372,9 +391,110 @@ ngx_http_llm_status_json(u_char *p, ngx_http_llm_pool_t *pool,
                         sh->tokens_charged, sh->prompt_tokens,
                         sh->completion_tokens, sh->cached_tokens,
                         sh->reasoning_tokens, sh->usage_counted);
+
+        p = ngx_http_llm_backend_shared_json(p, &snap[i]);
+        *p++ = '}';
     }
 
     return ngx_sprintf(p, "]}");
+}
+
+
+/* what all instances spent of a backend's windows, as Redis said */
+
+static u_char *
+ngx_http_llm_backend_shared_json(u_char *p, ngx_http_llm_snap_t *snap)
+{
+    ngx_uint_t             k;
+    ngx_http_llm_lease_t  *lease;
+
+    static const char  *names[] = { "tokens", "requests" };
+
+    if (!snap->shared) {
+        return ngx_sprintf(p, "\"shared\":null");
+    }
+
+    p = ngx_sprintf(p, "\"shared\":{");
+
+    for (k = 0; k < 2; k++) {
+        lease = &snap->lease[k];
+
+        if (snap->limit[k] == 0 || lease->synced == 0) {
+            p = ngx_sprintf(p, "%s\"%s\":null", k ? "," : "", names[k]);
+            continue;
+        }
+
+        p = ngx_sprintf(p, "%s\"%s\":{\"used\":%L,\"leased\":%L,"
+                        "\"credit\":%L,\"synced_ms_ago\":%M}",
+                        k ? "," : "", names[k], lease->spent, lease->leased,
+                        ngx_max(lease->credit, 0),
+                        ngx_current_msec - lease->synced);
+    }
+
+    *p++ = '}';
+
+    return p;
+}
+
+
+/* the same in Prometheus's format, after the backends' own metrics */
+
+static u_char *
+ngx_http_llm_backends_shared_prometheus(u_char *p,
+    ngx_http_llm_pool_t **pools, ngx_uint_t npools,
+    ngx_http_llm_snap_t **snaps)
+{
+    ngx_uint_t               i, j, k, m, any;
+    ngx_http_llm_snap_t     *snap;
+    ngx_http_llm_backend_t  *b;
+
+    static const char  *names[] = { "tokens", "requests" };
+    static const char  *metrics[][2] = {
+        { "llm_backend_shared_used",
+          "What every instance spent of the backend's window, at the last "
+          "reply from Redis." },
+        { "llm_backend_shared_leased",
+          "What every instance holds in leases of the backend's window." }
+    };
+
+    any = 0;
+
+    for (i = 0; i < npools; i++) {
+        for (j = 0; j < pools[i]->backends.nelts; j++) {
+            any |= snaps[i][j].shared;
+        }
+    }
+
+    if (!any) {
+        return p;
+    }
+
+    for (m = 0; m < 2; m++) {
+        p = ngx_sprintf(p, "# HELP %s %s\n# TYPE %s gauge\n",
+                        metrics[m][0], metrics[m][1], metrics[m][0]);
+
+        for (i = 0; i < npools; i++) {
+            b = pools[i]->backends.elts;
+
+            for (j = 0; j < pools[i]->backends.nelts; j++) {
+                snap = &snaps[i][j];
+
+                for (k = 0; snap->shared && k < 2; k++) {
+                    if (snap->limit[k] == 0 || snap->lease[k].synced == 0) {
+                        continue;
+                    }
+
+                    p = ngx_http_llm_sample(p, metrics[m][0], pools[i],
+                                            &b[j]);
+                    p = ngx_sprintf(p, ",budget=\"%s\"} %L\n", names[k],
+                                    m ? snap->lease[k].leased
+                                      : snap->lease[k].spent);
+                }
+            }
+        }
+    }
+
+    return p;
 }
 
 

@@ -7,6 +7,7 @@
 #include <ngx_config.h>
 #include <ngx_core.h>
 #include <ngx_http.h>
+#include <openssl/sha.h>
 #include "ngx_http_llm_module.h"
 
 
@@ -286,6 +287,32 @@ ngx_http_llm_init_zone(ngx_shm_zone_t *shm_zone, void *data)
 
             node->generation = gen;
 
+            /* a backend's windows shared through Redis, under its name */
+
+            if (zone->share_conf && j < pools[i]->backends.nelts
+                && node->share == NULL)
+            {
+                node->share = ngx_slab_calloc_locked(zone->shpool,
+                                      sizeof(ngx_http_llm_backend_share_t));
+                if (node->share == NULL) {
+                    ngx_shmtx_unlock(&zone->shpool->mutex);
+                    ngx_log_error(NGX_LOG_EMERG, shm_zone->shm.log, 0,
+                                  "llm_zone \"%V\" is too small for its "
+                                  "backends", &shm_zone->shm.name);
+                    return NGX_ERROR;
+                }
+
+                SHA256(k.data, k.len, node->share->digest);
+            }
+
+            if (node->share && j < pools[i]->backends.nelts) {
+                node->share->limit[NGX_HTTP_LLM_BUDGET_BACKEND_TOKENS] =
+                                                                  b[j].tpm;
+                node->share->limit[NGX_HTTP_LLM_BUDGET_BACKEND_REQUESTS] =
+                                        b[j].rpm ? ngx_max(b[j].rpm / 6, 1)
+                                                 : 0;
+            }
+
             if (j < pools[i]->backends.nelts) {
                 b[j].sh = node;
 
@@ -312,6 +339,11 @@ ngx_http_llm_init_zone(ngx_shm_zone_t *shm_zone, void *data)
         if (node->generation + 1 < gen) {
             ngx_queue_remove(q);
             ngx_rbtree_delete(&zone->sh->rbtree, &node->node);
+
+            if (node->share) {
+                ngx_slab_free_locked(zone->shpool, node->share);
+            }
+
             ngx_slab_free_locked(zone->shpool, node);
             nfreed++;
         }
@@ -534,10 +566,12 @@ ngx_http_llm_backend_t *
 ngx_http_llm_choose(ngx_http_llm_pool_t *pool, ngx_http_llm_ctx_t *ctx,
     uintptr_t *tried, uintptr_t *down, ngx_uint_t reserve, ngx_msec_t *wait)
 {
+    int64_t                     credit;
+    ngx_int_t                   lease;
     ngx_msec_t                  now, w, wr;
     ngx_uint_t                  i, charge, best_charge, room, score,
                                 best_score, per10s, word, bit, was_tried,
-                                remote;
+                                remote, shared, missing, scale, tpm;
     ngx_slab_pool_t            *shpool;
     ngx_http_llm_zone_t        *zone;
     ngx_http_llm_backend_t     *b, *best;
@@ -553,6 +587,52 @@ ngx_http_llm_choose(ngx_http_llm_pool_t *pool, ngx_http_llm_ctx_t *ctx,
     *wait = NGX_MAX_INT32_VALUE;
 
     b = pool->backends.elts;
+
+    /*
+     * a zone shared through Redis admits on the backends' leases (see
+     * ngx_http_llm_backend_share.c); admission (not a retry) waits for
+     * them, redis_timeout= at most; without Redis, each backend's limit
+     * is redis_share= of itself
+     */
+
+    shared = 0;
+    missing = 0;
+    scale = 100;
+    ctx->lease_wait = 0;
+
+    if (zone->share) {
+        if (ctx->share_since
+            && now - ctx->share_since >= zone->share_conf->redis.timeout)
+        {
+            ctx->share_local = 1;
+        }
+
+        if (!ctx->share_local) {
+            switch (ngx_http_llm_share_state(zone->share)) {
+
+            case NGX_HTTP_LLM_REDIS_READY:
+                shared = 1;
+                break;
+
+            case NGX_HTTP_LLM_REDIS_CONNECTING:
+                if (tried == NULL) {
+                    ctx->lease_wait = 1;
+                    *wait = 1;
+                    return NULL;
+                }
+
+                /* fall through */
+
+            default:
+                ctx->share_local = 1;
+                (void) ngx_atomic_fetch_add(&zone->sh->share.degraded, 1);
+            }
+        }
+
+        if (ctx->share_local) {
+            scale = zone->share_conf->share;
+        }
+    }
 
     ngx_shmtx_lock(&shpool->mutex);
 
@@ -593,14 +673,39 @@ ngx_http_llm_choose(ngx_http_llm_pool_t *pool, ngx_http_llm_ctx_t *ctx,
 
         ngx_http_llm_windows_update(pool, sh, now);
 
-        if (b[i].tpm) {
+        lease = NGX_DECLINED;
+        credit = 0;
+        w = 0;
+
+        if (shared && sh->share) {
+            lease = ngx_http_llm_backend_lease(zone, pool, sh, ctx, charge,
+                                               tried == NULL, now, &w,
+                                               &credit);
+
+            if (lease == NGX_AGAIN) {
+                missing = 1;
+                continue;
+            }
+
+            if (lease == NGX_BUSY) {
+                *wait = ngx_min(*wait, w);
+                continue;
+            }
+        }
+
+        tpm = b[i].tpm ? ngx_max(b[i].tpm * scale / 100, 1) : 0;
+
+        if (lease == NGX_OK) {
+            w = 0;
+            room = (credit > 0) ? (ngx_uint_t) credit : 0;
+
+        } else if (tpm) {
             w = ngx_http_llm_window_wait(sh->tokens,
                                          NGX_HTTP_LLM_TOKEN_SLOTS,
                                          pool->token_slot_ms,
                                          sh->tokens_last, sh->tokens_sum,
-                                         b[i].tpm, charge, now);
-            room = (sh->tokens_sum < b[i].tpm) ? b[i].tpm - sh->tokens_sum
-                                               : 0;
+                                         tpm, charge, now);
+            room = (sh->tokens_sum < tpm) ? tpm - sh->tokens_sum : 0;
 
         } else {
             w = 0;
@@ -626,8 +731,8 @@ ngx_http_llm_choose(ngx_http_llm_pool_t *pool, ngx_http_llm_ctx_t *ctx,
             room = ngx_min(room, remote);
         }
 
-        if (b[i].rpm) {
-            per10s = ngx_max(b[i].rpm / 6, 1);
+        if (b[i].rpm && lease != NGX_OK) {
+            per10s = ngx_max(b[i].rpm * scale / 100 / 6, 1);
             wr = ngx_http_llm_window_wait(sh->requests_slot,
                                           NGX_HTTP_LLM_REQ_SLOTS,
                                           pool->request_slot_ms,
@@ -683,6 +788,23 @@ ngx_http_llm_choose(ngx_http_llm_pool_t *pool, ngx_http_llm_ctx_t *ctx,
         ctx->charged_at = now;
         ctx->held = 1;
         ctx->in_flight = 1;
+
+        /* Redis hears of it with the next report, with or without it */
+
+        if (sh->share && zone->share) {
+            ngx_http_llm_backend_spend(zone, pool, sh, best_charge, 1, now,
+                                       now);
+
+            if (shared) {
+                ngx_http_llm_backend_renew(zone, pool, sh, best_charge, now);
+            }
+        }
+
+    } else if (missing && tried == NULL) {
+        /* leases asked for: admission looks again in a moment */
+
+        ctx->lease_wait = 1;
+        *wait = 1;
     }
 
     ngx_shmtx_unlock(&shpool->mutex);
@@ -727,6 +849,11 @@ ngx_http_llm_refund(ngx_http_llm_backend_t *b, ngx_http_llm_ctx_t *ctx)
                                &sh->requests_sum, 1, ctx->charged_at);
 
     sh->tokens_charged -= ngx_min(sh->tokens_charged, ctx->charged);
+
+    if (sh->share && zone->share) {
+        ngx_http_llm_backend_spend(zone, pool, sh, -(int64_t) ctx->charged,
+                                   -1, ctx->charged_at, ngx_current_msec);
+    }
 
     ngx_shmtx_unlock(&shpool->mutex);
 
@@ -861,6 +988,13 @@ ngx_http_llm_account(ngx_http_llm_ctx_t *ctx, ngx_uint_t status)
         ngx_http_llm_window_add(sh->tokens, NGX_HTTP_LLM_TOKEN_SLOTS,
                                 pool->token_slot_ms, sh->tokens_last,
                                 &sh->tokens_sum, actual, ctx->final_at);
+
+        if (sh->share && zone->share) {
+            ngx_http_llm_backend_spend(zone, pool, sh,
+                                       (int64_t) actual
+                                       - (int64_t) ctx->final_charge,
+                                       0, ctx->final_at, now);
+        }
     }
 
     if (ctx->first_byte) {
