@@ -14,11 +14,13 @@ SEED_ARGS ?=
 .PHONY: seed-report seed-report-full demo test
 
 seed-report:
-	env=$$(sh build/nginx.sh $(NGINX_VERSION)) && . "$$env" && \
+	sh build/deps.sh && env=$$(sh build/nginx.sh $(NGINX_VERSION)) && \
+	. "$$env" && \
 	python3 tools/seed-report --speed 10 --out .build/seed-report $(SEED_ARGS)
 
 seed-report-full:
-	env=$$(sh build/nginx.sh $(NGINX_VERSION)) && . "$$env" && \
+	sh build/deps.sh && env=$$(sh build/nginx.sh $(NGINX_VERSION)) && \
+	. "$$env" && \
 	python3 tools/seed-report --speed 1 --out .build/seed-report-full \
 	    $(SEED_ARGS)
 

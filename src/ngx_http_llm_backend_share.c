@@ -170,15 +170,15 @@ ngx_http_llm_backend_renew(ngx_http_llm_zone_t *zone,
 /*
  * Every redis_sync= period (see ngx_http_llm_module.c), or as a worker
  * exits (final): what each backend's windows spent, and its leases
- * renewed or, idle, given back
+ * renewed or, idle, given back; 1 when the link was full before the end
  */
 
-void
+ngx_uint_t
 ngx_http_llm_backends_sync(ngx_http_llm_zone_t *zone, ngx_msec_t now,
     ngx_uint_t final)
 {
     int64_t                      sum;
-    ngx_uint_t                   i, j, k, s;
+    ngx_uint_t                   i, j, k, s, full;
     ngx_msec_t                   ttl;
     ngx_http_llm_pool_t        **pools;
     ngx_http_llm_budget_t        b;
@@ -188,6 +188,7 @@ ngx_http_llm_backends_sync(ngx_http_llm_zone_t *zone, ngx_msec_t now,
 
     ttl = zone->share_conf->ttl;
     pools = zone->pools.elts;
+    full = 0;
 
     ngx_shmtx_lock(&zone->shpool->mutex);
 
@@ -219,9 +220,12 @@ ngx_http_llm_backends_sync(ngx_http_llm_zone_t *zone, ngx_msec_t now,
                 }
 
                 if (final) {
-                    if (sum) {
-                        (void) ngx_http_llm_backend_send(zone, sh, k, &b,
-                                                         now);
+                    if (sum
+                        && ngx_http_llm_backend_send(zone, sh, k, &b, now)
+                           == NGX_BUSY)
+                    {
+                        full = 1;
+                        goto done;
                     }
 
                     continue;
@@ -237,7 +241,11 @@ ngx_http_llm_backends_sync(ngx_http_llm_zone_t *zone, ngx_msec_t now,
         }
     }
 
+done:
+
     ngx_shmtx_unlock(&zone->shpool->mutex);
+
+    return full;
 }
 
 

@@ -1374,17 +1374,18 @@ ngx_http_llm_consumer_busy(ngx_http_llm_zone_t *zone,
  * spent and renews the leases about to lapse, most recently used
  * consumers first; it stops at the first consumer idle for two lease
  * lifetimes with nothing left to say, as all behind it are older.
- * final: a worker's last report as it exits, every ring not yet empty.
+ * final: a worker's last report as it exits, every ring not yet empty;
+ * 1 when the link was full before the end, for another pass.
  */
 
 #define NGX_HTTP_LLM_SYNC_MAX  512
 
-void
+ngx_uint_t
 ngx_http_llm_consumers_sync(ngx_http_llm_zone_t *zone, ngx_msec_t now,
     ngx_uint_t final)
 {
     int64_t                        sum;
-    ngx_uint_t                     k, i, sent, idle;
+    ngx_uint_t                     k, i, sent, idle, full;
     ngx_msec_t                     ttl;
     ngx_queue_t                   *q;
     ngx_http_llm_lease_t          *lease;
@@ -1393,6 +1394,7 @@ ngx_http_llm_consumers_sync(ngx_http_llm_zone_t *zone, ngx_msec_t now,
 
     ttl = zone->share_conf->ttl;
     sent = 0;
+    full = 0;
 
     ngx_shmtx_lock(&zone->shpool->mutex);
 
@@ -1430,8 +1432,12 @@ ngx_http_llm_consumers_sync(ngx_http_llm_zone_t *zone, ngx_msec_t now,
             if (final) {
                 /* the leases stay: the instance's other workers go on */
 
-                if (sum) {
-                    (void) ngx_http_llm_consumer_send(zone, cs, k, &b, now);
+                if (sum
+                    && ngx_http_llm_consumer_send(zone, cs, k, &b, now)
+                       == NGX_BUSY)
+                {
+                    full = 1;
+                    goto done;
                 }
 
                 continue;
@@ -1457,5 +1463,9 @@ ngx_http_llm_consumers_sync(ngx_http_llm_zone_t *zone, ngx_msec_t now,
         }
     }
 
+done:
+
     ngx_shmtx_unlock(&zone->shpool->mutex);
+
+    return full;
 }

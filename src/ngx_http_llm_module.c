@@ -402,7 +402,7 @@ ngx_http_llm_zone_sync(ngx_event_t *ev)
 static void
 ngx_http_llm_exit_process(ngx_cycle_t *cycle)
 {
-    ngx_uint_t                  i;
+    ngx_uint_t                  i, n;
     ngx_http_llm_pool_t       **pools;
     ngx_http_llm_zone_t        *zone;
     ngx_http_llm_main_conf_t   *lmcf;
@@ -419,10 +419,24 @@ ngx_http_llm_exit_process(ngx_cycle_t *cycle)
         zone = pools[i]->shm_zone->data;
 
         if (zone->share) {
-            ngx_time_update();
 
-            ngx_http_llm_backends_sync(zone, ngx_current_msec, 1);
-            ngx_http_llm_consumers_sync(zone, ngx_current_msec, 1);
+            /* as many passes as the link needs, each with its replies */
+
+            for (n = 0; n < 64; n++) {
+                ngx_time_update();
+
+                if (!ngx_http_llm_backends_sync(zone, ngx_current_msec, 1)
+                    && !ngx_http_llm_consumers_sync(zone, ngx_current_msec,
+                                                    1))
+                {
+                    break;
+                }
+
+                if (ngx_http_llm_share_flush(zone->share) != NGX_OK) {
+                    break;
+                }
+            }
+
             ngx_http_llm_share_exit(zone->share);
 
             /* pools of one zone: once */

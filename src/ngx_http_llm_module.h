@@ -592,10 +592,10 @@ void ngx_http_llm_window_add(uint32_t *slots, ngx_uint_t n,
     ngx_msec_t slot_ms, ngx_msec_t last, ngx_uint_t *sum, ngx_uint_t value,
     ngx_msec_t at);
 void ngx_http_llm_consumers_init(ngx_http_llm_shctx_t *sh);
-void ngx_http_llm_consumers_sync(ngx_http_llm_zone_t *zone, ngx_msec_t now,
-    ngx_uint_t final);
-void ngx_http_llm_backends_sync(ngx_http_llm_zone_t *zone, ngx_msec_t now,
-    ngx_uint_t final);
+ngx_uint_t ngx_http_llm_consumers_sync(ngx_http_llm_zone_t *zone,
+    ngx_msec_t now, ngx_uint_t final);
+ngx_uint_t ngx_http_llm_backends_sync(ngx_http_llm_zone_t *zone,
+    ngx_msec_t now, ngx_uint_t final);
 ngx_int_t ngx_http_llm_backend_lease(ngx_http_llm_zone_t *zone,
     ngx_http_llm_pool_t *pool, ngx_http_llm_backend_sh_t *sh,
     ngx_http_llm_ctx_t *ctx, ngx_uint_t charge, ngx_uint_t can_wait,

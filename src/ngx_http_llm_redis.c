@@ -805,14 +805,27 @@ ngx_http_llm_redis_fail(ngx_http_llm_redis_t *rs, const char *error)
 
 
 /*
- * A worker's last word as it exits, when the event loop no longer runs:
- * the commands still queued go out and their replies are read, waiting
- * redis_timeout= at most, so that what was spent since the last report
- * is not lost with the process.
+ * A worker's last word as it exits: what is queued goes out, the
+ * replies are read (see below), and the connection closes, so that what
+ * was spent since the last report is not lost with the process.
  */
 
 void
 ngx_http_llm_redis_drain(ngx_http_llm_redis_t *rs)
+{
+    (void) ngx_http_llm_redis_wait(rs);
+
+    ngx_http_llm_redis_close(rs);
+}
+
+
+/*
+ * Every command queued goes out and its reply is read, redis_timeout= at
+ * most: for a worker that exits, when the event loop no longer runs
+ */
+
+ngx_int_t
+ngx_http_llm_redis_wait(ngx_http_llm_redis_t *rs)
 {
     int                ms;
     struct pollfd      pfd;
@@ -822,8 +835,7 @@ ngx_http_llm_redis_drain(ngx_http_llm_redis_t *rs)
     c = rs->peer.connection;
 
     if (rs->state != NGX_HTTP_LLM_REDIS_READY || c == NULL) {
-        ngx_http_llm_redis_close(rs);
-        return;
+        return NGX_ERROR;
     }
 
     ngx_time_update();
@@ -835,7 +847,7 @@ ngx_http_llm_redis_drain(ngx_http_llm_redis_t *rs)
         ms = (int) (rs->conf->timeout - (ngx_current_msec - start));
         if (ms <= 0) {
             ngx_http_llm_redis_fail(rs, "timed out at exit");
-            return;
+            return NGX_ERROR;
         }
 
         pfd.fd = c->fd;
@@ -855,12 +867,18 @@ ngx_http_llm_redis_drain(ngx_http_llm_redis_t *rs)
         if (rs->peer.connection
             && (pfd.revents & (POLLIN|POLLHUP|POLLERR)))
         {
+            /*
+             * as the event loop would have it: with EPOLLRDHUP, recv()
+             * is not even tried while "available" says nothing is there
+             */
+
             c->read->ready = 1;
+            c->read->available = -1;
             ngx_http_llm_redis_read_handler(c->read);
         }
     }
 
-    ngx_http_llm_redis_close(rs);
+    return rs->peer.connection ? NGX_OK : NGX_ERROR;
 }
 
 

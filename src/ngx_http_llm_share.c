@@ -292,7 +292,17 @@ ngx_http_llm_share_claim(ngx_http_llm_share_t *share, ngx_msec_t now)
 }
 
 
-/* the last reports went out: their replies, then the connection closes */
+/*
+ * A worker's last reports: their replies, without the event loop, and
+ * the link has room again for more; then it closes
+ */
+
+ngx_int_t
+ngx_http_llm_share_flush(ngx_http_llm_share_t *share)
+{
+    return ngx_http_llm_redis_wait(share->redis);
+}
+
 
 void
 ngx_http_llm_share_exit(ngx_http_llm_share_t *share)
@@ -550,8 +560,9 @@ ngx_http_llm_lease_send(ngx_http_llm_share_t *share,
     ngx_free(argv);
 
     if (rc != NGX_OK) {
+        /* NGX_BUSY: as many commands wait as the link holds */
         ngx_free(op);
-        return (rc == NGX_DECLINED) ? NGX_DECLINED : NGX_ERROR;
+        return (rc == NGX_DECLINED || rc == NGX_BUSY) ? rc : NGX_ERROR;
     }
 
     /* the amounts are Redis's now, unless the reply says otherwise */

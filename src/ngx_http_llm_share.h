@@ -90,6 +90,7 @@ char *ngx_http_llm_share_option(ngx_conf_t *cf, ngx_str_t *value,
     ngx_http_llm_share_conf_t **scfp);
 ngx_int_t ngx_http_llm_share_init(ngx_cycle_t *cycle,
     ngx_http_llm_share_t *share, ngx_event_handler_pt sync);
+ngx_int_t ngx_http_llm_share_flush(ngx_http_llm_share_t *share);
 void ngx_http_llm_share_exit(ngx_http_llm_share_t *share);
 ngx_uint_t ngx_http_llm_share_state(ngx_http_llm_share_t *share);
 

@@ -5,9 +5,10 @@
 # chats a minute of 50-token Japanese prompts, ~163k TPM of demand on a
 # 120k TPM quota, for 60 s (6 s real per set-up, ~35 requests a second).
 # The report must be there and self-contained, its table must have the
-# three set-ups with every planned request, and it must show what the
+# four set-ups with every planned request, and it must show what the
 # module is for: the direct deployment answers 429s, the module's
-# deployments none, and no client of the module sees a 5xx.
+# deployments none, and no client of the module sees a 5xx, with one
+# gateway or two sharing a zone through Redis.
 
 use strict;
 use warnings;
@@ -26,7 +27,7 @@ my $top = $t->top;
 my $planned = 200;      # 200 requests a minute for 60 s
 
 my $t0 = time;
-my $log = `timeout -k 5 100 python3 $top/tools/seed-report --scenarios 3 --speed 10 --duration 60 --out $out 2>&1`;
+my $log = `timeout -k 5 150 python3 $top/tools/seed-report --scenarios 3 --speed 10 --duration 60 --out $out 2>&1`;
 my $rc = $? >> 8;
 diag sprintf "seed-report took %.1f s", time - $t0;
 is($rc, 0, 'seed-report ran') or diag $log;
@@ -34,7 +35,7 @@ is($rc, 0, 'seed-report ran') or diag $log;
 ok(-s "$out/report.md", 'report.md written');
 ok(-s "$out/report.html", 'report.html written');
 ok(-s "$out/records/s3-$_.jsonl", "per-request records of $_")
-    for qw(direct plain module);
+    for qw(direct plain module shared);
 
 # the table of scenario 3
 
@@ -51,14 +52,15 @@ for my $line (grep { /^\| (?!set-up|---)/ } split /\n/, $section) {
     @r{qw(setup requests ok c429 c5xx errors share b429 p50 p95 tpm)} = @c;
     my $key = $r{setup} =~ /^direct/ ? 'direct'
             : $r{setup} =~ /^plain/ ? 'plain'
+            : $r{setup} =~ /Redis/ ? 'shared'
             : $r{setup} =~ /module/ ? 'module' : $r{setup};
     $row{$key} = \%r;
 }
-is_deeply([sort keys %row], [qw(direct module plain)],
-          'three rows: direct, plain, module');
+is_deeply([sort keys %row], [qw(direct module plain shared)],
+          'four rows: direct, plain, module, two gateways with Redis');
 diag join "\n", grep { /^\| (?!---)/ } split /\n/, $section;
 
-for my $k (qw(direct plain module)) {
+for my $k (qw(direct plain module shared)) {
     my $r = $row{$k} or next;
     is($r->{requests}, $planned, "$k: every planned request sent");
     is($r->{ok} + $r->{c429} + $r->{c5xx} + $r->{errors}, $r->{requests},
@@ -80,6 +82,14 @@ if (my $r = $row{module}) {
            'module: uses the quota about as well as one deployment')
         if $row{direct};
 }
+if (my $r = $row{shared}) {
+    is($r->{c5xx}, 0, 'two gateways: no client sees a 5xx');
+    is($r->{errors}, 0, 'two gateways: no failed request');
+    is($r->{b429}, 0, 'two gateways: no backend answered 429');
+    cmp_ok($r->{ok}, '>=', $row{module}{ok} * 0.9,
+           'two gateways: use the quota about as well as one')
+        if $row{module};
+}
 unlike($md, qr/nginx's logs have/,
        'nginx logged no [alert], [crit], [emerg], no sanitizer report');
 
@@ -95,7 +105,7 @@ unlike($html, qr{(?:https?|ftp):/}i, 'no URL at all');
 my @svg = $html =~ /<svg\b/g;
 is(scalar @svg, 4, 'four charts');
 is(scalar(() = $html =~ m{</svg>}g), scalar @svg, 'every <svg> closed');
-for my $k (qw(direct plain module)) {
+for my $k (qw(direct plain module shared)) {
     my $n = () = $html =~ /<path class="series" data-setup="$k" d="M/g;
     is($n, 5, "$k: a line in each rate chart, two in the latency chart");
 }

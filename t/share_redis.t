@@ -307,6 +307,56 @@ $logs = join "\n", grep { !/\[debug\]|^\S+: / } split /\n/, $logs;
 unlike($logs . $raw, qr/SECRET/, 'no consumer value in the logs or the status');
 
 ###########################################################################
+# a worker that exits reports every consumer, more than the link holds at
+# once: 600 consumers, no periodic report (redis_sync=10s), then a stop
+
+my $x = LLMTest->new;
+my $px = free_port();
+my $xdir = $x->dir;
+$x->start_nginx(<<"END", ports => [$px]);
+    llm_zone x:4m redis=redis://127.0.0.1:$rport
+                  redis_password_file=${\ $ga->dir}/redis.pass redis_sync=10s;
+    upstream u {
+        llm_balance zone=x;
+        llm_backend d http://127.0.0.1:$echo tpm=100m;
+    }
+    server {
+        listen 127.0.0.1:$px;
+        location / {
+            llm_route u;
+            llm_limit \$http_x_app tpm=1m;
+            proxy_pass http://u;
+        }
+        location = /status {
+            llm_status;
+        }
+    }
+END
+ok(wait_for(5, sub { redis_state($px) eq 'connected' }), 'x connects');
+my $served = 0;
+for my $i (1 .. 600) {
+    my ($s) = http_post($px, $chat, $body, 'X-App' => "many-$i");
+    $served++ if $s == 200;
+}
+is($served, 600, '600 consumers served');
+$x->stop_nginx('TERM');
+my $xkeys = $ga->redis_cli($rport, '-a', $password, '--no-auth-warning',
+                           '--scan', '--pattern', "'llm:x:*:t'");
+my @xk = grep { length } split /\n/, $xkeys;
+is(scalar @xk, 600 + 1, 'a key for each consumer, and the backend\'s');
+my $spent = 0;
+for my $k (@xk) {
+    next if $k =~ /:b:/;
+    my @f = split /\n/, $ga->redis_cli($rport, '-a', $password,
+                                      '--no-auth-warning', 'HGETALL', $k);
+    for (my $i = 0; $i < @f; $i += 2) {
+        $spent += $f[$i + 1] if $f[$i] =~ /^s/;
+    }
+}
+is($spent, 600 * $est, 'what every consumer spent reached Redis at exit');
+$x->cleanup;
+
+###########################################################################
 # configuration errors say what is wrong, and never the password
 
 my $c = LLMTest->new;

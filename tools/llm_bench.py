@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 
@@ -63,12 +64,17 @@ def fail_timeout(speed):
     return max(1, round(10 / speed))
 
 
-def nginx_conf(work, module, listen, backends, speed, upstream_header=False):
+def nginx_conf(work, module, listen, backends, speed, upstream_header=False,
+               tag="", redis=None):
     """One nginx: /openai/ through the module, /plain/ through stock
     round-robin with proxy_next_upstream, both over the same three
     deployments.  With upstream_header, every reply carries nginx's
-    $upstream_status (one status per attempt) as X-Upstream-Status."""
+    $upstream_status (one status per attempt) as X-Upstream-Status.
+    tag tells apart the files of several nginx in one directory; redis,
+    a port, shares the module's zone through that redis-server."""
     window = max(1000, round(60000 / speed))
+    share = (" redis=redis://127.0.0.1:%d redis_sync=%dms"
+             % (redis, max(10, round(100 / speed))) if redis else "")
     rest = fail_timeout(speed)
     llm = "\n".join(
         "        llm_backend %s http://localhost deployment=gpt-4o tpm=%d"
@@ -82,18 +88,18 @@ def nginx_conf(work, module, listen, backends, speed, upstream_header=False):
               " always;" if upstream_header else "")
     return f"""{load}worker_processes 2;
 daemon off;
-pid {work}/nginx.pid;
-error_log {work}/error.log warn;
+pid {work}/nginx{tag}.pid;
+error_log {work}/error{tag}.log warn;
 events {{ worker_connections 1024; }}
 http {{
     log_format llm '$time_iso8601 $status backend=$llm_backend '
                    'model=$llm_model estimate=$llm_tokens_estimate '
                    'attempts=$llm_attempts throttle=$llm_throttle';
-    access_log {work}/access.log llm;
+    access_log {work}/access{tag}.log llm;
     client_body_temp_path {work}/client_body;
     proxy_temp_path {work}/proxy_temp;
 
-    llm_zone llm:1m;
+    llm_zone llm:1m{share};
 
     upstream aoai {{
         llm_balance zone=llm window={window}ms;
@@ -156,6 +162,59 @@ def run_load(url, name, rpm, duration, speed, prompt_tokens, stream=False,
     return json.loads(out.stdout)
 
 
+def run_loads(urls, name, rpm, duration, speed, prompt_tokens,
+              stream=False, extra=(), records=None, seed=1):
+    """tools/aoai-load against each url at once, the load split evenly,
+    each url with its own arrivals (seed, seed + 100, ...); returns one
+    summary, as run_load's: counts added, latency percentiles of all the
+    200s together; records, a path, gets every request, by start."""
+    work = tempfile.mkdtemp(prefix="llm-load-")
+    parts = [os.path.join(work, "records-%d" % i) for i in range(len(urls))]
+    out = [None] * len(urls)
+
+    def one(i):
+        out[i] = run_load(urls[i], name, rpm / len(urls), duration, speed,
+                          prompt_tokens, stream,
+                          list(extra) + ["--records", parts[i],
+                                         "--seed", str(seed + 100 * i)])
+
+    threads = [threading.Thread(target=one, args=(i,))
+               for i in range(len(urls))]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+
+    recs = []
+    for part in parts:
+        with open(part) as f:
+            recs += [json.loads(line) for line in f]
+    shutil.rmtree(work, ignore_errors=True)
+    recs.sort(key=lambda r: r["start"])
+    if records:
+        with open(records, "w") as f:
+            for r in recs:
+                f.write(json.dumps(r, sort_keys=True) + "\n")
+
+    if len(out) == 1:
+        return out[0]
+
+    total = dict(out[0])
+    for k in ("requests", "ok", "client_429", "client_5xx", "failed"):
+        total[k] = sum(o[k] for o in out)
+    total["rpm"] = rpm
+    total["client_429_share"] = (total["client_429"] / total["requests"]
+                                 if total["requests"] else 0.0)
+    lat = sorted(r["latency_ms"] for r in recs
+                 if r["status"] == 200 and not r["error"])
+    total["latency_ms"] = {p: round(lat[min(len(lat) - 1,
+                                            int(len(lat) * p / 100))])
+                           if lat else None for p in (50, 90, 99)}
+    total["tokens_per_min"] = {k: sum(o["tokens_per_min"][k] for o in out)
+                               for k in out[0]["tokens_per_min"]}
+    return total
+
+
 def backend_429s(stats, names=None):
     """429s the simulated deployments (all, or those named) answered."""
     return sum(d["status"].get("429", 0)
@@ -202,17 +261,31 @@ class Bench:
             sys.exit("%s: the simulator did not start; see %s"
                      % (who, self.path("sim.log")))
 
-    def start_nginx(self, conf_text, listen, who):
-        conf = self.path("nginx.conf")
+    def start_nginx(self, conf_text, listen, who, tag=""):
+        conf = self.path("nginx%s.conf" % tag)
         with open(conf, "w") as f:
             f.write(conf_text)
         self.procs.append(subprocess.Popen(
             [self.nginx, "-p", self.work, "-c", conf],
             stderr=subprocess.STDOUT,
-            stdout=open(self.path("nginx.out"), "w")))
+            stdout=open(self.path("nginx%s.out" % tag), "w")))
         if not wait_port(listen):
             sys.exit("%s: nginx did not start:\n" % who
-                     + open(self.path("error.log")).read())
+                     + open(self.path("error%s.log" % tag)).read())
+
+    def start_redis(self, who):
+        """A redis-server of its own on a free loopback port, nothing
+        saved to disk; returns the port."""
+        port = free_port()
+        log = open(self.path("redis.log"), "w")
+        self.procs.append(subprocess.Popen(
+            ["redis-server", "--port", str(port), "--bind", "127.0.0.1",
+             "--save", "", "--appendonly", "no", "--dir", self.work],
+            stdout=log, stderr=log))
+        if not wait_port(port):
+            sys.exit("%s: redis-server did not start; see %s"
+                     % (who, self.path("redis.log")))
+        return port
 
     def sim_stats(self):
         with urllib.request.urlopen("http://127.0.0.1:%d/sim/stats"
