@@ -102,9 +102,15 @@ bench_conf() {
     llm_zone llm:1m;
     ${bench_redis:+llm_zone shared:1m redis=redis://127.0.0.1:$bench_redis;}
 
+    # a backend with limits, alone and in a zone shared through Redis
+    upstream limited {
+        llm_balance zone=llm keepalive=32;
+        llm_backend be http://127.0.0.1:18992 tpm=100m rpm=10m;
+    }
+
     upstream shared {
         llm_balance zone=$shared_zone keepalive=32;
-        llm_backend be http://127.0.0.1:18992;
+        llm_backend be http://127.0.0.1:18992 tpm=100m rpm=10m;
     }
 
     upstream backend {
@@ -161,13 +167,13 @@ bench_conf() {
             proxy_set_header Connection "";
         }
 
-        # llm_estimate with a consumer limit, in a zone of its own; the
-        # same shared through Redis when bench_redis started one
+        # estimate with a consumer limit and a limited backend; the same
+        # in a zone shared through Redis when bench_redis started one
         location /limit/ {
-            llm_route pool;
+            llm_route limited;
             llm_count estimate;
             llm_limit bench tpm=100m rpm=10m;
-            proxy_pass http://pool;
+            proxy_pass http://limited;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
         }

@@ -9,7 +9,8 @@
 #   nocache   the same with llm_count_cache off: every text tokenized
 #   sse-plain, sse-estimate
 #             plain and estimate with a streamed answer (SSE, 22 events)
-#   limit     estimate with an llm_limit line (tpm, rpm) on one consumer
+#   limit     estimate with an llm_limit line (tpm, rpm) on one consumer,
+#             to a backend with tpm= and rpm=
 #   shared    the same in a zone shared through a redis-server of its own
 #             (llm_zone ... redis=), leases reported every 100 ms
 # The backend is a server of the same nginx returning a chat-completion

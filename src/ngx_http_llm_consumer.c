@@ -53,6 +53,12 @@ static void ngx_http_llm_consumer_insert_value(ngx_rbtree_node_t *temp,
     ngx_rbtree_node_t *node, ngx_rbtree_node_t *sentinel);
 static void ngx_http_llm_quota_period(ngx_http_llm_consumer_sh_t *cs,
     ngx_uint_t period, time_t now);
+static void ngx_http_llm_consumer_limits(
+    ngx_http_llm_consumer_share_t *share, ngx_http_llm_limit_t *limit,
+    ngx_uint_t first);
+static ngx_uint_t ngx_http_llm_consumers_lease(ngx_http_llm_zone_t *zone,
+    ngx_http_llm_ctx_t *ctx, ngx_uint_t need, ngx_msec_t now,
+    ngx_msec_t *wait);
 static ngx_int_t ngx_http_llm_consumer_lease(ngx_http_llm_zone_t *zone,
     ngx_http_llm_ctx_t *ctx, ngx_http_llm_consumer_sh_t *cs,
     ngx_uint_t need, ngx_uint_t renew, ngx_msec_t now, ngx_msec_t *wait,
@@ -265,7 +271,6 @@ ngx_http_llm_consumers_charge(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
     ngx_msec_t *wait)
 {
     time_t                       sec;
-    ngx_int_t                    rc;
     ngx_msec_t                   now, w, wr, wq;
     ngx_uint_t                   i, k, need, nomem, missing, shared, scale;
     ngx_uint_t                   state, kind;
@@ -394,32 +399,19 @@ ngx_http_llm_consumers_charge(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
             ngx_http_llm_quota_period(cs, limit->quota_period, sec);
         }
 
+        /*
+         * a consumer's budgets in Redis take the limits of all its lines
+         * (lines of one key, window and period share it): the lowest
+         */
+
         if (cs->share) {
-            cs->share->limit[NGX_HTTP_LLM_BUDGET_TOKENS] = limit->tpm;
-            cs->share->limit[NGX_HTTP_LLM_BUDGET_REQUESTS] = limit->rpm;
-            cs->share->limit[NGX_HTTP_LLM_BUDGET_QUOTA] = limit->quota;
+            ngx_http_llm_consumer_limits(cs->share, limit, !c[i].dup);
             cs->share->touched = now;
         }
 
-        if (shared && cs->share && !c[i].dup) {
-            rc = ngx_http_llm_consumer_lease(zone, ctx, cs, need, 0, now,
-                                             &w, &kind);
-
-            if (rc == NGX_AGAIN) {
-                missing++;
-                continue;
-            }
-
-            if (rc == NGX_BUSY) {
-                if (kind == NGX_HTTP_LLM_BUDGET_QUOTA) {
-                    wq = w;
-                    w = 0;
-
-                } else if (kind == NGX_HTTP_LLM_BUDGET_REQUESTS) {
-                    wr = w;
-                    w = 0;
-                }
-            }
+        if (shared && cs->share) {
+            /* the leases are looked at below, once every line is in */
+            continue;
 
         } else {
             if (limit->tpm) {
@@ -474,6 +466,10 @@ ngx_http_llm_consumers_charge(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
         }
 
         *wait = ngx_max(*wait, ngx_max(ngx_max(w, wr), wq));
+    }
+
+    if (shared) {
+        missing = ngx_http_llm_consumers_lease(zone, ctx, need, now, wait);
     }
 
     if (*wait) {
@@ -1143,6 +1139,109 @@ ngx_http_llm_consumer_id(u_char *p, u_char *digest)
  * request window and quota are three budgets, each with a lease.  Under
  * the zone's lock, as everything below but the walks.
  */
+
+
+/* a line's limits into its consumer's budgets: the first sets them */
+
+static void
+ngx_http_llm_consumer_limits(ngx_http_llm_consumer_share_t *share,
+    ngx_http_llm_limit_t *limit, ngx_uint_t first)
+{
+    ngx_uint_t  k;
+    int64_t     v[3];
+
+    v[NGX_HTTP_LLM_BUDGET_TOKENS] = limit->tpm;
+    v[NGX_HTTP_LLM_BUDGET_REQUESTS] = limit->rpm;
+    v[NGX_HTTP_LLM_BUDGET_QUOTA] = limit->quota;
+
+    for (k = 0; k < 3; k++) {
+        if (first) {
+            share->limit[k] = v[k];
+
+        } else if (v[k] && (share->limit[k] == 0 || v[k] < share->limit[k]))
+        {
+            share->limit[k] = v[k];
+        }
+    }
+}
+
+
+/*
+ * Every consumer of the request in a shared zone, on its leases: the
+ * number still waiting for one (0: all have room, or one is refused,
+ * with *wait and ctx->over set as the local windows would set them)
+ */
+
+static ngx_uint_t
+ngx_http_llm_consumers_lease(ngx_http_llm_zone_t *zone,
+    ngx_http_llm_ctx_t *ctx, ngx_uint_t need, ngx_msec_t now,
+    ngx_msec_t *wait)
+{
+    ngx_int_t                    rc;
+    ngx_uint_t                   i, j, kind, missing;
+    ngx_msec_t                   w;
+    ngx_http_llm_limit_t        *limit;
+    ngx_http_llm_consumer_t     *c;
+    ngx_http_llm_consumer_sh_t  *cs;
+
+    static ngx_uint_t  over[] = {
+        NGX_HTTP_LLM_OVER_TOKENS, NGX_HTTP_LLM_OVER_REQUESTS,
+        NGX_HTTP_LLM_OVER_QUOTA
+    };
+
+    c = ctx->consumers;
+    missing = 0;
+
+    for (i = 0; i < ctx->nconsumers; i++) {
+        cs = c[i].node;
+
+        if (cs == NULL || cs->share == NULL || c[i].dup) {
+            continue;
+        }
+
+        w = 0;
+        kind = 0;
+
+        rc = ngx_http_llm_consumer_lease(zone, ctx, cs, need, 0, now, &w,
+                                         &kind);
+
+        if (rc == NGX_AGAIN) {
+            missing++;
+            continue;
+        }
+
+        if (rc != NGX_BUSY) {
+            continue;
+        }
+
+        /* the line that set the budget refused, for the 429's message */
+
+        if (ctx->over == NULL) {
+            ctx->over = c[i].limit;
+            ctx->over_consumer = &c[i];
+            ctx->over_kind = over[kind];
+
+            for (j = i; j < ctx->nconsumers; j++) {
+                limit = c[j].limit;
+
+                if (c[j].node == cs
+                    && ((kind == NGX_HTTP_LLM_BUDGET_TOKENS && limit->tpm)
+                        || (kind == NGX_HTTP_LLM_BUDGET_REQUESTS
+                            && limit->rpm)
+                        || (kind == NGX_HTTP_LLM_BUDGET_QUOTA
+                            && limit->quota)))
+                {
+                    ctx->over = limit;
+                    break;
+                }
+            }
+        }
+
+        *wait = ngx_max(*wait, w);
+    }
+
+    return *wait ? 0 : missing;
+}
 
 
 /*

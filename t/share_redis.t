@@ -73,6 +73,14 @@ sub conf {
             proxy_pass http://pool;
         }
 
+        # two lines of one key, window and period: one consumer
+        location /two/ {
+            llm_route pool;
+            llm_limit \$http_x_app tpm=1m;
+            llm_limit \$http_x_app rpm=3;
+            proxy_pass http://pool;
+        }
+
         location = /status {
             llm_status consumers=10;
             access_log off;
@@ -191,6 +199,38 @@ SKIP: {
     my $out = `/usr/bin/promtool check metrics < ${\$ga->dir}/metrics.txt 2>&1`;
     is($?, 0, 'promtool check metrics') or diag $out;
 }
+
+# two lines make one consumer with both limits, shared: rpm=3 over both
+# instances
+
+my @two;
+for my $port ($pa, $pb, $pa, $pb) {
+    my ($s, $h, $b) = http_post($port, "/two$chat", $body, 'X-App' => 'two');
+    push @two, $s;
+    like($b, qr/call rate limit/, 'the 429 names the request limit')
+        if $s == 429;
+}
+is("@two", '200 200 200 429', 'rpm=3 of the second line holds across both');
+
+###########################################################################
+# a reload: the old workers report and go, the new ones connect; nothing
+# lost or counted twice
+
+for (1 .. 3) {
+    http_post($pa, "/wide$chat", $body, 'X-App' => 'reload');
+}
+$ga->reload_nginx;
+sleep 0.3;
+ok(wait_for(5, sub { redis_state($pa) eq 'connected' }),
+   'the new workers connect after a reload');
+http_post($pa, "/wide$chat", $body, 'X-App' => 'reload');
+ok(wait_for(3, sub {
+       my $c = consumer($pa, 'reload');
+       $c && ($c->{shared}{tokens}{used} // 0) == 4 * $est }),
+   'four requests across a reload count four times');
+sleep 0.3;
+is(consumer($pa, 'reload')->{shared}{tokens}{used}, 4 * $est,
+   'and stay four');
 
 ###########################################################################
 # a monthly quota survives a stop and a start
