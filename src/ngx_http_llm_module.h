@@ -133,6 +133,15 @@ typedef struct {
 #define NGX_HTTP_LLM_CONSUMER_ID_LEN     16  /* hex digits shown */
 
 
+/* slots long enough that the ring covers the whole window */
+#define ngx_http_llm_tslot(window)                                           \
+    (((window) + NGX_HTTP_LLM_CONSUMER_SLOTS - 2)                            \
+     / (NGX_HTTP_LLM_CONSUMER_SLOTS - 1))
+#define ngx_http_llm_rslot(window)                                           \
+    (((window) + NGX_HTTP_LLM_CONSUMER_RSLOTS - 2)                           \
+     / (NGX_HTTP_LLM_CONSUMER_RSLOTS - 1))
+
+
 /* a consumer's budgets shared through Redis (llm_zone redis=) */
 
 #define NGX_HTTP_LLM_BUDGET_TOKENS       0
@@ -594,6 +603,20 @@ void ngx_http_llm_window_add(uint32_t *slots, ngx_uint_t n,
 void ngx_http_llm_consumers_init(ngx_http_llm_shctx_t *sh);
 ngx_uint_t ngx_http_llm_consumers_sync(ngx_http_llm_zone_t *zone,
     ngx_msec_t now, ngx_uint_t final);
+void ngx_http_llm_consumer_limits(ngx_http_llm_consumer_share_t *share,
+    ngx_http_llm_limit_t *limit, ngx_uint_t first);
+ngx_uint_t ngx_http_llm_consumers_lease(ngx_http_llm_zone_t *zone,
+    ngx_http_llm_ctx_t *ctx, ngx_uint_t need, ngx_msec_t now,
+    ngx_msec_t *wait);
+ngx_int_t ngx_http_llm_consumer_lease(ngx_http_llm_zone_t *zone,
+    ngx_http_llm_ctx_t *ctx, ngx_http_llm_consumer_sh_t *cs,
+    ngx_uint_t need, ngx_uint_t renew, ngx_msec_t now, ngx_msec_t *wait,
+    ngx_uint_t *kind);
+void ngx_http_llm_consumer_spend(ngx_http_llm_zone_t *zone,
+    ngx_http_llm_consumer_sh_t *cs, ngx_uint_t k, int64_t value,
+    ngx_msec_t at, ngx_msec_t now);
+ngx_uint_t ngx_http_llm_consumer_busy(ngx_http_llm_zone_t *zone,
+    ngx_http_llm_consumer_sh_t *cs, ngx_msec_t now);
 ngx_uint_t ngx_http_llm_backends_sync(ngx_http_llm_zone_t *zone,
     ngx_msec_t now, ngx_uint_t final);
 ngx_int_t ngx_http_llm_backend_lease(ngx_http_llm_zone_t *zone,

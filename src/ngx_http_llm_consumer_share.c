@@ -1,0 +1,453 @@
+
+/*
+ * Copyright (C) nginx-llm-router authors
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+#include "ngx_http_llm_module.h"
+
+
+/*
+ * Shared through Redis (llm_zone redis=): a consumer's token window,
+ * request window and quota are three budgets, each with a lease.  Under
+ * the zone's lock, as everything here but the walk.
+ */
+
+
+static void ngx_http_llm_consumer_budget(ngx_http_llm_zone_t *zone,
+    ngx_http_llm_consumer_sh_t *cs, ngx_uint_t k, ngx_http_llm_budget_t *b);
+static ngx_int_t ngx_http_llm_consumer_send(ngx_http_llm_zone_t *zone,
+    ngx_http_llm_consumer_sh_t *cs, ngx_uint_t k, ngx_http_llm_budget_t *b,
+    ngx_msec_t now);
+
+
+/* a line's limits into its consumer's budgets: the first sets them */
+
+void
+ngx_http_llm_consumer_limits(ngx_http_llm_consumer_share_t *share,
+    ngx_http_llm_limit_t *limit, ngx_uint_t first)
+{
+    ngx_uint_t  k;
+    int64_t     v[3];
+
+    v[NGX_HTTP_LLM_BUDGET_TOKENS] = limit->tpm;
+    v[NGX_HTTP_LLM_BUDGET_REQUESTS] = limit->rpm;
+    v[NGX_HTTP_LLM_BUDGET_QUOTA] = limit->quota;
+
+    for (k = 0; k < 3; k++) {
+        if (first) {
+            share->limit[k] = v[k];
+
+        } else if (v[k] && (share->limit[k] == 0 || v[k] < share->limit[k]))
+        {
+            share->limit[k] = v[k];
+        }
+    }
+}
+
+
+/*
+ * Every consumer of the request in a shared zone, on its leases: the
+ * number still waiting for one (0: all have room, or one is refused,
+ * with *wait and ctx->over set as the local windows would set them)
+ */
+
+ngx_uint_t
+ngx_http_llm_consumers_lease(ngx_http_llm_zone_t *zone,
+    ngx_http_llm_ctx_t *ctx, ngx_uint_t need, ngx_msec_t now,
+    ngx_msec_t *wait)
+{
+    ngx_int_t                    rc;
+    ngx_uint_t                   i, j, kind, missing;
+    ngx_msec_t                   w;
+    ngx_http_llm_limit_t        *limit;
+    ngx_http_llm_consumer_t     *c;
+    ngx_http_llm_consumer_sh_t  *cs;
+
+    static ngx_uint_t  over[] = {
+        NGX_HTTP_LLM_OVER_TOKENS, NGX_HTTP_LLM_OVER_REQUESTS,
+        NGX_HTTP_LLM_OVER_QUOTA
+    };
+
+    c = ctx->consumers;
+    missing = 0;
+
+    for (i = 0; i < ctx->nconsumers; i++) {
+        cs = c[i].node;
+
+        if (cs == NULL || cs->share == NULL || c[i].dup) {
+            continue;
+        }
+
+        w = 0;
+        kind = 0;
+
+        rc = ngx_http_llm_consumer_lease(zone, ctx, cs, need, 0, now, &w,
+                                         &kind);
+
+        if (rc == NGX_AGAIN) {
+            missing++;
+            continue;
+        }
+
+        if (rc != NGX_BUSY) {
+            continue;
+        }
+
+        /* the line that set the budget refused, for the 429's message */
+
+        if (ctx->over == NULL) {
+            ctx->over = c[i].limit;
+            ctx->over_consumer = &c[i];
+            ctx->over_kind = over[kind];
+
+            for (j = i; j < ctx->nconsumers; j++) {
+                limit = c[j].limit;
+
+                if (c[j].node == cs
+                    && ((kind == NGX_HTTP_LLM_BUDGET_TOKENS && limit->tpm)
+                        || (kind == NGX_HTTP_LLM_BUDGET_REQUESTS
+                            && limit->rpm)
+                        || (kind == NGX_HTTP_LLM_BUDGET_QUOTA
+                            && limit->quota)))
+                {
+                    ctx->over = limit;
+                    break;
+                }
+            }
+        }
+
+        *wait = ngx_max(*wait, w);
+    }
+
+    return *wait ? 0 : missing;
+}
+
+
+/*
+ * The request's room in each budget of one consumer: NGX_OK when every
+ * lease covers it; NGX_AGAIN when a lease was asked for; NGX_BUSY when
+ * Redis said lately that there is no more (*wait, *kind: which, and until
+ * when).  renew: after the charge, leases that run low are renewed
+ * ahead of the next request, which then need not wait.
+ */
+
+ngx_int_t
+ngx_http_llm_consumer_lease(ngx_http_llm_zone_t *zone,
+    ngx_http_llm_ctx_t *ctx, ngx_http_llm_consumer_sh_t *cs,
+    ngx_uint_t need, ngx_uint_t renew, ngx_msec_t now, ngx_msec_t *wait,
+    ngx_uint_t *kind)
+{
+    int64_t                 n;
+    ngx_int_t               rc;
+    ngx_uint_t              k;
+    ngx_msec_t              sync;
+    ngx_http_llm_lease_t   *lease;
+    ngx_http_llm_budget_t   b;
+
+    rc = NGX_OK;
+    sync = zone->share_conf->sync;
+
+    for (k = 0; k < 3; k++) {
+
+        if (cs->share->limit[k] == 0) {
+            continue;
+        }
+
+        lease = &cs->share->lease[k];
+        n = (k == NGX_HTTP_LLM_BUDGET_REQUESTS) ? 1 : (int64_t) need;
+
+        if (!renew && ngx_http_llm_lease_ok(lease, n, now)) {
+            continue;
+        }
+
+        if (ngx_http_llm_consumer_busy(zone, cs, now)
+            && lease->busy)
+        {
+            if (!renew) {
+                rc = (rc == NGX_BUSY) ? rc : NGX_AGAIN;
+            }
+
+            continue;
+        }
+
+        /*
+         * Redis had no more a moment ago, or since this request waits:
+         * a 429, without asking again for each request
+         */
+
+        if (!renew && lease->exhausted
+            && ((ngx_msec_int_t) (now - lease->exhausted)
+                                                  < (ngx_msec_int_t) sync
+                || (ctx->share_since
+                    && (ngx_msec_int_t) (lease->exhausted - ctx->share_since)
+                       >= 0)))
+        {
+            ngx_http_llm_consumer_budget(zone, cs, k, &b);
+
+            *kind = k;
+            *wait = b.slot_ms ? b.slot_ms
+                              : (ngx_msec_t) ngx_max(cs->quota_end
+                                                     - ngx_time(), 1) * 1000;
+            rc = NGX_BUSY;
+            continue;
+        }
+
+        ngx_http_llm_consumer_budget(zone, cs, k, &b);
+
+        b.ask = ngx_http_llm_lease_want(&b, n, now);
+
+        if (renew && b.ask <= 0) {
+            continue;
+        }
+
+        if (ngx_http_llm_consumer_send(zone, cs, k, &b, now) != NGX_OK) {
+            ngx_log_debug0(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                           "llm share: lease not asked");
+        }
+
+        if (!renew) {
+            rc = (rc == NGX_BUSY) ? rc : NGX_AGAIN;
+        }
+    }
+
+    return rc;
+}
+
+
+void
+ngx_http_llm_consumer_spend(ngx_http_llm_zone_t *zone,
+    ngx_http_llm_consumer_sh_t *cs, ngx_uint_t k, int64_t value,
+    ngx_msec_t at, ngx_msec_t now)
+{
+    ngx_http_llm_budget_t  b;
+
+    if (value == 0) {
+        return;
+    }
+
+    ngx_http_llm_consumer_budget(zone, cs, k, &b);
+    ngx_http_llm_lease_spend(&b, value, at, now);
+}
+
+
+/*
+ * A budget's key in Redis: the zone's name, the consumer's hash (never
+ * the key's value) and which budget; a quota's names its period
+ */
+
+static void
+ngx_http_llm_consumer_budget(ngx_http_llm_zone_t *zone,
+    ngx_http_llm_consumer_sh_t *cs, ngx_uint_t k, ngx_http_llm_budget_t *b)
+{
+    ngx_msec_t  ttl;
+
+    ttl = zone->share_conf->ttl;
+
+    b->lease = &cs->share->lease[k];
+    b->limit = cs->share->limit[k];
+    b->ask = 0;
+    b->key_len = 0;
+
+    switch (k) {
+
+    case NGX_HTTP_LLM_BUDGET_TOKENS:
+        b->ring = cs->share->tokens;
+        b->nslots = NGX_HTTP_LLM_CONSUMER_SLOTS;
+        b->slot_ms = ngx_http_llm_tslot(cs->window);
+        b->expire = b->slot_ms * (b->nslots + 1) + ttl;
+        break;
+
+    case NGX_HTTP_LLM_BUDGET_REQUESTS:
+        b->ring = cs->share->requests;
+        b->nslots = NGX_HTTP_LLM_CONSUMER_RSLOTS;
+        b->slot_ms = ngx_http_llm_rslot(cs->window);
+        b->expire = b->slot_ms * (b->nslots + 1) + ttl;
+        break;
+
+    default: /* NGX_HTTP_LLM_BUDGET_QUOTA */
+        b->ring = cs->share->quota;
+        b->nslots = 1;
+        b->slot_ms = 0;
+
+        /* kept a day past its period, for a look after the fact */
+
+        b->expire = (ngx_msec_t) (ngx_max(cs->quota_end - ngx_time(), 0)
+                                  + 86400) * 1000;
+    }
+}
+
+
+/* the key, only for what goes to Redis: most budgets are only spent */
+
+static ngx_int_t
+ngx_http_llm_consumer_send(ngx_http_llm_zone_t *zone,
+    ngx_http_llm_consumer_sh_t *cs, ngx_uint_t k, ngx_http_llm_budget_t *b,
+    ngx_msec_t now)
+{
+    u_char  *p, *last;
+
+    p = b->key;
+    last = b->key + sizeof(b->key);
+
+    p = ngx_slprintf(p, last, "llm:%V:", &zone->name);
+    p = ngx_hex_dump(p, cs->digest, NGX_HTTP_LLM_DIGEST_LEN);
+
+    switch (k) {
+
+    case NGX_HTTP_LLM_BUDGET_TOKENS:
+        p = ngx_slprintf(p, last, ":t");
+        break;
+
+    case NGX_HTTP_LLM_BUDGET_REQUESTS:
+        p = ngx_slprintf(p, last, ":r");
+        break;
+
+    default: /* NGX_HTTP_LLM_BUDGET_QUOTA */
+        p = ngx_slprintf(p, last, ":q:%T", cs->share->quota_start);
+    }
+
+    b->key_len = p - b->key;
+
+    return ngx_http_llm_lease_send(zone->share, b, now);
+}
+
+
+/*
+ * A reply from Redis is awaited for one of its budgets; one that has
+ * not come in twice redis_timeout= will not come: its connection failed.
+ */
+
+ngx_uint_t
+ngx_http_llm_consumer_busy(ngx_http_llm_zone_t *zone,
+    ngx_http_llm_consumer_sh_t *cs, ngx_msec_t now)
+{
+    ngx_uint_t             k, busy;
+    ngx_http_llm_lease_t  *lease;
+
+    busy = 0;
+
+    for (k = 0; k < 3; k++) {
+        lease = &cs->share->lease[k];
+
+        if (lease->busy == 0) {
+            continue;
+        }
+
+        if ((ngx_msec_int_t) (now - lease->busy)
+            > (ngx_msec_int_t) (2 * zone->share_conf->redis.timeout))
+        {
+            lease->busy = 0;
+            continue;
+        }
+
+        busy = 1;
+    }
+
+    return busy;
+}
+
+
+/*
+ * Every redis_sync= period, one worker of the instance reports what was
+ * spent and renews the leases about to lapse, most recently used
+ * consumers first; it stops at the first consumer idle for two lease
+ * lifetimes with nothing left to say, as all behind it are older.
+ * final: a worker's last report as it exits, every ring not yet empty;
+ * 1 when the link was full before the end, for another pass.
+ */
+
+#define NGX_HTTP_LLM_SYNC_MAX  512
+
+ngx_uint_t
+ngx_http_llm_consumers_sync(ngx_http_llm_zone_t *zone, ngx_msec_t now,
+    ngx_uint_t final)
+{
+    int64_t                        sum;
+    ngx_uint_t                     k, i, sent, idle, full;
+    ngx_msec_t                     ttl;
+    ngx_queue_t                   *q;
+    ngx_http_llm_lease_t          *lease;
+    ngx_http_llm_budget_t          b;
+    ngx_http_llm_consumer_sh_t    *cs;
+
+    ttl = zone->share_conf->ttl;
+    sent = 0;
+    full = 0;
+
+    ngx_shmtx_lock(&zone->shpool->mutex);
+
+    for (q = ngx_queue_head(&zone->sh->consumer_lru);
+         q != ngx_queue_sentinel(&zone->sh->consumer_lru)
+         && (final || sent < NGX_HTTP_LLM_SYNC_MAX);
+         q = ngx_queue_next(q))
+    {
+        cs = ngx_queue_data(q, ngx_http_llm_consumer_sh_t, queue);
+
+        if (cs->share == NULL) {
+            continue;
+        }
+
+        idle = ((ngx_msec_int_t) (now - cs->share->touched)
+                > (ngx_msec_int_t) (2 * ttl));
+
+        (void) ngx_http_llm_consumer_busy(zone, cs, now);
+
+        for (k = 0; k < 3; k++) {
+            lease = &cs->share->lease[k];
+
+            if (cs->share->limit[k] == 0 || (lease->busy && !final)) {
+                continue;
+            }
+
+            ngx_http_llm_consumer_budget(zone, cs, k, &b);
+
+            sum = 0;
+
+            for (i = 0; i < b.nslots; i++) {
+                sum |= b.ring[i];
+            }
+
+            if (final) {
+                /* the leases stay: the instance's other workers go on */
+
+                if (sum
+                    && ngx_http_llm_consumer_send(zone, cs, k, &b, now)
+                       == NGX_BUSY)
+                {
+                    full = 1;
+                    goto done;
+                }
+
+                continue;
+            }
+
+            b.ask = ngx_http_llm_lease_renewal(&b, now, ttl);
+
+            if (sum == 0 && b.ask == 0
+                && !ngx_http_llm_lease_lapsing(&b, now, ttl))
+            {
+                continue;
+            }
+
+            idle = 0;
+
+            if (ngx_http_llm_consumer_send(zone, cs, k, &b, now) == NGX_OK) {
+                sent++;
+            }
+        }
+
+        if (idle && !final) {
+            break;
+        }
+    }
+
+done:
+
+    ngx_shmtx_unlock(&zone->shpool->mutex);
+
+    return full;
+}
