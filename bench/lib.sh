@@ -32,6 +32,15 @@ bench_redis() {
     bench_redis=18993
 }
 
+# the lease scripts Redis has run so far, one a budget's report (0
+# without bench_redis; the commands a script runs count apart)
+bench_redis_commands() {
+    [ -n "${bench_redis:-}" ] || { echo 0; return; }
+    redis-cli -p "$bench_redis" info commandstats \
+        | awk -F'[=,]' '/^cmdstat_evalsha:/ { print $2 + 0; n = 1 }
+                        END { if (!n) print 0 }'
+}
+
 # what every benchmark's nginx.conf starts with, up to inside "http {";
 # $1 goes at the top (daemon, master_process), and the backend's reply
 # is $reply
@@ -92,8 +101,8 @@ PY
 # 18991, /plain/ (proxy_pass), /estimate/, /exact/, /nocache/,
 # /sse-plain/ and /sse-estimate/; $1 goes at the top, $2 into "http {"
 bench_conf() {
-    shared_zone=llm
-    [ -z "${bench_redis:-}" ] || shared_zone=shared
+    shared_zone=llm quiet_zone=llm
+    [ -z "${bench_redis:-}" ] || { shared_zone=shared; quiet_zone=quiet; }
     bench_conf_head "$1"
     cat <<END
     client_max_body_size 2m;
@@ -101,6 +110,8 @@ bench_conf() {
     $2
     llm_zone llm:1m;
     ${bench_redis:+llm_zone shared:1m redis=redis://127.0.0.1:$bench_redis;}
+    ${bench_redis:+llm_zone quiet:1m redis=redis://127.0.0.1:$bench_redis
+                                     redis_sync=10s;}
 
     # a backend with limits, alone and in a zone shared through Redis
     upstream limited {
@@ -110,6 +121,11 @@ bench_conf() {
 
     upstream shared {
         llm_balance zone=$shared_zone keepalive=32;
+        llm_backend be http://127.0.0.1:18992 tpm=100m rpm=10m;
+    }
+
+    upstream quiet {
+        llm_balance zone=$quiet_zone keepalive=32;
         llm_backend be http://127.0.0.1:18992 tpm=100m rpm=10m;
     }
 
@@ -183,6 +199,16 @@ bench_conf() {
             llm_count estimate;
             llm_limit bench tpm=100m rpm=10m;
             proxy_pass http://shared;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+
+        # the same with reports every 10 s: the request's own path only
+        location /shared-quiet/ {
+            llm_route quiet;
+            llm_count estimate;
+            llm_limit bench tpm=100m rpm=10m;
+            proxy_pass http://quiet;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
         }

@@ -107,7 +107,7 @@ my $rem = 10000;
 my @charges = (
     [ 'hello, max_tokens 1000', $chat, hello(max_tokens => 1000), 3 + 1000 ],
     # 7 Japanese characters + "user": 11 code points -> 3, far below the
-    # real token count (AOAI_FACTS section 7), which the sim reports as usage
+    # real token count (docs/azure.md, 7), which the sim reports as usage
     [ 'Japanese', $chat,
       { messages => [ { role => 'user', content => 'こんにちは世界' } ],
         max_tokens => 500 }, 3 + 500, { prompt_tokens => 3 + 1 + 7 + 3 } ],

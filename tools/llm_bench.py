@@ -207,11 +207,20 @@ def run_loads(urls, name, rpm, duration, speed, prompt_tokens,
                                  if total["requests"] else 0.0)
     lat = sorted(r["latency_ms"] for r in recs
                  if r["status"] == 200 and not r["error"])
-    total["latency_ms"] = {p: round(lat[min(len(lat) - 1,
-                                            int(len(lat) * p / 100))])
+    # as aoai-load's JSON has them: percentiles named by strings
+    total["latency_ms"] = {str(p): round(lat[min(len(lat) - 1,
+                                                 int(len(lat) * p / 100))])
                            if lat else None for p in (50, 90, 99)}
-    total["tokens_per_min"] = {k: sum(o["tokens_per_min"][k] for o in out)
-                               for k in out[0]["tokens_per_min"]}
+    # per minute of the whole run, to the last reply, as aoai-load counts
+    ok = [r for r in recs if r["status"] == 200 and not r["error"]]
+    minutes = max([r["end"] for r in recs] + [0]) / 60.0
+    prompt = sum(r["prompt_tokens"] for r in ok)
+    completion = sum(r["completion_tokens"] for r in ok)
+    total["tokens_per_min"] = {
+        "prompt": round(prompt / minutes) if minutes else 0,
+        "completion": round(completion / minutes) if minutes else 0,
+        "total": round((prompt + completion) / minutes) if minutes else 0,
+    }
     return total
 
 

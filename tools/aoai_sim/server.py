@@ -39,7 +39,7 @@ ROUTES = [
     (re.compile(r'/openai/responses'), 'responses', 'responses'),
 ]
 
-# stream_options is refused by api-versions before this one (AOAI_FACTS 5)
+# stream_options is refused by api-versions before this one (docs/azure.md, 5)
 STREAM_OPTIONS_SINCE = '2024-09-01'
 
 GARBAGE = b'\x00\xff\xfe SIM-GARBAGE \x15\x03\x01\x00\x02\x02\x28 not an HTTP response \x07\r\n\r\n'
