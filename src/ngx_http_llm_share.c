@@ -72,8 +72,10 @@ static ngx_str_t  ngx_http_llm_lease_script = ngx_string(
 "end\n"
 "for i = 8, #ARGV - 1, 2 do\n"
 "  local age, d = tonumber(ARGV[i]), tonumber(ARGV[i + 1])\n"
-"  if age < nslots then\n"
-"    redis.call('HINCRBY', key, 's' .. (slot - age), d)\n"
+"  local s = 0\n"
+"  if slot_ms > 0 then s = math.floor((now - age) / slot_ms) end\n"
+"  if slot_ms == 0 or s > slot - nslots then\n"
+"    redis.call('HINCRBY', key, 's' .. s, d)\n"
 "    spent = spent + d\n"
 "  end\n"
 "  own = own - d\n"
@@ -464,6 +466,7 @@ ngx_http_llm_lease_send(ngx_http_llm_share_t *share,
     ngx_int_t                 rc;
     ngx_uint_t                i, k, n, argc;
     ngx_msec_t                ns;
+    ngx_msec_int_t            age;
     const char              **argv;
     ngx_http_llm_lease_op_t  *op;
 
@@ -530,7 +533,12 @@ ngx_http_llm_lease_send(ngx_http_llm_share_t *share,
     ngx_http_llm_arg(9, "%M", share->conf->ttl);
     ngx_http_llm_arg(10, "%M", b->expire);
 
-    /* the ring's amounts, newest first, with their age in slots */
+    /*
+     * the ring's amounts, newest first, each with its age in ms counted
+     * from the end of its slot: Redis puts an amount in the slot of its
+     * own clock that age falls in, never earlier than it was spent, so
+     * that it leaves Redis's window no earlier than the backend's
+     */
 
     ns = b->slot_ms ? now / b->slot_ms : 0;
     k = NGX_HTTP_LLM_LEASE_ARGS;
@@ -542,7 +550,11 @@ ngx_http_llm_lease_send(ngx_http_llm_share_t *share,
             continue;
         }
 
-        ngx_http_llm_arg(k, "%ui", i);
+        age = b->slot_ms ? (ngx_msec_int_t) (now - (ns - i + 1) * b->slot_ms)
+                           + 1
+                         : 0;
+
+        ngx_http_llm_arg(k, "%M", (ngx_msec_t) ngx_max(age, 0));
         k++;
         ngx_http_llm_arg(k, "%L", *v);
         k++;
