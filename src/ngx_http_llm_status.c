@@ -64,6 +64,8 @@ static void ngx_http_llm_snapshot(ngx_http_llm_pool_t *pool,
     ngx_http_llm_snap_t *snap, ngx_http_llm_snap_t *total);
 static u_char *ngx_http_llm_backend_shared_json(u_char *p,
     ngx_http_llm_snap_t *snap);
+static u_char *ngx_http_llm_leases_json(u_char *p, const char **names,
+    ngx_http_llm_lease_t *lease, int64_t *limit, ngx_uint_t n);
 static u_char *ngx_http_llm_backends_shared_prometheus(u_char *p,
     ngx_http_llm_pool_t **pools, ngx_uint_t npools,
     ngx_http_llm_snap_t **snaps);
@@ -405,30 +407,41 @@ ngx_http_llm_status_json(u_char *p, ngx_http_llm_pool_t *pool,
 static u_char *
 ngx_http_llm_backend_shared_json(u_char *p, ngx_http_llm_snap_t *snap)
 {
-    ngx_uint_t             k;
-    ngx_http_llm_lease_t  *lease;
-
     static const char  *names[] = { "tokens", "requests" };
 
     if (!snap->shared) {
         return ngx_sprintf(p, "\"shared\":null");
     }
 
+    return ngx_http_llm_leases_json(p, names, snap->lease, snap->limit, 2);
+}
+
+
+/*
+ * "shared": per budget, what every instance used and holds leased at the
+ * last reply, this instance's credit, and how long ago that was
+ */
+
+static u_char *
+ngx_http_llm_leases_json(u_char *p, const char **names,
+    ngx_http_llm_lease_t *lease, int64_t *limit, ngx_uint_t n)
+{
+    ngx_uint_t  k;
+
     p = ngx_sprintf(p, "\"shared\":{");
 
-    for (k = 0; k < 2; k++) {
-        lease = &snap->lease[k];
+    for (k = 0; k < n; k++) {
 
-        if (snap->limit[k] == 0 || lease->synced == 0) {
+        if (limit[k] == 0 || lease[k].synced == 0) {
             p = ngx_sprintf(p, "%s\"%s\":null", k ? "," : "", names[k]);
             continue;
         }
 
         p = ngx_sprintf(p, "%s\"%s\":{\"used\":%L,\"leased\":%L,"
                         "\"credit\":%L,\"synced_ms_ago\":%M}",
-                        k ? "," : "", names[k], lease->spent, lease->leased,
-                        ngx_max(lease->credit, 0),
-                        ngx_current_msec - lease->synced);
+                        k ? "," : "", names[k], lease[k].spent,
+                        lease[k].leased, ngx_max(lease[k].credit, 0),
+                        ngx_current_msec - lease[k].synced);
     }
 
     *p++ = '}';
@@ -839,38 +852,14 @@ ngx_http_llm_share_json(u_char *p, ngx_http_llm_consumers_snap_t *zone)
 static u_char *
 ngx_http_llm_consumer_shared_json(u_char *p, ngx_http_llm_consumer_sh_t *cs)
 {
-    ngx_uint_t                      k;
-    ngx_http_llm_lease_t           *lease;
-    ngx_http_llm_consumer_share_t  *share;
-
     static const char  *names[] = { "tokens", "requests", "quota" };
 
-    share = cs->share;
-
-    if (share == NULL) {
+    if (cs->share == NULL) {
         return ngx_sprintf(p, "\"shared\":null");
     }
 
-    p = ngx_sprintf(p, "\"shared\":{");
-
-    for (k = 0; k < 3; k++) {
-        lease = &share->lease[k];
-
-        if (share->limit[k] == 0 || lease->synced == 0) {
-            p = ngx_sprintf(p, "%s\"%s\":null", k ? "," : "", names[k]);
-            continue;
-        }
-
-        p = ngx_sprintf(p, "%s\"%s\":{\"used\":%L,\"leased\":%L,"
-                        "\"credit\":%L,\"synced_ms_ago\":%M}",
-                        k ? "," : "", names[k], lease->spent, lease->leased,
-                        ngx_max(lease->credit, 0),
-                        ngx_current_msec - lease->synced);
-    }
-
-    *p++ = '}';
-
-    return p;
+    return ngx_http_llm_leases_json(p, names, cs->share->lease,
+                                    cs->share->limit, 3);
 }
 
 
