@@ -27,8 +27,6 @@ static void ngx_http_llm_backend_budget(ngx_http_llm_pool_t *pool,
 static ngx_int_t ngx_http_llm_backend_send(ngx_http_llm_zone_t *zone,
     ngx_http_llm_backend_sh_t *sh, ngx_uint_t k, ngx_http_llm_budget_t *b,
     ngx_msec_t now);
-static ngx_uint_t ngx_http_llm_backend_busy(ngx_http_llm_zone_t *zone,
-    ngx_http_llm_lease_t *lease, ngx_msec_t now);
 
 
 /*
@@ -89,7 +87,7 @@ ngx_http_llm_backend_lease(ngx_http_llm_zone_t *zone,
             continue;
         }
 
-        if (!ngx_http_llm_backend_busy(zone, lease, now)) {
+        if (!ngx_http_llm_lease_busy(zone->share_conf, lease, now)) {
             b.ask = ngx_http_llm_lease_want(&b, n, now);
 
             if (ngx_http_llm_backend_send(zone, sh, k, &b, now) != NGX_OK) {
@@ -149,7 +147,8 @@ ngx_http_llm_backend_renew(ngx_http_llm_zone_t *zone,
     for (k = 0; k < 2; k++) {
 
         if (sh->share->limit[k] == 0
-            || ngx_http_llm_backend_busy(zone, &sh->share->lease[k], now))
+            || ngx_http_llm_lease_busy(zone->share_conf,
+                                       &sh->share->lease[k], now))
         {
             continue;
         }
@@ -177,8 +176,7 @@ ngx_uint_t
 ngx_http_llm_backends_sync(ngx_http_llm_zone_t *zone, ngx_msec_t now,
     ngx_uint_t final)
 {
-    int64_t                      sum;
-    ngx_uint_t                   i, j, k, s, full;
+    ngx_uint_t                   i, j, k, full, pending;
     ngx_msec_t                   ttl;
     ngx_http_llm_pool_t        **pools;
     ngx_http_llm_budget_t        b;
@@ -206,21 +204,19 @@ ngx_http_llm_backends_sync(ngx_http_llm_zone_t *zone, ngx_msec_t now,
                 lease = &sh->share->lease[k];
 
                 if (sh->share->limit[k] == 0
-                    || (!final && ngx_http_llm_backend_busy(zone, lease, now)))
+                    || (!final
+                        && ngx_http_llm_lease_busy(zone->share_conf, lease,
+                                                   now)))
                 {
                     continue;
                 }
 
                 ngx_http_llm_backend_budget(pools[i], sh, k, &b, ttl);
 
-                sum = 0;
-
-                for (s = 0; s < b.nslots; s++) {
-                    sum |= b.ring[s];
-                }
+                pending = ngx_http_llm_lease_pending(&b);
 
                 if (final) {
-                    if (sum
+                    if (pending
                         && ngx_http_llm_backend_send(zone, sh, k, &b, now)
                            == NGX_BUSY)
                     {
@@ -233,7 +229,8 @@ ngx_http_llm_backends_sync(ngx_http_llm_zone_t *zone, ngx_msec_t now,
 
                 b.ask = ngx_http_llm_lease_renewal(&b, now, ttl);
 
-                if (sum || b.ask || ngx_http_llm_lease_lapsing(&b, now, ttl))
+                if (pending || b.ask
+                    || ngx_http_llm_lease_lapsing(&b, now, ttl))
                 {
                     (void) ngx_http_llm_backend_send(zone, sh, k, &b, now);
                 }
@@ -294,25 +291,4 @@ ngx_http_llm_backend_send(ngx_http_llm_zone_t *zone,
     b->key_len = p - b->key;
 
     return ngx_http_llm_lease_send(zone->share, b, now);
-}
-
-
-/* a reply not come in twice redis_timeout= will not: the link failed */
-
-static ngx_uint_t
-ngx_http_llm_backend_busy(ngx_http_llm_zone_t *zone,
-    ngx_http_llm_lease_t *lease, ngx_msec_t now)
-{
-    if (lease->busy == 0) {
-        return 0;
-    }
-
-    if ((ngx_msec_int_t) (now - lease->busy)
-        > (ngx_msec_int_t) (2 * zone->share_conf->redis.timeout))
-    {
-        lease->busy = 0;
-        return 0;
-    }
-
-    return 1;
 }

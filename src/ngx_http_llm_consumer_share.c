@@ -316,35 +316,19 @@ ngx_http_llm_consumer_send(ngx_http_llm_zone_t *zone,
 }
 
 
-/*
- * A reply from Redis is awaited for one of its budgets; one that has
- * not come in twice redis_timeout= will not come: its connection failed.
- */
+/* a reply from Redis is awaited for one of the consumer's budgets */
 
 ngx_uint_t
 ngx_http_llm_consumer_busy(ngx_http_llm_zone_t *zone,
     ngx_http_llm_consumer_sh_t *cs, ngx_msec_t now)
 {
-    ngx_uint_t             k, busy;
-    ngx_http_llm_lease_t  *lease;
+    ngx_uint_t  k, busy;
 
     busy = 0;
 
     for (k = 0; k < 3; k++) {
-        lease = &cs->share->lease[k];
-
-        if (lease->busy == 0) {
-            continue;
-        }
-
-        if ((ngx_msec_int_t) (now - lease->busy)
-            > (ngx_msec_int_t) (2 * zone->share_conf->redis.timeout))
-        {
-            lease->busy = 0;
-            continue;
-        }
-
-        busy = 1;
+        busy |= ngx_http_llm_lease_busy(zone->share_conf,
+                                        &cs->share->lease[k], now);
     }
 
     return busy;
@@ -366,8 +350,7 @@ ngx_uint_t
 ngx_http_llm_consumers_sync(ngx_http_llm_zone_t *zone, ngx_msec_t now,
     ngx_uint_t final)
 {
-    int64_t                        sum;
-    ngx_uint_t                     k, i, sent, idle, full;
+    ngx_uint_t                     k, sent, idle, full, pending;
     ngx_msec_t                     ttl;
     ngx_queue_t                   *q;
     ngx_http_llm_lease_t          *lease;
@@ -405,16 +388,12 @@ ngx_http_llm_consumers_sync(ngx_http_llm_zone_t *zone, ngx_msec_t now,
 
             ngx_http_llm_consumer_budget(zone, cs, k, &b);
 
-            sum = 0;
-
-            for (i = 0; i < b.nslots; i++) {
-                sum |= b.ring[i];
-            }
+            pending = ngx_http_llm_lease_pending(&b);
 
             if (final) {
                 /* the leases stay: the instance's other workers go on */
 
-                if (sum
+                if (pending
                     && ngx_http_llm_consumer_send(zone, cs, k, &b, now)
                        == NGX_BUSY)
                 {
@@ -427,7 +406,7 @@ ngx_http_llm_consumers_sync(ngx_http_llm_zone_t *zone, ngx_msec_t now,
 
             b.ask = ngx_http_llm_lease_renewal(&b, now, ttl);
 
-            if (sum == 0 && b.ask == 0
+            if (!pending && b.ask == 0
                 && !ngx_http_llm_lease_lapsing(&b, now, ttl))
             {
                 continue;

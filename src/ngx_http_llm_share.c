@@ -423,6 +423,48 @@ ngx_http_llm_lease_idle(ngx_http_llm_budget_t *b, ngx_msec_t now,
 
 
 /*
+ * A reply from Redis is awaited for the lease; one that has not come in
+ * twice redis_timeout= will not come: its connection failed
+ */
+
+ngx_uint_t
+ngx_http_llm_lease_busy(ngx_http_llm_share_conf_t *scf,
+    ngx_http_llm_lease_t *lease, ngx_msec_t now)
+{
+    if (lease->busy == 0) {
+        return 0;
+    }
+
+    if ((ngx_msec_int_t) (now - lease->busy)
+        > (ngx_msec_int_t) (2 * scf->redis.timeout))
+    {
+        lease->busy = 0;
+        return 0;
+    }
+
+    return 1;
+}
+
+
+/* the ring holds something Redis has not heard of yet */
+
+ngx_uint_t
+ngx_http_llm_lease_pending(ngx_http_llm_budget_t *b)
+{
+    int64_t     any;
+    ngx_uint_t  i;
+
+    any = 0;
+
+    for (i = 0; i < b->nslots; i++) {
+        any |= b->ring[i];
+    }
+
+    return any != 0;
+}
+
+
+/*
  * What a report asks besides: a budget spent from in the last half
  * lease is topped up ahead of need; one idle longer gives back its credit
  */

@@ -96,6 +96,9 @@ ngx_uint_t ngx_http_llm_share_state(ngx_http_llm_share_t *share);
 
 ngx_uint_t ngx_http_llm_lease_ok(ngx_http_llm_lease_t *lease, int64_t need,
     ngx_msec_t now);
+ngx_uint_t ngx_http_llm_lease_busy(ngx_http_llm_share_conf_t *scf,
+    ngx_http_llm_lease_t *lease, ngx_msec_t now);
+ngx_uint_t ngx_http_llm_lease_pending(ngx_http_llm_budget_t *b);
 void ngx_http_llm_lease_spend(ngx_http_llm_budget_t *b, int64_t value,
     ngx_msec_t at, ngx_msec_t now);
 int64_t ngx_http_llm_lease_want(ngx_http_llm_budget_t *b, int64_t need,
