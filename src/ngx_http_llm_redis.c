@@ -72,175 +72,13 @@ static void ngx_http_llm_redis_setup_done(void *data, redisReply *reply);
 static void ngx_http_llm_redis_script_done(void *data, redisReply *reply);
 static void ngx_http_llm_redis_flush(ngx_http_llm_redis_t *rs);
 static void ngx_http_llm_redis_abort(ngx_http_llm_redis_t *rs);
-
-
-/*
- * A "redis:" URL, [:password@]host[:port][/db] after the slashes, or
- * unix:/path.  The name kept for logs and llm_status leaves the password
- * out.
- */
-
-char *
-ngx_http_llm_redis_parse(ngx_conf_t *cf, ngx_str_t *url,
-    ngx_http_llm_redis_conf_t *rcf)
-{
-    u_char     *p, *last, *at, *slash;
-    ngx_int_t   db;
-    ngx_url_t   u;
-
-    ngx_memzero(&u, sizeof(ngx_url_t));
-
-    p = url->data;
-    last = url->data + url->len;
-    db = 0;
-
-    if (url->len > 5 && ngx_strncmp(p, "unix:", 5) == 0) {
-        u.url = *url;
-
-    } else if (url->len > 8 && ngx_strncmp(p, "redis://", 8) == 0) {
-        p += 8;
-
-        at = ngx_strlchr(p, last, '@');
-
-        if (at) {
-            /* ":password@host", or "user:password@host", refused */
-
-            u_char  *colon = ngx_strlchr(p, at, ':');
-
-            if (colon == NULL || colon + 1 == at) {
-                return "has an invalid password in its URL";
-            }
-
-            if (colon != p) {
-                return "names a user: only \":password@\" is supported";
-            }
-
-            rcf->password.data = colon + 1;
-            rcf->password.len = at - colon - 1;
-            p = at + 1;
-        }
-
-        slash = ngx_strlchr(p, last, '/');
-
-        if (slash) {
-            if (slash + 1 < last) {
-                db = ngx_atoi(slash + 1, last - slash - 1);
-                if (db == NGX_ERROR) {
-                    return "has an invalid database number";
-                }
-            }
-
-            last = slash;
-        }
-
-        u.url.data = p;
-        u.url.len = last - p;
-
-    } else {
-        return "needs a \"redis://\" or \"unix:\" URL";
-    }
-
-    u.default_port = 6379;
-
-    if (ngx_parse_url(cf->pool, &u) != NGX_OK) {
-        if (u.err) {
-            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "%s in redis URL",
-                               u.err);
-        }
-
-        return NGX_CONF_ERROR;
-    }
-
-    if (u.naddrs == 0) {
-        return "names a host without an address";
-    }
-
-    rcf->addr = &u.addrs[0];
-    rcf->db = db;
-
-    rcf->name.data = ngx_pnalloc(cf->pool, u.addrs[0].name.len
-                                           + 1 + NGX_INT_T_LEN);
-    if (rcf->name.data == NULL) {
-        return NGX_CONF_ERROR;
-    }
-
-    rcf->name.len = ngx_sprintf(rcf->name.data, "%V/%i", &u.addrs[0].name,
-                                db)
-                    - rcf->name.data;
-
-    return NGX_CONF_OK;
-}
-
-
-/* read while the master still may: workers no longer see root's files */
-
-char *
-ngx_http_llm_redis_password_file(ngx_conf_t *cf, ngx_str_t *path,
-    ngx_http_llm_redis_conf_t *rcf)
-{
-    u_char            *p;
-    ssize_t            n;
-    ngx_str_t          name;
-    ngx_file_t         file;
-    ngx_file_info_t    fi;
-
-    name = *path;
-
-    if (ngx_conf_full_name(cf->cycle, &name, 1) != NGX_OK) {
-        return NGX_CONF_ERROR;
-    }
-
-    ngx_memzero(&file, sizeof(ngx_file_t));
-
-    file.name = name;
-    file.log = cf->log;
-
-    file.fd = ngx_open_file(name.data, NGX_FILE_RDONLY, NGX_FILE_OPEN, 0);
-    if (file.fd == NGX_INVALID_FILE) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
-                           ngx_open_file_n " \"%V\" failed", &name);
-        return NGX_CONF_ERROR;
-    }
-
-    if (ngx_fd_info(file.fd, &fi) == NGX_FILE_ERROR
-        || ngx_file_size(&fi) > 4096)
-    {
-        ngx_close_file(file.fd);
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "redis password file \"%V\" is not a small "
-                           "file", &name);
-        return NGX_CONF_ERROR;
-    }
-
-    p = ngx_pnalloc(cf->pool, ngx_file_size(&fi) + 1);
-    if (p == NULL) {
-        ngx_close_file(file.fd);
-        return NGX_CONF_ERROR;
-    }
-
-    n = ngx_read_file(&file, p, ngx_file_size(&fi), 0);
-
-    ngx_close_file(file.fd);
-
-    if (n == NGX_ERROR) {
-        return NGX_CONF_ERROR;
-    }
-
-    while (n > 0 && (p[n - 1] == '\n' || p[n - 1] == '\r')) {
-        n--;
-    }
-
-    if (n == 0) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "redis password file \"%V\" is empty", &name);
-        return NGX_CONF_ERROR;
-    }
-
-    rcf->password.data = p;
-    rcf->password.len = n;
-
-    return NGX_CONF_OK;
-}
+static void ngx_http_llm_redis_close_connection(ngx_http_llm_redis_t *rs);
+#if (NGX_SSL)
+static void ngx_http_llm_redis_ssl_start(ngx_http_llm_redis_t *rs);
+static void ngx_http_llm_redis_ssl_done(ngx_connection_t *c);
+static ngx_int_t ngx_http_llm_redis_ssl_check_name(ngx_connection_t *c,
+    ngx_str_t *name);
+#endif
 
 
 ngx_http_llm_redis_t *
@@ -407,11 +245,162 @@ ngx_http_llm_redis_connect(ngx_event_t *ev)
     ngx_add_timer(c->read, rs->conf->timeout);
 
     if (rc == NGX_AGAIN) {
+        /* the write handler goes on once connected */
         return;
     }
 
+#if (NGX_SSL)
+    if (rs->conf->ssl) {
+        ngx_http_llm_redis_ssl_start(rs);
+        return;
+    }
+#endif
+
     ngx_http_llm_redis_flush(rs);
 }
+
+
+#if (NGX_SSL)
+
+static void
+ngx_http_llm_redis_ssl_start(ngx_http_llm_redis_t *rs)
+{
+    u_char             sni[256];
+    ngx_int_t          rc;
+    ngx_str_t         *name;
+    ngx_connection_t  *c;
+
+    c = rs->peer.connection;
+    name = &rs->conf->ssl_name;
+
+    /* OpenSSL's state for the connection, freed as it closes */
+
+    c->pool = ngx_create_pool(512, rs->log);
+    if (c->pool == NULL) {
+        ngx_http_llm_redis_fail(rs, "no memory");
+        return;
+    }
+
+    if (ngx_ssl_create_connection(rs->conf->ssl, c, NGX_SSL_CLIENT)
+        != NGX_OK)
+    {
+        ngx_http_llm_redis_fail(rs, "cannot start TLS");
+        return;
+    }
+
+    /* SNI carries host names only, never an address (RFC 6066) */
+
+    if (name->len && name->len < sizeof(sni)
+        && ngx_inet_addr(name->data, name->len) == INADDR_NONE
+        && ngx_strlchr(name->data, name->data + name->len, ':') == NULL)
+    {
+        ngx_cpystrn(sni, name->data, name->len + 1);
+
+        if (SSL_set_tlsext_host_name(c->ssl->connection, (char *) sni) == 0)
+        {
+            ngx_http_llm_redis_fail(rs, "cannot set the TLS server name");
+            return;
+        }
+    }
+
+    rc = ngx_ssl_handshake(c);
+
+    if (rc == NGX_AGAIN) {
+        c->ssl->handler = ngx_http_llm_redis_ssl_done;
+        return;
+    }
+
+    ngx_http_llm_redis_ssl_done(c);
+}
+
+
+/*
+ * nginx's check looks at host names only; Redis is often named by its
+ * address, which a certificate carries as an IP subjectAltName
+ */
+
+static ngx_int_t
+ngx_http_llm_redis_ssl_check_name(ngx_connection_t *c, ngx_str_t *name)
+{
+    int      rc;
+    u_char   ip[NGX_SOCKADDR_STRLEN];
+    X509    *cert;
+
+    if (ngx_inet_addr(name->data, name->len) == INADDR_NONE
+        && ngx_strlchr(name->data, name->data + name->len, ':') == NULL)
+    {
+        return ngx_ssl_check_host(c, name);
+    }
+
+    if (name->len >= sizeof(ip)) {
+        return NGX_ERROR;
+    }
+
+    cert = SSL_get_peer_certificate(c->ssl->connection);
+    if (cert == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_cpystrn(ip, name->data, name->len + 1);
+
+    rc = X509_check_ip_asc(cert, (char *) ip, 0);
+
+    X509_free(cert);
+
+    return rc == 1 ? NGX_OK : NGX_ERROR;
+}
+
+
+/* the handshake's end: Redis's certificate is checked, as proxy_ssl_verify
+ * checks a backend's, before the first command goes out */
+
+static void
+ngx_http_llm_redis_ssl_done(ngx_connection_t *c)
+{
+    long                   rc;
+    ngx_http_llm_redis_t  *rs;
+
+    rs = c->data;
+
+    if (c->read->timedout || c->write->timedout) {
+        ngx_http_llm_redis_fail(rs, "timed out in the TLS handshake");
+        return;
+    }
+
+    if (!c->ssl->handshaked) {
+        ngx_http_llm_redis_fail(rs, "failed the TLS handshake");
+        return;
+    }
+
+    if (rs->conf->ssl_verify) {
+        rc = SSL_get_verify_result(c->ssl->connection);
+
+        if (rc != X509_V_OK) {
+            ngx_snprintf((u_char *) rs->error, sizeof(rs->error) - 1,
+                         "sent an untrusted certificate: %s%Z",
+                         X509_verify_cert_error_string(rc));
+            ngx_http_llm_redis_fail(rs, NULL);
+            return;
+        }
+
+        if (ngx_http_llm_redis_ssl_check_name(c, &rs->conf->ssl_name)
+            != NGX_OK)
+        {
+            ngx_snprintf((u_char *) rs->error, sizeof(rs->error) - 1,
+                         "sent a certificate that does not match \"%V\"%Z",
+                         &rs->conf->ssl_name);
+            ngx_http_llm_redis_fail(rs, NULL);
+            return;
+        }
+    }
+
+    c->read->handler = ngx_http_llm_redis_read_handler;
+    c->write->handler = ngx_http_llm_redis_write_handler;
+
+    ngx_http_llm_redis_flush(rs);
+}
+
+#endif
 
 
 /* AUTH and SELECT: an error here is the configuration's, said once */
@@ -568,6 +557,32 @@ ngx_http_llm_redis_write_handler(ngx_event_t *wev)
         return;
     }
 
+#if (NGX_SSL)
+    if (rs->conf->ssl && c->ssl == NULL) {
+        int        err;
+        socklen_t  len;
+
+        /* connected, or not: the socket says which */
+
+        err = 0;
+        len = sizeof(int);
+
+        if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, (void *) &err, &len)
+            == -1)
+        {
+            err = ngx_socket_errno;
+        }
+
+        if (err) {
+            ngx_http_llm_redis_fail_errno(rs, "cannot connect", err);
+            return;
+        }
+
+        ngx_http_llm_redis_ssl_start(rs);
+        return;
+    }
+#endif
+
     ngx_http_llm_redis_flush(rs);
 }
 
@@ -588,7 +603,9 @@ ngx_http_llm_redis_flush(ngx_http_llm_redis_t *rs)
         }
 
         if (n == NGX_ERROR || n == 0) {
-            ngx_http_llm_redis_fail_errno(rs, "cannot send",
+            ngx_http_llm_redis_fail_errno(rs,
+                                          c->ssl ? "cannot send over TLS"
+                                                 : "cannot send",
                                           ngx_socket_errno);
             return;
         }
@@ -628,7 +645,9 @@ ngx_http_llm_redis_read_handler(ngx_event_t *rev)
         }
 
         if (n == NGX_ERROR) {
-            ngx_http_llm_redis_fail_errno(rs, "cannot read",
+            ngx_http_llm_redis_fail_errno(rs,
+                                          c->ssl ? "cannot read over TLS"
+                                                 : "cannot read",
                                           ngx_socket_errno);
             return;
         }
@@ -762,10 +781,7 @@ ngx_http_llm_redis_fail(ngx_http_llm_redis_t *rs, const char *error)
                     sizeof(rs->error));
     }
 
-    if (rs->peer.connection) {
-        ngx_close_connection(rs->peer.connection);
-        rs->peer.connection = NULL;
-    }
+    ngx_http_llm_redis_close_connection(rs);
 
     redisReaderFree(rs->reader);
     rs->reader = redisReaderCreate();
@@ -891,12 +907,40 @@ ngx_http_llm_redis_close(ngx_http_llm_redis_t *rs)
         ngx_del_timer(&rs->retry);
     }
 
-    if (rs->peer.connection) {
-        ngx_close_connection(rs->peer.connection);
-        rs->peer.connection = NULL;
-    }
+    ngx_http_llm_redis_close_connection(rs);
 
     rs->state = NGX_HTTP_LLM_REDIS_DOWN;
 
     ngx_http_llm_redis_abort(rs);
+}
+
+
+static void
+ngx_http_llm_redis_close_connection(ngx_http_llm_redis_t *rs)
+{
+    ngx_pool_t        *pool;
+    ngx_connection_t  *c;
+
+    c = rs->peer.connection;
+
+    if (c == NULL) {
+        return;
+    }
+
+    pool = c->pool;
+
+#if (NGX_SSL)
+    if (c->ssl) {
+        /* no close_notify awaited: the connection is done with */
+        c->ssl->no_wait_shutdown = 1;
+        (void) ngx_ssl_shutdown(c);
+    }
+#endif
+
+    ngx_close_connection(c);
+    rs->peer.connection = NULL;
+
+    if (pool) {
+        ngx_destroy_pool(pool);
+    }
 }

@@ -30,6 +30,17 @@ typedef struct {
     ngx_str_t                    password;
     ngx_uint_t                   db;
     ngx_msec_t                   timeout;
+
+    /* rediss:// and the redis_ssl_ options */
+    ngx_flag_t                   tls;
+    ngx_flag_t                   ssl_verify;
+    ngx_str_t                    ssl_name;   /* SNI, and the name checked */
+    ngx_str_t                    ssl_certificate;
+    ngx_str_t                    ssl_certificate_key;
+    ngx_str_t                    ssl_trusted_certificate;
+#if (NGX_SSL)
+    ngx_ssl_t                   *ssl;
+#endif
 } ngx_http_llm_redis_conf_t;
 
 
@@ -46,6 +57,10 @@ typedef struct ngx_http_llm_redis_s  ngx_http_llm_redis_t;
 char *ngx_http_llm_redis_parse(ngx_conf_t *cf, ngx_str_t *url,
     ngx_http_llm_redis_conf_t *rcf);
 char *ngx_http_llm_redis_password_file(ngx_conf_t *cf, ngx_str_t *path,
+    ngx_http_llm_redis_conf_t *rcf);
+char *ngx_http_llm_redis_ssl_option(ngx_conf_t *cf, ngx_str_t *value,
+    ngx_http_llm_redis_conf_t *rcf);
+char *ngx_http_llm_redis_ssl_init(ngx_conf_t *cf,
     ngx_http_llm_redis_conf_t *rcf);
 
 ngx_http_llm_redis_t *ngx_http_llm_redis_create(ngx_cycle_t *cycle,

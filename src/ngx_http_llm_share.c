@@ -129,7 +129,7 @@ static void ngx_http_llm_lease_restore(ngx_http_llm_lease_op_t *op,
 
 /*
  * llm_zone's options: redis=URL redis_password_file=path redis_sync=time
- * redis_timeout=time redis_share=percent
+ * redis_timeout=time redis_share=percent, and the redis_ssl_ ones
  */
 
 char *
@@ -152,8 +152,13 @@ ngx_http_llm_share_option(ngx_conf_t *cf, ngx_str_t *value,
         scf->sync = 100;
         scf->share = 50;
         scf->redis.timeout = 500;
+        scf->redis.ssl_verify = NGX_CONF_UNSET;
 
         *scfp = scf;
+    }
+
+    if (ngx_strncmp(value->data, "redis_ssl_", 10) == 0) {
+        return ngx_http_llm_redis_ssl_option(cf, value, &scf->redis);
     }
 
     if (ngx_strncmp(value->data, "redis=", 6) == 0) {
@@ -219,6 +224,19 @@ ngx_http_llm_share_option(ngx_conf_t *cf, ngx_str_t *value,
     }
 
     return NGX_CONF_ERROR;
+}
+
+
+/* all of a zone's options read: they must make a whole */
+
+char *
+ngx_http_llm_share_conf_done(ngx_conf_t *cf, ngx_http_llm_share_conf_t *scf)
+{
+    if (scf->redis.addr == NULL) {
+        return "has Redis options but no \"redis=\"";
+    }
+
+    return ngx_http_llm_redis_ssl_init(cf, &scf->redis);
 }
 
 

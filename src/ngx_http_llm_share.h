@@ -54,7 +54,7 @@ typedef struct {
     time_t                       last_ok;
     time_t                       last_error;
     ngx_msec_t                   lag;        /* of the last reply */
-    u_char                       error[64];
+    u_char                       error[128];
 } ngx_http_llm_share_sh_t;
 
 
@@ -88,6 +88,8 @@ typedef struct {
 
 char *ngx_http_llm_share_option(ngx_conf_t *cf, ngx_str_t *value,
     ngx_http_llm_share_conf_t **scfp);
+char *ngx_http_llm_share_conf_done(ngx_conf_t *cf,
+    ngx_http_llm_share_conf_t *scf);
 ngx_int_t ngx_http_llm_share_init(ngx_cycle_t *cycle,
     ngx_http_llm_share_t *share, ngx_event_handler_pt sync);
 ngx_int_t ngx_http_llm_share_flush(ngx_http_llm_share_t *share);

@@ -107,11 +107,17 @@ ngx_http_llm_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         }
     }
 
-    if (scf && scf->redis.addr == NULL) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "llm_zone \"%V\" has Redis options but no "
-                           "\"redis=\"", &name);
-        return NGX_CONF_ERROR;
+    if (scf) {
+        rv = ngx_http_llm_share_conf_done(cf, scf);
+
+        if (rv != NGX_CONF_OK) {
+            if (rv != NGX_CONF_ERROR) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "llm_zone \"%V\" %s", &name, rv);
+            }
+
+            return NGX_CONF_ERROR;
+        }
     }
 
     zone->share_conf = scf;

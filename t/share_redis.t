@@ -20,7 +20,6 @@ use FindBin;
 use lib "$FindBin::Bin/lib";
 use Test::More;
 use Time::HiRes qw(time sleep);
-use Digest::SHA qw(sha256_hex);
 use LLMTest;
 
 my $ga = LLMTest->new;
@@ -100,34 +99,10 @@ my $body = json_encode({ messages => [ { role => 'user',
                                          content => 'hello there' } ],
                          max_tokens => 800 });
 
-sub status {
-    my ($port) = @_;
-    my ($st, $h, $body) = http_get($port, '/status');
-    return $st == 200 ? (json_decode($body), $body) : (undef, $body);
-}
-
 sub redis_state {
     my ($port) = @_;
-    my ($s) = status($port);
+    my ($s) = llm_status($port);
     return $s ? $s->{consumers}[0]{redis}{state} // '' : '';
-}
-
-sub consumer {
-    my ($port, $key) = @_;
-    my ($s) = status($port);
-    my $id = substr sha256_hex("\$http_x_app\0$key"), 0, 16;
-    my ($c) = grep { $_->{consumer} eq $id } @{ $s->{consumers}[0]{top} };
-    return $c;
-}
-
-sub wait_for {
-    my ($secs, $check) = @_;
-    my $deadline = time + $secs;
-    while (time < $deadline) {
-        return 1 if $check->();
-        sleep 0.05;
-    }
-    return 0;
 }
 
 # every worker connects: a status request lands on either
@@ -176,12 +151,13 @@ ok($oka > 0 && $oka < $ok, 'both instances admitted some');
 # what each instance shows of the consumer, once both reported
 
 sleep 0.3;
-my $ca = consumer($pa, $app);
-my $cb = consumer($pb, $app);
+my $ca = status_consumer($pa, $app);
+my $cb = status_consumer($pb, $app);
 is($ca->{shared}{tokens}{used}, $ok * $est,
    'instance A shows what both spent');
 ok(wait_for(2, sub {
-       (consumer($pb, $app)->{shared}{tokens}{used} // 0) == $ok * $est }),
+       my $c = status_consumer($pb, $app);
+       ($c->{shared}{tokens}{used} // 0) == $ok * $est }),
    'instance B shows the same');
 ok($ca->{window_tokens} < $ok * $est, 'A\'s own window holds its part only');
 
@@ -225,11 +201,11 @@ ok(wait_for(5, sub { redis_state($pa) eq 'connected' }),
    'the new workers connect after a reload');
 http_post($pa, "/wide$chat", $body, 'X-App' => 'reload');
 ok(wait_for(3, sub {
-       my $c = consumer($pa, 'reload');
+       my $c = status_consumer($pa, 'reload');
        $c && ($c->{shared}{tokens}{used} // 0) == 4 * $est }),
    'four requests across a reload count four times');
 sleep 0.3;
-is(consumer($pa, 'reload')->{shared}{tokens}{used}, 4 * $est,
+is(status_consumer($pa, 'reload')->{shared}{tokens}{used}, 4 * $est,
    'and stay four');
 
 ###########################################################################
@@ -259,7 +235,7 @@ is($st, 429, 'and the other instance agrees');
 
 http_post($pb, "/wide$chat", $body, 'X-App' => 'flush-at-exit');
 ok(wait_for(2, sub {
-       my $c = consumer($pb, 'flush-at-exit');
+       my $c = status_consumer($pb, 'flush-at-exit');
        $c && ($c->{shared}{tokens}{used} // 0) == 2 * $est }),
    'what a worker spent just before its stop reached Redis');
 
@@ -284,12 +260,13 @@ is($bad, 0, 'no client error while Redis goes away (' . scalar(@codes)
             . ' requests)');
 ok(wait_for(3, sub { redis_state($pa) eq 'down' }),
    'llm_status says the link is down');
-my ($sa) = status($pa);
+my ($sa) = llm_status($pa);
 ok($sa->{consumers}[0]{redis}{degraded_admissions} > 0,
    'and counts admissions made without it');
 like($sa->{consumers}[0]{redis}{last_error} // '', qr/\S/,
      'with the cause');
-like($ga->error_log, qr/\[warn\].*llm: redis 127\.0\.0\.1:$rport\/0 .*fall back/,
+like($ga->error_log,
+     qr/\[warn\].*llm: redis 127\.0\.0\.1:$rport\/0 .*fall back/,
      'a warning names Redis and the fallback');
 
 # degraded: the instance's share (50%) of tpm=20k applies
@@ -308,7 +285,7 @@ ok(wait_for(5, sub { redis_state($pa) eq 'connected'
 
 # what was spent while it was away reaches the new Redis
 ok(wait_for(3, sub {
-       my $c = consumer($pa, 'degraded');
+       my $c = status_consumer($pa, 'degraded');
        $c && ($c->{shared}{tokens}{used} // 0) == $d * $est }),
    'what an instance spent without Redis is reported when it returns');
 
@@ -338,7 +315,7 @@ for my $k (grep { length } split /\n/, $keys) {
 }
 unlike($dump, qr/SECRET|PASSWORD/, 'nor in a value');
 
-my (undef, $raw) = status($pa);
+my (undef, $raw) = llm_status($pa);
 my $logs = $ga->error_log . $gb->error_log;
 unlike($logs . $raw, qr/PASSWORD/, 'no password in the logs or the status');
 
@@ -401,7 +378,7 @@ $x->cleanup;
 
 my $c = LLMTest->new;
 my @bad = (
-    [ 'redis=http://127.0.0.1:6379', qr/needs a "redis:\/\/" or "unix:" URL/ ],
+    [ 'redis=http://127.0.0.1:6379', qr/needs a "redis:\/\/", "rediss:\/\/" or "unix:" URL/ ],
     [ 'redis=redis://user:pw\@127.0.0.1', qr/only ":password@" is supported/ ],
     [ 'redis=redis://:pw-XYZ\@127.0.0.1/abc', qr/invalid database number/ ],
     [ 'redis_sync=5ms redis=redis://127.0.0.1', qr/invalid "redis_sync="/ ],
@@ -441,7 +418,7 @@ $c->start_nginx(<<"END", ports => [$pc]);
 END
 ok(wait_for(3, sub { redis_state($pc) eq 'down' }),
    'a wrong password: the link is down');
-my ($sc) = status($pc);
+my ($sc) = llm_status($pc);
 like($sc->{consumers}[0]{redis}{last_error}, qr/WRONGPASS|invalid/i,
      'with Redis\'s reason');
 ($st) = http_post($pc, $chat, $body, 'X-App' => 'w');
@@ -491,7 +468,7 @@ $c->start_nginx(<<"END", ports => [$pc]);
 END
 ok(wait_for(3, sub { redis_state($pc) eq 'down' }),
    'a wrong password: the link is down');
-my ($sc) = status($pc);
+my ($sc) = llm_status($pc);
 like($sc->{consumers}[0]{redis}{last_error}, qr/WRONGPASS|invalid/i,
      'with Redis\'s reason');
 ($st) = http_post($pc, $chat, $body, 'X-App' => 'w');

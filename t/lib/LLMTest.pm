@@ -21,10 +21,12 @@ use JSON::PP;
 use POSIX qw(WNOHANG);
 use Test::More;
 use Time::HiRes qw(sleep time);
+use Digest::SHA qw(sha256_hex);
 
 use Exporter qw(import);
 our @EXPORT = qw(http_request http_get http_post http_parallel post_raw
-                 json_decode json_encode free_port);
+                 json_decode json_encode free_port wait_for llm_status
+                 status_consumer);
 
 my $TOP = abs_path(dirname(__FILE__) . '/../..');
 my @ALL;
@@ -530,7 +532,14 @@ sub start_redis {
     if ($pid == 0) {
         open STDOUT, '>>', "$self->{dir}/redis.log";
         open STDERR, '>>', "$self->{dir}/redis.log";
-        exec 'redis-server', '--port', $port, '--bind', '127.0.0.1',
+        # tls => [ cert, key, ca ]: TLS only, on $port
+        my @port = $opt{tls}
+                 ? ('--port', 0, '--tls-port', $port,
+                    '--tls-cert-file', $opt{tls}[0],
+                    '--tls-key-file', $opt{tls}[1],
+                    '--tls-ca-cert-file', $opt{tls}[2])
+                 : ('--port', $port);
+        exec 'redis-server', @port, '--bind', '127.0.0.1',
              '--save', '', '--appendonly', 'no', '--dir', $self->{dir},
              '--daemonize', 'no', @{ $opt{args} || [] };
         die "exec redis-server: $!";
@@ -775,6 +784,33 @@ sub http_post {
                                . "Content-Type: application/json\r\n$h"
                                . "Content-Length: " . length($body) . "\r\n"
                                . "Connection: close\r\n\r\n$body");
+}
+
+# true once $check is, within $secs
+sub wait_for {
+    my ($secs, $check) = @_;
+    my $deadline = time + $secs;
+    while (time < $deadline) {
+        return 1 if $check->();
+        sleep 0.05;
+    }
+    return 0;
+}
+
+# llm_status of the nginx on $port, decoded (undef unless 200), and raw
+sub llm_status {
+    my ($port) = @_;
+    my ($st, $h, $body) = http_get($port, '/status');
+    return ($st == 200 ? json_decode($body) : undef, $body);
+}
+
+# a consumer of the first zone in llm_status, by its key's value
+sub status_consumer {
+    my ($port, $key, $var) = @_;
+    my ($s) = llm_status($port);
+    my $id = substr sha256_hex(($var // '$http_x_app') . "\0$key"), 0, 16;
+    my ($c) = grep { $_->{consumer} eq $id } @{ $s->{consumers}[0]{top} };
+    return $c;
 }
 
 sub json_decode { JSON::PP->new->utf8->decode($_[0]) }
