@@ -1,6 +1,7 @@
 # Shortcuts for the scripts; nothing here is needed to build the module
 # (see README.md, "Try it").
 #
+#   make deb                the Debian package, .build/deb/*.deb (build/deb.sh)
 #   make seed-report        the seed article's five scenarios, time compressed
 #   make seed-report-full   the same at their real length (about 32 minutes)
 #   make demo, make test    scripts/demo.sh, scripts/test.sh
@@ -11,7 +12,14 @@
 NGINX_VERSION ?= 1.22
 SEED_ARGS ?=
 
-.PHONY: seed-report seed-report-full demo test
+.PHONY: help deb seed-report seed-report-full demo test
+
+# "make" alone runs nothing long
+help:
+	@sed -n 's/^#   make /make /p' Makefile
+
+deb:
+	sh build/deb.sh --lintian
 
 seed-report:
 	sh build/deps.sh && env=$$(sh build/nginx.sh $(NGINX_VERSION)) && \

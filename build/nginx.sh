@@ -3,6 +3,7 @@
 #
 #   build/nginx.sh [--asan] [--static] 1.22|1.26|1.30
 #   build/nginx.sh packaged
+#   build/nginx.sh deb
 #   build/nginx.sh --fetch 1.22|1.26|1.30
 #
 # 1.22, 1.26 and 1.30 are the nginx of Debian bookworm, trixie and sid.
@@ -10,7 +11,9 @@
 # under .build/apt (build/apt-source.sh), so the system's apt
 # configuration is left alone.
 # "packaged" builds the module against Debian's own nginx (nginx-dev) and
-# is loaded into /usr/sbin/nginx.
+# is loaded into /usr/sbin/nginx; "deb" builds the Debian package
+# (build/deb.sh) and installs it with Debian's nginx, so the tests run
+# the installed module and vocabularies.
 #
 # Prints the env file to source: it sets LLM_NGINX and LLM_MODULE
 # (empty for a static build), which the tests and tools read.  --fetch
@@ -70,11 +73,30 @@ END
     exit 0
 fi
 
+if [ "$want" = deb ]; then
+    # the Debian package, installed into Debian's nginx as a user would
+    deb=$(sh "$top/build/deb.sh")
+    sh "$top/build/deps.sh" nginx >&2
+    SUDO=""
+    [ "$(id -u)" = 0 ] || SUDO=sudo
+    # dpkg, not apt: the same version built again is installed again
+    $SUDO dpkg -i "$deb" >&2
+    dir="$out/deb"
+    cat >"$dir/env" <<END
+LLM_NGINX=/usr/sbin/nginx
+LLM_MODULE=/usr/lib/nginx/modules/ngx_http_llm_module.so
+LLM_VOCAB_DIR=/usr/share/nginx-llm
+export LLM_NGINX LLM_MODULE LLM_VOCAB_DIR
+END
+    echo "$dir/env"
+    exit 0
+fi
+
 case "$want" in
 1.22*) suite=bookworm ;;
 1.26*) suite=trixie ;;
 1.30*) suite=sid ;;
-*) echo "unknown nginx version $want (1.22, 1.26, 1.30 or packaged)" >&2
+*) echo "unknown nginx version $want (1.22, 1.26, 1.30, packaged or deb)" >&2
    exit 2 ;;
 esac
 

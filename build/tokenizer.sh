@@ -56,7 +56,8 @@ if [ ! -f "$npm/node_modules/tiktoken/encoders/o200k_base.json" ]; then
 fi
 
 CC=${CC:-cc}
-CFLAGS=${CFLAGS:--O2 -g}
+# _FORTIFY_SOURCE as Debian builds packages (build/deb.sh)
+CFLAGS=${CFLAGS:--O2 -g -D_FORTIFY_SOURCE=2}
 srcs="src/ngx_http_llm_tokenizer.c src/ngx_http_llm_unicode.c
       src/ngx_http_llm_script.c"
 warn="-std=c99 -Wall -Wextra -Werror"

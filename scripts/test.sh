@@ -1,7 +1,7 @@
 #!/bin/sh
 # Builds nginx with the module (if needed) and runs the test suite.
 #
-#   scripts/test.sh [--asan] [--static] [1.22|1.26|1.30|packaged] [prove args]
+#   scripts/test.sh [--asan] [--static] [1.22|1.26|1.30|packaged|deb] [args]
 #
 # Defaults to nginx 1.22 (Debian bookworm's) built as a dynamic module.
 # Any further arguments go to prove (test files, -v, ...).
@@ -20,7 +20,7 @@ done
 
 version=1.22
 case "${1:-}" in
-1.*|packaged) version=$1; shift ;;
+1.*|packaged|deb) version=$1; shift ;;
 esac
 
 sh build/deps.sh

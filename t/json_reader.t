@@ -16,7 +16,7 @@ use LLMTest;
 
 my $t = LLMTest->new;
 my $top = $t->top;
-my $enc = "$top/.build/npm/node_modules/tiktoken/encoders";
+my $enc = vocab_dir();
 my $count = "$top/.build/llm-count";
 my $diff = "$top/.build/json-diff";
 

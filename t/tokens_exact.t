@@ -18,7 +18,7 @@ use LLMTest;
 my $t = LLMTest->new;
 my $dir = $t->dir;
 my $top = $t->top;
-my $enc = "$top/.build/npm/node_modules/tiktoken/encoders";
+my $enc = vocab_dir();
 my $count = "$top/.build/llm-count";
 
 plan skip_all => "no vocabularies in $enc (run build/tokenizer.sh)"

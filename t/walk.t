@@ -28,7 +28,7 @@ use LLMTest;
 
 my $t = LLMTest->new;
 my $dir = $t->dir;
-my $enc = $t->top . '/.build/npm/node_modules/tiktoken/encoders';
+my $enc = vocab_dir();
 
 plan skip_all => "no vocabularies in $enc (run build/tokenizer.sh)"
     unless -f "$enc/o200k_base.json" && -f "$enc/cl100k_base.json";

@@ -296,7 +296,7 @@ ngx_http_llm_count_find_vocab(const char *argv0, const char *encoding)
 {
     int          i;
     char         buf[4096], dir[4096], *slash;
-    const char  *env, *fmt[4];
+    const char  *env, *prefix[4], *middle[4];
 
     env = getenv("LLM_VOCAB_DIR");
 
@@ -309,17 +309,27 @@ ngx_http_llm_count_find_vocab(const char *argv0, const char *encoding)
         snprintf(dir, sizeof(dir), ".");
     }
 
-    fmt[0] = env ? "%1$s/%3$s.json" : NULL;
-    fmt[1] = "%2$s/npm/node_modules/tiktoken/encoders/%3$s.json";
-    fmt[2] = ".build/npm/node_modules/tiktoken/encoders/%3$s.json";
-    fmt[3] = "/usr/share/nginx-llm/%3$s.json";
+    /*
+     * each candidate is prefix, middle, encoding, ".json": no positional
+     * printf arguments, which _FORTIFY_SOURCE refuses when one is unused
+     */
+
+    prefix[0] = env;
+    middle[0] = "/";
+    prefix[1] = dir;
+    middle[1] = "/npm/node_modules/tiktoken/encoders/";
+    prefix[2] = ".build";
+    middle[2] = "/npm/node_modules/tiktoken/encoders/";
+    prefix[3] = "/usr/share/nginx-llm";
+    middle[3] = "/";
 
     for (i = 0; i < 4; i++) {
-        if (fmt[i] == NULL) {
+        if (prefix[i] == NULL) {
             continue;
         }
 
-        snprintf(buf, sizeof(buf), fmt[i], env ? env : "", dir, encoding);
+        snprintf(buf, sizeof(buf), "%s%s%s.json", prefix[i], middle[i],
+                 encoding);
 
         if (access(buf, R_OK) == 0) {
             return strdup(buf);

@@ -26,7 +26,7 @@ use Digest::SHA qw(sha256_hex);
 use Exporter qw(import);
 our @EXPORT = qw(http_request http_get http_post http_parallel post_raw
                  json_decode json_encode free_port wait_for llm_status
-                 status_consumer);
+                 status_consumer vocab_dir);
 
 my $TOP = abs_path(dirname(__FILE__) . '/../..');
 my @ALL;
@@ -230,7 +230,7 @@ sub example_conf {
         }
     }gme;
 
-    my $vocab = "$TOP/.build/npm/node_modules/tiktoken/encoders";
+    my $vocab = vocab_dir();
     $conf =~ s{/usr/share/nginx-llm/}{$vocab/}g;
 
     my $etc = "$self->{dir}/etc";
@@ -784,6 +784,13 @@ sub http_post {
                                . "Content-Type: application/json\r\n$h"
                                . "Content-Length: " . length($body) . "\r\n"
                                . "Connection: close\r\n\r\n$body");
+}
+
+# the vocabularies nginx loads: the package's (LLM_VOCAB_DIR, set by
+# build/nginx.sh deb), else those build/tokenizer.sh fetched from npm
+sub vocab_dir {
+    return $ENV{LLM_VOCAB_DIR}
+           // "$TOP/.build/npm/node_modules/tiktoken/encoders";
 }
 
 # true once $check is, within $secs

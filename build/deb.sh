@@ -1,0 +1,51 @@
+#!/bin/sh
+# Builds the Debian package libnginx-mod-http-llm for this machine's
+# Debian nginx (bookworm's 1.22.1, trixie's 1.26), with Debian's own
+# recipe for nginx modules (nginx-dev's dh-sequence-nginx), and prints
+# the path of the .deb.
+#
+#   build/deb.sh [--lintian]
+#
+# The vocabularies come from npm before the build (build/tokenizer.sh,
+# as for the tests), so that dpkg-buildpackage itself needs no network.
+# The build runs in a copy of the tree under .build/deb, which it leaves
+# clean.  --lintian also checks the package and fails on an error.
+set -eu
+
+top=$(cd "$(dirname "$0")/.." && pwd)
+cd "$top"
+
+lintian=no
+[ "${1:-}" = --lintian ] && lintian=yes
+
+pkgs="dpkg-dev debhelper nginx-dev"
+[ $lintian = yes ] && pkgs="$pkgs lintian"
+# shellcheck disable=SC2086
+sh build/deps.sh $pkgs >&2
+sh build/tokenizer.sh >/dev/null
+
+out=$top/.build/deb
+rm -rf "$out"
+mkdir -p "$out/src"
+
+# the tree as git has it, else as it is on disk
+if [ -d .git ] && command -v git >/dev/null 2>&1; then
+    git ls-files -z | xargs -0 tar -cf - | tar -C "$out/src" -xf -
+else
+    tar --exclude=./.build --exclude=./.git -cf - . | tar -C "$out/src" -xf -
+fi
+
+(
+    cd "$out/src"
+    LLM_VOCAB_DIR=$top/.build/npm/node_modules/tiktoken/encoders \
+        dpkg-buildpackage -b -us -uc >"$out/build.log" 2>&1 \
+        || { tail -40 "$out/build.log" >&2; exit 1; }
+)
+
+deb=$(ls "$out"/libnginx-mod-http-llm_*.deb | grep -v dbgsym | head -1)
+
+if [ $lintian = yes ]; then
+    lintian --fail-on error --info "$out"/*.changes >&2
+fi
+
+echo "$deb"
