@@ -25,6 +25,9 @@ static ngx_int_t ngx_http_llm_consumer_throttled(ngx_http_request_t *r,
     ngx_http_llm_ctx_t *ctx, ngx_msec_t wait);
 static void ngx_http_llm_consumer_message(ngx_http_request_t *r,
     ngx_http_llm_ctx_t *ctx, ngx_str_t *message);
+static ngx_http_llm_backend_t *ngx_http_llm_admit_fallback(
+    ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
+    ngx_http_llm_loc_conf_t *llcf, ngx_msec_t *wait);
 static ngx_int_t ngx_http_llm_never_fits(ngx_http_request_t *r,
     ngx_http_llm_ctx_t *ctx, ngx_uint_t need, ngx_uint_t most);
 
@@ -105,12 +108,16 @@ ngx_http_llm_admit(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
 
         b = ngx_http_llm_choose(pool, ctx, NULL, NULL,
                                 llcf->completion_reserve, &wait);
+
+        if (b == NULL && !ctx->lease_wait && llcf->fallbacks) {
+            b = ngx_http_llm_admit_fallback(r, ctx, llcf, &wait);
+        }
     }
 
     if (b) {
         ngx_log_debug3(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
                        "llm admit: backend \"%V\" of \"%V\", %ui tokens",
-                       &b->name, &pool->name, ctx->charged);
+                       &b->name, &ctx->pool->name, ctx->charged);
 
         ngx_http_llm_dequeue(ctx);
 
@@ -167,7 +174,7 @@ ngx_http_llm_admit(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
     ctx->all_throttled = 1;
     ctx->retry_after = (wait == NGX_MAX_INT32_VALUE) ? pool->cooldown : wait;
 
-    ngx_http_llm_count_local_throttle(pool);
+    ngx_http_llm_pool_count(pool, 0);
 
     ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
                   "llm: no backend of \"%V\" has room for %ui tokens, "
@@ -178,6 +185,65 @@ ngx_http_llm_admit(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
 
     ngx_http_finalize_request(r, rc);
     return NGX_DONE;
+}
+
+
+/*
+ * llm_route fallback=: when the route's own pool has no room now, the
+ * first pool of the chain that has takes the request, before any wait
+ * in the first (a reply from a smaller model at once rather than from
+ * the first model later); llm_wait queues only when no pool has room.
+ * The request is charged to the fallback's backend alone.
+ */
+
+static ngx_http_llm_backend_t *
+ngx_http_llm_admit_fallback(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
+    ngx_http_llm_loc_conf_t *llcf, ngx_msec_t *wait)
+{
+    ngx_msec_t                      w;
+    ngx_uint_t                      i, need, most;
+    ngx_http_llm_pool_t            *fb;
+    ngx_http_llm_backend_t         *b;
+    ngx_http_upstream_srv_conf_t  **uscf;
+
+    uscf = llcf->fallbacks->elts;
+
+    for (i = 0; i < llcf->fallbacks->nelts; i++) {
+        fb = ngx_http_llm_pool_of(uscf[i]);
+
+        if (!ngx_http_llm_pool_fits(fb, ctx, llcf->completion_reserve,
+                                    &need, &most))
+        {
+            continue;
+        }
+
+        b = ngx_http_llm_choose(fb, ctx, NULL, NULL,
+                                llcf->completion_reserve, &w);
+
+        if (b) {
+            ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                          "llm: no backend of \"%V\" has room for %ui "
+                          "tokens, fallback \"%V\" takes the request",
+                          &ctx->pool->name, ctx->tokens_estimate,
+                          &fb->name);
+
+            ngx_http_llm_pool_count(fb, 1);
+
+            ctx->pool = fb;
+            ctx->fallback = 1;
+            return b;
+        }
+
+        /* a lease asked of Redis: the chain is tried again */
+
+        if (ctx->lease_wait) {
+            return NULL;
+        }
+
+        *wait = ngx_min(*wait, w);
+    }
+
+    return NULL;
 }
 
 

@@ -72,6 +72,7 @@ static ngx_http_output_body_filter_pt    ngx_http_next_body_filter;
 static ngx_int_t
 ngx_http_llm_header_filter(ngx_http_request_t *r)
 {
+    ngx_table_elt_t     *h;
     ngx_http_llm_ctx_t  *ctx;
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_llm_module);
@@ -84,6 +85,19 @@ ngx_http_llm_header_filter(ngx_http_request_t *r)
         && r->headers_out.status == NGX_HTTP_OK)
     {
         ngx_http_llm_scan_reply(r, ctx);
+    }
+
+    /* the client may want to know it got another model's answer */
+
+    if (ctx->fallback && r->upstream) {
+        h = ngx_list_push(&r->headers_out.headers);
+        if (h == NULL) {
+            return NGX_ERROR;
+        }
+
+        h->hash = 1;
+        ngx_str_set(&h->key, "X-LLM-Fallback");
+        h->value = ctx->pool->name;
     }
 
     if (!ctx->all_throttled

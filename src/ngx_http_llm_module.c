@@ -24,6 +24,8 @@ static char *ngx_http_llm_merge_loc_conf(ngx_conf_t *cf, void *parent,
     void *child);
 static char *ngx_http_llm_route(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+static ngx_http_upstream_srv_conf_t *ngx_http_llm_route_ref(ngx_conf_t *cf,
+    ngx_str_t *name);
 static char *ngx_http_llm_wait(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 
@@ -88,7 +90,7 @@ static ngx_command_t  ngx_http_llm_commands[] = {
       NULL },
 
     { ngx_string("llm_route"),
-      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS|NGX_CONF_TAKE1,
+      NGX_HTTP_LOC_CONF|NGX_CONF_ANY,
       ngx_http_llm_route,
       NGX_HTTP_LOC_CONF_OFFSET,
       0,
@@ -494,6 +496,7 @@ ngx_http_llm_create_loc_conf(ngx_conf_t *cf)
 
     conf->route = NGX_CONF_UNSET;
     conf->upstream = NGX_CONF_UNSET_PTR;
+    conf->fallbacks = NGX_CONF_UNSET_PTR;
     conf->max_body_size = NGX_CONF_UNSET_SIZE;
     conf->threads = NGX_CONF_UNSET;
     conf->thread_min = NGX_CONF_UNSET_SIZE;
@@ -526,6 +529,7 @@ ngx_http_llm_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
 
     ngx_conf_merge_value(conf->route, prev->route, 0);
     ngx_conf_merge_ptr_value(conf->upstream, prev->upstream, NULL);
+    ngx_conf_merge_ptr_value(conf->fallbacks, prev->fallbacks, NULL);
     ngx_conf_merge_size_value(conf->max_body_size, prev->max_body_size,
                               8 * 1024 * 1024);
 
@@ -575,54 +579,124 @@ ngx_http_llm_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
 }
 
 
+/*
+ * llm_route [pool [fallback=pool ...]]; each upstream block may come
+ * later in the configuration: ngx_http_llm_init() checks them all
+ */
+
 static char *
 ngx_http_llm_route(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
     ngx_http_llm_loc_conf_t *llcf = conf;
 
-    ngx_str_t                 *value;
-    ngx_url_t                  u;
-    ngx_http_llm_route_ref_t  *ref;
-    ngx_http_llm_main_conf_t  *lmcf;
+    ngx_str_t                      *value, name;
+    ngx_uint_t                      i, j;
+    ngx_http_upstream_srv_conf_t  **fb;
 
     if (llcf->route != NGX_CONF_UNSET) {
         return "is duplicate";
     }
 
     llcf->route = 1;
-
-    if (cf->args->nelts == 1) {
-        llcf->upstream = NULL;
-        return NGX_CONF_OK;
-    }
+    llcf->upstream = NULL;
+    llcf->fallbacks = NULL;
 
     value = cf->args->elts;
 
-    /* the upstream block may come later in the configuration */
+    for (i = 1; i < cf->args->nelts; i++) {
+
+        if (i == 1) {
+            if (ngx_strncmp(value[i].data, "fallback=", 9) == 0) {
+                return "needs a pool before \"fallback=\"";
+            }
+
+            llcf->upstream = ngx_http_llm_route_ref(cf, &value[i]);
+            if (llcf->upstream == NULL) {
+                return NGX_CONF_ERROR;
+            }
+
+            continue;
+        }
+
+        if (value[i].len <= 9
+            || ngx_strncmp(value[i].data, "fallback=", 9) != 0)
+        {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid parameter \"%V\"", &value[i]);
+            return NGX_CONF_ERROR;
+        }
+
+        name.data = value[i].data + 9;
+        name.len = value[i].len - 9;
+
+        if (llcf->fallbacks == NULL) {
+            llcf->fallbacks = ngx_array_create(cf->pool, 2,
+                                     sizeof(ngx_http_upstream_srv_conf_t *));
+            if (llcf->fallbacks == NULL) {
+                return NGX_CONF_ERROR;
+            }
+        }
+
+        fb = ngx_array_push(llcf->fallbacks);
+        if (fb == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        *fb = ngx_http_llm_route_ref(cf, &name);
+        if (*fb == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        /* each pool of the chain once: a loop would try one twice */
+
+        if (*fb == llcf->upstream) {
+            return "names its own pool as a fallback";
+        }
+
+        for (j = 0; j + 1 < llcf->fallbacks->nelts; j++) {
+            if (((ngx_http_upstream_srv_conf_t **)
+                 llcf->fallbacks->elts)[j] == *fb)
+            {
+                return "names a fallback twice";
+            }
+        }
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+static ngx_http_upstream_srv_conf_t *
+ngx_http_llm_route_ref(ngx_conf_t *cf, ngx_str_t *name)
+{
+    ngx_url_t                      u;
+    ngx_http_llm_route_ref_t      *ref;
+    ngx_http_llm_main_conf_t      *lmcf;
+    ngx_http_upstream_srv_conf_t  *uscf;
 
     ngx_memzero(&u, sizeof(ngx_url_t));
 
-    u.url = value[1];
+    u.url = *name;
     u.no_resolve = 1;
 
-    llcf->upstream = ngx_http_upstream_add(cf, &u, 0);
-    if (llcf->upstream == NULL) {
-        return NGX_CONF_ERROR;
+    uscf = ngx_http_upstream_add(cf, &u, 0);
+    if (uscf == NULL) {
+        return NULL;
     }
 
     lmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_llm_module);
 
     ref = ngx_array_push(&lmcf->routes);
     if (ref == NULL) {
-        return NGX_CONF_ERROR;
+        return NULL;
     }
 
-    ref->upstream = llcf->upstream;
-    ref->name = value[1];
+    ref->upstream = uscf;
+    ref->name = *name;
     ref->file = cf->conf_file->file.name.data;
     ref->line = cf->conf_file->line;
 
-    return NGX_CONF_OK;
+    return uscf;
 }
 
 

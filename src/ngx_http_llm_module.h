@@ -96,6 +96,8 @@ typedef struct {
     ngx_atomic_uint_t            requests;
     ngx_atomic_uint_t            backend_throttled;
     ngx_atomic_uint_t            local_throttled;
+    ngx_atomic_uint_t            fallbacks;  /* a pool's, taken for
+                                                another pool */
     ngx_atomic_uint_t            failures;
     ngx_atomic_uint_t            responses[6];   /* by status / 100 */
     ngx_atomic_uint_t            tokens_charged;
@@ -346,6 +348,7 @@ typedef struct {
 typedef struct {
     ngx_flag_t                   route;
     ngx_http_upstream_srv_conf_t *upstream;   /* the pool of llm_route */
+    ngx_array_t                 *fallbacks;  /* and its fallback= pools */
     size_t                       max_body_size;
     ngx_uint_t                   completion_reserve;
     ngx_uint_t                   count;      /* exact or estimate */
@@ -497,6 +500,7 @@ typedef struct {
     unsigned                     throttle:2;  /* none, local, backend,
                                                  consumer */
     unsigned                     all_throttled:1;
+    unsigned                     fallback:1; /* admitted to a fallback */
     unsigned                     replace_body:1;
     unsigned                     sse:1;
     unsigned                     first_byte:1;
@@ -667,7 +671,8 @@ void ngx_http_llm_keepalive_save(ngx_peer_connection_t *pc,
 void ngx_http_llm_scan(ngx_http_llm_scan_t *s, u_char *p, u_char *last,
     ngx_log_t *log);
 void ngx_http_llm_account(ngx_http_llm_ctx_t *ctx, ngx_uint_t status);
-void ngx_http_llm_count_local_throttle(ngx_http_llm_pool_t *pool);
+void ngx_http_llm_pool_count(ngx_http_llm_pool_t *pool,
+    ngx_uint_t fallback);
 void ngx_http_llm_windows_update(ngx_http_llm_pool_t *pool,
     ngx_http_llm_backend_sh_t *sh, ngx_msec_t now);
 char *ngx_http_llm_status(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);

@@ -340,8 +340,8 @@ ngx_http_llm_status_json(u_char *p, ngx_http_llm_pool_t *pool,
     p = ngx_sprintf(p, "{\"name\":\"");
     p = (u_char *) ngx_escape_json(p, pool->name.data, pool->name.len);
     p = ngx_sprintf(p, "\",\"window_ms\":%M,\"local_throttled\":%uA,"
-                    "\"backends\":[", pool->window,
-                    total->sh.local_throttled);
+                    "\"fallbacks\":%uA,\"backends\":[", pool->window,
+                    total->sh.local_throttled, total->sh.fallbacks);
 
     for (i = 0; i < pool->backends.nelts; i++) {
         sh = &snap[i].sh;
@@ -559,6 +559,8 @@ static ngx_http_llm_metric_t  ngx_http_llm_metrics[] = {
       "Replies whose usage was counted from stream deltas." },
     { "llm_pool_local_throttled_total", "counter",
       "Requests answered 429 by nginx for want of room in the pool." },
+    { "llm_pool_fallbacks_total", "counter",
+      "Requests the pool took as llm_route's fallback for another." },
     { NULL, NULL, NULL }
 };
 
@@ -590,10 +592,12 @@ ngx_http_llm_status_prometheus(u_char *p, ngx_http_llm_pool_t **pools,
 
         for (i = 0; i < npools; i++) {
 
-            if (m == 16) {
+            if (m >= 16) {
                 p = ngx_sprintf(p, "%s{pool=\"", metric->name);
                 p = ngx_http_llm_label(p, &pools[i]->name);
-                p = ngx_sprintf(p, "\"} %uA\n", totals[i].sh.local_throttled);
+                p = ngx_sprintf(p, "\"} %uA\n",
+                                m == 16 ? totals[i].sh.local_throttled
+                                        : totals[i].sh.fallbacks);
                 continue;
             }
 

@@ -846,6 +846,20 @@ ngx_http_llm_upstream_init_peer(ngx_http_request_t *r,
         ctx->request = r;
     }
 
+    /*
+     * admitted in another pool (llm_route fallback=, or a proxy_pass that
+     * names another upstream): the backend is not one of this pool's
+     */
+
+    if (ctx->backend && ctx->pool && ctx->pool != pool) {
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "llm: a request admitted to pool \"%V\" reached "
+                      "upstream \"%V\"; with \"llm_route ... fallback=\" "
+                      "use \"proxy_pass http://$llm_pool\"",
+                      &ctx->pool->name, &pool->name);
+        return NGX_ERROR;
+    }
+
     ctx->pool = pool;
     pd->built_for = ctx->backend;
 
@@ -942,7 +956,7 @@ ngx_http_llm_get_peer(ngx_peer_connection_t *pc, void *data)
             ctx->all_throttled = 1;
             ctx->retry_after = wait;
 
-            ngx_http_llm_count_local_throttle(pd->pool);
+            ngx_http_llm_pool_count(pd->pool, 0);
 
             if (ctx->throttle == NGX_HTTP_LLM_THROTTLE_NONE) {
                 ctx->throttle = NGX_HTTP_LLM_THROTTLE_LOCAL;

@@ -32,6 +32,10 @@ static ngx_int_t ngx_http_llm_throttle_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
 static ngx_int_t ngx_http_llm_consumer_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
+static ngx_int_t ngx_http_llm_pool_variable(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data);
+static void ngx_http_llm_set_value(ngx_http_variable_value_t *v,
+    ngx_str_t *s);
 
 
 static ngx_http_variable_t  ngx_http_llm_vars[] = {
@@ -105,6 +109,12 @@ static ngx_http_variable_t  ngx_http_llm_vars[] = {
     { ngx_string("llm_consumer"), NULL,
       ngx_http_llm_consumer_variable, 0, NGX_HTTP_VAR_NOCACHEABLE, 0 },
 
+    { ngx_string("llm_pool"), NULL,
+      ngx_http_llm_pool_variable, 0, NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("llm_fallback"), NULL,
+      ngx_http_llm_pool_variable, 1, NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
       ngx_http_null_variable
 };
 
@@ -141,11 +151,7 @@ ngx_http_llm_model_variable(ngx_http_request_t *r,
         return NGX_OK;
     }
 
-    v->len = ctx->model.len;
-    v->valid = 1;
-    v->no_cacheable = 0;
-    v->not_found = 0;
-    v->data = ctx->model.data;
+    ngx_http_llm_set_value(v, &ctx->model);
 
     return NGX_OK;
 }
@@ -195,11 +201,7 @@ ngx_http_llm_backend_variable(ngx_http_request_t *r,
 
     s = (ngx_str_t *) ((char *) ctx->backend + data);
 
-    v->len = s->len;
-    v->valid = 1;
-    v->no_cacheable = 1;
-    v->not_found = 0;
-    v->data = s->data;
+    ngx_http_llm_set_value(v, s);
 
     return NGX_OK;
 }
@@ -424,4 +426,57 @@ ngx_http_llm_set_number(ngx_http_request_t *r, ngx_http_variable_value_t *v,
     v->data = p;
 
     return NGX_OK;
+}
+
+
+/*
+ * $llm_pool: the pool that admitted the request, its llm_route pool
+ * before that, for "proxy_pass http://$llm_pool"; $llm_fallback: the
+ * same when a fallback= pool took it, else empty
+ */
+
+static ngx_int_t
+ngx_http_llm_pool_variable(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data)
+{
+    ngx_http_llm_ctx_t       *ctx;
+    ngx_http_llm_pool_t      *pool;
+    ngx_http_llm_loc_conf_t  *llcf;
+
+    ctx = ngx_http_get_module_ctx(r->main, ngx_http_llm_module);
+
+    pool = NULL;
+
+    if (ctx && ctx->pool) {
+        pool = ctx->pool;
+
+    } else if (data == 0) {
+        llcf = ngx_http_get_module_loc_conf(r, ngx_http_llm_module);
+
+        if (llcf->upstream) {
+            pool = ngx_http_llm_pool_of(llcf->upstream);
+        }
+    }
+
+    if (pool == NULL || (data == 1 && !ctx->fallback)) {
+        v->not_found = 1;
+        return NGX_OK;
+    }
+
+    ngx_http_llm_set_value(v, &pool->name);
+
+    return NGX_OK;
+}
+
+
+/* a value that changes between attempts: never cached */
+
+static void
+ngx_http_llm_set_value(ngx_http_variable_value_t *v, ngx_str_t *s)
+{
+    v->len = s->len;
+    v->valid = 1;
+    v->no_cacheable = 1;
+    v->not_found = 0;
+    v->data = s->data;
 }

@@ -1049,14 +1049,21 @@ ngx_http_llm_windows_update(ngx_http_llm_pool_t *pool,
 
 
 void
-ngx_http_llm_count_local_throttle(ngx_http_llm_pool_t *pool)
+ngx_http_llm_pool_count(ngx_http_llm_pool_t *pool, ngx_uint_t fallback)
 {
     ngx_http_llm_zone_t  *zone;
 
     zone = pool->shm_zone->data;
 
     ngx_shmtx_lock(&zone->shpool->mutex);
-    pool->sh->local_throttled++;
+
+    if (fallback) {
+        pool->sh->fallbacks++;
+
+    } else {
+        pool->sh->local_throttled++;
+    }
+
     ngx_shmtx_unlock(&zone->shpool->mutex);
 }
 

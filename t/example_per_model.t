@@ -124,10 +124,10 @@ for (1 .. 50) {
 }
 my @lines = map { json_decode($_) } @log;
 my ($mini) = grep { $_->{model} eq 'gpt-4.1-mini' } @lines;
-is($mini->{pool}, '@gpt41mini', 'log: the pool of gpt-4.1-mini');
+is($mini->{pool}, 'gpt41mini', 'log: the pool of gpt-4.1-mini ($llm_pool)');
 like($mini->{backend}, qr/^mini-/, 'log: a mini backend');
 like($mini->{prompt_tokens}, qr/^\d+$/, 'log: prompt tokens counted');
 my ($unknown) = grep { $_->{status} eq '404' } @lines;
-is($unknown->{pool}, '@unknown_model', 'log: the unknown model');
+is($unknown->{pool}, '', 'log: no pool for the unknown model');
 
 $t->done;
