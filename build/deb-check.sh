@@ -15,6 +15,11 @@ set -eu
 top=$(cd "$(dirname "$0")/.." && pwd)
 cd "$top"
 
+if [ "$(id -u)" != 0 ]; then
+    echo "build/deb-check.sh: debootstrap and chroot need root" >&2
+    exit 1
+fi
+
 deb=${1:-$(sh build/deb.sh)}
 sh build/deps.sh debootstrap python3 curl >&2
 sh build/tokenizer.sh >/dev/null
@@ -111,14 +116,17 @@ END
 chroot "$root" nginx -t || fail "nginx -t failed"
 chroot "$root" nginx || fail "nginx did not start"
 
-body='{"messages":[{"role":"user","content":"Count these words exactly, please: the packaged vocabulary is loaded."}],"max_tokens":20}'
+text='Count these words exactly, please: the packaged vocabulary is loaded.'
+body='{"messages":[{"role":"user","content":"'$text'"}],"max_tokens":20}'
 want=$(printf '%s' "$body" |
        chroot "$root" llm-count --encoding o200k_base --chat)
+
+q='?api-version=2024-10-21'
 
 request() {
     curl -s -o /dev/null -D - --max-time 10 \
         -H 'Content-Type: application/json' --data "$body" \
-        "http://127.0.0.1:$port/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21"
+        "http://127.0.0.1:$port/openai/deployments/gpt-4o/chat/completions$q"
 }
 
 i=0

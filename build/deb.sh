@@ -43,6 +43,8 @@ fi
 )
 
 deb=$(ls "$out"/libnginx-mod-http-llm_*.deb | grep -v dbgsym | head -1)
+# and under a name without the version, for docker/Dockerfile's COPY
+ln -f "$deb" "$out/libnginx-mod-http-llm.deb"
 
 if [ $lintian = yes ]; then
     lintian --fail-on error --info "$out"/*.changes >&2

@@ -7,20 +7,17 @@
 #  1. docker/compose.yaml, read with a small reader of our own: the five
 #     services, their build targets, ports, commands and dependencies
 #     agree with the Dockerfile, docker/nginx.conf and the sim configs.
-#  2. The official image's nginx, rebuilt: the version of the Dockerfile's
-#     "FROM nginx:X.Y.Z", from Debian's sources (build/nginx.sh --fetch;
-#     the tarball is nginx.org's, checked against build-module.sh's
-#     SHA-256), configured with the official packages' arguments.  Kept
-#     in .build/docker between runs.
-#  3. docker/Dockerfile, instruction by instruction: each stage gets a
+#  2. docker/Dockerfile, instruction by instruction: each stage gets a
 #     directory as its file system; COPY copies into it (the context
 #     filtered by docker/Dockerfile.dockerignore, or --from a stage);
-#     "apt-get install" lines name packages that must be installed here
-#     (build) or provide what the module links (gateway); "RUN sh
-#     docker/..." lines run as they are, in the stage's WORKDIR, with the
-#     rebuilt nginx first on PATH and Debian's sources as NGINX_SRC.
-#     Any other RUN line or instruction is an error.
-#  4. The gateway stage's nginx.conf passes nginx -t and runs, with its
+#     the build stage's "RUN sh build/deb.sh" runs as it is, in the
+#     stage's WORKDIR, and builds the Debian package against this
+#     machine's nginx-dev, which must be the nginx of the Dockerfile's
+#     "FROM debian:<suite>"; the gateway's "apt-get install" of the
+#     package is done as dpkg would, into the stage's directory, after a
+#     check that this machine's nginx gives the ABI the package asks
+#     for.  Any other RUN line or instruction is an error.
+#  3. The gateway stage's nginx.conf passes nginx -t and runs, with its
 #     paths mapped into the stage's directory and the simulators on
 #     loopback; the sims run with compose's commands from the tools stage;
 #     the load service's command runs for a few seconds; every request
@@ -35,8 +32,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 top=$(pwd)
 start=$(date +%s)
-cache=$top/.build/docker
-mkdir -p "$cache"
 run=$(mktemp -d /tmp/llm-docker-check.XXXXXX)
 # nginx's workers (nobody) must reach their temporary directories
 chmod 755 "$run"
@@ -136,8 +131,12 @@ stages=$(awk -F'\t' '$2 == "FROM" { print $1 }' "$run/dockerfile.tsv" \
 while IFS=$'\t' read -r stage instr args; do
     case "$instr:$stage:$args" in
     FROM:*|WORKDIR:*|ENV:*|EXPOSE:*|COPY:*) ;;
-    RUN:build:*apt-get\ install*|RUN:gateway:*apt-get\ install*) ;;
-    RUN:build:"sh docker/"*) ;;
+    STOPSIGNAL:gateway:SIGQUIT) ;;
+    CMD:gateway:'["nginx", "-g", "daemon off;"]') ;;
+    RUN:build:"apt-get update") ;;
+    RUN:build:"sh build/deb.sh") ;;
+    RUN:gateway:*apt-get\ install*) ;;
+    RUN:gateway:"ln -sf /dev/stdout /var/log/nginx/access.log"*) ;;
     RUN:*)
         fail "$stage stage: ci-check does not know how to run" \
              "\"RUN $args\" outside Docker" ;;
@@ -151,15 +150,17 @@ image_of() {
         split($3, w, /[ \t]+/); print w[1] }' "$run/dockerfile.tsv"
 }
 
-base=$(image_of build)
-[ "$(image_of gateway)" = "$base" ] \
-    || fail "the build stage is $base, the gateway $(image_of gateway)"
-case $base in
-nginx:[0-9]*.[0-9]*.[0-9]*) ver=${base#nginx:} ;;
-*) fail "the module must be built on a pinned nginx:X.Y.Z, not $base" ;;
-esac
-say "Dockerfile: stages build ($base), tools ($(image_of tools)),"\
-    "gateway ($base)"
+# the package is built against this machine's nginx-dev: the images
+# must be this machine's Debian
+. /etc/os-release
+suite=$VERSION_CODENAME
+[ "$(image_of build)" = "debian:$suite" ] \
+    || fail "the build stage is $(image_of build), this machine" \
+            "debian:$suite"
+[ "$(image_of gateway)" = "debian:$suite-slim" ] \
+    || fail "the gateway is $(image_of gateway), expected debian:$suite-slim"
+say "Dockerfile: stages build (debian:$suite), tools ($(image_of tools)),"\
+    "gateway (debian:$suite-slim)"
 
 
 # -- 1. compose.yaml -------------------------------------------------------
@@ -347,78 +348,7 @@ END
 listen=$(cat "$run/listen")
 
 
-# -- 2. the official image's nginx -----------------------------------------
-
-# nginx.org's Debian packages of 1.26.3, which the official image
-# installs: pkg-oss tag 1.26.3-1, debian/Makefile BASE_CONFIGURE_ARGS,
-# with --with-cc-opt and --with-ld-opt as the image's `nginx -V` shows.
-# Paths, user and group are this machine's (there is no "nginx" user
-# here); they play no part in binary compatibility.
-official=1.26.3
-official_map=/data/builder/debuild/nginx-$official/debian/debuild-base
-official_cc="-g -O2 -ffile-prefix-map=$official_map/nginx-$official=."
-official_cc="$official_cc -fstack-protector-strong -Wformat"
-official_cc="$official_cc -Werror=format-security -Wp,-D_FORTIFY_SOURCE=2 -fPIC"
-official_args=(
-    --with-compat --with-file-aio --with-threads
-    --with-http_addition_module --with-http_auth_request_module
-    --with-http_dav_module --with-http_flv_module --with-http_gunzip_module
-    --with-http_gzip_static_module --with-http_mp4_module
-    --with-http_random_index_module --with-http_realip_module
-    --with-http_secure_link_module --with-http_slice_module
-    --with-http_ssl_module --with-http_stub_status_module
-    --with-http_sub_module --with-http_v2_module --with-http_v3_module
-    --with-mail --with-mail_ssl_module --with-stream
-    --with-stream_realip_module --with-stream_ssl_module
-    --with-stream_ssl_preread_module
-    "--with-cc-opt=$official_cc"
-    "--with-ld-opt=-Wl,-z,relro -Wl,-z,now -Wl,--as-needed -pie"
-)
-[ "$ver" = "$official" ] \
-    || fail "the Dockerfile's nginx is $ver; update official_args in" \
-            "docker/ci-check.sh from that image's \`nginx -V\`"
-
-tgz=$(sh build/nginx.sh --fetch "${ver%.*}") \
-    || fail "no nginx ${ver%.*} sources from Debian"
-case $tgz in
-*/nginx_$ver.orig.tar.gz) ;;
-*) fail "Debian serves $tgz, the Dockerfile wants nginx $ver" ;;
-esac
-pin=$(sed -n "/^    $ver)\$/{n;s/^ *echo \([0-9a-f]\{64\}\) ;;/\1/p}" \
-      docker/build-module.sh)
-[ -n "$pin" ] || fail "docker/build-module.sh has no SHA-256 for nginx $ver"
-echo "$pin  $tgz" | sha256sum -c --quiet - \
-    || fail "Debian's $tgz is not nginx.org's nginx-$ver.tar.gz"
-say "sources: Debian's $(basename "$tgz") is nginx.org's nginx-$ver.tar.gz"\
-    "(SHA-256 as pinned in build-module.sh)"
-
-src=$run/nginx-src
-mkdir -p "$src"
-tar xzf "$tgz" -C "$src" --strip-components=1
-
-official_nginx=$cache/nginx-$ver-official
-stamp=$(printf '%s\n' "$ver" "${official_args[@]}" | sha256sum)
-if [ "$(cat "$official_nginx/stamp" 2>/dev/null)" != "$stamp" ]; then
-    say "building the official image's nginx $ver (once; kept in" \
-        "${official_nginx#"$top"/})"
-    rm -rf "$official_nginx" "$run/official"
-    cp -r "$src" "$run/official"
-    (
-        cd "$run/official"
-        ./configure --prefix="$official_nginx" --user=nobody --group=nogroup \
-            "${official_args[@]}" >configure.log 2>&1 \
-            || { tail -30 configure.log >&2; exit 1; }
-        make -j2 >make.log 2>&1 || { tail -40 make.log >&2; exit 1; }
-        make install >install.log 2>&1
-    ) || fail "could not build nginx $ver with the official arguments"
-    echo "$stamp" >"$official_nginx/stamp"
-    rm -rf "$run/official"
-fi
-say "nginx: $("$official_nginx/sbin/nginx" -v 2>&1), built with the" \
-    "official image's configure arguments"
-
-
-# -- 3. the Dockerfile, stage by stage -------------------------------------
+# -- 2. the Dockerfile, stage by stage -------------------------------------
 
 context=$run/context
 mkdir -p "$context"
@@ -440,8 +370,6 @@ root_of() {
 }
 
 declare -A workdir
-build_pkgs=""
-runtime_pkgs=""
 
 # COPY [--from=stage] src... dest, in stage $1
 copy() {
@@ -492,6 +420,43 @@ packages() {
         | tr ' ' '\n' | grep -v '^-' | grep -v '^$' | tr '\n' ' '
 }
 
+# the gateway's "apt-get install": a .deb the stage holds goes into the
+# stage's directory as dpkg would unpack it, with the link its postinst
+# makes in modules-enabled/ (a copy: an absolute link would leave the
+# directory), once this machine's nginx is found to give the ABI it
+# depends on; the other packages are installed here
+gw=$(root_of gateway)
+
+install_gateway() {
+    local p deb abi have conf
+    for p in $1; do
+        case $p in
+        /*.deb)
+            deb=$gw$p
+            [ -f "$deb" ] || fail "gateway: apt-get install $p: no such file"
+            abi=$(dpkg-deb -f "$deb" Depends | tr ',' '\n' \
+                  | grep -o 'nginx-abi-[^ ]*' || true)
+            have=$(dpkg-query -W -f='${Provides}\n' nginx-core nginx \
+                   2>/dev/null | tr ',' '\n' | grep -o 'nginx-abi-[^ ]*' \
+                   | head -1 || true)
+            [ -n "$abi" ] && [ "$abi" = "$have" ] \
+                || fail "gateway: $p wants ${abi:-no nginx-abi}, this" \
+                        "machine's nginx gives ${have:-none}"
+            dpkg-deb -x "$deb" "$gw"
+            mkdir -p "$gw/etc/nginx/modules-enabled"
+            for conf in "$gw"/usr/share/nginx/modules-available/*.conf; do
+                cp "$conf" "$gw/etc/nginx/modules-enabled/50-${conf##*/}"
+            done
+            say "gateway stage: $(basename "$p") unpacked ($abi, as this" \
+                "machine's nginx)"
+            ;;
+        *)
+            sh build/deps.sh "$p" >/dev/null
+            ;;
+        esac
+    done
+}
+
 while IFS=$'\t' read -r stage instr args; do
     case $instr in
     FROM)
@@ -514,27 +479,30 @@ while IFS=$'\t' read -r stage instr args; do
     EXPOSE)
         # compared with nginx.conf's listen in step 1
         ;;
+    STOPSIGNAL|CMD)
+        # checked above: SIGQUIT and nginx -g 'daemon off;', as step 3
+        # runs and stops it
+        ;;
     RUN)
         case "$stage:$args" in
-        build:*apt-get\ install*)
-            build_pkgs=$(packages "$args")
-            # shellcheck disable=SC2086
-            sh build/deps.sh $build_pkgs >/dev/null
-            say "build stage: packages installed here too: $build_pkgs"
+        build:"apt-get update")
+            # the lists build/deb.sh's apt-get needs: this machine's
             ;;
-        gateway:*apt-get\ install*)
-            runtime_pkgs=$(packages "$args")
-            ;;
-        build:"sh docker/"*)
+        build:"sh build/deb.sh")
             say "build stage: RUN $args (in ${workdir[build]})"
             if ! (
                 cd "$(root_of build)${workdir[build]}"
-                PATH=$official_nginx/sbin:$PATH NGINX_SRC=$src JOBS=2 \
-                TIKTOKEN_TGZ=$cache/tiktoken.tgz sh -c "$args"
+                sh -c "$args"
             ) 2>&1 | sed 's/^/    /'
             then
                 fail "RUN $args"
             fi
+            ;;
+        gateway:*apt-get\ install*)
+            install_gateway "$(packages "$args")"
+            ;;
+        gateway:"ln -sf /dev/stdout"*)
+            # the logs stay files here, for step 3 to read
             ;;
         *)
             fail "$stage stage: ci-check does not know how to run" \
@@ -548,33 +516,21 @@ while IFS=$'\t' read -r stage instr args; do
     esac
 done <"$run/dockerfile.tsv"
 
-gw=$(root_of gateway)
 so=$gw/usr/lib/nginx/modules/ngx_http_llm_module.so
 [ -f "$so" ] || fail "the gateway has no ${so#"$gw"}"
 for f in o200k_base cl100k_base; do
     [ -s "$gw/usr/share/nginx-llm/$f.json" ] \
         || fail "the gateway has no /usr/share/nginx-llm/$f.json"
 done
-say "gateway stage: module and vocabularies in place"
-
-# what the module links must be in the official image or installed by
-# the gateway's apt-get line; the image's nginx package depends on these
-# (nginx.org's 1.26.3-1~bookworm)
-in_image="libc6 libcrypt1 libpcre2-8-0 libssl3 zlib1g"
-for lib in $(objdump -p "$so" | awk '$1 == "NEEDED" { print $2 }'); do
-    pkg=$(dpkg -S "*/$lib" 2>/dev/null | head -1 | sed 's/[:,].*//')
-    case " $in_image $runtime_pkgs " in
-    *" $pkg "*) say "gateway stage: $lib from $pkg" ;;
-    *) fail "the module needs $lib (${pkg:-no package}): add it to the" \
-            "gateway's apt-get install line" ;;
-    esac
-done
+[ -n "$(ls "$gw"/etc/nginx/modules-enabled/*mod-http-llm.conf 2>/dev/null)" ] \
+    || fail "the package did not enable the module in modules-enabled/"
+say "gateway stage: module, vocabularies and modules-enabled/ in place"
 
 
-# -- 4. the gateway at work ------------------------------------------------
+# -- 3. the gateway at work ------------------------------------------------
 
-# the official image's own layout around what the stage copied
-mkdir -p "$gw/var/log/nginx" "$gw/var/run" "$gw/var/cache/nginx"
+# Debian's nginx layout around what the stage unpacked
+mkdir -p "$gw/var/log/nginx" "$gw/var/run" "$gw/var/lib/nginx"
 ln -s ../../usr/lib/nginx/modules "$gw/etc/nginx/modules"
 
 tools=$(root_of tools)${workdir[tools]}
@@ -634,7 +590,9 @@ left=$(grep -v '^[[:blank:]]*\(#\|location\)' "$conf" \
 say "nginx.conf: /etc/nginx, /usr/share/nginx-llm, /var/log/nginx, /var/run" \
     "mapped; listen 127.0.0.1:$gwport; sim1..3 at address=127.0.0.1:..."
 
-nginx=$official_nginx/sbin/nginx
+# the image's nginx is Debian's, as this machine's
+sh build/deps.sh nginx >/dev/null
+nginx=/usr/sbin/nginx
 "$nginx" -t -p "$gw/etc/nginx/" -c "$conf" -e stderr >"$run/nginx-t.log" 2>&1 \
     || fail "nginx -t: $(cat "$run/nginx-t.log")"
 say "nginx -t: the configuration of the image is ok"
