@@ -109,7 +109,7 @@ ngx_http_llm_charge_settle(ngx_http_llm_ctx_t *ctx, ngx_uint_t status)
         ngx_http_llm_refund(b, ctx);
 
         if (ctx->in_flight) {
-            ngx_http_llm_backend_done(b, ctx, NGX_HTTP_LLM_DONE_OK, 0, -1, -1);
+            ngx_http_llm_backend_done(b, ctx, NGX_HTTP_LLM_DONE_OK, 0, NULL);
         }
     }
 

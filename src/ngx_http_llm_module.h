@@ -93,6 +93,10 @@ typedef struct {
     ngx_msec_t                   remote_time;
     ngx_uint_t                   remote_charged;  /* by us since then */
 
+    /* a PTU's azure-openai-deployment-utilization, per mille + 1 */
+    ngx_uint_t                   utilization;     /* 0: never sent */
+    ngx_msec_t                   utilization_time;
+
     ngx_atomic_uint_t            requests;
     ngx_atomic_uint_t            backend_throttled;
     ngx_atomic_uint_t            local_throttled;
@@ -309,6 +313,17 @@ typedef struct {
 } ngx_http_llm_route_ref_t;
 
 
+/* what a backend's reply says of it beyond its status */
+
+typedef struct {
+    ngx_int_t                    remote_tokens;   /* x-ratelimit-remaining-*, */
+    ngx_int_t                    remote_requests; /* -1: not sent */
+    ngx_int_t                    utilization;     /* per mille, -1: not sent */
+    ngx_str_t                    request_id;      /* apim-request-id, else
+                                                     x-request-id */
+} ngx_http_llm_signals_t;
+
+
 typedef struct {
     ngx_array_t                    routes;   /* ngx_http_llm_route_ref_t */
     ngx_array_t                    pools;    /* ngx_http_llm_pool_t * */
@@ -467,6 +482,7 @@ typedef struct {
 
     /* the last attempt's status from the backend, 0 when none came */
     ngx_uint_t                   upstream_status;
+    ngx_str_t                    backend_request_id; /* of a 429 or 5xx */
 
     ngx_msec_t                   start;
     ngx_msec_t                   ttft;
@@ -578,7 +594,7 @@ ngx_http_llm_backend_t *ngx_http_llm_choose(ngx_http_llm_pool_t *pool,
 void ngx_http_llm_refund(ngx_http_llm_backend_t *b, ngx_http_llm_ctx_t *ctx);
 void ngx_http_llm_backend_done(ngx_http_llm_backend_t *b,
     ngx_http_llm_ctx_t *ctx, ngx_uint_t outcome, ngx_msec_t cooldown,
-    ngx_int_t remote_tokens, ngx_int_t remote_requests);
+    ngx_http_llm_signals_t *sig);
 
 char *ngx_http_llm_count_threads(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);

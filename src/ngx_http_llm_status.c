@@ -26,6 +26,7 @@ typedef struct {
     ngx_http_llm_backend_sh_t   sh;
     ngx_msec_t                  cooldown;
     ngx_msec_t                  remote_age;
+    ngx_msec_t                  utilization_age;
 
     /* llm_zone redis=: the backend's leases, copied with the rest */
     ngx_http_llm_lease_t        lease[2];
@@ -311,6 +312,7 @@ ngx_http_llm_snapshot(ngx_http_llm_pool_t *pool, ngx_http_llm_snap_t *snap,
         snap[i].cooldown = ((ngx_msec_int_t) (sh->cooldown_until - now) > 0)
                            ? sh->cooldown_until - now : 0;
         snap[i].remote_age = now - sh->remote_time;
+        snap[i].utilization_age = now - sh->utilization_time;
         snap[i].shared = (sh->share && zone->share_conf);
 
         if (snap[i].shared) {
@@ -374,6 +376,18 @@ ngx_http_llm_status_json(u_char *p, ngx_http_llm_pool_t *pool,
             p = ngx_sprintf(p, "\"remote_remaining_tokens\":null,"
                             "\"remote_remaining_requests\":null,"
                             "\"remote_age_ms\":null,");
+        }
+
+        if (sh->utilization) {
+            p = ngx_sprintf(p, "\"utilization_pct\":%ui.%ui,"
+                            "\"utilization_age_ms\":%M,",
+                            (sh->utilization - 1) / 10,
+                            (sh->utilization - 1) % 10,
+                            snap[i].utilization_age);
+
+        } else {
+            p = ngx_sprintf(p, "\"utilization_pct\":null,"
+                            "\"utilization_age_ms\":null,");
         }
 
         p = ngx_sprintf(p, "\"ttft_ms_ewma\":%ui,"
@@ -557,6 +571,9 @@ static ngx_http_llm_metric_t  ngx_http_llm_metrics[] = {
       "cached, reasoning from usage." },
     { "llm_backend_usage_counted_total", "counter",
       "Replies whose usage was counted from stream deltas." },
+    { "llm_backend_utilization_ratio", "gauge",
+      "A provisioned deployment's last "
+      "azure-openai-deployment-utilization, 1 for 100 %." },
     { "llm_pool_local_throttled_total", "counter",
       "Requests answered 429 by nginx for want of room in the pool." },
     { "llm_pool_fallbacks_total", "counter",
@@ -592,11 +609,11 @@ ngx_http_llm_status_prometheus(u_char *p, ngx_http_llm_pool_t **pools,
 
         for (i = 0; i < npools; i++) {
 
-            if (m >= 16) {
+            if (m >= 17) {
                 p = ngx_sprintf(p, "%s{pool=\"", metric->name);
                 p = ngx_http_llm_label(p, &pools[i]->name);
                 p = ngx_sprintf(p, "\"} %uA\n",
-                                m == 16 ? totals[i].sh.local_throttled
+                                m == 17 ? totals[i].sh.local_throttled
                                         : totals[i].sh.fallbacks);
                 continue;
             }
@@ -714,9 +731,20 @@ ngx_http_llm_status_prometheus(u_char *p, ngx_http_llm_pool_t **pools,
 
                     break;
 
-                default: /* 15 */
+                case 15:
                     p = ngx_http_llm_sample(p, metric->name, pools[i], &b[j]);
                     p = ngx_sprintf(p, "} %uA\n", sh->usage_counted);
+                    break;
+
+                default: /* 16 */
+                    if (sh->utilization) {
+                        p = ngx_http_llm_sample(p, metric->name, pools[i],
+                                                &b[j]);
+                        p = ngx_sprintf(p, "} %ui.%03ui\n",
+                                        (sh->utilization - 1) / 1000,
+                                        (sh->utilization - 1) % 1000);
+                    }
+
                     break;
                 }
             }

@@ -48,8 +48,8 @@ static ngx_int_t ngx_http_llm_set_session(ngx_peer_connection_t *pc,
     void *data);
 #endif
 static ngx_msec_t ngx_http_llm_cooldown(ngx_http_upstream_t *u,
-    ngx_http_llm_pool_t *pool, ngx_int_t *remote_tokens,
-    ngx_int_t *remote_requests);
+    ngx_http_llm_pool_t *pool, ngx_http_llm_signals_t *sig);
+static ngx_int_t ngx_http_llm_parse_permille(ngx_str_t *value);
 static ngx_uint_t ngx_http_llm_secret_same(ngx_http_llm_secret_t *secret,
     ngx_file_info_t *fi);
 static ngx_int_t ngx_http_llm_secret_read(ngx_log_t *log,
@@ -908,8 +908,7 @@ ngx_http_llm_get_peer(ngx_peer_connection_t *pc, void *data)
 
         if (peer == NULL) {
             ngx_http_llm_refund(b, ctx);
-            ngx_http_llm_backend_done(b, ctx, NGX_HTTP_LLM_DONE_OK, 0, -1,
-                                      -1);
+            ngx_http_llm_backend_done(b, ctx, NGX_HTTP_LLM_DONE_OK, 0, NULL);
             pd->tried[(b - backends) / NGX_HTTP_LLM_BITS] |=
                           (uintptr_t) 1 << (b - backends) % NGX_HTTP_LLM_BITS;
             b = NULL;
@@ -975,8 +974,7 @@ ngx_http_llm_get_peer(ngx_peer_connection_t *pc, void *data)
         if (peer == NULL) {
             /* cannot happen: the backend was not skipped */
             ngx_http_llm_refund(b, ctx);
-            ngx_http_llm_backend_done(b, ctx, NGX_HTTP_LLM_DONE_OK, 0, -1,
-                                      -1);
+            ngx_http_llm_backend_done(b, ctx, NGX_HTTP_LLM_DONE_OK, 0, NULL);
             pd->tried[(b - backends) / NGX_HTTP_LLM_BITS] |=
                           (uintptr_t) 1 << (b - backends) % NGX_HTTP_LLM_BITS;
         }
@@ -1220,13 +1218,13 @@ ngx_http_llm_free_peer(ngx_peer_connection_t *pc, void *data,
 {
     ngx_http_llm_peer_data_t  *pd = data;
 
-    ngx_int_t                remote_tokens, remote_requests;
     ngx_msec_t               cooldown;
     ngx_uint_t               status;
     ngx_http_request_t      *r;
     ngx_http_upstream_t     *u;
     ngx_http_llm_ctx_t      *ctx;
     ngx_http_llm_backend_t  *b;
+    ngx_http_llm_signals_t   sig;
 
     r = pd->request;
     u = r->upstream;
@@ -1244,8 +1242,10 @@ ngx_http_llm_free_peer(ngx_peer_connection_t *pc, void *data,
     status = (u->state && u->state->header_time != (ngx_msec_t) -1)
              ? u->headers_in.status_n : 0;
 
-    remote_tokens = -1;
-    remote_requests = -1;
+    ngx_memzero(&sig, sizeof(ngx_http_llm_signals_t));
+    sig.remote_tokens = -1;
+    sig.remote_requests = -1;
+    sig.utilization = -1;
 
     ctx->upstream_status = status;
 
@@ -1256,8 +1256,7 @@ ngx_http_llm_free_peer(ngx_peer_connection_t *pc, void *data,
          * (not a failure for max_fails), it cools down for its Retry-After
          */
 
-        cooldown = ngx_http_llm_cooldown(u, pd->pool, &remote_tokens,
-                                         &remote_requests);
+        cooldown = ngx_http_llm_cooldown(u, pd->pool, &sig);
 
         ngx_log_error(NGX_LOG_WARN, pc->log, 0,
                       "llm: backend \"%V\" of \"%V\" answered 429, "
@@ -1266,7 +1265,7 @@ ngx_http_llm_free_peer(ngx_peer_connection_t *pc, void *data,
 
         ngx_http_llm_refund(b, ctx);
         ngx_http_llm_backend_done(b, ctx, NGX_HTTP_LLM_DONE_THROTTLED,
-                                  cooldown, remote_tokens, remote_requests);
+                                  cooldown, &sig);
         ctx->throttle = NGX_HTTP_LLM_THROTTLE_BACKEND;
 
         state &= ~NGX_PEER_FAILED;
@@ -1284,14 +1283,13 @@ ngx_http_llm_free_peer(ngx_peer_connection_t *pc, void *data,
         }
 
         if (status) {
-            (void) ngx_http_llm_cooldown(u, pd->pool, &remote_tokens,
-                                         &remote_requests);
+            (void) ngx_http_llm_cooldown(u, pd->pool, &sig);
         }
 
         ngx_http_llm_backend_done(b, ctx, (state & NGX_PEER_FAILED)
                                           ? NGX_HTTP_LLM_DONE_FAILED
                                           : NGX_HTTP_LLM_DONE_OK,
-                                  0, remote_tokens, remote_requests);
+                                  0, &sig);
 
         /* the log phase corrects a PTU backend's charge to the usage */
 
@@ -1299,6 +1297,19 @@ ngx_http_llm_free_peer(ngx_peer_connection_t *pc, void *data,
             ctx->final_charge = ctx->charged;
             ctx->final_at = ctx->charged_at;
         }
+    }
+
+    /*
+     * the service's id of a throttled or failed attempt, for a support
+     * ticket: copied, as the next attempt's reply reuses the buffer
+     */
+
+    if ((status == NGX_HTTP_TOO_MANY_REQUESTS || status >= 500)
+        && sig.request_id.len)
+    {
+        ctx->backend_request_id.data = ngx_pstrdup(r->pool, &sig.request_id);
+        ctx->backend_request_id.len = ctx->backend_request_id.data
+                                      ? sig.request_id.len : 0;
     }
 
     /* what was not refunded stays in the backend's windows */
@@ -1354,15 +1365,17 @@ ngx_http_llm_not_counted(ngx_uint_t status)
 
 
 /*
- * How long a throttled backend rests: retry-after-ms, else retry-after
- * (seconds), else x-ratelimit-reset-tokens (seconds or a duration such
- * as "6m0s" or "17ms"), else the pool's default; never over the cap.
- * Also picks up the backend's remaining-* headers.
+ * How long a throttled backend rests: retry-after-ms (or Azure's other
+ * spelling, x-ms-retry-after-ms), else retry-after (seconds), else
+ * x-ratelimit-reset-tokens (seconds or a duration such as "6m0s" or
+ * "17ms"), else the pool's default; never over the cap.  Also picks up
+ * the backend's remaining-* headers, a PTU's utilization and the
+ * service's request id.
  */
 
 static ngx_msec_t
 ngx_http_llm_cooldown(ngx_http_upstream_t *u, ngx_http_llm_pool_t *pool,
-    ngx_int_t *remote_tokens, ngx_int_t *remote_requests)
+    ngx_http_llm_signals_t *sig)
 {
     ngx_int_t         n, ms_value, s_value, reset_value;
     ngx_uint_t        i;
@@ -1391,16 +1404,51 @@ ngx_http_llm_cooldown(ngx_http_upstream_t *u, ngx_http_llm_pool_t *pool,
 
         if (h[i].key.len < 11
             || ((h[i].key.data[0] | 0x20) != 'r'
-                && (h[i].key.data[0] | 0x20) != 'x'))
+                && (h[i].key.data[0] | 0x20) != 'x'
+                && (h[i].key.data[0] | 0x20) != 'a'))
         {
             continue;
         }
 
-        if (h[i].key.len == sizeof("retry-after-ms") - 1
-            && ngx_strncasecmp(h[i].key.data, (u_char *) "retry-after-ms",
-                               h[i].key.len) == 0)
+        if ((h[i].key.len == sizeof("retry-after-ms") - 1
+             && ngx_strncasecmp(h[i].key.data, (u_char *) "retry-after-ms",
+                                h[i].key.len) == 0)
+            || (h[i].key.len == sizeof("x-ms-retry-after-ms") - 1
+                && ngx_strncasecmp(h[i].key.data,
+                                   (u_char *) "x-ms-retry-after-ms",
+                                   h[i].key.len) == 0))
         {
             ms_value = ngx_atoi(h[i].value.data, h[i].value.len);
+            continue;
+        }
+
+        if (h[i].key.len == sizeof("azure-openai-deployment-utilization") - 1
+            && ngx_strncasecmp(h[i].key.data,
+                          (u_char *) "azure-openai-deployment-utilization",
+                          h[i].key.len) == 0)
+        {
+            sig->utilization = ngx_http_llm_parse_permille(&h[i].value);
+            continue;
+        }
+
+        /* apim-request-id wins over x-request-id, whichever comes first */
+
+        if (h[i].key.len == sizeof("apim-request-id") - 1
+            && ngx_strncasecmp(h[i].key.data, (u_char *) "apim-request-id",
+                               h[i].key.len) == 0)
+        {
+            sig->request_id = h[i].value;
+            continue;
+        }
+
+        if (h[i].key.len == sizeof("x-request-id") - 1
+            && ngx_strncasecmp(h[i].key.data, (u_char *) "x-request-id",
+                               h[i].key.len) == 0)
+        {
+            if (sig->request_id.len == 0) {
+                sig->request_id = h[i].value;
+            }
+
             continue;
         }
 
@@ -1432,7 +1480,7 @@ ngx_http_llm_cooldown(ngx_http_upstream_t *u, ngx_http_llm_pool_t *pool,
                                h[i].key.len) == 0)
         {
             n = ngx_atoi(h[i].value.data, h[i].value.len);
-            *remote_tokens = (n == NGX_ERROR) ? -1 : n;
+            sig->remote_tokens = (n == NGX_ERROR) ? -1 : n;
             continue;
         }
 
@@ -1442,7 +1490,7 @@ ngx_http_llm_cooldown(ngx_http_upstream_t *u, ngx_http_llm_pool_t *pool,
                                h[i].key.len) == 0)
         {
             n = ngx_atoi(h[i].value.data, h[i].value.len);
-            *remote_requests = (n == NGX_ERROR) ? -1 : n;
+            sig->remote_requests = (n == NGX_ERROR) ? -1 : n;
             continue;
         }
     }
@@ -1461,6 +1509,53 @@ ngx_http_llm_cooldown(ngx_http_upstream_t *u, ngx_http_llm_pool_t *pool,
     }
 
     return ngx_min(cooldown, pool->cooldown_max);
+}
+
+
+/* "89.3%", "100%", "7": per mille (893, 1000, 70), or -1 */
+
+static ngx_int_t
+ngx_http_llm_parse_permille(ngx_str_t *value)
+{
+    u_char     *p, *last;
+    ngx_int_t   n;
+
+    p = value->data;
+    last = p + value->len;
+
+    if (last > p && last[-1] == '%') {
+        last--;
+    }
+
+    if (p == last || *p < '0' || *p > '9') {
+        return -1;
+    }
+
+    for (n = 0; p < last && *p >= '0' && *p <= '9'; p++) {
+        n = n * 10 + (*p - '0');
+
+        if (n > 100000) {
+            return -1;
+        }
+    }
+
+    n *= 10;
+
+    if (p < last && *p == '.') {
+        p++;
+
+        if (p == last || *p < '0' || *p > '9') {
+            return -1;
+        }
+
+        n += *p++ - '0';
+
+        while (p < last && *p >= '0' && *p <= '9') {
+            p++;
+        }
+    }
+
+    return p == last ? n : -1;
 }
 
 

@@ -10,7 +10,7 @@
 #include "ngx_http_llm_module.h"
 
 
-static ngx_int_t ngx_http_llm_model_variable(ngx_http_request_t *r,
+static ngx_int_t ngx_http_llm_str_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
 static ngx_int_t ngx_http_llm_number_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
@@ -41,7 +41,8 @@ static void ngx_http_llm_set_value(ngx_http_variable_value_t *v,
 static ngx_http_variable_t  ngx_http_llm_vars[] = {
 
     { ngx_string("llm_model"), NULL,
-      ngx_http_llm_model_variable, 0, NGX_HTTP_VAR_NOCACHEABLE, 0 },
+      ngx_http_llm_str_variable, offsetof(ngx_http_llm_ctx_t, model),
+      NGX_HTTP_VAR_NOCACHEABLE, 0 },
 
     { ngx_string("llm_tokens_estimate"), NULL,
       ngx_http_llm_number_variable,
@@ -109,6 +110,11 @@ static ngx_http_variable_t  ngx_http_llm_vars[] = {
     { ngx_string("llm_consumer"), NULL,
       ngx_http_llm_consumer_variable, 0, NGX_HTTP_VAR_NOCACHEABLE, 0 },
 
+    { ngx_string("llm_backend_request_id"), NULL,
+      ngx_http_llm_str_variable,
+      offsetof(ngx_http_llm_ctx_t, backend_request_id),
+      NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
     { ngx_string("llm_pool"), NULL,
       ngx_http_llm_pool_variable, 0, NGX_HTTP_VAR_NOCACHEABLE, 0 },
 
@@ -138,20 +144,35 @@ ngx_http_llm_add_variables(ngx_conf_t *cf)
 }
 
 
+/*
+ * A string of the request's context at offset data: $llm_model, and
+ * $llm_backend_request_id, the service's id (apim-request-id, else
+ * x-request-id) of the last attempt a backend answered 429 or 5xx, which
+ * $upstream_http_ variables lose when another backend answers next
+ */
+
 static ngx_int_t
-ngx_http_llm_model_variable(ngx_http_request_t *r,
+ngx_http_llm_str_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data)
 {
+    ngx_str_t           *s;
     ngx_http_llm_ctx_t  *ctx;
 
     ctx = ngx_http_get_module_ctx(r->main, ngx_http_llm_module);
 
-    if (ctx == NULL || ctx->model.len == 0) {
+    if (ctx == NULL) {
         v->not_found = 1;
         return NGX_OK;
     }
 
-    ngx_http_llm_set_value(v, &ctx->model);
+    s = (ngx_str_t *) ((char *) ctx + data);
+
+    if (s->len == 0) {
+        v->not_found = 1;
+        return NGX_OK;
+    }
+
+    ngx_http_llm_set_value(v, s);
 
     return NGX_OK;
 }

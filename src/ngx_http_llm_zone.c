@@ -871,8 +871,7 @@ ngx_http_llm_refund(ngx_http_llm_backend_t *b, ngx_http_llm_ctx_t *ctx)
 
 void
 ngx_http_llm_backend_done(ngx_http_llm_backend_t *b, ngx_http_llm_ctx_t *ctx,
-    ngx_uint_t outcome, ngx_msec_t cooldown, ngx_int_t remote_tokens,
-    ngx_int_t remote_requests)
+    ngx_uint_t outcome, ngx_msec_t cooldown, ngx_http_llm_signals_t *sig)
 {
     ngx_msec_t                  now;
     ngx_slab_pool_t            *shpool;
@@ -913,11 +912,16 @@ ngx_http_llm_backend_done(ngx_http_llm_backend_t *b, ngx_http_llm_ctx_t *ctx,
         break;
     }
 
-    if (remote_tokens >= 0 || remote_requests >= 0) {
-        sh->remote_tokens = remote_tokens;
-        sh->remote_requests = remote_requests;
+    if (sig && (sig->remote_tokens >= 0 || sig->remote_requests >= 0)) {
+        sh->remote_tokens = sig->remote_tokens;
+        sh->remote_requests = sig->remote_requests;
         sh->remote_time = now;
         sh->remote_charged = 0;
+    }
+
+    if (sig && sig->utilization >= 0) {
+        sh->utilization = sig->utilization + 1;
+        sh->utilization_time = now;
     }
 
     ngx_shmtx_unlock(&shpool->mutex);

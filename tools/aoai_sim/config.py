@@ -29,6 +29,7 @@ DEFAULTS = {
     'completion_tokens': 100,   # reply length when max tokens allows it
     'default_max_tokens': 640,  # charged when the body names no max tokens
     'overload_retry_s': 2,      # retry-after of the overload429 fault
+    'retry_ms_header': 'retry-after-ms',  # or Azure's x-ms-retry-after-ms
     'faults': {},               # kind -> probability
     'seed': 1,
     'fixed_ids': False,         # same id and created in every reply (tests
@@ -69,6 +70,9 @@ def check_deployment(d):
         d['model'] = d['deployment']
     if d['kind'] not in ('standard', 'ptu'):
         raise ConfigError(f"deployment {d['name']!r}: kind must be standard or ptu")
+    if d['retry_ms_header'] not in ('retry-after-ms', 'x-ms-retry-after-ms'):
+        raise ConfigError(f"deployment {d['name']!r}: retry_ms_header must be "
+                          "retry-after-ms or x-ms-retry-after-ms")
     _number(d, 'tpm', 1, integer=True)
     _number(d, 'rpm', 1, allow_none=True)
     _number(d, 'tokens_per_s', 0.001)

@@ -52,11 +52,12 @@ def new_stats():
     }
 
 
-def retry_headers(retry, reset_tokens=False):
-    """retry-after (whole seconds, >= 1) and retry-after-ms (>= 1)."""
+def retry_headers(retry, reset_tokens=False, ms_header='retry-after-ms'):
+    """retry-after (whole seconds, >= 1) and retry-after-ms (>= 1), under
+    the name ms_header."""
     secs = max(1, math.ceil(retry - 1e-9))
     h = [('retry-after', str(secs)),
-         ('retry-after-ms', str(max(1, math.ceil(retry * 1000 - 1e-6))))]
+         (ms_header, str(max(1, math.ceil(retry * 1000 - 1e-6))))]
     if reset_tokens:
         h.append(('x-ratelimit-reset-tokens', str(secs)))
     return h

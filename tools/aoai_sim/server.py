@@ -197,7 +197,8 @@ class ApiHandler(BaseHTTPRequestHandler):
                 'tls': self.server.ssl_ctx is not None}
         record = {'time': round(time.time(), 3), 'method': self.command, 'path': path,
                   'query': query, 'host': host, 'sni': self.sni, 'api_key': api_key,
-                  'bearer': bearer, 'deployment': name, 'body_bytes': len(body)}
+                  'bearer': bearer, 'deployment': name, 'body_bytes': len(body),
+                  'request_id': self.rid}
         if isinstance(data, dict):
             record['model'] = data.get('model')
         if self.dep is not None:
@@ -275,7 +276,8 @@ class ApiHandler(BaseHTTPRequestHandler):
         adm = dep.admit(call)       # a cut reply is accepted (and charged) first
         if not adm.ok:
             secs = max(1, math.ceil(adm.retry - 1e-9))
-            h = adm.headers + retry_headers(adm.retry, reset_tokens=adm.reason != 'call')
+            h = adm.headers + retry_headers(adm.retry, reset_tokens=adm.reason != 'call',
+                                            ms_header=dep.cfg['retry_ms_header'])
             if adm.reason != 'utilization':
                 h.append(('policy-id', 'DeploymentRatelimit-'
                           + ('Call' if adm.reason == 'call' else 'Token')))
@@ -364,7 +366,9 @@ class ApiHandler(BaseHTTPRequestHandler):
         elif kind == 'overload429':
             retry = dep.cfg['overload_retry_s'] / speed
             self.send_json(429, replies.overloaded_429(max(1, math.ceil(retry - 1e-9))),
-                           dep.rate_headers() + retry_headers(retry), record)
+                           dep.rate_headers()
+                           + retry_headers(retry, ms_header=dep.cfg['retry_ms_header']),
+                           record)
         elif kind == 'reset':
             self.done('reset', record)
             self.abort(rst=True)
