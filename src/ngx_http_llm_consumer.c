@@ -10,6 +10,8 @@
 #include <openssl/sha.h>
 #include <openssl/evp.h>
 #include "ngx_http_llm_module.h"
+#include "ngx_http_llm_parse.h"
+#include "ngx_http_llm_window.h"
 
 
 /*

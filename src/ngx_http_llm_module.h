@@ -609,17 +609,6 @@ ngx_int_t ngx_http_llm_charge_own(ngx_http_request_t *r,
 void ngx_http_llm_charge_adopt(ngx_http_request_t *r);
 void ngx_http_llm_charge_settle(ngx_http_llm_ctx_t *ctx, ngx_uint_t status);
 
-void ngx_http_llm_window_advance(uint32_t *slots, ngx_uint_t n,
-    ngx_msec_t slot_ms, ngx_msec_t *last, ngx_uint_t *sum, ngx_msec_t now);
-ngx_msec_t ngx_http_llm_window_wait(uint32_t *slots, ngx_uint_t n,
-    ngx_msec_t slot_ms, ngx_msec_t last, ngx_uint_t sum, ngx_uint_t limit,
-    ngx_uint_t need, ngx_msec_t now);
-void ngx_http_llm_window_remove(uint32_t *slots, ngx_uint_t n,
-    ngx_msec_t slot_ms, ngx_msec_t last, ngx_uint_t *sum, ngx_uint_t value,
-    ngx_msec_t at);
-void ngx_http_llm_window_add(uint32_t *slots, ngx_uint_t n,
-    ngx_msec_t slot_ms, ngx_msec_t last, ngx_uint_t *sum, ngx_uint_t value,
-    ngx_msec_t at);
 void ngx_http_llm_consumers_init(ngx_http_llm_shctx_t *sh);
 ngx_uint_t ngx_http_llm_consumers_sync(ngx_http_llm_zone_t *zone,
     ngx_msec_t now, ngx_uint_t final);
@@ -666,8 +655,6 @@ char *ngx_http_llm_balance(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 char *ngx_http_llm_backend(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 ngx_int_t ngx_http_llm_secret_value(ngx_log_t *log,
     ngx_http_llm_secret_t *secret);
-ngx_int_t ngx_http_llm_parse_duration(ngx_str_t *value);
-ngx_int_t ngx_http_llm_parse_count(u_char *p, size_t len);
 ngx_int_t ngx_http_llm_pool_check(ngx_conf_t *cf, ngx_http_llm_pool_t *pool);
 
 ngx_int_t ngx_http_llm_credentials(ngx_http_request_t *r,

@@ -1,0 +1,175 @@
+/*
+ * Copyright (C) nginx-llm-router authors
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include "ngx_http_llm_parse.h"
+
+
+/*
+ * The values of directives and of backends' reply headers: counts,
+ * durations, percentages.  Text in, a number or -1 (NGX_ERROR) out.
+ */
+
+
+/* "89.3%", "100%", "7": per mille (893, 1000, 70), or -1 */
+
+ngx_int_t
+ngx_http_llm_parse_permille(ngx_str_t *value)
+{
+    u_char     *p, *last;
+    ngx_int_t   n;
+
+    p = value->data;
+    last = p + value->len;
+
+    if (last > p && last[-1] == '%') {
+        last--;
+    }
+
+    if (p == last || *p < '0' || *p > '9') {
+        return -1;
+    }
+
+    for (n = 0; p < last && *p >= '0' && *p <= '9'; p++) {
+        n = n * 10 + (*p - '0');
+
+        if (n > 100000) {
+            return -1;
+        }
+    }
+
+    n *= 10;
+
+    if (p < last && *p == '.') {
+        p++;
+
+        if (p == last || *p < '0' || *p > '9') {
+            return -1;
+        }
+
+        n += *p++ - '0';
+
+        while (p < last && *p >= '0' && *p <= '9') {
+            p++;
+        }
+    }
+
+    return p == last ? n : -1;
+}
+
+
+/*
+ * "17", "17ms", "1.5s", "6m0s", "1h2m3.5s": milliseconds, or -1.  A bare
+ * number is seconds, as Azure sends it; OpenAI sends durations.
+ */
+
+ngx_int_t
+ngx_http_llm_parse_duration(ngx_str_t *value)
+{
+    u_char      *p, *last;
+    ngx_int_t    total, whole, frac, scale, unit;
+
+    p = value->data;
+    last = p + value->len;
+    total = 0;
+
+    if (p == last) {
+        return -1;
+    }
+
+    while (p < last) {
+        whole = 0;
+        frac = 0;
+        scale = 1;
+
+        if (*p < '0' || *p > '9') {
+            return -1;
+        }
+
+        while (p < last && *p >= '0' && *p <= '9') {
+            whole = whole * 10 + (*p++ - '0');
+
+            if (whole > 100000000) {
+                return -1;
+            }
+        }
+
+        if (p < last && *p == '.') {
+            p++;
+
+            while (p < last && *p >= '0' && *p <= '9') {
+                if (scale < 1000) {
+                    frac = frac * 10 + (*p - '0');
+                    scale *= 10;
+                }
+
+                p++;
+            }
+        }
+
+        if (p == last) {
+            unit = 1000;
+
+        } else if (last - p >= 2 && p[0] == 'm' && p[1] == 's') {
+            unit = 1;
+            p += 2;
+
+        } else if (*p == 's') {
+            unit = 1000;
+            p++;
+
+        } else if (*p == 'm') {
+            unit = 60000;
+            p++;
+
+        } else if (*p == 'h') {
+            unit = 3600000;
+            p++;
+
+        } else {
+            return -1;
+        }
+
+        total += whole * unit + frac * unit / scale;
+    }
+
+    return total;
+}
+
+
+/* "150000", "150k", "1m": a count; NGX_ERROR if invalid */
+
+ngx_int_t
+ngx_http_llm_parse_count(u_char *p, size_t len)
+{
+    ngx_int_t  n, scale;
+
+    scale = 1;
+
+    if (len > 1) {
+        switch (p[len - 1]) {
+        case 'k':
+        case 'K':
+            scale = 1000;
+            len--;
+            break;
+
+        case 'm':
+        case 'M':
+            scale = 1000000;
+            len--;
+            break;
+        }
+    }
+
+    n = ngx_atoi(p, len);
+
+    if (n == NGX_ERROR || n > NGX_MAX_INT32_VALUE / scale) {
+        return NGX_ERROR;
+    }
+
+    return n * scale;
+}
