@@ -31,7 +31,7 @@ typedef struct {
     ngx_uint_t                   db;
     ngx_msec_t                   timeout;
 
-    /* rediss:// and the redis_ssl_ options */
+    /* TLS, for a "rediss" URL, and the redis_ssl_ options */
     ngx_flag_t                   tls;
     ngx_flag_t                   ssl_verify;
     ngx_str_t                    ssl_name;   /* SNI, and the name checked */
