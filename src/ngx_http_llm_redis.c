@@ -290,10 +290,7 @@ ngx_http_llm_redis_ssl_start(ngx_http_llm_redis_t *rs)
 
     /* SNI carries host names only, never an address (RFC 6066) */
 
-    if (name->len && name->len < sizeof(sni)
-        && ngx_inet_addr(name->data, name->len) == INADDR_NONE
-        && ngx_strlchr(name->data, name->data + name->len, ':') == NULL)
-    {
+    if (name->len && name->len < sizeof(sni) && !rs->conf->ssl_address) {
         ngx_cpystrn(sni, name->data, name->len + 1);
 
         if (SSL_set_tlsext_host_name(c->ssl->connection, (char *) sni) == 0)
@@ -322,13 +319,14 @@ ngx_http_llm_redis_ssl_start(ngx_http_llm_redis_t *rs)
 static ngx_int_t
 ngx_http_llm_redis_ssl_check_name(ngx_connection_t *c, ngx_str_t *name)
 {
-    int      rc;
-    u_char   ip[NGX_SOCKADDR_STRLEN];
-    X509    *cert;
+    int                    rc;
+    u_char                 ip[NGX_SOCKADDR_STRLEN];
+    X509                  *cert;
+    ngx_http_llm_redis_t  *rs;
 
-    if (ngx_inet_addr(name->data, name->len) == INADDR_NONE
-        && ngx_strlchr(name->data, name->data + name->len, ':') == NULL)
-    {
+    rs = c->data;
+
+    if (!rs->conf->ssl_address) {
         return ngx_ssl_check_host(c, name);
     }
 

@@ -35,6 +35,8 @@ typedef struct {
     ngx_flag_t                   tls;
     ngx_flag_t                   ssl_verify;
     ngx_str_t                    ssl_name;   /* SNI, and the name checked */
+    ngx_flag_t                   ssl_address; /* ssl_name is an IP address:
+                                                 no SNI, an IP SAN */
     ngx_str_t                    ssl_certificate;
     ngx_str_t                    ssl_certificate_key;
     ngx_str_t                    ssl_trusted_certificate;

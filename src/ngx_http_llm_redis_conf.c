@@ -302,6 +302,15 @@ ngx_http_llm_redis_ssl_init(ngx_conf_t *cf, ngx_http_llm_redis_conf_t *rcf)
 
     rcf->ssl->log = cf->log;
 
+    /* an address is decided once, for SNI and for the name's check */
+
+    rcf->ssl_address = (ngx_inet_addr(rcf->ssl_name.data, rcf->ssl_name.len)
+                        != INADDR_NONE
+                        || ngx_strlchr(rcf->ssl_name.data,
+                                       rcf->ssl_name.data + rcf->ssl_name.len,
+                                       ':')
+                           != NULL);
+
     if (ngx_ssl_create(rcf->ssl, NGX_SSL_TLSv1_2|NGX_SSL_TLSv1_3, NULL)
         != NGX_OK)
     {
