@@ -8,6 +8,7 @@
 #include <ngx_core.h>
 #include <ngx_http.h>
 #include "ngx_http_llm_module.h"
+#include "ngx_http_llm_hedge.h"
 
 
 /*
@@ -100,6 +101,12 @@ ngx_http_llm_charge_settle(ngx_http_llm_ctx_t *ctx, ngx_uint_t status)
     }
 
     ctx->settled = 1;
+
+    /* a hedged request settles its attempts and takes the winner's */
+
+    if (ctx->hedge) {
+        ngx_http_llm_hedge_settle(ctx);
+    }
 
     b = ctx->backend;
 

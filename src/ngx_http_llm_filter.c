@@ -72,6 +72,7 @@ static ngx_http_output_body_filter_pt    ngx_http_next_body_filter;
 static ngx_int_t
 ngx_http_llm_header_filter(ngx_http_request_t *r)
 {
+    ngx_uint_t           from_backend;
     ngx_table_elt_t     *h;
     ngx_http_llm_ctx_t  *ctx;
 
@@ -81,7 +82,11 @@ ngx_http_llm_header_filter(ngx_http_request_t *r)
         return ngx_http_next_header_filter(r);
     }
 
-    if (ctx->backend && r->upstream
+    /* a backend's answer: proxied, or a hedged attempt's (llm_hedge) */
+
+    from_backend = (r->upstream || ctx->hedge);
+
+    if (ctx->backend && from_backend
         && r->headers_out.status == NGX_HTTP_OK)
     {
         ngx_http_llm_scan_reply(r, ctx);
@@ -89,7 +94,7 @@ ngx_http_llm_header_filter(ngx_http_request_t *r)
 
     /* the client may want to know it got another model's answer */
 
-    if (ctx->fallback && r->upstream) {
+    if (ctx->fallback && from_backend) {
         h = ngx_list_push(&r->headers_out.headers);
         if (h == NULL) {
             return NGX_ERROR;

@@ -8,6 +8,7 @@
 #include <ngx_core.h>
 #include <ngx_http.h>
 #include "ngx_http_llm_module.h"
+#include "ngx_http_llm_hedge.h"
 
 
 static ngx_int_t ngx_http_llm_preconfiguration(ngx_conf_t *cf);
@@ -157,6 +158,13 @@ static ngx_command_t  ngx_http_llm_commands[] = {
       ngx_conf_set_flag_slot,
       NGX_HTTP_LOC_CONF_OFFSET,
       offsetof(ngx_http_llm_loc_conf_t, body_walk),
+      NULL },
+
+    { ngx_string("llm_hedge"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_1MORE,
+      ngx_http_llm_hedge_conf,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
       NULL },
 
     { ngx_string("llm_stream_usage"),
@@ -507,6 +515,8 @@ ngx_http_llm_create_loc_conf(ngx_conf_t *cf)
     conf->image_tokens = NGX_CONF_UNSET_UINT;
     conf->encoding = NGX_CONF_UNSET_UINT;
     conf->stream_usage = NGX_CONF_UNSET;
+    conf->hedge_after = NGX_CONF_UNSET_MSEC;
+    conf->hedge_max = NGX_CONF_UNSET_UINT;
     conf->count_cache = NGX_CONF_UNSET;
     conf->body_walk = NGX_CONF_UNSET;
     conf->status_consumers = NGX_CONF_UNSET_UINT;
@@ -544,6 +554,8 @@ ngx_http_llm_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_conf_merge_uint_value(conf->count, prev->count,
                               NGX_HTTP_LLM_COUNT_EXACT);
     ngx_conf_merge_value(conf->stream_usage, prev->stream_usage, 0);
+    ngx_conf_merge_msec_value(conf->hedge_after, prev->hedge_after, 0);
+    ngx_conf_merge_uint_value(conf->hedge_max, prev->hedge_max, 10);
     ngx_conf_merge_value(conf->count_cache, prev->count_cache, 1);
     ngx_conf_merge_value(conf->body_walk, prev->body_walk, 1);
     ngx_conf_merge_msec_value(conf->wait, prev->wait, 0);

@@ -102,6 +102,13 @@ typedef struct {
     ngx_atomic_uint_t            local_throttled;
     ngx_atomic_uint_t            fallbacks;  /* a pool's, taken for
                                                 another pool */
+
+    /* a pool's llm_hedge: see ngx_http_llm_hedge.c */
+    ngx_atomic_uint_t            hedges;        /* second attempts */
+    ngx_atomic_uint_t            hedges_won;    /* ... that answered */
+    ngx_atomic_uint_t            hedges_cancelled; /* attempts cancelled */
+    ngx_atomic_uint_t            hedge_tokens;  /* charged to those */
+    ngx_uint_t                   hedge_credit;  /* hundredths of a hedge */
     ngx_atomic_uint_t            failures;
     ngx_atomic_uint_t            responses[6];   /* by status / 100 */
     ngx_atomic_uint_t            tokens_charged;
@@ -372,6 +379,8 @@ typedef struct {
     ngx_uint_t                   image_tokens;
     ngx_uint_t                   encoding;   /* 0: by the model's name */
     ngx_flag_t                   stream_usage;
+    ngx_msec_t                   hedge_after; /* llm_hedge, 0: off */
+    ngx_uint_t                   hedge_max;  /* percent of requests */
     ngx_flag_t                   count_cache;
     ngx_flag_t                   body_walk;
     ngx_array_t                 *limits;     /* ngx_http_llm_limit_t */
@@ -388,6 +397,9 @@ typedef struct {
 
 
 typedef void (*ngx_http_llm_thread_pt)(ngx_http_request_t *r);
+
+typedef struct ngx_http_llm_hedge_s  ngx_http_llm_hedge_t;
+typedef struct ngx_http_llm_attempt_s  ngx_http_llm_attempt_t;
 
 
 #define NGX_HTTP_LLM_COUNT_EXACT     1
@@ -502,6 +514,10 @@ typedef struct {
     ngx_http_llm_limit_t        *over;        /* the limit that refused */
     ngx_http_llm_consumer_t     *over_consumer;
 
+    /* llm_hedge: the main request's race, or one attempt of it */
+    ngx_http_llm_hedge_t        *hedge;
+    ngx_http_llm_attempt_t      *attempt;
+
     /* waiting for a lease from Redis since, 0: not waiting */
     ngx_msec_t                   share_since;
 
@@ -546,6 +562,13 @@ typedef struct {
 #define NGX_HTTP_LLM_OVER_TOKENS       0
 #define NGX_HTTP_LLM_OVER_REQUESTS     1
 #define NGX_HTTP_LLM_OVER_QUOTA        2
+
+#define NGX_HTTP_LLM_HEDGE_EARN        0
+#define NGX_HTTP_LLM_HEDGE_SPEND       1
+#define NGX_HTTP_LLM_HEDGE_UNSPEND     2
+#define NGX_HTTP_LLM_HEDGE_STARTED     3
+#define NGX_HTTP_LLM_HEDGE_WON         4
+#define NGX_HTTP_LLM_HEDGE_CANCELLED   5
 
 #define NGX_HTTP_LLM_DONE_OK           0
 #define NGX_HTTP_LLM_DONE_THROTTLED    1
@@ -676,6 +699,8 @@ void ngx_http_llm_scan(ngx_http_llm_scan_t *s, u_char *p, u_char *last,
 void ngx_http_llm_account(ngx_http_llm_ctx_t *ctx, ngx_uint_t status);
 void ngx_http_llm_pool_count(ngx_http_llm_pool_t *pool,
     ngx_uint_t fallback);
+ngx_uint_t ngx_http_llm_pool_hedge(ngx_http_llm_pool_t *pool,
+    ngx_uint_t event, ngx_uint_t n);
 void ngx_http_llm_windows_update(ngx_http_llm_pool_t *pool,
     ngx_http_llm_backend_sh_t *sh, ngx_msec_t now);
 char *ngx_http_llm_status(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
@@ -738,6 +763,7 @@ ngx_int_t ngx_http_llm_error_body(ngx_http_request_t *r, ngx_uint_t status,
 
 extern ngx_module_t  ngx_http_llm_module;
 extern ngx_module_t  ngx_http_llm_filter_module;
+extern ngx_module_t  ngx_http_llm_hedge_module;
 
 
 #endif /* _NGX_HTTP_LLM_MODULE_H_INCLUDED_ */

@@ -8,6 +8,7 @@
 #include <ngx_core.h>
 #include <ngx_http.h>
 #include "ngx_http_llm_module.h"
+#include "ngx_http_llm_hedge.h"
 #include "ngx_http_llm_estimate.h"
 
 
@@ -55,13 +56,19 @@ ngx_http_llm_request_handler(ngx_http_request_t *r)
 
     if (ctx) {
         if (ctx->error == 0) {
-            if (ctx->status == NGX_DECLINED && llcf->upstream
-                && !ctx->admitted)
-            {
-                return ngx_http_llm_admit(r, ctx);
+            rc = ctx->status;
+
+            if (rc == NGX_DECLINED && llcf->upstream && !ctx->admitted) {
+                rc = ngx_http_llm_admit(r, ctx);
             }
 
-            return ctx->status;
+            /* admitted: llm_hedge may run the attempts */
+
+            if (rc == NGX_DECLINED && ctx->admitted) {
+                ngx_http_llm_hedge_prepare(r, ctx);
+            }
+
+            return rc;
         }
 
         rc = ngx_http_llm_send_error(r, ctx->error, ctx->error_code,

@@ -342,8 +342,12 @@ ngx_http_llm_status_json(u_char *p, ngx_http_llm_pool_t *pool,
     p = ngx_sprintf(p, "{\"name\":\"");
     p = (u_char *) ngx_escape_json(p, pool->name.data, pool->name.len);
     p = ngx_sprintf(p, "\",\"window_ms\":%M,\"local_throttled\":%uA,"
-                    "\"fallbacks\":%uA,\"backends\":[", pool->window,
-                    total->sh.local_throttled, total->sh.fallbacks);
+                    "\"fallbacks\":%uA,\"hedges\":%uA,\"hedges_won\":%uA,"
+                    "\"hedges_cancelled\":%uA,\"hedge_tokens\":%uA,"
+                    "\"backends\":[", pool->window,
+                    total->sh.local_throttled, total->sh.fallbacks,
+                    total->sh.hedges, total->sh.hedges_won,
+                    total->sh.hedges_cancelled, total->sh.hedge_tokens);
 
     for (i = 0; i < pool->backends.nelts; i++) {
         sh = &snap[i].sh;
@@ -578,6 +582,14 @@ static ngx_http_llm_metric_t  ngx_http_llm_metrics[] = {
       "Requests answered 429 by nginx for want of room in the pool." },
     { "llm_pool_fallbacks_total", "counter",
       "Requests the pool took as llm_route's fallback for another." },
+    { "llm_pool_hedges_total", "counter",
+      "Second attempts llm_hedge started." },
+    { "llm_pool_hedges_won_total", "counter",
+      "Second attempts whose answer reached the client." },
+    { "llm_pool_hedge_cancelled_total", "counter",
+      "Attempts cancelled because the other answered first." },
+    { "llm_pool_hedge_tokens_total", "counter",
+      "Tokens charged to cancelled attempts." },
     { NULL, NULL, NULL }
 };
 
@@ -588,7 +600,7 @@ ngx_http_llm_status_prometheus(u_char *p, ngx_http_llm_pool_t **pools,
     ngx_http_llm_snap_t *totals)
 {
     ngx_uint_t                  i, j, m, k;
-    ngx_atomic_uint_t           v[5];
+    ngx_atomic_uint_t           v[6];
     ngx_http_llm_metric_t      *metric;
     ngx_http_llm_backend_t     *b;
     ngx_http_llm_snap_t        *snap;
@@ -610,11 +622,17 @@ ngx_http_llm_status_prometheus(u_char *p, ngx_http_llm_pool_t **pools,
         for (i = 0; i < npools; i++) {
 
             if (m >= 17) {
+                sh = &totals[i].sh;
+                v[0] = sh->local_throttled;
+                v[1] = sh->fallbacks;
+                v[2] = sh->hedges;
+                v[3] = sh->hedges_won;
+                v[4] = sh->hedges_cancelled;
+                v[5] = sh->hedge_tokens;
+
                 p = ngx_sprintf(p, "%s{pool=\"", metric->name);
                 p = ngx_http_llm_label(p, &pools[i]->name);
-                p = ngx_sprintf(p, "\"} %uA\n",
-                                m == 17 ? totals[i].sh.local_throttled
-                                        : totals[i].sh.fallbacks);
+                p = ngx_sprintf(p, "\"} %uA\n", v[m - 17]);
                 continue;
             }
 

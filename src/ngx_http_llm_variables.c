@@ -8,6 +8,7 @@
 #include <ngx_core.h>
 #include <ngx_http.h>
 #include "ngx_http_llm_module.h"
+#include "ngx_http_llm_hedge.h"
 
 
 static ngx_int_t ngx_http_llm_str_variable(ngx_http_request_t *r,
@@ -34,8 +35,11 @@ static ngx_int_t ngx_http_llm_consumer_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
 static ngx_int_t ngx_http_llm_pool_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
+static ngx_int_t ngx_http_llm_hedge_variable(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data);
 static void ngx_http_llm_set_value(ngx_http_variable_value_t *v,
     ngx_str_t *s);
+static ngx_http_llm_ctx_t *ngx_http_llm_variable_ctx(ngx_http_request_t *r);
 
 
 static ngx_http_variable_t  ngx_http_llm_vars[] = {
@@ -118,6 +122,9 @@ static ngx_http_variable_t  ngx_http_llm_vars[] = {
     { ngx_string("llm_pool"), NULL,
       ngx_http_llm_pool_variable, 0, NGX_HTTP_VAR_NOCACHEABLE, 0 },
 
+    { ngx_string("llm_hedge"), NULL,
+      ngx_http_llm_hedge_variable, 0, NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
     { ngx_string("llm_fallback"), NULL,
       ngx_http_llm_pool_variable, 1, NGX_HTTP_VAR_NOCACHEABLE, 0 },
 
@@ -158,7 +165,7 @@ ngx_http_llm_str_variable(ngx_http_request_t *r,
     ngx_str_t           *s;
     ngx_http_llm_ctx_t  *ctx;
 
-    ctx = ngx_http_get_module_ctx(r->main, ngx_http_llm_module);
+    ctx = ngx_http_llm_variable_ctx(r);
 
     if (ctx == NULL) {
         v->not_found = 1;
@@ -187,7 +194,7 @@ ngx_http_llm_number_variable(ngx_http_request_t *r,
     ngx_uint_t           n;
     ngx_http_llm_ctx_t  *ctx;
 
-    ctx = ngx_http_get_module_ctx(r->main, ngx_http_llm_module);
+    ctx = ngx_http_llm_variable_ctx(r);
 
     if (ctx == NULL || !ctx->parsed) {
         v->not_found = 1;
@@ -213,7 +220,7 @@ ngx_http_llm_backend_variable(ngx_http_request_t *r,
     ngx_str_t           *s;
     ngx_http_llm_ctx_t  *ctx;
 
-    ctx = ngx_http_get_module_ctx(r->main, ngx_http_llm_module);
+    ctx = ngx_http_llm_variable_ctx(r);
 
     if (ctx == NULL || ctx->backend == NULL) {
         v->not_found = 1;
@@ -242,7 +249,7 @@ ngx_http_llm_secret_variable(ngx_http_request_t *r,
     ngx_http_llm_ctx_t     *ctx;
     ngx_http_llm_secret_t  *secret;
 
-    ctx = ngx_http_get_module_ctx(r->main, ngx_http_llm_module);
+    ctx = ngx_http_llm_variable_ctx(r);
 
     if (ctx == NULL || ctx->backend == NULL
         || ctx->backend->secret == NULL
@@ -272,14 +279,16 @@ ngx_http_llm_attempts_variable(ngx_http_request_t *r,
 {
     ngx_http_llm_ctx_t  *ctx;
 
-    ctx = ngx_http_get_module_ctx(r->main, ngx_http_llm_module);
+    ctx = ngx_http_llm_variable_ctx(r);
 
     if (ctx == NULL) {
         v->not_found = 1;
         return NGX_OK;
     }
 
-    return ngx_http_llm_set_number(r, v, ctx->attempts);
+    return ngx_http_llm_set_number(r, v, ctx->hedge
+                                         ? ngx_http_llm_hedge_attempts(ctx)
+                                         : ctx->attempts);
 }
 
 
@@ -296,7 +305,7 @@ ngx_http_llm_throttle_variable(ngx_http_request_t *r,
         ngx_string("consumer")
     };
 
-    ctx = ngx_http_get_module_ctx(r->main, ngx_http_llm_module);
+    ctx = ngx_http_llm_variable_ctx(r);
 
     if (ctx == NULL) {
         v->not_found = 1;
@@ -322,7 +331,7 @@ ngx_http_llm_consumer_variable(ngx_http_request_t *r,
     u_char              *p;
     ngx_http_llm_ctx_t  *ctx;
 
-    ctx = ngx_http_get_module_ctx(r->main, ngx_http_llm_module);
+    ctx = ngx_http_llm_variable_ctx(r);
 
     if (ctx == NULL || ctx->nconsumers == 0) {
         v->not_found = 1;
@@ -357,7 +366,7 @@ ngx_http_llm_usage_variable(ngx_http_request_t *r,
     ngx_http_llm_ctx_t   *ctx;
     ngx_http_llm_scan_t   usage;
 
-    ctx = ngx_http_get_module_ctx(r->main, ngx_http_llm_module);
+    ctx = ngx_http_llm_variable_ctx(r);
 
     if (ctx == NULL) {
         v->not_found = 1;
@@ -393,7 +402,7 @@ ngx_http_llm_usage_source_variable(ngx_http_request_t *r,
         ngx_string("counted")
     };
 
-    ctx = ngx_http_get_module_ctx(r->main, ngx_http_llm_module);
+    ctx = ngx_http_llm_variable_ctx(r);
 
     source = ctx ? ngx_http_llm_usage_of(ctx, &usage) : 0;
 
@@ -418,7 +427,7 @@ ngx_http_llm_ttft_variable(ngx_http_request_t *r,
 {
     ngx_http_llm_ctx_t  *ctx;
 
-    ctx = ngx_http_get_module_ctx(r->main, ngx_http_llm_module);
+    ctx = ngx_http_llm_variable_ctx(r);
 
     if (ctx == NULL || !ctx->first_byte) {
         v->not_found = 1;
@@ -464,7 +473,7 @@ ngx_http_llm_pool_variable(ngx_http_request_t *r,
     ngx_http_llm_pool_t      *pool;
     ngx_http_llm_loc_conf_t  *llcf;
 
-    ctx = ngx_http_get_module_ctx(r->main, ngx_http_llm_module);
+    ctx = ngx_http_llm_variable_ctx(r);
 
     pool = NULL;
 
@@ -500,4 +509,49 @@ ngx_http_llm_set_value(ngx_http_variable_value_t *v, ngx_str_t *s)
     v->no_cacheable = 1;
     v->not_found = 0;
     v->data = s->data;
+}
+
+
+/* "won" or "lost": whether a hedged request's second attempt answered */
+
+static ngx_int_t
+ngx_http_llm_hedge_variable(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data)
+{
+    ngx_str_t           *s;
+    ngx_http_llm_ctx_t  *ctx;
+
+    ctx = ngx_http_llm_variable_ctx(r);
+
+    s = ctx ? ngx_http_llm_hedge_outcome(ctx) : NULL;
+
+    if (s == NULL) {
+        v->not_found = 1;
+        return NGX_OK;
+    }
+
+    ngx_http_llm_set_value(v, s);
+
+    return NGX_OK;
+}
+
+
+/*
+ * A hedged request's attempts are subrequests, each with a context of
+ * its own: proxy_set_header and proxy_pass read the attempt's backend
+ * there.  Any other request reads its main request's.
+ */
+
+static ngx_http_llm_ctx_t *
+ngx_http_llm_variable_ctx(ngx_http_request_t *r)
+{
+    ngx_http_llm_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_llm_module);
+
+    if (ctx == NULL && r != r->main) {
+        ctx = ngx_http_get_module_ctx(r->main, ngx_http_llm_module);
+    }
+
+    return ctx;
 }

@@ -1071,3 +1071,60 @@ ngx_http_llm_pool_count(ngx_http_llm_pool_t *pool, ngx_uint_t fallback)
 
     ngx_shmtx_unlock(&zone->shpool->mutex);
 }
+
+
+/*
+ * llm_hedge's counters and its max=: every request of a hedging location
+ * earns "max" hundredths of a hedge and a hedge spends a whole one, with
+ * at most ten saved, so that a quiet hour does not pay for a burst
+ */
+
+ngx_uint_t
+ngx_http_llm_pool_hedge(ngx_http_llm_pool_t *pool, ngx_uint_t event,
+    ngx_uint_t n)
+{
+    ngx_uint_t                  ok;
+    ngx_http_llm_zone_t        *zone;
+    ngx_http_llm_backend_sh_t  *sh;
+
+    zone = pool->shm_zone->data;
+    sh = pool->sh;
+    ok = 0;
+
+    ngx_shmtx_lock(&zone->shpool->mutex);
+
+    switch (event) {
+
+    case NGX_HTTP_LLM_HEDGE_EARN:
+        sh->hedge_credit = ngx_min(sh->hedge_credit + n, 1000);
+        break;
+
+    case NGX_HTTP_LLM_HEDGE_SPEND:
+        if (sh->hedge_credit >= 100) {
+            sh->hedge_credit -= 100;
+            ok = 1;
+        }
+
+        break;
+
+    case NGX_HTTP_LLM_HEDGE_UNSPEND:
+        sh->hedge_credit = ngx_min(sh->hedge_credit + 100, 1000);
+        break;
+
+    case NGX_HTTP_LLM_HEDGE_STARTED:
+        sh->hedges++;
+        break;
+
+    case NGX_HTTP_LLM_HEDGE_WON:
+        sh->hedges_won++;
+        break;
+
+    default: /* NGX_HTTP_LLM_HEDGE_CANCELLED */
+        sh->hedges_cancelled++;
+        sh->hedge_tokens += n;
+    }
+
+    ngx_shmtx_unlock(&zone->shpool->mutex);
+
+    return ok;
+}

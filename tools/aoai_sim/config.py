@@ -25,6 +25,10 @@ DEFAULTS = {
     'rpm': None,                # requests per minute (None: 6 per 1000 TPM)
     'kind': 'standard',         # or "ptu"
     'ttft_ms': [400, 1200],     # time to first token, uniform in [lo, hi]
+    'ttft_spikes': [0, 0],      # [probability, ms]: a first token that late
+                                # more (Azure has no latency SLA)
+    'head_first': False,        # a stream's headers and its events before
+                                # the first token go out at once
     'tokens_per_s': 115,        # generation speed
     'completion_tokens': 100,   # reply length when max tokens allows it
     'default_max_tokens': 640,  # charged when the body names no max tokens
@@ -87,6 +91,15 @@ def check_deployment(d):
             or ttft[0] > ttft[1]):
         raise ConfigError(f"deployment {d['name']!r}: ttft_ms must be [lo, hi]")
     d['ttft_ms'] = [float(ttft[0]), float(ttft[1])]
+    spikes = d['ttft_spikes']
+    if (not isinstance(spikes, list) or len(spikes) != 2
+            or not all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                       for x in spikes)
+            or not 0 <= spikes[0] <= 1 or spikes[1] < 0):
+        raise ConfigError(f"deployment {d['name']!r}: ttft_spikes must be "
+                          "[probability, ms]")
+    d['ttft_spikes'] = [float(spikes[0]), float(spikes[1])]
+    d['head_first'] = bool(d['head_first'])
     faults = d['faults'] or {}
     if not isinstance(faults, dict):
         raise ConfigError(f"deployment {d['name']!r}: faults must be an object")

@@ -132,7 +132,11 @@ class Deployment:
         """(ttft in real s, random fault or None) for one request."""
         with self.lock:
             lo, hi = self.cfg['ttft_ms']
-            ttft = self.rng.uniform(lo, hi) / 1000 / self.speed
+            ttft = self.rng.uniform(lo, hi)
+            p, spike = self.cfg['ttft_spikes']
+            if p and self.rng.random() < p:
+                ttft += spike
+            ttft = ttft / 1000 / self.speed
             fault = None
             for kind in config.FAULT_KINDS:
                 p = self.cfg['faults'].get(kind, 0)

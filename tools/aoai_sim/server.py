@@ -10,6 +10,7 @@ import argparse
 import json
 import math
 import re
+import select
 import signal
 import socket
 import ssl
@@ -140,6 +141,27 @@ class ApiHandler(BaseHTTPRequestHandler):
             self.done(status, record)
         self.wfile.write(body)
 
+    def pause(self, seconds):
+        """Sleep, but notice at once a client that closes meanwhile (a
+        gateway cancelling the slower of two attempts)."""
+        end = time.monotonic() + seconds
+        sock = self.connection
+        while True:
+            left = end - time.monotonic()
+            if left <= 0:
+                return
+            if not select.select([sock], [], [], left)[0]:
+                continue
+            try:
+                gone = not sock.recv(1, socket.MSG_PEEK)
+            except ValueError:           # TLS: what comes is close_notify
+                gone = True
+            except OSError:
+                gone = True
+            if gone:
+                raise ClientGone()
+            time.sleep(min(left, 0.01))  # a byte too early: not a close
+
     def write(self, data):
         try:
             if self.chunked:
@@ -266,7 +288,8 @@ class ApiHandler(BaseHTTPRequestHandler):
         if forced:
             fault = forced if forced in config.FAULT_KINDS else None
         record.update(stream=call.stream, include_usage=call.include_usage,
-                      max_tokens=call.max_tokens, n=call.choices, fault=None)
+                      max_tokens=call.max_tokens, n=call.choices, fault=None,
+                      ttft_ms=round(ttft * 1000 * speed))
 
         if fault and fault != 'cut':
             record['fault'] = fault
@@ -306,31 +329,38 @@ class ApiHandler(BaseHTTPRequestHandler):
 
         try:
             if call.stream:
-                sent = self.stream(reply, adm.headers, ttft, rate, cut, settle)
+                sent = self.stream(reply, adm.headers, ttft, rate, cut, settle,
+                                   settings['head_first'], record)
             else:
-                time.sleep(ttft + (per_choice / rate if call.op != 'embeddings' else 0))
+                self.pause(ttft + (per_choice / rate if call.op != 'embeddings' else 0))
                 body = replies.dumps(reply.json_body())
                 h = self.base_headers() + adm.headers + [
                     ('Content-Type', 'application/json'), ('Content-Length', str(len(body)))]
                 self.send_head(200, h)
+                record['head_at'] = time.time()
                 if not cut:
                     settle(reply.completion_tokens)
                 self.write(body[:len(body) // 2] if cut else body)
                 sent = 0 if cut else reply.completion_tokens
         except ClientGone:
             record['client_closed'] = True
+            record['closed_at'] = time.time()
             self.close_connection = True
         if cut:
             self.close_connection = True
         settle(sent)
 
-    def stream(self, reply, rate_headers, ttft, rate, cut, settle):
-        """Send SSE events paced at the generation rate; returns tokens sent."""
+    def stream(self, reply, rate_headers, ttft, rate, cut, settle, head_first,
+               record):
+        """Send SSE events paced at the generation rate; returns tokens sent.
+        With head_first the headers and the events that carry no token yet
+        (prompt filter results, the role) go out before the wait for the
+        first token, as a gateway racing on first tokens must expect."""
         events = reply.stream_events()
         if cut:
             events = events[:len(events) // 2]
-        time.sleep(ttft)
-        start = time.monotonic()
+        if not head_first:
+            self.pause(ttft)
         h = self.base_headers() + rate_headers + [
             ('Content-Type', 'text/event-stream; charset=utf-8'),
             ('Cache-Control', 'no-cache'), ('x-accel-buffering', 'no')]
@@ -344,12 +374,21 @@ class ApiHandler(BaseHTTPRequestHandler):
             self.send_head(200, h)
         except OSError as e:
             raise ClientGone() from e
+        record['head_at'] = time.time()
+        if head_first:
+            while events and events[0][2] == 0 and events[0][0] == 0:
+                self.write(events.pop(0)[1])
+            self.wfile.flush()
+            self.pause(ttft)
+        start = time.monotonic()
         sent = 0
         for due, data, tokens in events:
             wait = start + due / rate - time.monotonic()
             if wait > 0.002:                     # closer events go out as a burst
                 time.sleep(wait)
             self.write(data)
+            if tokens and not sent:
+                record['token_at'] = time.time()
             sent += tokens
         if not cut:
             settle(sent)
