@@ -2,8 +2,8 @@
 # (see README.md, "Try it").
 #
 #   make deb                the Debian package, .build/deb/*.deb (build/deb.sh)
-#   make seed-report        the seed article's five scenarios, time compressed
-#   make seed-report-full   the same at their real length (about 32 minutes)
+#   make seed-report        the seed article's scenarios, compressed, and llm_hedge's
+#   make seed-report-full   the same at their real length (about 50 minutes)
 #   make demo, make test    scripts/demo.sh, scripts/test.sh
 #
 # SEED_ARGS passes more options to tools/seed-report, e.g.
@@ -24,13 +24,14 @@ deb:
 seed-report:
 	sh build/deps.sh && env=$$(sh build/nginx.sh $(NGINX_VERSION)) && \
 	. "$$env" && \
-	python3 tools/seed-report --speed 10 --out .build/seed-report $(SEED_ARGS)
+	python3 tools/seed-report --speed 10 --hedging 60 \
+	    --out .build/seed-report $(SEED_ARGS)
 
 seed-report-full:
 	sh build/deps.sh && env=$$(sh build/nginx.sh $(NGINX_VERSION)) && \
 	. "$$env" && \
-	python3 tools/seed-report --speed 1 --out .build/seed-report-full \
-	    $(SEED_ARGS)
+	python3 tools/seed-report --speed 1 --hedging 300 \
+	    --out .build/seed-report-full $(SEED_ARGS)
 
 demo:
 	./scripts/demo.sh

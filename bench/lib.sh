@@ -139,6 +139,13 @@ bench_conf() {
         llm_backend be http://127.0.0.1:18992;
     }
 
+    # llm_hedge needs two backends: the same server under two names
+    upstream pair {
+        llm_balance zone=llm keepalive=32;
+        llm_backend one http://127.0.0.1:18992;
+        llm_backend two http://127.0.0.1:18992;
+    }
+
     server {
         listen 127.0.0.1:18992;
         location / {
@@ -164,6 +171,17 @@ bench_conf() {
             llm_route pool;
             llm_count estimate;
             proxy_pass http://pool;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+
+        # estimate with llm_hedge, whose delay never passes here: what
+        # running the attempt as a subrequest costs
+        location /hedge/ {
+            llm_route pair;
+            llm_count estimate;
+            llm_hedge after=60s;
+            proxy_pass http://pair;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
         }

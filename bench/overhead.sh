@@ -7,6 +7,8 @@
 #             after the first finds its texts in the repeat cache, as a
 #             chat history sent again does
 #   nocache   the same with llm_count_cache off: every text tokenized
+#   hedge     estimate with llm_hedge over two backends, its delay never
+#             reached: the cost of running the attempt as a subrequest
 #   sse-plain, sse-estimate
 #             plain and estimate with a streamed answer (SSE, 22 events)
 #   limit     estimate with an llm_limit line (tpm, rpm) on one consumer,
@@ -55,8 +57,8 @@ sleep 1
 printf '%-6s %-12s %10s %9s %9s %8s\n' body mode 'req/s' 'p50 ms' 'p99 ms' ratio
 for size in 1k 20k; do
     base=""
-    for mode in plain estimate exact nocache sse-plain sse-estimate \
-                limit shared shared-quiet; do
+    for mode in plain estimate exact nocache hedge sse-plain \
+                sse-estimate limit shared shared-quiet; do
         # streamed answers against plain streaming, limits against plain;
         # at 20 KB the limits' 100m tokens a minute run out within the
         # run, and 429s are no measure of speed
@@ -128,8 +130,8 @@ printf '%-6s %-12s %10s %7s %9s %8s %9s %9s %8s\n' body mode instr/req ratio \
 bench_start "$work/cg.conf" 18991
 for size in 1k 20k; do
     base=""
-    for mode in plain estimate exact nocache sse-plain sse-estimate \
-                limit shared shared-quiet; do
+    for mode in plain estimate exact nocache hedge sse-plain \
+                sse-estimate limit shared shared-quiet; do
         [ "$mode" != sse-plain ] || base=""
         [ "$mode" != limit ] || base=$plain
         c0=$(bench_redis_commands)

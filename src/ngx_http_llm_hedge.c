@@ -68,6 +68,7 @@ struct ngx_http_llm_hedge_s {
     ngx_uint_t                   n;
     ngx_http_llm_attempt_t      *winner;
     ngx_event_t                  timer;
+    ngx_msec_t                   after;      /* the delay of the second */
     ngx_uint_t                   status;     /* to answer, when no one can */
 
     unsigned                     last:1;     /* the winner's end went out */
@@ -142,7 +143,7 @@ static ngx_str_t  ngx_http_llm_hedge_won = ngx_string("won");
 static ngx_str_t  ngx_http_llm_hedge_lost = ngx_string("lost");
 
 
-/* llm_hedge off | after=time [max=percent] */
+/* llm_hedge off | after=time|auto [max=percent] */
 
 char *
 ngx_http_llm_hedge_conf(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
@@ -165,6 +166,11 @@ ngx_http_llm_hedge_conf(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     }
 
     for (i = 1; i < cf->args->nelts; i++) {
+
+        if (ngx_strcmp(value[i].data, "after=auto") == 0) {
+            llcf->hedge_after = NGX_HTTP_LLM_HEDGE_AUTO;
+            continue;
+        }
 
         if (ngx_strncmp(value[i].data, "after=", 6) == 0) {
             s.data = value[i].data + 6;
@@ -218,6 +224,7 @@ invalid:
 void
 ngx_http_llm_hedge_prepare(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
 {
+    ngx_msec_t                after;
     ngx_http_llm_hedge_t     *hedge;
     ngx_http_llm_loc_conf_t  *llcf;
 
@@ -235,11 +242,25 @@ ngx_http_llm_hedge_prepare(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
         return;
     }
 
+    after = llcf->hedge_after;
+
+    if (after == NGX_HTTP_LLM_HEDGE_AUTO) {
+
+        /* the slow tail of the first backend's own first tokens */
+
+        after = ngx_http_llm_backend_ttft_p95(ctx->backend);
+
+        if (after == 0) {
+            return;
+        }
+    }
+
     hedge = ngx_pcalloc(r->pool, sizeof(ngx_http_llm_hedge_t));
     if (hedge == NULL) {
         return;
     }
 
+    hedge->after = after;
     hedge->request = r;
     hedge->ctx = ctx;
     hedge->handler = r->content_handler;
@@ -255,14 +276,12 @@ ngx_http_llm_hedge_prepare(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
 static ngx_int_t
 ngx_http_llm_hedge_handler(ngx_http_request_t *r)
 {
-    ngx_pool_cleanup_t       *cln;
-    ngx_http_llm_ctx_t       *ctx;
-    ngx_http_llm_hedge_t     *hedge;
-    ngx_http_llm_loc_conf_t  *llcf;
+    ngx_pool_cleanup_t    *cln;
+    ngx_http_llm_ctx_t    *ctx;
+    ngx_http_llm_hedge_t  *hedge;
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_llm_module);
     hedge = ctx->hedge;
-    llcf = ngx_http_get_module_loc_conf(r, ngx_http_llm_module);
 
     ngx_log_debug0(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
                    "llm hedge handler");
@@ -283,7 +302,7 @@ ngx_http_llm_hedge_handler(ngx_http_request_t *r)
     hedge->timer.data = hedge;
     hedge->timer.log = r->connection->log;
 
-    ngx_add_timer(&hedge->timer, llcf->hedge_after);
+    ngx_add_timer(&hedge->timer, hedge->after);
 
     /* a client gone cancels the attempts; the winner's bytes are sent */
 
@@ -494,11 +513,10 @@ ngx_http_llm_hedge_run(ngx_http_request_t *sr)
 static void
 ngx_http_llm_hedge_timer(ngx_event_t *ev)
 {
-    ngx_int_t                 rc;
-    ngx_connection_t         *c;
-    ngx_http_request_t       *r;
-    ngx_http_llm_hedge_t     *hedge;
-    ngx_http_llm_loc_conf_t  *llcf;
+    ngx_int_t              rc;
+    ngx_connection_t      *c;
+    ngx_http_request_t    *r;
+    ngx_http_llm_hedge_t  *hedge;
 
     hedge = ev->data;
     r = hedge->request;
@@ -507,8 +525,6 @@ ngx_http_llm_hedge_timer(ngx_event_t *ev)
     if (hedge->winner || hedge->n != 1 || hedge->attempt[0].done) {
         return;
     }
-
-    llcf = ngx_http_get_module_loc_conf(r, ngx_http_llm_module);
 
     /* max= of the requests hedge, and only with room for one more charge */
 
@@ -537,7 +553,7 @@ ngx_http_llm_hedge_timer(ngx_event_t *ev)
     ngx_log_error(NGX_LOG_INFO, c->log, 0,
                   "llm: no first token from \"%V\" after %M ms, "
                   "hedged on \"%V\"",
-                  &hedge->attempt[0].ctx->backend->name, llcf->hedge_after,
+                  &hedge->attempt[0].ctx->backend->name, hedge->after,
                   &hedge->attempt[1].ctx->backend->name);
 
     /* a subrequest made outside the request's own handlers must be run */
@@ -966,6 +982,12 @@ ngx_http_llm_hedge_cancel(ngx_http_llm_attempt_t *a)
     a->done = 1;
 
     extra = (u && u->request_sent && actx->held) ? actx->charged : 0;
+
+    /* no first token yet: the least its first token would have taken */
+
+    if (u && u->request_sent && actx->backend) {
+        ngx_http_llm_backend_ttft(actx->backend, ngx_current_msec - a->start);
+    }
 
     ngx_log_debug2(NGX_LOG_DEBUG_HTTP, sr->connection->log, 0,
                    "llm hedge: cancel attempt %ui, %ui tokens kept",

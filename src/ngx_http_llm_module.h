@@ -75,6 +75,8 @@ typedef struct {
  * leaves our window no earlier than it leaves Azure's.
  */
 
+#define NGX_HTTP_LLM_TTFT_RECENT  64
+
 typedef struct {
     ngx_rbtree_node_t            node;
     ngx_queue_t                  queue;
@@ -117,6 +119,10 @@ typedef struct {
     ngx_atomic_uint_t            cached_tokens;
     ngx_atomic_uint_t            reasoning_tokens;
     ngx_atomic_uint_t            usage_counted;
+
+    /* the last first-token times, ms, for llm_hedge after=auto */
+    uint16_t                     ttft_recent[NGX_HTTP_LLM_TTFT_RECENT];
+    ngx_uint_t                   ttft_samples;  /* since forgotten */
 
     /* exponentially weighted, in milliseconds and tokens/s x 1000 */
     ngx_uint_t                   ttft_ewma;
@@ -379,7 +385,8 @@ typedef struct {
     ngx_uint_t                   image_tokens;
     ngx_uint_t                   encoding;   /* 0: by the model's name */
     ngx_flag_t                   stream_usage;
-    ngx_msec_t                   hedge_after; /* llm_hedge, 0: off */
+    ngx_msec_t                   hedge_after; /* llm_hedge, 0: off,
+                                                 or _AUTO */
     ngx_uint_t                   hedge_max;  /* percent of requests */
     ngx_flag_t                   count_cache;
     ngx_flag_t                   body_walk;
@@ -563,6 +570,8 @@ typedef struct {
 #define NGX_HTTP_LLM_OVER_REQUESTS     1
 #define NGX_HTTP_LLM_OVER_QUOTA        2
 
+#define NGX_HTTP_LLM_HEDGE_AUTO        ((ngx_msec_t) -2)
+
 #define NGX_HTTP_LLM_HEDGE_EARN        0
 #define NGX_HTTP_LLM_HEDGE_SPEND       1
 #define NGX_HTTP_LLM_HEDGE_UNSPEND     2
@@ -701,6 +710,8 @@ void ngx_http_llm_pool_count(ngx_http_llm_pool_t *pool,
     ngx_uint_t fallback);
 ngx_uint_t ngx_http_llm_pool_hedge(ngx_http_llm_pool_t *pool,
     ngx_uint_t event, ngx_uint_t n);
+void ngx_http_llm_backend_ttft(ngx_http_llm_backend_t *b, ngx_msec_t ms);
+ngx_msec_t ngx_http_llm_backend_ttft_p95(ngx_http_llm_backend_t *b);
 void ngx_http_llm_windows_update(ngx_http_llm_pool_t *pool,
     ngx_http_llm_backend_sh_t *sh, ngx_msec_t now);
 char *ngx_http_llm_status(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);

@@ -1013,6 +1013,7 @@ ngx_http_llm_account(ngx_http_llm_ctx_t *ctx, ngx_uint_t status)
             /* forgotten: see ngx_http_llm_latency() */
             sh->ttft_ewma = 0;
             sh->tps_ewma = 0;
+            sh->ttft_samples = 0;
         }
 
         /* the backend's own: from this attempt's start, not the request's */
@@ -1025,6 +1026,9 @@ ngx_http_llm_account(ngx_http_llm_ctx_t *ctx, ngx_uint_t status)
 
         sh->ttft_ewma = sh->ttft_ewma ? (sh->ttft_ewma * 7 + ttft) / 8 : ttft;
         sh->ewma_time = now;
+
+        sh->ttft_recent[sh->ttft_samples++ % NGX_HTTP_LLM_TTFT_RECENT] =
+                                                  (uint16_t) ngx_min(ttft, 65535);
 
         gen = now - ctx->start - ctx->ttft;
 
@@ -1127,4 +1131,86 @@ ngx_http_llm_pool_hedge(ngx_http_llm_pool_t *pool, ngx_uint_t event,
     ngx_shmtx_unlock(&zone->shpool->mutex);
 
     return ok;
+}
+
+
+/*
+ * An attempt cancelled before its first token: its time so far is the
+ * least its first token would have taken, and leaving it out would make
+ * the backend look faster than it is
+ */
+
+void
+ngx_http_llm_backend_ttft(ngx_http_llm_backend_t *b, ngx_msec_t ms)
+{
+    ngx_http_llm_zone_t        *zone;
+    ngx_http_llm_backend_sh_t  *sh;
+
+    zone = b->pool->shm_zone->data;
+    sh = b->sh;
+
+    ngx_shmtx_lock(&zone->shpool->mutex);
+
+    sh->ttft_recent[sh->ttft_samples++ % NGX_HTTP_LLM_TTFT_RECENT] =
+                                                   (uint16_t) ngx_min(ms, 65535);
+
+    ngx_shmtx_unlock(&zone->shpool->mutex);
+}
+
+
+/*
+ * llm_hedge after=auto: the 95th percentile of the backend's recent
+ * first-token times, the fourth longest of the last 64; 0 until it has
+ * 16, and again after a window without any
+ */
+
+ngx_msec_t
+ngx_http_llm_backend_ttft_p95(ngx_http_llm_backend_t *b)
+{
+    ngx_uint_t                  i, j, n, k;
+    ngx_msec_t                  now;
+    uint16_t                    recent[NGX_HTTP_LLM_TTFT_RECENT], top[4], v;
+    ngx_http_llm_zone_t        *zone;
+    ngx_http_llm_backend_sh_t  *sh;
+
+    zone = b->pool->shm_zone->data;
+    sh = b->sh;
+    now = ngx_current_msec;
+
+    ngx_shmtx_lock(&zone->shpool->mutex);
+
+    n = (now - sh->ewma_time > b->pool->window) ? 0 : sh->ttft_samples;
+    n = ngx_min(n, NGX_HTTP_LLM_TTFT_RECENT);
+
+    ngx_memcpy(recent, sh->ttft_recent, n * sizeof(uint16_t));
+
+    ngx_shmtx_unlock(&zone->shpool->mutex);
+
+    if (n < 16) {
+        return 0;
+    }
+
+    /* the k longest, longest first: 5 % of the samples lie above */
+
+    k = n / 20 + 1;
+
+    for (j = 0; j < k; j++) {
+        top[j] = 0;
+    }
+
+    for (i = 0; i < n; i++) {
+        v = recent[i];
+
+        for (j = k; j > 0 && top[j - 1] < v; j--) {
+            if (j < k) {
+                top[j] = top[j - 1];
+            }
+        }
+
+        if (j < k) {
+            top[j] = v;
+        }
+    }
+
+    return top[k - 1];
 }

@@ -92,6 +92,7 @@ $t->start_nginx(<<"END", ports => [$listen]);
 ${\ upstream('pool', '1m') }
 ${\ upstream('capped', '1m') }
 ${\ upstream('full', '1000') }
+${\ upstream('auto', '1m') }
 
     upstream tls {
         llm_balance zone=llm keepalive=4;
@@ -110,6 +111,7 @@ ${\ location('pool', 'after=300ms max=100%',
              'llm_limit $http_x_app tpm=100k;') }
 ${\ location('capped', 'after=100ms max=20%') }
 ${\ location('full', 'after=100ms max=100%') }
+${\ location('auto', 'after=auto max=100%') }
 
         # over TLS, each attempt with its own Host, name, key and path,
         # with nothing of them in the location
@@ -348,6 +350,26 @@ is($h->{'x-backend'}, 'slow', 'no room: the first backend answered');
 is(pool('full')->{hedges}, 0, 'no room: no hedge');
 is(backend('full', 'fast')->{window_tokens}, 0, 'no room: nothing charged');
 
+# after=auto: no hedge until the first backend has 16 first-token
+# times; then the slow tail beyond their 95th percentile is hedged
+
+$t->sim_update('slow', { ttft_ms => [600, 600] });
+($el, $st, $h) = timed_post("/auto$chat", $body);
+is($h->{'x-backend'}, 'slow', 'auto, no history: the first backend');
+ok(!exists $h->{'x-hedge'}, 'auto, no history: not hedged');
+$t->sim_update('slow', { ttft_ms => [100, 100] });
+for (1 .. 19) {
+    ($st, $h) = http_post($listen, "/auto$chat", $body);
+}
+ok(!exists $h->{'x-hedge'}, 'auto: first tokens on time are not hedged');
+$t->sim_update('slow', { ttft_ms => [2000, 2000] });
+($el, $st, $h) = timed_post("/auto$chat", $body);
+is($st, 200, 'auto, a late first token: 200');
+is($h->{'x-backend'}, 'fast', 'auto: hedged, the second answered');
+ok($el < 0.8, sprintf 'auto: after about the 95th percentile, in %.3f s',
+                      $el);
+is(pool('auto')->{hedges}, 1, 'auto: one hedge');
+
 # the client goes away while both attempts run: both are cancelled
 
 $t->sim_update('slow', { ttft_ms => [3000, 3000] });
@@ -377,7 +399,7 @@ like($log[0], qr/^200 fast "won" 2 "127\.0\.0\.1:$p{fast}"$/,
 
 # configuration errors
 
-for my $bad ('after=0', 'max=10%', 'after=1s max=0%', 'after=1s max=101%',
+for my $bad ('after=0', 'max=10%', 'after=automatic', 'after=1s max=0%', 'after=1s max=101%',
              'after=1s max=10', 'sometimes') {
     my ($rc, $err) = $t->test_conf(<<"END");
     llm_zone llm:1m;

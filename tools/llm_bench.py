@@ -249,9 +249,10 @@ class Bench:
     def path(self, name):
         return os.path.join(self.work, name)
 
-    def start_sim(self, deployments, speed, who):
-        """aoai-sim with these deployments, time compressed by speed;
-        exits with a message naming who when it does not start."""
+    def start_sim(self, deployments, speed, who, extra=()):
+        """aoai-sim with these deployments, time compressed by speed, and
+        extra arguments; exits with a message naming who when it does
+        not start."""
         self.ctl = free_port()
         for d in deployments:
             with open(self.path(d["name"] + ".key"), "w") as f:
@@ -263,7 +264,7 @@ class Bench:
         self.procs.append(subprocess.Popen(
             [sys.executable, os.path.join(TOP, "tools", "aoai-sim"),
              "--config", self.path("sim.json"),
-             "--speed", str(speed), "--quiet"],
+             "--speed", str(speed), "--quiet"] + list(extra),
             stdout=simlog, stderr=simlog))
         ports = [self.ctl] + [d["port"] for d in deployments]
         if not all(wait_port(p) for p in ports):

@@ -220,7 +220,8 @@ class ApiHandler(BaseHTTPRequestHandler):
         record = {'time': round(time.time(), 3), 'method': self.command, 'path': path,
                   'query': query, 'host': host, 'sni': self.sni, 'api_key': api_key,
                   'bearer': bearer, 'deployment': name, 'body_bytes': len(body),
-                  'request_id': self.rid}
+                  'request_id': self.rid,
+                  'client_request_id': self.headers.get('x-ms-client-request-id')}
         if isinstance(data, dict):
             record['model'] = data.get('model')
         if self.dep is not None:
@@ -458,6 +459,7 @@ class ApiHandler(BaseHTTPRequestHandler):
             self.dep.count_end(status, record)
         else:
             sim.count_unrouted_end(status)
+        sim.record(self.dep.name if self.dep else None, record)
         sim.log(f"{self.dep.name if self.dep else '-'} {self.command} {self.path}"
                 f" host={record['host'] or '-'} sni={record['sni'] or '-'} -> {status}"
                 f" charge={record.get('charge', 0)} usage={record.get('prompt_tokens', 0)}"
@@ -564,14 +566,24 @@ def new_unrouted():
 class Simulator:
     """The deployments, requests nobody owned, and the log."""
 
-    def __init__(self, cfg, speed, quiet):
+    def __init__(self, cfg, speed, quiet, records=None):
         self.speed = speed
         self.quiet = quiet
+        self.records = open(records, 'a', buffering=1) if records else None
         self.deployments = [Deployment(d, speed) for d in cfg['deployments']]
         self.by_name = {d.name: d for d in self.deployments}
         self.lock = threading.Lock()
         self.unrouted = new_unrouted()
         self.stopping = threading.Event()
+
+    def record(self, name, record):
+        """--records: every request's record as a JSON line, keys left out."""
+        if self.records is None:
+            return
+        line = {k: v for k, v in record.items() if k not in ('api_key', 'bearer')}
+        line['name'] = name
+        with self.lock:
+            self.records.write(json.dumps(line, sort_keys=True) + '\n')
 
     def log(self, line):
         if not self.quiet:
@@ -617,6 +629,9 @@ def main(argv=None):
     ap.add_argument('--speed', type=float, default=1.0,
                     help='compress all simulated time by this factor')
     ap.add_argument('--quiet', action='store_true', help='no per-request log lines')
+    ap.add_argument('--records', metavar='FILE',
+                    help='append every request\'s record to FILE, a JSON line '
+                         'each (times, status, tokens; no keys)')
     args = ap.parse_args(argv)
     if args.speed <= 0:
         ap.error('--speed must be positive')
@@ -626,7 +641,7 @@ def main(argv=None):
         print(f'aoai-sim: {e}', file=sys.stderr)
         return 2
 
-    sim = Simulator(cfg, args.speed, args.quiet)
+    sim = Simulator(cfg, args.speed, args.quiet, args.records)
     by_port = {}
     for d in sim.deployments:
         by_port.setdefault(d.port, []).append(d)
