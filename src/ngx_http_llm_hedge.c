@@ -39,7 +39,8 @@
  */
 
 
-#define NGX_HTTP_LLM_HEDGE_ATTEMPTS  2
+/* the first, a hedge, and fallback= pools after failures */
+#define NGX_HTTP_LLM_HEDGE_ATTEMPTS  4
 
 /* a stream held longer than this is sent as it is */
 #define NGX_HTTP_LLM_HEDGE_HOLD      (64 * 1024)
@@ -53,6 +54,7 @@ struct ngx_http_llm_attempt_s {
     ngx_http_llm_scan_t         *scan;
     ngx_msec_t                   start;
 
+    unsigned                     second:1;   /* llm_hedge's, late first */
     unsigned                     sse:1;
     unsigned                     failed:1;   /* stepped aside */
     unsigned                     done:1;     /* finalized or cancelled */
@@ -69,6 +71,7 @@ struct ngx_http_llm_hedge_s {
     ngx_http_llm_attempt_t      *winner;
     ngx_event_t                  timer;
     ngx_msec_t                   after;      /* the delay of the second */
+    ngx_uint_t                   next_fallback; /* in llm_route's list */
     ngx_uint_t                   status;     /* to answer, when no one can */
 
     unsigned                     last:1;     /* the winner's end went out */
@@ -79,7 +82,9 @@ struct ngx_http_llm_hedge_s {
 static ngx_int_t ngx_http_llm_hedge_init(ngx_conf_t *cf);
 static ngx_int_t ngx_http_llm_hedge_handler(ngx_http_request_t *r);
 static void ngx_http_llm_hedge_cleanup(void *data);
-static ngx_int_t ngx_http_llm_hedge_attempt(ngx_http_llm_hedge_t *hedge);
+static ngx_int_t ngx_http_llm_hedge_attempt(ngx_http_llm_hedge_t *hedge,
+    ngx_http_llm_pool_t *pool);
+static ngx_uint_t ngx_http_llm_hedge_fallback(ngx_http_llm_attempt_t *a);
 static void ngx_http_llm_hedge_run(ngx_http_request_t *sr);
 static void ngx_http_llm_hedge_timer(ngx_event_t *ev);
 static ngx_int_t ngx_http_llm_hedge_done(ngx_http_request_t *sr,
@@ -224,17 +229,17 @@ invalid:
 void
 ngx_http_llm_hedge_prepare(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
 {
-    ngx_msec_t                after;
-    ngx_http_llm_hedge_t     *hedge;
-    ngx_http_llm_loc_conf_t  *llcf;
+    ngx_uint_t                      next;
+    ngx_msec_t                      after;
+    ngx_http_llm_hedge_t           *hedge;
+    ngx_http_llm_loc_conf_t        *llcf;
+    ngx_http_upstream_srv_conf_t  **uscf;
 
     llcf = ngx_http_get_module_loc_conf(r, ngx_http_llm_module);
 
-    if (llcf->hedge_after == 0
-        || ctx->hedge
+    if (ctx->hedge
         || ctx->backend == NULL
         || ctx->pool == NULL
-        || ctx->pool->backends.nelts < 2
         || r->method != NGX_HTTP_POST
         || r->content_handler == NULL
         || r != r->main)
@@ -244,15 +249,35 @@ ngx_http_llm_hedge_prepare(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
 
     after = llcf->hedge_after;
 
+    if (ctx->pool->backends.nelts < 2) {
+        after = 0;
+    }
+
     if (after == NGX_HTTP_LLM_HEDGE_AUTO) {
 
         /* the slow tail of the first backend's own first tokens */
 
         after = ngx_http_llm_backend_ttft_p95(ctx->backend);
+    }
 
-        if (after == 0) {
-            return;
+    /* fallback= pools after the one admitted take a request that failed */
+
+    next = 0;
+
+    if (llcf->fallbacks && ctx->fallback) {
+        uscf = llcf->fallbacks->elts;
+
+        while (next < llcf->fallbacks->nelts
+               && ngx_http_llm_pool_of(uscf[next++]) != ctx->pool)
+        {
+            /* void */
         }
+    }
+
+    if (after == 0
+        && (llcf->fallbacks == NULL || next == llcf->fallbacks->nelts))
+    {
+        return;
     }
 
     hedge = ngx_pcalloc(r->pool, sizeof(ngx_http_llm_hedge_t));
@@ -261,6 +286,7 @@ ngx_http_llm_hedge_prepare(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
     }
 
     hedge->after = after;
+    hedge->next_fallback = next;
     hedge->request = r;
     hedge->ctx = ctx;
     hedge->handler = r->content_handler;
@@ -268,8 +294,10 @@ ngx_http_llm_hedge_prepare(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
     ctx->hedge = hedge;
     r->content_handler = ngx_http_llm_hedge_handler;
 
-    (void) ngx_http_llm_pool_hedge(ctx->pool, NGX_HTTP_LLM_HEDGE_EARN,
-                                   llcf->hedge_max);
+    if (after) {
+        (void) ngx_http_llm_pool_hedge(ctx->pool, NGX_HTTP_LLM_HEDGE_EARN,
+                                       llcf->hedge_max);
+    }
 }
 
 
@@ -294,15 +322,17 @@ ngx_http_llm_hedge_handler(ngx_http_request_t *r)
     cln->handler = ngx_http_llm_hedge_cleanup;
     cln->data = hedge;
 
-    if (ngx_http_llm_hedge_attempt(hedge) != NGX_OK) {
+    if (ngx_http_llm_hedge_attempt(hedge, hedge->ctx->pool) != NGX_OK) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    hedge->timer.handler = ngx_http_llm_hedge_timer;
-    hedge->timer.data = hedge;
-    hedge->timer.log = r->connection->log;
+    if (hedge->after) {
+        hedge->timer.handler = ngx_http_llm_hedge_timer;
+        hedge->timer.data = hedge;
+        hedge->timer.log = r->connection->log;
 
-    ngx_add_timer(&hedge->timer, hedge->after);
+        ngx_add_timer(&hedge->timer, hedge->after);
+    }
 
     /* a client gone cancels the attempts; the winner's bytes are sent */
 
@@ -330,12 +360,13 @@ ngx_http_llm_hedge_cleanup(void *data)
 
 /*
  * One more attempt: the first takes admission's charge over from the
- * main request, a second is charged to another backend of the pool or
- * not made at all
+ * main request; another is charged to a backend of "pool" with room, not
+ * the first attempt's, or not made at all
  */
 
 static ngx_int_t
-ngx_http_llm_hedge_attempt(ngx_http_llm_hedge_t *hedge)
+ngx_http_llm_hedge_attempt(ngx_http_llm_hedge_t *hedge,
+    ngx_http_llm_pool_t *pool)
 {
     ngx_int_t                    rc;
     ngx_msec_t                   wait;
@@ -343,15 +374,17 @@ ngx_http_llm_hedge_attempt(ngx_http_llm_hedge_t *hedge)
     uintptr_t                   *tried;
     ngx_http_request_t          *r, *sr;
     ngx_http_llm_ctx_t          *ctx, *actx;
-    ngx_http_llm_pool_t         *pool;
     ngx_http_llm_attempt_t      *a;
     ngx_http_llm_backend_t      *b, *first;
     ngx_http_llm_loc_conf_t     *llcf;
     ngx_http_post_subrequest_t  *ps;
 
+    if (hedge->n == NGX_HTTP_LLM_HEDGE_ATTEMPTS) {
+        return NGX_DECLINED;
+    }
+
     r = hedge->request;
     ctx = hedge->ctx;
-    pool = ctx->pool;
     a = &hedge->attempt[hedge->n];
 
     actx = ngx_palloc(r->pool, sizeof(ngx_http_llm_ctx_t));
@@ -428,6 +461,11 @@ ngx_http_llm_hedge_attempt(ngx_http_llm_hedge_t *hedge)
         }
 
         actx->backend = b;
+
+        if (pool != ctx->pool) {
+            actx->pool = pool;
+            actx->fallback = 1;
+        }
     }
 
     ps = ngx_palloc(r->pool, sizeof(ngx_http_post_subrequest_t));
@@ -536,7 +574,7 @@ ngx_http_llm_hedge_timer(ngx_event_t *ev)
         return;
     }
 
-    rc = ngx_http_llm_hedge_attempt(hedge);
+    rc = ngx_http_llm_hedge_attempt(hedge, hedge->ctx->pool);
 
     if (rc != NGX_OK) {
         ngx_log_debug1(NGX_LOG_DEBUG_HTTP, c->log, 0,
@@ -546,6 +584,8 @@ ngx_http_llm_hedge_timer(ngx_event_t *ev)
                                        NGX_HTTP_LLM_HEDGE_UNSPEND, 0);
         return;
     }
+
+    hedge->attempt[1].second = 1;
 
     (void) ngx_http_llm_pool_hedge(hedge->ctx->pool,
                                    NGX_HTTP_LLM_HEDGE_STARTED, 0);
@@ -607,7 +647,7 @@ ngx_http_llm_hedge_done(ngx_http_request_t *sr, void *data, ngx_int_t rc)
     if (rc == NGX_ERROR || rc >= NGX_HTTP_SPECIAL_RESPONSE
         || rc == NGX_HTTP_CLOSE)
     {
-        if (ngx_http_llm_hedge_others(a)) {
+        if (ngx_http_llm_hedge_others(a) || ngx_http_llm_hedge_fallback(a)) {
             a->failed = 1;
             a->done = 1;
             return NGX_DONE;
@@ -690,6 +730,59 @@ ngx_http_llm_hedge_others(ngx_http_llm_attempt_t *a)
 }
 
 
+/*
+ * The last attempt running failed (a 429 or a 5xx once its retries were
+ * spent, no backend with room, an error): llm_route's fallback= pools
+ * after the one that admitted the request are tried in order, and the
+ * first with room takes it.  A client's error (a 4xx such as Azure's
+ * content filter) never falls back.
+ */
+
+static ngx_uint_t
+ngx_http_llm_hedge_fallback(ngx_http_llm_attempt_t *a)
+{
+    ngx_http_request_t             *r;
+    ngx_http_llm_pool_t            *fb;
+    ngx_http_llm_hedge_t           *hedge;
+    ngx_http_llm_loc_conf_t        *llcf;
+    ngx_http_upstream_srv_conf_t  **uscf;
+
+    hedge = a->hedge;
+    r = hedge->request;
+
+    if (hedge->winner || hedge->finishing) {
+        return 0;
+    }
+
+    llcf = ngx_http_get_module_loc_conf(r, ngx_http_llm_module);
+
+    if (llcf->fallbacks == NULL) {
+        return 0;
+    }
+
+    uscf = llcf->fallbacks->elts;
+
+    while (hedge->next_fallback < llcf->fallbacks->nelts) {
+        fb = ngx_http_llm_pool_of(uscf[hedge->next_fallback++]);
+
+        if (ngx_http_llm_hedge_attempt(hedge, fb) != NGX_OK) {
+            continue;
+        }
+
+        ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                      "llm: every attempt in \"%V\" failed, fallback "
+                      "\"%V\" takes the request",
+                      &a->ctx->pool->name, &fb->name);
+
+        ngx_http_llm_pool_count(fb, 1);
+
+        return 1;
+    }
+
+    return 0;
+}
+
+
 static ngx_int_t
 ngx_http_llm_hedge_header_filter(ngx_http_request_t *r)
 {
@@ -723,7 +816,7 @@ ngx_http_llm_hedge_header_filter(ngx_http_request_t *r)
 
     if ((r->headers_out.status == NGX_HTTP_TOO_MANY_REQUESTS
          || r->headers_out.status >= NGX_HTTP_INTERNAL_SERVER_ERROR)
-        && ngx_http_llm_hedge_others(a))
+        && (ngx_http_llm_hedge_others(a) || ngx_http_llm_hedge_fallback(a)))
     {
         ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
                        "llm hedge: attempt answered %ui, steps aside",
@@ -914,7 +1007,7 @@ ngx_http_llm_hedge_win(ngx_http_llm_attempt_t *a, ngx_uint_t last)
         }
     }
 
-    if (a != &hedge->attempt[0]) {
+    if (a->second) {
         (void) ngx_http_llm_pool_hedge(hedge->ctx->pool,
                                        NGX_HTTP_LLM_HEDGE_WON, 0);
     }
@@ -1041,6 +1134,7 @@ ngx_http_llm_hedge_adopt(ngx_http_llm_hedge_t *hedge)
 
     ctx->backend = actx->backend;
     ctx->pool = actx->pool;
+    ctx->fallback = actx->fallback;
     ctx->all_throttled = actx->all_throttled;
     ctx->retry_after = actx->retry_after;
 
@@ -1098,12 +1192,14 @@ ngx_http_llm_hedge_outcome(ngx_http_llm_ctx_t *ctx)
 
     hedge = ctx->hedge;
 
-    if (hedge == NULL || hedge->n < 2 || hedge->winner == NULL) {
+    if (hedge == NULL || hedge->n < 2 || !hedge->attempt[1].second
+        || hedge->winner == NULL)
+    {
         return NULL;
     }
 
-    return (hedge->winner == &hedge->attempt[1]) ? &ngx_http_llm_hedge_won
-                                                 : &ngx_http_llm_hedge_lost;
+    return hedge->winner->second ? &ngx_http_llm_hedge_won
+                                 : &ngx_http_llm_hedge_lost;
 }
 
 

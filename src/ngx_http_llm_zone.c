@@ -19,6 +19,8 @@ static ngx_http_llm_backend_sh_t *ngx_http_llm_lookup(
     ngx_http_llm_zone_t *zone, ngx_str_t *key, uint32_t hash);
 static ngx_uint_t ngx_http_llm_latency(ngx_http_llm_pool_t *pool,
     ngx_http_llm_backend_sh_t *sh, ngx_http_llm_ctx_t *ctx, ngx_msec_t now);
+static void ngx_http_llm_ttft_add(ngx_http_llm_backend_sh_t *sh,
+    ngx_msec_t ms);
 
 
 char *
@@ -1027,8 +1029,7 @@ ngx_http_llm_account(ngx_http_llm_ctx_t *ctx, ngx_uint_t status)
         sh->ttft_ewma = sh->ttft_ewma ? (sh->ttft_ewma * 7 + ttft) / 8 : ttft;
         sh->ewma_time = now;
 
-        sh->ttft_recent[sh->ttft_samples++ % NGX_HTTP_LLM_TTFT_RECENT] =
-                                                  (uint16_t) ngx_min(ttft, 65535);
+        ngx_http_llm_ttft_add(sh, ttft);
 
         gen = now - ctx->start - ctx->ttft;
 
@@ -1134,6 +1135,16 @@ ngx_http_llm_pool_hedge(ngx_http_llm_pool_t *pool, ngx_uint_t event,
 }
 
 
+/* under the zone's lock */
+
+static void
+ngx_http_llm_ttft_add(ngx_http_llm_backend_sh_t *sh, ngx_msec_t ms)
+{
+    sh->ttft_recent[sh->ttft_samples++ % NGX_HTTP_LLM_TTFT_RECENT] =
+                                               (uint16_t) ngx_min(ms, 65535);
+}
+
+
 /*
  * An attempt cancelled before its first token: its time so far is the
  * least its first token would have taken, and leaving it out would make
@@ -1151,8 +1162,7 @@ ngx_http_llm_backend_ttft(ngx_http_llm_backend_t *b, ngx_msec_t ms)
 
     ngx_shmtx_lock(&zone->shpool->mutex);
 
-    sh->ttft_recent[sh->ttft_samples++ % NGX_HTTP_LLM_TTFT_RECENT] =
-                                                   (uint16_t) ngx_min(ms, 65535);
+    ngx_http_llm_ttft_add(sh, ms);
 
     ngx_shmtx_unlock(&zone->shpool->mutex);
 }

@@ -20,13 +20,14 @@ my $t = LLMTest->new;
 my $dir = $t->dir;
 
 my $ctl = free_port();
-my %p = map { $_ => free_port() } qw(big tiny mini);
-my %dep = (big => 'gpt-4o', tiny => 'gpt-4o-small', mini => 'gpt-4o-mini');
+my %p = map { $_ => free_port() } qw(big tiny mini flaky);
+my %dep = (big => 'gpt-4o', tiny => 'gpt-4o-small', mini => 'gpt-4o-mini',
+           flaky => 'gpt-4o');
 my @deployments = map {
     { name => $_, port => $p{$_}, host => "$_.example",
       deployment => $dep{$_}, tpm => 1000000, api_key => 'k',
       ttft_ms => [0, 0], tokens_per_s => 5000, completion_tokens => 3 }
-} qw(big tiny mini);
+} qw(big tiny mini flaky);
 $t->start_sim({ control_port => $ctl, deployments => \@deployments });
 
 open my $fh, '>', "$dir/k.key" or die;
@@ -50,7 +51,7 @@ sub location {
 END
 }
 
-my $upstreams = join '', map { <<"END" } qw(big tiny mini);
+my $upstreams = join '', map { <<"END" } qw(big tiny mini flaky);
     upstream $_ {
         llm_balance zone=llm;
         llm_backend $_ http://$_.example:$p{$_} address=127.0.0.1:$p{$_}
@@ -74,6 +75,7 @@ ${\ location('chain', 'big fallback=tiny fallback=mini', 'http://$llm_pool') }
 ${\ location('tinyonly', 'big fallback=tiny', 'http://$llm_pool') }
 ${\ location('nofb', 'big', 'http://big') }
 ${\ location('wrong', 'big fallback=mini', 'http://big') }
+${\ location('fail', 'flaky fallback=mini', 'http://$llm_pool') }
 
         location = /status {
             llm_status;
@@ -173,6 +175,50 @@ ok((grep { $_ eq '200 mini "mini" mini' } @log),
    '$llm_pool and $llm_fallback in the access log');
 ok((grep { $_ eq '200 big "-" big' } @log),
    '$llm_fallback empty when the route\'s pool served');
+
+# every attempt in the pool failed: the fallback pool takes the request
+# (a 500, then a 429 once proxy_next_upstream has nothing left to try);
+# a client's error (a 400) never falls back
+
+sub fail_over {
+    my ($fault) = @_;
+    $t->sim_update('flaky', { faults => { $fault => 1 } });
+    my $flaky = window('flaky');
+    my $mini0 = window('mini');
+    my $served = $t->sim_stats->{deployments}{mini}{requests};
+    ($st, $h, $b) = http_post($listen, "/fail$chat", $body);
+    is($st, 200, "$fault in the pool: 200 from the fallback");
+    is($h->{'x-backend'}, 'mini', "$fault: served by the fallback pool");
+    is($h->{'x-llm-fallback'}, 'mini', "$fault: X-LLM-Fallback says so");
+    like($b, qr/"model":\s*"gpt-4o-mini"/, "$fault: the fallback's answer");
+    is(window('mini') - $mini0, $est, "$fault: the fallback is charged");
+    # Azure counts a request that fails with a 500, not a 429
+    is(window('flaky') - $flaky, $fault eq '500' ? $est : 0,
+       "$fault: the failed pool keeps what its backend counted");
+    is($t->sim_stats->{deployments}{mini}{requests} - $served, 1,
+       "$fault: one request to the fallback");
+    $t->sim_update('flaky', { faults => { $fault => 0 } });
+}
+
+fail_over('500');
+
+my $old = '/openai/deployments/gpt-4o/chat/completions?api-version=2024-06-01';
+($st, $h) = http_post($listen, "/fail$old",
+                      json_encode({ messages => [ { role => 'user',
+                                                    content => 'hello' } ],
+                                    max_tokens => 10, stream => JSON::PP::true,
+                                    stream_options => {
+                                        include_usage => JSON::PP::true } }));
+is($st, 400, 'a 400 from the backend is the client\'s');
+ok(!exists $h->{'x-llm-fallback'}, 'no fallback for it');
+is($h->{'x-backend'}, 'flaky', 'the route\'s own pool answered it');
+
+# last, as the 429 leaves the backend cooling down
+
+fail_over('overload429');
+
+like($t->error_log, qr/every attempt in "flaky" failed, fallback "mini"/,
+     'the error log says why');
 
 ###########################################################################
 # configuration errors
