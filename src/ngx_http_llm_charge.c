@@ -29,7 +29,8 @@
  * Settling keeps what the backend's own counter keeps, corrects what is
  * corrected to the reply's usage, and gives back what was never spent:
  * a charge no attempt carried (the request ended before proxying), and,
- * from the consumers, a request that got no successful reply.
+ * from the consumers, a request that got no successful reply or got
+ * it from nginx's cache.
  */
 
 
@@ -124,7 +125,9 @@ ngx_http_llm_charge_settle(ngx_http_llm_ctx_t *ctx, ngx_uint_t status)
         ngx_http_llm_account(ctx, status);
     }
 
-    ngx_http_llm_consumers_account(ctx, status);
+    /* an answer from proxy_cache cost the consumers nothing either */
+
+    ngx_http_llm_consumers_account(ctx, ctx->cached ? 0 : status);
 }
 
 

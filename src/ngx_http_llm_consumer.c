@@ -7,9 +7,8 @@
 #include <ngx_config.h>
 #include <ngx_core.h>
 #include <ngx_http.h>
-#include <openssl/sha.h>
-#include <openssl/evp.h>
 #include "ngx_http_llm_module.h"
+#include "ngx_http_llm_digest.h"
 #include "ngx_http_llm_parse.h"
 #include "ngx_http_llm_window.h"
 
@@ -31,7 +30,6 @@
 #define NGX_HTTP_LLM_EVICT_MAX  16
 
 
-static void ngx_http_llm_sha256(u_char *in, size_t len, u_char *out);
 static ngx_int_t ngx_http_llm_consumers_key(ngx_http_request_t *r,
     ngx_http_llm_ctx_t *ctx, ngx_array_t *limits);
 static ngx_http_llm_consumer_sh_t *ngx_http_llm_consumer_lookup(
@@ -521,38 +519,6 @@ ngx_http_llm_consumers_charge(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
 
 
 /*
- * SHA256() of OpenSSL 3 looks the algorithm up and makes a context at
- * each call: 7,300 instructions for a short key, measured with callgrind,
- * most of a limit line's cost.  A worker keeps one of each instead.
- */
-
-static void
-ngx_http_llm_sha256(u_char *in, size_t len, u_char *out)
-{
-    unsigned int           n;
-    static EVP_MD_CTX     *ctx;
-    static const EVP_MD   *md;
-
-    if (md == NULL) {
-#if (OPENSSL_VERSION_NUMBER >= 0x30000000L)
-        md = EVP_MD_fetch(NULL, "SHA256", NULL);
-#else
-        md = EVP_sha256();
-#endif
-        ctx = EVP_MD_CTX_new();
-    }
-
-    if (md == NULL || ctx == NULL
-        || EVP_DigestInit_ex(ctx, md, NULL) != 1
-        || EVP_DigestUpdate(ctx, in, len) != 1
-        || EVP_DigestFinal_ex(ctx, out, &n) != 1)
-    {
-        SHA256(in, len, out);
-    }
-}
-
-
-/*
  * The request's consumers: the SHA-256 of each line's key text, a zero
  * byte and the key's value.  An empty value: the line does not apply.
  */
@@ -561,15 +527,15 @@ static ngx_int_t
 ngx_http_llm_consumers_key(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
     ngx_array_t *limits)
 {
-    u_char                   *buf, *p;
-    size_t                    len;
     uint64_t                  mix;
-    ngx_str_t                 value;
+    ngx_str_t                 value, parts[3];
     ngx_uint_t                i, j, n;
     ngx_http_llm_limit_t     *limit;
     ngx_http_llm_consumer_t  *c;
 
     ctx->consumers_keyed = 1;
+
+    ngx_str_set(&parts[1], "\0");
 
     limit = limits->elts;
 
@@ -590,18 +556,10 @@ ngx_http_llm_consumers_key(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
             continue;
         }
 
-        len = limit[i].key.value.len + 1 + value.len;
+        parts[0] = limit[i].key.value;
+        parts[2] = value;
 
-        buf = ngx_pnalloc(r->pool, len);
-        if (buf == NULL) {
-            return NGX_ERROR;
-        }
-
-        p = ngx_cpymem(buf, limit[i].key.value.data, limit[i].key.value.len);
-        *p++ = '\0';
-        ngx_memcpy(p, value.data, value.len);
-
-        ngx_http_llm_sha256(buf, len, c[n].digest);
+        ngx_http_llm_sha256(parts, 3, c[n].digest);
 
         /*
          * a consumer keeps one window length and one quota period: lines

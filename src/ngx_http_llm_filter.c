@@ -86,6 +86,24 @@ ngx_http_llm_header_filter(ngx_http_request_t *r)
 
     from_backend = (r->upstream || ctx->hedge);
 
+#if (NGX_HTTP_CACHE)
+
+    /*
+     * proxy_cache answered (with $llm_cache_key): no backend served it,
+     * and its usage is no one's; admission's charges are given back
+     */
+
+    if (r->upstream
+        && (r->upstream->cache_status == NGX_HTTP_CACHE_HIT
+            || r->upstream->cache_status == NGX_HTTP_CACHE_STALE
+            || r->upstream->cache_status == NGX_HTTP_CACHE_UPDATING))
+    {
+        ctx->cached = 1;
+        from_backend = 0;
+    }
+
+#endif
+
     if (ctx->backend && from_backend
         && r->headers_out.status == NGX_HTTP_OK)
     {

@@ -540,6 +540,7 @@ typedef struct {
                                                  consumer */
     unsigned                     all_throttled:1;
     unsigned                     fallback:1; /* admitted to a fallback */
+    unsigned                     cached:1;   /* answered by proxy_cache */
     unsigned                     replace_body:1;
     unsigned                     sse:1;
     unsigned                     first_byte:1;
@@ -596,6 +597,8 @@ ngx_int_t ngx_http_llm_send_error(ngx_http_request_t *r, ngx_uint_t status,
     const char *code, ngx_str_t *message);
 
 ngx_int_t ngx_http_llm_add_variables(ngx_conf_t *cf);
+ngx_int_t ngx_http_llm_cache_key(ngx_http_request_t *r,
+    ngx_http_llm_ctx_t *ctx, ngx_str_t *key);
 
 char *ngx_http_llm_tokenizer(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 ngx_uint_t ngx_http_llm_encoding_for(ngx_str_t *model);

@@ -37,6 +37,8 @@ static ngx_int_t ngx_http_llm_pool_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
 static ngx_int_t ngx_http_llm_hedge_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
+static ngx_int_t ngx_http_llm_cache_key_variable(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data);
 static void ngx_http_llm_set_value(ngx_http_variable_value_t *v,
     ngx_str_t *s);
 static ngx_http_llm_ctx_t *ngx_http_llm_variable_ctx(ngx_http_request_t *r);
@@ -124,6 +126,9 @@ static ngx_http_variable_t  ngx_http_llm_vars[] = {
 
     { ngx_string("llm_hedge"), NULL,
       ngx_http_llm_hedge_variable, 0, NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("llm_cache_key"), NULL,
+      ngx_http_llm_cache_key_variable, 0, NGX_HTTP_VAR_NOCACHEABLE, 0 },
 
     { ngx_string("llm_fallback"), NULL,
       ngx_http_llm_pool_variable, 1, NGX_HTTP_VAR_NOCACHEABLE, 0 },
@@ -531,6 +536,32 @@ ngx_http_llm_hedge_variable(ngx_http_request_t *r,
     }
 
     ngx_http_llm_set_value(v, s);
+
+    return NGX_OK;
+}
+
+
+/* empty until the body is read, and for a request without one */
+
+static ngx_int_t
+ngx_http_llm_cache_key_variable(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data)
+{
+    ngx_str_t            key;
+    ngx_http_llm_ctx_t  *ctx;
+
+    ctx = ngx_http_llm_variable_ctx(r);
+
+    if (ctx == NULL || !ctx->parsed || ctx->body.len == 0) {
+        v->not_found = 1;
+        return NGX_OK;
+    }
+
+    if (ngx_http_llm_cache_key(r, ctx, &key) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    ngx_http_llm_set_value(v, &key);
 
     return NGX_OK;
 }

@@ -33,7 +33,7 @@ my $file = $t->top . '/conf-examples/json-log.conf';
     my %maps = $conf =~ /^\s*map\s+(\$llm_\w+)\s+(\$\w+)/mg;
     ok(keys %doc >= 13, scalar(keys %doc) . ' variables documented');
     for my $var (sort keys %doc) {
-        my $secret = $var =~ /_key$|_authorization$/;
+        my $secret = $var =~ /^\$llm_backend_(?:key|authorization)$/;
         my $in = $format =~ /\Q$var\E\b/
                  || ($maps{$var} && $format =~ /\Q$maps{$var}\E\b/);
         ok($secret ? !$in : $in, ($secret ? 'not logged: ' : 'logged: ')

@@ -50,13 +50,15 @@ my $listen = free_port();
 my $h2 = free_port();
 
 sub upstream {
-    my ($name, $fast_tpm) = @_;
+    my ($name, $fast_tpm, $window, $slow_tpm) = @_;
+    $window = $window ? " window=$window" : '';
+    $slow_tpm //= '1m';
     return <<"END";
     upstream $name {
-        llm_balance zone=llm keepalive=4;
+        llm_balance zone=llm keepalive=4$window;
         llm_backend slow http://slow.example:$p{slow}
                     address=127.0.0.1:$p{slow} priority=1
-                    key_file=$dir/slow.key tpm=1m;
+                    key_file=$dir/slow.key tpm=$slow_tpm;
         llm_backend fast http://fast.example:$p{fast}
                     address=127.0.0.1:$p{fast} priority=2
                     key_file=$dir/fast.key tpm=$fast_tpm;
@@ -94,6 +96,7 @@ ${\ upstream('pool', '1m') }
 ${\ upstream('capped', '1m') }
 ${\ upstream('full', '1000') }
 ${\ upstream('auto', '1m') }
+${\ upstream('waiting', '2000', '3s', '2000') }
 
     upstream tls {
         llm_balance zone=llm keepalive=4;
@@ -114,6 +117,7 @@ ${\ location('pool', 'after=300ms max=100%',
 ${\ location('capped', 'after=100ms max=20%') }
 ${\ location('full', 'after=100ms max=100%') }
 ${\ location('auto', 'after=auto max=100%') }
+${\ location('waiting', 'after=800ms max=100%', 'llm_wait 5s;') }
 
         # over TLS, each attempt with its own Host, name, key and path,
         # with nothing of them in the location
@@ -423,6 +427,25 @@ is($h->{'x-backend'}, 'fast', 'auto: hedged, the second answered');
 ok($el < 0.8, sprintf 'auto: after about the 95th percentile, in %.3f s',
                       $el);
 is(pool('auto')->{hedges}, 1, 'auto: one hedge');
+
+# llm_wait: a request that waited for room is hedged like any other
+
+$t->sim_update('slow', { ttft_ms => [2000, 2000] });
+{
+    my $big = json_encode({ messages => [ { role => 'user',
+                                            content => 'hello there' } ],
+                            max_tokens => 1500 });
+    # each backend's window (2,000 tokens in 3 s) holds one such request
+    ($st, $h) = http_post($listen, "/waiting$chat", $big);
+    is($st, 200, 'llm_wait: the first request fills the window');
+    is($h->{'x-backend'}, 'fast', 'llm_wait: hedged on fast');
+    my $t0 = time;
+    ($st, $h) = http_post($listen, "/waiting$chat", $big);
+    my $w = time - $t0;
+    is($st, 200, 'llm_wait: the second one, after waiting');
+    ok($w > 1.5, sprintf 'llm_wait: it waited (%.3f s in all)', $w);
+    is($h->{'x-hedge'}, 'won', 'llm_wait: and was hedged');
+}
 
 # the client goes away while both attempts run: both are cancelled
 

@@ -233,6 +233,9 @@ sub example_conf {
     my $vocab = vocab_dir();
     $conf =~ s{/usr/share/nginx-llm/}{$vocab/}g;
 
+    # caches in the test's directory
+    $conf =~ s{/var/cache/nginx/([\w.-]+)}{$self->{dir}/cache-$1}g;
+
     my $etc = "$self->{dir}/etc";
     mkdir $etc;
     $conf =~ s{/etc/nginx/llm/([\w.-]+)}{
