@@ -9,6 +9,7 @@
 #include <ngx_http.h>
 #include "ngx_http_llm_module.h"
 #include "ngx_http_llm_hedge.h"
+#include "ngx_http_llm_price.h"
 
 
 /*
@@ -110,6 +111,12 @@ ngx_http_llm_charge_settle(ngx_http_llm_ctx_t *ctx, ngx_uint_t status)
     }
 
     b = ctx->backend;
+
+    /* what the reply's usage cost, for the backend and the consumers */
+
+    if (ngx_http_llm_cost(ctx->request, ctx, &ctx->cost) == NGX_OK) {
+        ctx->priced = 1;
+    }
 
     /* admitted, and no attempt took the charge: nothing was spent */
 

@@ -867,6 +867,10 @@ ngx_http_llm_consumers_settle(ngx_http_llm_ctx_t *ctx,
             cs->prompt_tokens += usage->prompt;
             cs->completion_tokens += usage->completion;
 
+            if (ctx->priced) {
+                cs->cost += ctx->cost;
+            }
+
         } else {
             ngx_http_llm_window_remove(cs->requests_slot,
                                        NGX_HTTP_LLM_CONSUMER_RSLOTS, rslot,

@@ -9,6 +9,7 @@
 #include <ngx_http.h>
 #include "ngx_http_llm_module.h"
 #include "ngx_http_llm_hedge.h"
+#include "ngx_http_llm_price.h"
 
 
 static ngx_int_t ngx_http_llm_preconfiguration(ngx_conf_t *cf);
@@ -158,6 +159,13 @@ static ngx_command_t  ngx_http_llm_commands[] = {
       ngx_conf_set_flag_slot,
       NGX_HTTP_LOC_CONF_OFFSET,
       offsetof(ngx_http_llm_loc_conf_t, body_walk),
+      NULL },
+
+    { ngx_string("llm_price"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_2MORE,
+      ngx_http_llm_price,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
       NULL },
 
     { ngx_string("llm_hedge"),

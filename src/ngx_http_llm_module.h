@@ -119,6 +119,7 @@ typedef struct {
     ngx_atomic_uint_t            cached_tokens;
     ngx_atomic_uint_t            reasoning_tokens;
     ngx_atomic_uint_t            usage_counted;
+    ngx_atomic_uint_t            cost;       /* billionths, llm_price */
 
     /* the last first-token times, ms, for llm_hedge after=auto */
     uint16_t                     ttft_recent[NGX_HTTP_LLM_TTFT_RECENT];
@@ -193,6 +194,7 @@ typedef struct {
     ngx_uint_t                   throttled;
     ngx_uint_t                   prompt_tokens;
     ngx_uint_t                   completion_tokens;
+    ngx_uint_t                   cost;       /* billionths, llm_price */
 
     /* the quota's period, [start, end) in seconds, and its use */
     time_t                       quota_start;
@@ -340,6 +342,7 @@ typedef struct {
 typedef struct {
     ngx_array_t                    routes;   /* ngx_http_llm_route_ref_t */
     ngx_array_t                    pools;    /* ngx_http_llm_pool_t * */
+    ngx_array_t                   *prices;   /* llm_price lines */
     ngx_http_llm_vocab_t          *vocab[3]; /* by ngx_http_llm_encoding_e */
 } ngx_http_llm_main_conf_t;
 
@@ -521,6 +524,8 @@ typedef struct {
     ngx_http_llm_limit_t        *over;        /* the limit that refused */
     ngx_http_llm_consumer_t     *over_consumer;
 
+    ngx_uint_t                   cost;        /* billionths, when priced */
+
     /* llm_hedge: the main request's race, or one attempt of it */
     ngx_http_llm_hedge_t        *hedge;
     ngx_http_llm_attempt_t      *attempt;
@@ -541,6 +546,7 @@ typedef struct {
     unsigned                     all_throttled:1;
     unsigned                     fallback:1; /* admitted to a fallback */
     unsigned                     cached:1;   /* answered by proxy_cache */
+    unsigned                     priced:1;   /* "cost" is llm_price's */
     unsigned                     replace_body:1;
     unsigned                     sse:1;
     unsigned                     first_byte:1;

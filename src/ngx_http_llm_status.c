@@ -8,6 +8,7 @@
 #include <ngx_core.h>
 #include <ngx_http.h>
 #include "ngx_http_llm_module.h"
+#include "ngx_http_llm_price.h"
 
 
 /*
@@ -402,7 +403,8 @@ ngx_http_llm_status_json(u_char *p, ngx_http_llm_pool_t *pool,
                         "\"3xx\":%uA,\"4xx\":%uA,\"5xx\":%uA},"
                         "\"tokens\":{\"charged\":%uA,\"prompt\":%uA,"
                         "\"completion\":%uA,\"cached\":%uA,"
-                        "\"reasoning\":%uA},\"usage_counted\":%uA,",
+                        "\"reasoning\":%uA},\"usage_counted\":%uA,"
+                        "\"cost\":",
                         sh->ttft_ewma, sh->tps_ewma / 1000,
                         sh->tps_ewma % 1000,
                         sh->requests, sh->backend_throttled, sh->failures,
@@ -411,6 +413,9 @@ ngx_http_llm_status_json(u_char *p, ngx_http_llm_pool_t *pool,
                         sh->tokens_charged, sh->prompt_tokens,
                         sh->completion_tokens, sh->cached_tokens,
                         sh->reasoning_tokens, sh->usage_counted);
+
+        p = ngx_http_llm_cost_print(p, sh->cost);
+        *p++ = ',';
 
         p = ngx_http_llm_backend_shared_json(p, &snap[i]);
         *p++ = '}';
@@ -578,6 +583,8 @@ static ngx_http_llm_metric_t  ngx_http_llm_metrics[] = {
     { "llm_backend_utilization_ratio", "gauge",
       "A provisioned deployment's last "
       "azure-openai-deployment-utilization, 1 for 100 %." },
+    { "llm_backend_cost_total", "counter",
+      "What the backend's replies cost by llm_price, in its currency." },
     { "llm_pool_local_throttled_total", "counter",
       "Requests answered 429 by nginx for want of room in the pool." },
     { "llm_pool_fallbacks_total", "counter",
@@ -621,7 +628,7 @@ ngx_http_llm_status_prometheus(u_char *p, ngx_http_llm_pool_t **pools,
 
         for (i = 0; i < npools; i++) {
 
-            if (m >= 17) {
+            if (m >= 18) {
                 sh = &totals[i].sh;
                 v[0] = sh->local_throttled;
                 v[1] = sh->fallbacks;
@@ -632,7 +639,7 @@ ngx_http_llm_status_prometheus(u_char *p, ngx_http_llm_pool_t **pools,
 
                 p = ngx_sprintf(p, "%s{pool=\"", metric->name);
                 p = ngx_http_llm_label(p, &pools[i]->name);
-                p = ngx_sprintf(p, "\"} %uA\n", v[m - 17]);
+                p = ngx_sprintf(p, "\"} %uA\n", v[m - 18]);
                 continue;
             }
 
@@ -752,6 +759,13 @@ ngx_http_llm_status_prometheus(u_char *p, ngx_http_llm_pool_t **pools,
                 case 15:
                     p = ngx_http_llm_sample(p, metric->name, pools[i], &b[j]);
                     p = ngx_sprintf(p, "} %uA\n", sh->usage_counted);
+                    break;
+
+                case 17:
+                    p = ngx_http_llm_sample(p, metric->name, pools[i], &b[j]);
+                    p = ngx_sprintf(p, "} ");
+                    p = ngx_http_llm_cost_print(p, sh->cost);
+                    *p++ = '\n';
                     break;
 
                 default: /* 16 */
@@ -940,10 +954,12 @@ ngx_http_llm_consumers_json(u_char *p, ngx_http_llm_consumers_snap_t *zones,
                             "\"window_tokens\":%ui,"
                             "\"window_requests\":%ui,\"requests\":%ui,"
                             "\"throttled\":%ui,\"tokens\":{\"prompt\":%ui,"
-                            "\"completion\":%ui},",
+                            "\"completion\":%ui},\"cost\":",
                             cs->window, cs->tokens_sum, cs->requests_sum,
                             cs->requests, cs->throttled, cs->prompt_tokens,
                             cs->completion_tokens);
+            p = ngx_http_llm_cost_print(p, cs->cost);
+            *p++ = ',';
 
             if (cs->quota_end) {
                 p = ngx_sprintf(p, "\"quota_used\":%ui,"
@@ -984,6 +1000,8 @@ static ngx_http_llm_metric_t  ngx_http_llm_consumer_metrics[] = {
       "Tokens of the consumer's replies by kind, from usage." },
     { "llm_consumer_quota_used_tokens", "gauge",
       "Tokens the consumer used of its quota this period (0: none)." },
+    { "llm_consumer_cost_total", "counter",
+      "What the consumer's replies cost by llm_price, in its currency." },
     { NULL, NULL, NULL }
 };
 
@@ -1041,6 +1059,12 @@ ngx_http_llm_consumers_prometheus(u_char *p,
 
                 case 7:
                     p = ngx_sprintf(p, "\"} %ui\n", cs->quota_used);
+                    break;
+
+                case 8:
+                    p = ngx_sprintf(p, "\"} ");
+                    p = ngx_http_llm_cost_print(p, cs->cost);
+                    *p++ = '\n';
                     break;
 
                 default: /* 6 */

@@ -9,6 +9,7 @@
 #include <ngx_http.h>
 #include "ngx_http_llm_module.h"
 #include "ngx_http_llm_hedge.h"
+#include "ngx_http_llm_price.h"
 
 
 static ngx_int_t ngx_http_llm_str_variable(ngx_http_request_t *r,
@@ -38,6 +39,8 @@ static ngx_int_t ngx_http_llm_pool_variable(ngx_http_request_t *r,
 static ngx_int_t ngx_http_llm_hedge_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
 static ngx_int_t ngx_http_llm_cache_key_variable(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data);
+static ngx_int_t ngx_http_llm_cost_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
 static void ngx_http_llm_set_value(ngx_http_variable_value_t *v,
     ngx_str_t *s);
@@ -129,6 +132,9 @@ static ngx_http_variable_t  ngx_http_llm_vars[] = {
 
     { ngx_string("llm_cache_key"), NULL,
       ngx_http_llm_cache_key_variable, 0, NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("llm_cost"), NULL,
+      ngx_http_llm_cost_variable, 0, NGX_HTTP_VAR_NOCACHEABLE, 0 },
 
     { ngx_string("llm_fallback"), NULL,
       ngx_http_llm_pool_variable, 1, NGX_HTTP_VAR_NOCACHEABLE, 0 },
@@ -536,6 +542,38 @@ ngx_http_llm_hedge_variable(ngx_http_request_t *r,
     }
 
     ngx_http_llm_set_value(v, s);
+
+    return NGX_OK;
+}
+
+
+/* llm_price's cost of the reply's usage; empty without a price */
+
+static ngx_int_t
+ngx_http_llm_cost_variable(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data)
+{
+    u_char              *p;
+    ngx_uint_t           nano;
+    ngx_http_llm_ctx_t  *ctx;
+
+    ctx = ngx_http_llm_variable_ctx(r);
+
+    if (ctx == NULL || ngx_http_llm_cost(r, ctx, &nano) != NGX_OK) {
+        v->not_found = 1;
+        return NGX_OK;
+    }
+
+    p = ngx_pnalloc(r->pool, NGX_HTTP_LLM_COST_LEN);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    v->len = ngx_http_llm_cost_print(p, nano) - p;
+    v->valid = 1;
+    v->no_cacheable = 0;
+    v->not_found = 0;
+    v->data = p;
 
     return NGX_OK;
 }

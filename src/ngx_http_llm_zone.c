@@ -978,6 +978,10 @@ ngx_http_llm_account(ngx_http_llm_ctx_t *ctx, ngx_uint_t status)
 
     sh->responses[cls]++;
 
+    if (ctx->priced) {
+        sh->cost += ctx->cost;
+    }
+
     if (source) {
         sh->prompt_tokens += usage.prompt;
         sh->completion_tokens += usage.completion;
