@@ -86,6 +86,10 @@ ngx_http_llm_header_filter(ngx_http_request_t *r)
 
     from_backend = (r->upstream || ctx->hedge);
 
+    if (ctx->cached) {
+        from_backend = 0;
+    }
+
 #if (NGX_HTTP_CACHE)
 
     /*

@@ -51,6 +51,8 @@ struct ngx_http_llm_attempt_s {
     ngx_http_llm_ctx_t          *ctx;        /* its backend charge */
     ngx_http_llm_hedge_t        *hedge;
     ngx_buf_t                   *held;       /* a stream before its text */
+    ngx_http_posted_request_t    posted;     /* to read on, once drained */
+    ngx_uint_t                   status;     /* of the answer set aside */
     ngx_http_llm_scan_t         *scan;
     ngx_msec_t                   start;
 
@@ -69,12 +71,15 @@ struct ngx_http_llm_hedge_s {
     ngx_http_llm_attempt_t       attempt[NGX_HTTP_LLM_HEDGE_ATTEMPTS];
     ngx_uint_t                   n;
     ngx_http_llm_attempt_t      *winner;
+    ngx_http_llm_attempt_t      *failed;     /* the last, when none won */
+    ngx_http_posted_request_t    posted;
     ngx_event_t                  timer;
     ngx_msec_t                   after;      /* the delay of the second */
     ngx_uint_t                   next_fallback; /* in llm_route's list */
     ngx_uint_t                   status;     /* to answer, when no one can */
 
     unsigned                     last:1;     /* the winner's end went out */
+    unsigned                     cut:1;      /* the winner's end never came */
     unsigned                     finishing:1;
 };
 
@@ -106,6 +111,8 @@ static ngx_int_t ngx_http_llm_hedge_forward(ngx_http_llm_hedge_t *hedge,
     ngx_chain_t *in);
 static void ngx_http_llm_hedge_writer(ngx_http_request_t *r);
 static void ngx_http_llm_hedge_finish(ngx_http_request_t *r);
+static void ngx_http_llm_hedge_post(ngx_http_request_t *r,
+    ngx_http_posted_request_t *pr);
 static void ngx_http_llm_hedge_list(ngx_list_t *dst, ngx_list_t *src);
 static void ngx_http_llm_hedge_consume(ngx_chain_t *in);
 
@@ -392,7 +399,10 @@ ngx_http_llm_hedge_attempt(ngx_http_llm_hedge_t *hedge,
         return NGX_ERROR;
     }
 
-    /* the request as parsed; the charges are the attempt's own */
+    /*
+     * the request as parsed, its consumers for $llm_consumer; the charges
+     * are the attempt's own (the consumers' stay the main request's)
+     */
 
     *actx = *ctx;
 
@@ -401,8 +411,6 @@ ngx_http_llm_hedge_attempt(ngx_http_llm_hedge_t *hedge,
     actx->scan = NULL;
     actx->strip = NULL;
     actx->throttled_body = NULL;
-    actx->consumers = NULL;
-    actx->nconsumers = 0;
     actx->over = NULL;
     actx->over_consumer = NULL;
     actx->attempts = 0;
@@ -623,21 +631,27 @@ ngx_http_llm_hedge_done(ngx_http_request_t *sr, void *data, ngx_int_t rc)
 
     if (hedge->winner == a) {
 
-        /*
-         * an error page of nginx's is yet to go out; an error ends the
-         * main request too, as it would without hedging
-         */
+        /* an error after its header ends the main request too */
 
-        if (rc == NGX_ERROR || rc == NGX_HTTP_CLOSE
-            || (rc >= NGX_HTTP_SPECIAL_RESPONSE && !hedge->last))
-        {
+        if (rc == NGX_ERROR || rc == NGX_HTTP_CLOSE) {
             return rc;
         }
 
         a->done = 1;
+
+        /*
+         * its end never came through the filter: the reply was cut (the
+         * backend closed, a timeout), and the client must not be told
+         * it is whole
+         */
+
+        if (!hedge->last) {
+            hedge->cut = 1;
+        }
+
         ngx_http_llm_hedge_end(hedge, 0);
 
-        return rc;
+        return (rc >= NGX_HTTP_SPECIAL_RESPONSE) ? NGX_DONE : rc;
     }
 
     if (hedge->winner || a->done) {
@@ -647,37 +661,26 @@ ngx_http_llm_hedge_done(ngx_http_request_t *sr, void *data, ngx_int_t rc)
     if (rc == NGX_ERROR || rc >= NGX_HTTP_SPECIAL_RESPONSE
         || rc == NGX_HTTP_CLOSE)
     {
-        if (ngx_http_llm_hedge_others(a) || ngx_http_llm_hedge_fallback(a)) {
-            a->failed = 1;
-            a->done = 1;
-            return NGX_DONE;
-        }
-
-        if (rc == NGX_ERROR || rc == NGX_HTTP_CLOSE || a->sse) {
-
-            /* no attempt left, none can answer: the main request does */
-
-            a->done = 1;
-            ngx_http_llm_hedge_end(hedge, NGX_HTTP_BAD_GATEWAY);
-
-            return NGX_DONE;
-        }
-
-        /* the last one running answers its error page */
-
-        hedge->winner = a;
-        ngx_http_llm_hedge_adopt(hedge);
-
-        return rc;
+        a->status = (rc >= NGX_HTTP_SPECIAL_RESPONSE && rc != NGX_HTTP_CLOSE)
+                    ? (ngx_uint_t) rc : NGX_HTTP_BAD_GATEWAY;
     }
 
-    /* ended without a header through the filter: nothing for the client */
-
+    a->failed = 1;
     a->done = 1;
 
-    if (!ngx_http_llm_hedge_others(a)) {
-        ngx_http_llm_hedge_end(hedge, NGX_HTTP_BAD_GATEWAY);
+    if (ngx_http_llm_hedge_others(a) || ngx_http_llm_hedge_fallback(a)) {
+        return NGX_DONE;
     }
+
+    /*
+     * the last attempt failed with nothing sent: the main request gives
+     * its error, as it would have without hedging (error_page applies,
+     * no room in the pool becomes a 429)
+     */
+
+    hedge->failed = a;
+    ngx_http_llm_hedge_end(hedge, a->status ? a->status
+                                            : NGX_HTTP_BAD_GATEWAY);
 
     return NGX_DONE;
 }
@@ -692,6 +695,7 @@ ngx_http_llm_hedge_done(ngx_http_request_t *sr, void *data, ngx_int_t rc)
 static void
 ngx_http_llm_hedge_end(ngx_http_llm_hedge_t *hedge, ngx_uint_t status)
 {
+    ngx_uint_t           i;
     ngx_http_request_t  *r;
 
     if (hedge->finishing) {
@@ -703,8 +707,16 @@ ngx_http_llm_hedge_end(ngx_http_llm_hedge_t *hedge, ngx_uint_t status)
     hedge->finishing = 1;
     hedge->status = status;
 
+    /* attempts that stepped aside may still be reading their error */
+
+    for (i = 0; i < hedge->n; i++) {
+        if (!hedge->attempt[i].done) {
+            ngx_http_llm_hedge_cancel(&hedge->attempt[i]);
+        }
+    }
+
     r->write_event_handler = ngx_http_llm_hedge_finish;
-    (void) ngx_http_post_request(r, NULL);
+    ngx_http_llm_hedge_post(r, &hedge->posted);
 }
 
 
@@ -822,6 +834,7 @@ ngx_http_llm_hedge_header_filter(ngx_http_request_t *r)
                        "llm hedge: attempt answered %ui, steps aside",
                        r->headers_out.status);
         a->failed = 1;
+        a->status = r->headers_out.status;
         return NGX_OK;
     }
 
@@ -913,6 +926,7 @@ ngx_http_llm_hedge_hold(ngx_http_llm_attempt_t *a, ngx_chain_t *in,
         if (a->held) {
             b->last = ngx_cpymem(b->last, a->held->pos,
                                  a->held->last - a->held->pos);
+            (void) ngx_pfree(a->request->pool, a->held->start);
         }
 
         a->held = b;
@@ -1014,6 +1028,20 @@ ngx_http_llm_hedge_win(ngx_http_llm_attempt_t *a, ngx_uint_t last)
 
     ngx_http_llm_hedge_adopt(hedge);
 
+#if (NGX_HTTP_CACHE)
+
+    /* answered from proxy_cache: no backend's answer, no one's usage */
+
+    if (sr->upstream
+        && (sr->upstream->cache_status == NGX_HTTP_CACHE_HIT
+            || sr->upstream->cache_status == NGX_HTTP_CACHE_STALE
+            || sr->upstream->cache_status == NGX_HTTP_CACHE_UPDATING))
+    {
+        hedge->ctx->cached = 1;
+    }
+
+#endif
+
     /*
      * the winner's header as the main request's: a list's first part is
      * in the structure itself, so the copy's must be its own to grow
@@ -1062,7 +1090,7 @@ ngx_http_llm_hedge_win(ngx_http_llm_attempt_t *a, ngx_uint_t last)
 static void
 ngx_http_llm_hedge_cancel(ngx_http_llm_attempt_t *a)
 {
-    ngx_uint_t             extra;
+    ngx_uint_t             extra, racing;
     ngx_http_request_t    *sr;
     ngx_http_upstream_t   *u;
     ngx_http_llm_ctx_t    *actx;
@@ -1071,14 +1099,17 @@ ngx_http_llm_hedge_cancel(ngx_http_llm_attempt_t *a)
     u = sr->upstream;
     actx = a->ctx;
 
+    racing = !a->failed;
+
     a->cancelled = 1;
     a->done = 1;
 
-    extra = (u && u->request_sent && actx->held) ? actx->charged : 0;
+    extra = (racing && u && u->request_sent && actx->held)
+            ? actx->charged : 0;
 
     /* no first token yet: the least its first token would have taken */
 
-    if (u && u->request_sent && actx->backend) {
+    if (racing && u && u->request_sent && actx->backend) {
         ngx_http_llm_backend_ttft(actx->backend, ngx_current_msec - a->start);
     }
 
@@ -1095,8 +1126,10 @@ ngx_http_llm_hedge_cancel(ngx_http_llm_attempt_t *a)
     actx->accounted = 1;
     ngx_http_llm_charge_settle(actx, 0);
 
-    (void) ngx_http_llm_pool_hedge(a->hedge->ctx->pool,
-                                   NGX_HTTP_LLM_HEDGE_CANCELLED, extra);
+    if (racing) {
+        (void) ngx_http_llm_pool_hedge(a->hedge->ctx->pool,
+                                       NGX_HTTP_LLM_HEDGE_CANCELLED, extra);
+    }
 }
 
 
@@ -1124,7 +1157,7 @@ ngx_http_llm_hedge_adopt(ngx_http_llm_hedge_t *hedge)
         }
     }
 
-    a = hedge->winner;
+    a = hedge->winner ? hedge->winner : hedge->failed;
 
     if (a == NULL) {
         return;
@@ -1164,7 +1197,7 @@ ngx_http_llm_hedge_settle(ngx_http_llm_ctx_t *ctx)
             continue;
         }
 
-        if (a != hedge->winner) {
+        if (a != hedge->winner && a != hedge->failed) {
             actx->accounted = 1;
             ngx_http_llm_charge_settle(actx, 0);
             continue;
@@ -1305,7 +1338,8 @@ ngx_http_llm_hedge_writer(ngx_http_request_t *r)
     }
 
     if (!hedge->winner->done) {
-        (void) ngx_http_post_request(hedge->winner->request, NULL);
+        ngx_http_llm_hedge_post(hedge->winner->request,
+                                &hedge->winner->posted);
     }
 }
 
@@ -1323,8 +1357,20 @@ ngx_http_llm_hedge_finish(ngx_http_request_t *r)
 
     r->write_event_handler = ngx_http_request_empty_handler;
 
+    if (hedge->cut) {
+        /* as nginx ends a reply cut short: the connection closed */
+        r->keepalive = 0;
+        ngx_http_finalize_request(r, NGX_ERROR);
+        return;
+    }
+
     if (hedge->status) {
         ngx_http_llm_hedge_adopt(hedge);
+
+        if (hedge->failed) {
+            r->upstream_states = hedge->failed->request->upstream_states;
+        }
+
         ngx_http_finalize_request(r, hedge->status);
         return;
     }
@@ -1336,6 +1382,26 @@ ngx_http_llm_hedge_finish(ngx_http_request_t *r)
     }
 
     ngx_http_finalize_request(r, ngx_http_output_filter(r, NULL));
+}
+
+
+/*
+ * A request posted with a structure of its own, not one allocated from
+ * the pool each time a slow client drains; once only while it waits
+ */
+
+static void
+ngx_http_llm_hedge_post(ngx_http_request_t *r, ngx_http_posted_request_t *pr)
+{
+    ngx_http_posted_request_t  *p;
+
+    for (p = r->main->posted_requests; p; p = p->next) {
+        if (p == pr) {
+            return;
+        }
+    }
+
+    (void) ngx_http_post_request(r, pr);
 }
 
 

@@ -641,7 +641,9 @@ ngx_http_llm_log_handler(ngx_http_request_t *r)
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_llm_module);
 
-    if (ctx) {
+    /* a hedged attempt, logged with log_subrequest: its hedge settles it */
+
+    if (ctx && ctx->attempt == NULL) {
         ngx_http_llm_charge_settle(ctx, r->headers_out.status);
     }
 

@@ -48,6 +48,7 @@ for (qw(slow fast tslow tfast)) {
 
 my $listen = free_port();
 my $h2 = free_port();
+my $dead = free_port();     # nothing listens there
 
 sub upstream {
     my ($name, $fast_tpm, $window, $slow_tpm) = @_;
@@ -67,15 +68,16 @@ END
 }
 
 sub location {
-    my ($name, $hedge, $extra) = @_;
+    my ($name, $hedge, $extra, $pool) = @_;
     $extra //= '';
+    $pool //= $name;
     return <<"END";
         location /$name/ {
-            llm_route $name;
+            llm_route $pool;
             llm_hedge $hedge;
             $extra
             rewrite ^/$name(/.*)\$ \$1 break;
-            proxy_pass http://$name;
+            proxy_pass http://$pool;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
             proxy_set_header Host \$llm_backend_host;
@@ -97,6 +99,15 @@ ${\ upstream('capped', '1m') }
 ${\ upstream('full', '1000') }
 ${\ upstream('auto', '1m') }
 ${\ upstream('waiting', '2000', '3s', '2000') }
+${\ upstream('logsub', '1m') }
+
+    upstream dead {
+        llm_balance zone=llm;
+        llm_backend d1 http://dead.example address=127.0.0.1:$dead
+                    key_file=$dir/slow.key;
+        llm_backend d2 http://dead.example address=127.0.0.1:$dead
+                    key_file=$dir/fast.key;
+    }
 
     upstream tls {
         llm_balance zone=llm keepalive=4;
@@ -118,6 +129,14 @@ ${\ location('capped', 'after=100ms max=20%') }
 ${\ location('full', 'after=100ms max=100%') }
 ${\ location('auto', 'after=auto max=100%') }
 ${\ location('waiting', 'after=800ms max=100%', 'llm_wait 5s;') }
+${\ location('waitfill', 'after=100ms max=100%', '', 'waiting') }
+${\ location('logsub', 'after=300ms max=100%', 'log_subrequest on;') }
+${\ location('dead', 'after=300ms max=100%', 'error_page 502 /oops;') }
+
+        location = /oops {
+            internal;
+            return 200 "custom error page\n";
+        }
 
         # over TLS, each attempt with its own Host, name, key and path,
         # with nothing of them in the location
@@ -435,8 +454,10 @@ $t->sim_update('slow', { ttft_ms => [2000, 2000] });
     my $big = json_encode({ messages => [ { role => 'user',
                                             content => 'hello there' } ],
                             max_tokens => 1500 });
-    # each backend's window (2,000 tokens in 3 s) holds one such request
-    ($st, $h) = http_post($listen, "/waiting$chat", $big);
+    # each backend's window (2,000 tokens in 3 s) holds one such request:
+    # the first fills both, its hedge after 100 ms, so that the fast
+    # backend has room again well before the second one's hedge
+    ($st, $h) = http_post($listen, "/waitfill$chat", $big);
     is($st, 200, 'llm_wait: the first request fills the window');
     is($h->{'x-backend'}, 'fast', 'llm_wait: hedged on fast');
     my $t0 = time;
@@ -446,6 +467,53 @@ $t->sim_update('slow', { ttft_ms => [2000, 2000] });
     ok($w > 1.5, sprintf 'llm_wait: it waited (%.3f s in all)', $w);
     is($h->{'x-hedge'}, 'won', 'llm_wait: and was hedged');
 }
+
+# a reply cut after its header (the backend closes): the client's
+# connection is closed too, not told the reply is whole
+
+$t->sim_update('slow', { ttft_ms => [2000, 2000] });
+$t->sim_update('fast', { faults => { cut => 1 } });
+{
+    my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1',
+                                  PeerPort => $listen) or die;
+    binmode $s;
+    print $s "POST /pool$chat HTTP/1.1\r\nHost: localhost\r\n"
+             . "Content-Type: application/json\r\n"
+             . "Content-Length: " . length($sbody) . "\r\n\r\n$sbody";
+    my ($raw, $eof) = ('', 0);
+    my $sel = IO::Select->new($s);
+    while ($sel->can_read(5)) {
+        my $n = sysread($s, $raw, 65536, length $raw);
+        if (!$n) { $eof = 1; last }
+    }
+    close $s;
+    like($raw, qr{^HTTP/1\.1 200}, 'cut: the header went out');
+    unlike($raw, qr/\r\n0\r\n\r\n$/, 'cut: no last chunk');
+    ok($eof, 'cut: the connection closed');
+}
+$t->sim_update('fast', { faults => { cut => 0 } });
+
+# the last attempt fails before any byte: the main request answers, and
+# the location's error_page applies
+
+{
+    my $t0 = time;
+    ($st, $h, $b) = http_post($listen, "/dead$chat", $body);
+    is($st, 502, 'both backends down: 502');
+    is($b, "custom error page\n", 'the location\'s error_page');
+    ok(time - $t0 < 3, 'at once');
+    $t->allow_log(qr/connect\(\) failed/);
+}
+
+# log_subrequest on: an attempt's log does not settle it twice
+
+$t->sim_update('slow', { ttft_ms => [50, 50] });
+($st, $h) = http_post($listen, "/logsub$chat", $body);
+is($st, 200, 'log_subrequest: 200');
+is(backend('logsub', 'slow')->{responses}{'2xx'}, 1,
+   'log_subrequest: one response counted');
+is(backend('logsub', 'slow')->{in_flight}, 0,
+   'log_subrequest: none in flight');
 
 # the client goes away while both attempts run: both are cancelled
 
