@@ -34,8 +34,12 @@
  * counts a request when it arrives.
  *
  * An attempt that fails (a 429 or a 5xx once its own retries are spent,
- * an error) while the other is still running steps aside; the last one
- * running answers whatever it has.
+ * an error) while the other is still running steps aside.  When the last
+ * one running fails, llm_route's fallback= pools get an attempt each in
+ * turn (a location with fallback= runs its attempts here even without
+ * llm_hedge); without them, a backend's error goes to the client as it
+ * came, and an error of nginx's own (no room, no backend reachable) is
+ * answered by the main request, so that its error_page applies.
  */
 
 
