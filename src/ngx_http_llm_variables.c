@@ -553,7 +553,7 @@ static ngx_int_t
 ngx_http_llm_cost_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data)
 {
-    u_char              *p;
+    ngx_str_t            s;
     ngx_uint_t           nano;
     ngx_http_llm_ctx_t  *ctx;
 
@@ -564,16 +564,14 @@ ngx_http_llm_cost_variable(ngx_http_request_t *r,
         return NGX_OK;
     }
 
-    p = ngx_pnalloc(r->pool, NGX_HTTP_LLM_COST_LEN);
-    if (p == NULL) {
+    s.data = ngx_pnalloc(r->pool, NGX_HTTP_LLM_COST_LEN);
+    if (s.data == NULL) {
         return NGX_ERROR;
     }
 
-    v->len = ngx_http_llm_cost_print(p, nano) - p;
-    v->valid = 1;
-    v->no_cacheable = 0;
-    v->not_found = 0;
-    v->data = p;
+    s.len = ngx_http_llm_cost_print(s.data, nano) - s.data;
+
+    ngx_http_llm_set_value(v, &s);
 
     return NGX_OK;
 }
