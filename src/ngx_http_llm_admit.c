@@ -8,6 +8,11 @@
 #include <ngx_core.h>
 #include <ngx_http.h>
 #include "ngx_http_llm_module.h"
+#include "ngx_http_llm_admit.h"
+#include "ngx_http_llm_charge.h"
+#include "ngx_http_llm_consumer.h"
+#include "ngx_http_llm_error.h"
+#include "ngx_http_llm_zone.h"
 
 
 static void ngx_http_llm_wait_handler(ngx_http_request_t *r);
@@ -30,6 +35,8 @@ static ngx_http_llm_backend_t *ngx_http_llm_admit_fallback(
     ngx_http_llm_loc_conf_t *llcf, ngx_msec_t *wait);
 static ngx_int_t ngx_http_llm_never_fits(ngx_http_request_t *r,
     ngx_http_llm_ctx_t *ctx, ngx_uint_t need, ngx_uint_t most);
+static ngx_int_t ngx_http_llm_send_throttled(ngx_http_request_t *r,
+    ngx_http_llm_ctx_t *ctx);
 
 
 /*
@@ -466,7 +473,7 @@ ngx_http_llm_wait_cleanup(void *data)
 }
 
 
-ngx_int_t
+static ngx_int_t
 ngx_http_llm_send_throttled(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
 {
     ngx_str_t  message;

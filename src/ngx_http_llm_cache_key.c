@@ -8,7 +8,9 @@
 #include <ngx_core.h>
 #include <ngx_http.h>
 #include "ngx_http_llm_module.h"
+#include "ngx_http_llm_cache_key.h"
 #include "ngx_http_llm_digest.h"
+#include "ngx_http_llm_estimate.h"
 
 
 /*

@@ -8,8 +8,10 @@
 #include <ngx_core.h>
 #include <ngx_http.h>
 #include "ngx_http_llm_module.h"
-#include "ngx_http_llm_hedge.h"
+#include "ngx_http_llm_charge.h"
+#include "ngx_http_llm_consumer.h"
 #include "ngx_http_llm_price.h"
+#include "ngx_http_llm_zone.h"
 
 
 /*
@@ -106,8 +108,8 @@ ngx_http_llm_charge_settle(ngx_http_llm_ctx_t *ctx, ngx_uint_t status)
 
     /* a hedged request settles its attempts and takes the winner's */
 
-    if (ctx->hedge) {
-        ngx_http_llm_hedge_settle(ctx);
+    if (ctx->settle_attempts) {
+        ctx->settle_attempts(ctx);
     }
 
     b = ctx->backend;
@@ -135,6 +137,25 @@ ngx_http_llm_charge_settle(ngx_http_llm_ctx_t *ctx, ngx_uint_t status)
     /* an answer from proxy_cache cost the consumers nothing either */
 
     ngx_http_llm_consumers_account(ctx, ctx->cached ? 0 : status);
+}
+
+
+/* the log phase: the request is over, with the status the client got */
+
+ngx_int_t
+ngx_http_llm_log_handler(ngx_http_request_t *r)
+{
+    ngx_http_llm_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_llm_module);
+
+    /* a hedged attempt, logged with log_subrequest: its hedge settles it */
+
+    if (ctx && ctx->attempt == NULL) {
+        ngx_http_llm_charge_settle(ctx, r->headers_out.status);
+    }
+
+    return NGX_OK;
 }
 
 

@@ -8,8 +8,11 @@
 #include <ngx_core.h>
 #include <ngx_http.h>
 #include "ngx_http_llm_module.h"
+#include "ngx_http_llm_consumer.h"
+#include "ngx_http_llm_consumer_share.h"
 #include "ngx_http_llm_digest.h"
 #include "ngx_http_llm_parse.h"
+#include "ngx_http_llm_usage.h"
 #include "ngx_http_llm_window.h"
 
 
@@ -40,8 +43,6 @@ static void ngx_http_llm_consumer_update(ngx_http_llm_consumer_sh_t *cs,
     ngx_msec_t window, ngx_msec_t now);
 static void ngx_http_llm_consumers_settle(ngx_http_llm_ctx_t *ctx,
     ngx_http_llm_scan_t *usage);
-static void ngx_http_llm_consumer_insert_value(ngx_rbtree_node_t *temp,
-    ngx_rbtree_node_t *node, ngx_rbtree_node_t *sentinel);
 static void ngx_http_llm_quota_period(ngx_http_llm_consumer_sh_t *cs,
     ngx_uint_t period, time_t now);
 
@@ -175,57 +176,6 @@ invalid:
                        "invalid parameter \"%V\"", &value[i]);
 
     return NGX_CONF_ERROR;
-}
-
-
-/* a new zone's consumer tree and queue; under the zone's lock or alone */
-
-void
-ngx_http_llm_consumers_init(ngx_http_llm_shctx_t *sh)
-{
-    ngx_rbtree_init(&sh->consumers, &sh->consumer_sentinel,
-                    ngx_http_llm_consumer_insert_value);
-    ngx_queue_init(&sh->consumer_lru);
-    sh->nconsumers = 0;
-    sh->evicted = 0;
-}
-
-
-static void
-ngx_http_llm_consumer_insert_value(ngx_rbtree_node_t *temp,
-    ngx_rbtree_node_t *node, ngx_rbtree_node_t *sentinel)
-{
-    ngx_rbtree_node_t           **p;
-    ngx_http_llm_consumer_sh_t   *n, *t;
-
-    for ( ;; ) {
-
-        if (node->key < temp->key) {
-            p = &temp->left;
-
-        } else if (node->key > temp->key) {
-            p = &temp->right;
-
-        } else {
-            n = (ngx_http_llm_consumer_sh_t *) node;
-            t = (ngx_http_llm_consumer_sh_t *) temp;
-
-            p = (ngx_memcmp(n->digest, t->digest, NGX_HTTP_LLM_DIGEST_LEN)
-                 < 0) ? &temp->left : &temp->right;
-        }
-
-        if (*p == sentinel) {
-            break;
-        }
-
-        temp = *p;
-    }
-
-    *p = node;
-    node->parent = temp;
-    node->left = sentinel;
-    node->right = sentinel;
-    ngx_rbt_red(node);
 }
 
 

@@ -7,8 +7,12 @@
 #include <ngx_config.h>
 #include <ngx_core.h>
 #include <ngx_http.h>
+#include <cjson/cJSON.h>
 #include "ngx_http_llm_module.h"
+#include "ngx_http_llm_audio.h"
 #include "ngx_http_llm_estimate.h"
+#include "ngx_http_llm_image.h"
+#include "ngx_http_llm_vocab.h"
 
 
 /*

@@ -11,7 +11,9 @@
 #include <ngx_config.h>
 #include <ngx_core.h>
 #include <ngx_http.h>
+#include <cjson/cJSON.h>
 #include "ngx_http_llm_module.h"
+#include "ngx_http_llm_vocab.h"
 
 
 /*
@@ -71,6 +73,13 @@ void ngx_http_llm_sum_done(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
 
 ngx_int_t ngx_http_llm_walk(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
     ngx_str_t *body);
+
+
+ngx_int_t ngx_http_llm_inspect(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
+    cJSON *root);
+void ngx_http_llm_deployment_from_uri(ngx_str_t *uri, ngx_str_t *deployment);
+ngx_int_t ngx_http_llm_find_member(ngx_str_t *json, ngx_str_t *name,
+    size_t *start, size_t *end);
 
 
 #endif /* _NGX_HTTP_LLM_ESTIMATE_H_INCLUDED_ */

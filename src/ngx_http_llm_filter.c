@@ -8,6 +8,9 @@
 #include <ngx_core.h>
 #include <ngx_http.h>
 #include "ngx_http_llm_module.h"
+#include "ngx_http_llm_admit.h"
+#include "ngx_http_llm_stream.h"
+#include "ngx_http_llm_usage.h"
 
 
 /* a media type, parameters after it allowed, in any case */

@@ -8,8 +8,11 @@
 #include <ngx_core.h>
 #include <ngx_http.h>
 #include "ngx_http_llm_module.h"
+#include "ngx_http_llm_charge.h"
 #include "ngx_http_llm_hedge.h"
 #include "ngx_http_llm_parse.h"
+#include "ngx_http_llm_usage.h"
+#include "ngx_http_llm_zone.h"
 
 
 /*
@@ -119,6 +122,7 @@ static void ngx_http_llm_hedge_post(ngx_http_request_t *r,
     ngx_http_posted_request_t *pr);
 static void ngx_http_llm_hedge_list(ngx_list_t *dst, ngx_list_t *src);
 static void ngx_http_llm_hedge_consume(ngx_chain_t *in);
+static void ngx_http_llm_hedge_settle(ngx_http_llm_ctx_t *ctx);
 
 
 static ngx_http_module_t  ngx_http_llm_hedge_module_ctx = {
@@ -303,6 +307,7 @@ ngx_http_llm_hedge_prepare(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
     hedge->handler = r->content_handler;
 
     ctx->hedge = hedge;
+    ctx->settle_attempts = ngx_http_llm_hedge_settle;
     r->content_handler = ngx_http_llm_hedge_handler;
 
     if (after) {
@@ -411,6 +416,7 @@ ngx_http_llm_hedge_attempt(ngx_http_llm_hedge_t *hedge,
     *actx = *ctx;
 
     actx->hedge = NULL;
+    actx->settle_attempts = NULL;
     actx->attempt = a;
     actx->scan = NULL;
     actx->strip = NULL;
@@ -1181,7 +1187,7 @@ ngx_http_llm_hedge_adopt(ngx_http_llm_hedge_t *hedge)
 }
 
 
-void
+static void
 ngx_http_llm_hedge_settle(ngx_http_llm_ctx_t *ctx)
 {
     ngx_uint_t               i;

@@ -18,7 +18,6 @@ char *ngx_http_llm_hedge_conf(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 void ngx_http_llm_hedge_prepare(ngx_http_request_t *r,
     ngx_http_llm_ctx_t *ctx);
-void ngx_http_llm_hedge_settle(ngx_http_llm_ctx_t *ctx);
 ngx_str_t *ngx_http_llm_hedge_outcome(ngx_http_llm_ctx_t *ctx);
 ngx_uint_t ngx_http_llm_hedge_attempts(ngx_http_llm_ctx_t *ctx);
 

@@ -8,8 +8,20 @@
 #include <ngx_core.h>
 #include <ngx_http.h>
 #include "ngx_http_llm_module.h"
+#include "ngx_http_llm_backend_share.h"
+#include "ngx_http_llm_charge.h"
+#include "ngx_http_llm_consumer.h"
+#include "ngx_http_llm_consumer_share.h"
 #include "ngx_http_llm_hedge.h"
+#include "ngx_http_llm_json.h"
 #include "ngx_http_llm_price.h"
+#include "ngx_http_llm_request.h"
+#include "ngx_http_llm_status.h"
+#include "ngx_http_llm_threads.h"
+#include "ngx_http_llm_upstream.h"
+#include "ngx_http_llm_variables.h"
+#include "ngx_http_llm_vocab.h"
+#include "ngx_http_llm_zone.h"
 
 
 static ngx_int_t ngx_http_llm_preconfiguration(ngx_conf_t *cf);

@@ -11,7 +11,6 @@
 #include <ngx_config.h>
 #include <ngx_core.h>
 #include <ngx_http.h>
-#include <cjson/cJSON.h>
 #include "ngx_http_llm_tokenizer.h"
 #include "ngx_http_llm_share.h"
 
@@ -410,6 +409,7 @@ typedef void (*ngx_http_llm_thread_pt)(ngx_http_request_t *r);
 
 typedef struct ngx_http_llm_hedge_s  ngx_http_llm_hedge_t;
 typedef struct ngx_http_llm_attempt_s  ngx_http_llm_attempt_t;
+typedef struct ngx_http_llm_ctx_s  ngx_http_llm_ctx_t;
 
 
 #define NGX_HTTP_LLM_COUNT_EXACT     1
@@ -461,7 +461,7 @@ typedef struct {
 } ngx_http_llm_strip_t;
 
 
-typedef struct {
+struct ngx_http_llm_ctx_s {
     /* NGX_DONE while the body is read, then NGX_DECLINED */
     ngx_int_t                    status;
 
@@ -530,6 +530,14 @@ typedef struct {
     ngx_http_llm_hedge_t        *hedge;
     ngx_http_llm_attempt_t      *attempt;
 
+    /*
+     * set by whoever made more attempts of the request (llm_hedge), as
+     * upstream's callbacks are set by proxy: settling the request calls
+     * it first, so that each attempt is settled and the one that
+     * answered hands its charge over
+     */
+    void                       (*settle_attempts)(ngx_http_llm_ctx_t *ctx);
+
     /* waiting for a lease from Redis since, 0: not waiting */
     ngx_msec_t                   share_since;
 
@@ -565,7 +573,7 @@ typedef struct {
     unsigned                     settled:1;
     unsigned                     over_kind:2;  /* tokens, requests,
                                                  quota */
-} ngx_http_llm_ctx_t;
+};
 
 
 #define NGX_HTTP_LLM_THROTTLE_NONE     0
@@ -589,191 +597,6 @@ typedef struct {
 #define NGX_HTTP_LLM_DONE_OK           0
 #define NGX_HTTP_LLM_DONE_THROTTLED    1
 #define NGX_HTTP_LLM_DONE_FAILED       2
-
-
-ngx_int_t ngx_http_llm_request_handler(ngx_http_request_t *r);
-
-ngx_int_t ngx_http_llm_inspect(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
-    cJSON *root);
-void ngx_http_llm_deployment_from_uri(ngx_str_t *uri, ngx_str_t *deployment);
-ngx_int_t ngx_http_llm_find_member(ngx_str_t *json, ngx_str_t *name,
-    size_t *start, size_t *end);
-
-ngx_int_t ngx_http_llm_send_error(ngx_http_request_t *r, ngx_uint_t status,
-    const char *code, ngx_str_t *message);
-
-ngx_int_t ngx_http_llm_add_variables(ngx_conf_t *cf);
-ngx_int_t ngx_http_llm_cache_key(ngx_http_request_t *r,
-    ngx_http_llm_ctx_t *ctx, ngx_str_t *key);
-
-char *ngx_http_llm_tokenizer(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
-ngx_uint_t ngx_http_llm_encoding_for(ngx_str_t *model);
-typedef struct ngx_http_llm_counter_s  ngx_http_llm_counter_t;
-
-ngx_http_llm_counter_t *ngx_http_llm_counter(void);
-size_t ngx_http_llm_count(ngx_http_llm_counter_t *c,
-    ngx_http_llm_vocab_t *vocab, u_char *text, size_t len, ngx_uint_t cache);
-void ngx_http_llm_count_done(ngx_http_llm_counter_t *c, size_t body_len);
-ngx_int_t ngx_http_llm_count_cache_init(ngx_cycle_t *cycle);
-ngx_uint_t ngx_http_llm_image_tokens(ngx_pool_t *pool, const char *url,
-    const char *detail, ngx_uint_t mini, ngx_uint_t remote);
-size_t ngx_http_llm_base64_at(u_char *dst, size_t n, ngx_str_t *b64,
-    size_t off);
-ngx_uint_t ngx_http_llm_audio_tokens(const char *data);
-
-char *ngx_http_llm_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
-ngx_int_t ngx_http_llm_zone_add_pool(ngx_conf_t *cf, ngx_shm_zone_t *zone,
-    ngx_http_llm_pool_t *pool);
-ngx_uint_t ngx_http_llm_charge_for(ngx_http_llm_ctx_t *ctx,
-    ngx_http_llm_backend_t *b, ngx_uint_t location_reserve);
-ngx_uint_t ngx_http_llm_pool_fits(ngx_http_llm_pool_t *pool,
-    ngx_http_llm_ctx_t *ctx, ngx_uint_t reserve, ngx_uint_t *need,
-    ngx_uint_t *most);
-ngx_http_llm_backend_t *ngx_http_llm_choose(ngx_http_llm_pool_t *pool,
-    ngx_http_llm_ctx_t *ctx, uintptr_t *tried, uintptr_t *down,
-    ngx_uint_t reserve, ngx_msec_t *wait);
-void ngx_http_llm_refund(ngx_http_llm_backend_t *b, ngx_http_llm_ctx_t *ctx);
-void ngx_http_llm_backend_done(ngx_http_llm_backend_t *b,
-    ngx_http_llm_ctx_t *ctx, ngx_uint_t outcome, ngx_msec_t cooldown,
-    ngx_http_llm_signals_t *sig);
-
-char *ngx_http_llm_count_threads(ngx_conf_t *cf, ngx_command_t *cmd,
-    void *conf);
-ngx_int_t ngx_http_llm_threads_merge(ngx_conf_t *cf,
-    ngx_http_llm_loc_conf_t *conf, ngx_http_llm_loc_conf_t *prev);
-ngx_int_t ngx_http_llm_thread_run(ngx_http_request_t *r, off_t size,
-    ngx_http_llm_thread_pt work, ngx_http_llm_thread_pt done);
-void ngx_http_llm_json_init(void);
-
-ngx_int_t ngx_http_llm_charge_own(ngx_http_request_t *r,
-    ngx_http_llm_ctx_t *ctx);
-void ngx_http_llm_charge_adopt(ngx_http_request_t *r);
-void ngx_http_llm_charge_settle(ngx_http_llm_ctx_t *ctx, ngx_uint_t status);
-
-void ngx_http_llm_consumers_init(ngx_http_llm_shctx_t *sh);
-ngx_uint_t ngx_http_llm_consumers_sync(ngx_http_llm_zone_t *zone,
-    ngx_msec_t now, ngx_uint_t final);
-void ngx_http_llm_consumer_limits(ngx_http_llm_consumer_share_t *share,
-    ngx_http_llm_limit_t *limit, ngx_uint_t first);
-ngx_uint_t ngx_http_llm_consumers_lease(ngx_http_llm_zone_t *zone,
-    ngx_http_llm_ctx_t *ctx, ngx_uint_t need, ngx_msec_t now,
-    ngx_msec_t *wait);
-ngx_int_t ngx_http_llm_consumer_lease(ngx_http_llm_zone_t *zone,
-    ngx_http_llm_ctx_t *ctx, ngx_http_llm_consumer_sh_t *cs,
-    ngx_uint_t need, ngx_uint_t renew, ngx_msec_t now, ngx_msec_t *wait,
-    ngx_uint_t *kind);
-void ngx_http_llm_consumer_spend(ngx_http_llm_zone_t *zone,
-    ngx_http_llm_consumer_sh_t *cs, ngx_uint_t k, int64_t value,
-    ngx_msec_t at, ngx_msec_t now);
-ngx_uint_t ngx_http_llm_consumer_busy(ngx_http_llm_zone_t *zone,
-    ngx_http_llm_consumer_sh_t *cs, ngx_msec_t now);
-ngx_uint_t ngx_http_llm_backends_sync(ngx_http_llm_zone_t *zone,
-    ngx_msec_t now, ngx_uint_t final);
-ngx_int_t ngx_http_llm_backend_lease(ngx_http_llm_zone_t *zone,
-    ngx_http_llm_pool_t *pool, ngx_http_llm_backend_sh_t *sh,
-    ngx_http_llm_ctx_t *ctx, ngx_uint_t charge, ngx_uint_t can_wait,
-    ngx_msec_t now, ngx_msec_t *wait, int64_t *credit);
-void ngx_http_llm_backend_spend(ngx_http_llm_zone_t *zone,
-    ngx_http_llm_pool_t *pool, ngx_http_llm_backend_sh_t *sh,
-    int64_t tokens, int64_t requests, ngx_msec_t at, ngx_msec_t now);
-void ngx_http_llm_backend_renew(ngx_http_llm_zone_t *zone,
-    ngx_http_llm_pool_t *pool, ngx_http_llm_backend_sh_t *sh,
-    ngx_uint_t charge, ngx_msec_t now);
-
-char *ngx_http_llm_limit(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
-ngx_int_t ngx_http_llm_consumers_charge(ngx_http_request_t *r,
-    ngx_http_llm_ctx_t *ctx, ngx_msec_t *wait);
-void ngx_http_llm_consumers_refund(ngx_http_llm_ctx_t *ctx);
-void ngx_http_llm_consumers_account(ngx_http_llm_ctx_t *ctx,
-    ngx_uint_t status);
-ngx_uint_t ngx_http_llm_consumers_top(ngx_shm_zone_t *shm_zone,
-    ngx_http_llm_consumer_sh_t *top, ngx_http_llm_consumer_share_t *shares,
-    ngx_uint_t n, ngx_uint_t *count, ngx_uint_t *evicted,
-    ngx_http_llm_share_sh_t *share);
-u_char *ngx_http_llm_consumer_id(u_char *p, u_char *digest);
-
-char *ngx_http_llm_balance(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
-char *ngx_http_llm_backend(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
-ngx_int_t ngx_http_llm_secret_value(ngx_log_t *log,
-    ngx_http_llm_secret_t *secret);
-ngx_int_t ngx_http_llm_pool_check(ngx_conf_t *cf, ngx_http_llm_pool_t *pool);
-
-ngx_int_t ngx_http_llm_credentials(ngx_http_request_t *r,
-    ngx_http_llm_backend_t *b);
-#if (NGX_HTTP_SSL)
-ngx_int_t ngx_http_llm_ssl_server_name(ngx_connection_t *c,
-    ngx_http_llm_backend_t *b);
-#endif
-
-ngx_int_t ngx_http_llm_keepalive_init(ngx_conf_t *cf,
-    ngx_http_llm_pool_t *pool);
-ngx_int_t ngx_http_llm_keepalive_get(ngx_peer_connection_t *pc,
-    ngx_http_llm_backend_t *b);
-void ngx_http_llm_keepalive_save(ngx_peer_connection_t *pc,
-    ngx_http_llm_backend_t *b, ngx_http_upstream_t *u, ngx_uint_t state);
-
-void ngx_http_llm_scan(ngx_http_llm_scan_t *s, u_char *p, u_char *last,
-    ngx_log_t *log);
-void ngx_http_llm_account(ngx_http_llm_ctx_t *ctx, ngx_uint_t status);
-void ngx_http_llm_pool_count(ngx_http_llm_pool_t *pool,
-    ngx_uint_t fallback);
-ngx_uint_t ngx_http_llm_pool_hedge(ngx_http_llm_pool_t *pool,
-    ngx_uint_t event, ngx_uint_t n);
-void ngx_http_llm_backend_ttft(ngx_http_llm_backend_t *b, ngx_msec_t ms);
-ngx_msec_t ngx_http_llm_backend_ttft_p95(ngx_http_llm_backend_t *b);
-void ngx_http_llm_windows_update(ngx_http_llm_pool_t *pool,
-    ngx_http_llm_backend_sh_t *sh, ngx_msec_t now);
-char *ngx_http_llm_status(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
-ngx_int_t ngx_http_llm_log_handler(ngx_http_request_t *r);
-ngx_int_t ngx_http_llm_usage_of(ngx_http_llm_ctx_t *ctx,
-    ngx_http_llm_scan_t *out);
-
-/* the counts of a usage object, where the names are (usage.c) */
-
-typedef enum {
-    NGX_HTTP_LLM_U_PROMPT = 0,
-    NGX_HTTP_LLM_U_COMPLETION,
-    NGX_HTTP_LLM_U_TOTAL,
-    NGX_HTTP_LLM_U_INPUT,
-    NGX_HTTP_LLM_U_OUTPUT,
-    NGX_HTTP_LLM_U_PROMPT_CACHED,
-    NGX_HTTP_LLM_U_COMPLETION_REASONING,
-    NGX_HTTP_LLM_U_INPUT_CACHED,
-    NGX_HTTP_LLM_U_OUTPUT_REASONING,
-    NGX_HTTP_LLM_U_LAST
-} ngx_http_llm_usage_e;
-
-
-typedef struct {
-    ngx_str_t                    details;   /* empty: a top-level count */
-    ngx_str_t                    name;
-} ngx_http_llm_usage_name_t;
-
-
-extern ngx_http_llm_usage_name_t  ngx_http_llm_usage_names[];
-
-u_char *ngx_http_llm_walk_usage(u_char *p, u_char *end, ngx_uint_t *n);
-ngx_int_t ngx_http_llm_scan_whole(ngx_http_llm_scan_t *s, u_char *start,
-    u_char *last, ngx_log_t *log);
-ngx_int_t ngx_http_llm_json_parse(ngx_str_t *text, cJSON **root,
-    size_t *error_at, ngx_log_t *log);
-void ngx_http_llm_json_done(size_t len);
-ngx_pool_t *ngx_http_llm_json_scratch(ngx_log_t *log);
-
-ngx_int_t ngx_http_llm_inject_usage(ngx_http_request_t *r,
-    ngx_http_llm_ctx_t *ctx);
-ngx_chain_t *ngx_http_llm_body_chain(ngx_http_request_t *r,
-    ngx_http_llm_ctx_t *ctx, ngx_str_t *model, off_t *len);
-ngx_int_t ngx_http_llm_strip(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
-    ngx_chain_t *in, ngx_chain_t **out);
-
-ngx_int_t ngx_http_llm_admit(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx);
-ngx_int_t ngx_http_llm_send_throttled(ngx_http_request_t *r,
-    ngx_http_llm_ctx_t *ctx);
-ngx_int_t ngx_http_llm_throttled_response(ngx_http_request_t *r,
-    ngx_http_llm_ctx_t *ctx, ngx_buf_t **out);
-ngx_int_t ngx_http_llm_error_body(ngx_http_request_t *r, ngx_uint_t status,
-    const char *code, ngx_str_t *message, ngx_buf_t **out);
 
 
 #define ngx_http_llm_pool_of(uscf)                                           \

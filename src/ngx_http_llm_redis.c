@@ -71,6 +71,7 @@ static ngx_int_t ngx_http_llm_redis_push(ngx_http_llm_redis_t *rs, int argc,
 static void ngx_http_llm_redis_setup_done(void *data, redisReply *reply);
 static void ngx_http_llm_redis_script_done(void *data, redisReply *reply);
 static void ngx_http_llm_redis_flush(ngx_http_llm_redis_t *rs);
+static void ngx_http_llm_redis_close(ngx_http_llm_redis_t *rs);
 static void ngx_http_llm_redis_abort(ngx_http_llm_redis_t *rs);
 static void ngx_http_llm_redis_close_connection(ngx_http_llm_redis_t *rs);
 #if (NGX_SSL)
@@ -898,7 +899,7 @@ ngx_http_llm_redis_wait(ngx_http_llm_redis_t *rs)
 
 /* the end: no warning, no new attempt; waiting handlers hear of it */
 
-void
+static void
 ngx_http_llm_redis_close(ngx_http_llm_redis_t *rs)
 {
     if (rs->retry.timer_set) {

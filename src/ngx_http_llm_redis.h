@@ -76,7 +76,6 @@ u_char *ngx_http_llm_redis_script_sha(ngx_http_llm_redis_t *rs);
 const char *ngx_http_llm_redis_error(ngx_http_llm_redis_t *rs);
 void ngx_http_llm_redis_drain(ngx_http_llm_redis_t *rs);
 ngx_int_t ngx_http_llm_redis_wait(ngx_http_llm_redis_t *rs);
-void ngx_http_llm_redis_close(ngx_http_llm_redis_t *rs);
 
 
 #endif /* _NGX_HTTP_LLM_REDIS_H_INCLUDED_ */

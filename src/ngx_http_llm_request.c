@@ -7,9 +7,17 @@
 #include <ngx_config.h>
 #include <ngx_core.h>
 #include <ngx_http.h>
+#include <cjson/cJSON.h>
 #include "ngx_http_llm_module.h"
-#include "ngx_http_llm_hedge.h"
+#include "ngx_http_llm_admit.h"
+#include "ngx_http_llm_charge.h"
+#include "ngx_http_llm_error.h"
 #include "ngx_http_llm_estimate.h"
+#include "ngx_http_llm_hedge.h"
+#include "ngx_http_llm_json.h"
+#include "ngx_http_llm_request.h"
+#include "ngx_http_llm_stream.h"
+#include "ngx_http_llm_threads.h"
 
 
 static void ngx_http_llm_body_handler(ngx_http_request_t *r);

@@ -7,6 +7,7 @@
 #include <ngx_core.h>
 #include <ngx_http.h>
 #include "ngx_http_llm_module.h"
+#include "ngx_http_llm_secret.h"
 
 
 static ngx_uint_t ngx_http_llm_secret_same(ngx_http_llm_secret_t *secret,

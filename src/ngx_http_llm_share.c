@@ -422,7 +422,7 @@ ngx_http_llm_lease_want(ngx_http_llm_budget_t *b, int64_t need,
  * back, for the instances that are busy: the amount to ask, negative
  */
 
-int64_t
+static int64_t
 ngx_http_llm_lease_idle(ngx_http_llm_budget_t *b, ngx_msec_t now,
     ngx_msec_t ttl)
 {

@@ -105,8 +105,6 @@ void ngx_http_llm_lease_spend(ngx_http_llm_budget_t *b, int64_t value,
     ngx_msec_t at, ngx_msec_t now);
 int64_t ngx_http_llm_lease_want(ngx_http_llm_budget_t *b, int64_t need,
     ngx_msec_t now);
-int64_t ngx_http_llm_lease_idle(ngx_http_llm_budget_t *b, ngx_msec_t now,
-    ngx_msec_t ttl);
 int64_t ngx_http_llm_lease_renewal(ngx_http_llm_budget_t *b, ngx_msec_t now,
     ngx_msec_t ttl);
 ngx_uint_t ngx_http_llm_lease_lapsing(ngx_http_llm_budget_t *b,

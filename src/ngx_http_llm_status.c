@@ -8,7 +8,10 @@
 #include <ngx_core.h>
 #include <ngx_http.h>
 #include "ngx_http_llm_module.h"
+#include "ngx_http_llm_consumer.h"
 #include "ngx_http_llm_price.h"
+#include "ngx_http_llm_status.h"
+#include "ngx_http_llm_zone.h"
 
 
 /*

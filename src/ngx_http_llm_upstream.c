@@ -8,7 +8,14 @@
 #include <ngx_core.h>
 #include <ngx_http.h>
 #include "ngx_http_llm_module.h"
+#include "ngx_http_llm_charge.h"
+#include "ngx_http_llm_credentials.h"
+#include "ngx_http_llm_keepalive.h"
 #include "ngx_http_llm_parse.h"
+#include "ngx_http_llm_secret.h"
+#include "ngx_http_llm_stream.h"
+#include "ngx_http_llm_upstream.h"
+#include "ngx_http_llm_zone.h"
 
 
 #define NGX_HTTP_LLM_BITS  (8 * sizeof(uintptr_t))

@@ -7,8 +7,12 @@
 #include <ngx_config.h>
 #include <ngx_core.h>
 #include <ngx_http.h>
+#include <cjson/cJSON.h>
 #include "ngx_http_llm_module.h"
+#include "ngx_http_llm_json.h"
 #include "ngx_http_llm_json_reader.h"
+#include "ngx_http_llm_usage.h"
+#include "ngx_http_llm_walk.h"
 
 
 /*
@@ -631,21 +635,4 @@ ngx_http_llm_usage_of(ngx_http_llm_ctx_t *ctx, ngx_http_llm_scan_t *out)
     }
 
     return 0;
-}
-
-
-ngx_int_t
-ngx_http_llm_log_handler(ngx_http_request_t *r)
-{
-    ngx_http_llm_ctx_t  *ctx;
-
-    ctx = ngx_http_get_module_ctx(r, ngx_http_llm_module);
-
-    /* a hedged attempt, logged with log_subrequest: its hedge settles it */
-
-    if (ctx && ctx->attempt == NULL) {
-        ngx_http_llm_charge_settle(ctx, r->headers_out.status);
-    }
-
-    return NGX_OK;
 }

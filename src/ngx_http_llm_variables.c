@@ -8,8 +8,13 @@
 #include <ngx_core.h>
 #include <ngx_http.h>
 #include "ngx_http_llm_module.h"
+#include "ngx_http_llm_cache_key.h"
+#include "ngx_http_llm_consumer.h"
 #include "ngx_http_llm_hedge.h"
 #include "ngx_http_llm_price.h"
+#include "ngx_http_llm_secret.h"
+#include "ngx_http_llm_usage.h"
+#include "ngx_http_llm_variables.h"
 
 
 static ngx_int_t ngx_http_llm_str_variable(ngx_http_request_t *r,

@@ -10,6 +10,7 @@
 #include "ngx_http_llm_module.h"
 
 #include <openssl/rand.h>
+#include "ngx_http_llm_vocab.h"
 
 
 static void ngx_http_llm_vocab_cleanup(void *data);

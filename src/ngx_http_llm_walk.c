@@ -9,7 +9,10 @@
 #include <ngx_http.h>
 #include "ngx_http_llm_module.h"
 #include "ngx_http_llm_estimate.h"
+#include "ngx_http_llm_json.h"
 #include "ngx_http_llm_json_reader.h"
+#include "ngx_http_llm_usage.h"
+#include "ngx_http_llm_walk.h"
 
 
 /*

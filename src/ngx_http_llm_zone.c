@@ -9,9 +9,15 @@
 #include <ngx_http.h>
 #include <openssl/sha.h>
 #include "ngx_http_llm_module.h"
+#include "ngx_http_llm_backend_share.h"
+#include "ngx_http_llm_usage.h"
 #include "ngx_http_llm_window.h"
+#include "ngx_http_llm_zone.h"
 
 
+static void ngx_http_llm_consumers_init(ngx_http_llm_shctx_t *sh);
+static void ngx_http_llm_consumer_insert_value(ngx_rbtree_node_t *temp,
+    ngx_rbtree_node_t *node, ngx_rbtree_node_t *sentinel);
 static ngx_int_t ngx_http_llm_init_zone(ngx_shm_zone_t *shm_zone, void *data);
 static void ngx_http_llm_rbtree_insert_value(ngx_rbtree_node_t *temp,
     ngx_rbtree_node_t *node, ngx_rbtree_node_t *sentinel);
@@ -173,6 +179,60 @@ ngx_http_llm_zone_add_pool(ngx_conf_t *cf, ngx_shm_zone_t *shm_zone,
     *pp = pool;
 
     return NGX_OK;
+}
+
+
+/*
+ * A new zone's consumer tree and queue.  The zone owns both trees; the
+ * consumers' policy (consumer.c) finds and evicts its nodes.
+ */
+
+static void
+ngx_http_llm_consumers_init(ngx_http_llm_shctx_t *sh)
+{
+    ngx_rbtree_init(&sh->consumers, &sh->consumer_sentinel,
+                    ngx_http_llm_consumer_insert_value);
+    ngx_queue_init(&sh->consumer_lru);
+    sh->nconsumers = 0;
+    sh->evicted = 0;
+}
+
+
+static void
+ngx_http_llm_consumer_insert_value(ngx_rbtree_node_t *temp,
+    ngx_rbtree_node_t *node, ngx_rbtree_node_t *sentinel)
+{
+    ngx_rbtree_node_t           **p;
+    ngx_http_llm_consumer_sh_t   *n, *t;
+
+    for ( ;; ) {
+
+        if (node->key < temp->key) {
+            p = &temp->left;
+
+        } else if (node->key > temp->key) {
+            p = &temp->right;
+
+        } else {
+            n = (ngx_http_llm_consumer_sh_t *) node;
+            t = (ngx_http_llm_consumer_sh_t *) temp;
+
+            p = (ngx_memcmp(n->digest, t->digest, NGX_HTTP_LLM_DIGEST_LEN)
+                 < 0) ? &temp->left : &temp->right;
+        }
+
+        if (*p == sentinel) {
+            break;
+        }
+
+        temp = *p;
+    }
+
+    *p = node;
+    node->parent = temp;
+    node->left = sentinel;
+    node->right = sentinel;
+    ngx_rbt_red(node);
 }
 
 
@@ -452,7 +512,7 @@ ngx_http_llm_lookup(ngx_http_llm_zone_t *zone, ngx_str_t *key, uint32_t hash)
  * the backend's, else the location's.
  */
 
-ngx_uint_t
+static ngx_uint_t
 ngx_http_llm_charge_for(ngx_http_llm_ctx_t *ctx, ngx_http_llm_backend_t *b,
     ngx_uint_t location_reserve)
 {

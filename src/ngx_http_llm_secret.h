@@ -1,0 +1,21 @@
+
+/*
+ * Copyright (C) nginx-llm-router authors
+ */
+
+
+#ifndef _NGX_HTTP_LLM_SECRET_H_INCLUDED_
+#define _NGX_HTTP_LLM_SECRET_H_INCLUDED_
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+#include "ngx_http_llm_module.h"
+
+
+ngx_int_t ngx_http_llm_secret_value(ngx_log_t *log,
+    ngx_http_llm_secret_t *secret);
+
+
+#endif /* _NGX_HTTP_LLM_SECRET_H_INCLUDED_ */

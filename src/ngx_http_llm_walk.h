@@ -1,0 +1,20 @@
+
+/*
+ * Copyright (C) nginx-llm-router authors
+ */
+
+
+#ifndef _NGX_HTTP_LLM_WALK_H_INCLUDED_
+#define _NGX_HTTP_LLM_WALK_H_INCLUDED_
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+#include "ngx_http_llm_module.h"
+
+
+u_char *ngx_http_llm_walk_usage(u_char *p, u_char *end, ngx_uint_t *n);
+
+
+#endif /* _NGX_HTTP_LLM_WALK_H_INCLUDED_ */
