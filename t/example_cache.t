@@ -32,9 +32,16 @@ sub body {
                          max_tokens => 100, temperature => 0, %o });
 }
 
+# the deployment and the consumer once the last request is settled: the
+# client has its reply before nginx's log phase settles the charge, and
+# the status request may reach another worker first
 sub backend {
-    my ($st, $h, $raw) = http_get($status, '/llm/status');
-    my $s = json_decode($raw);
+    my $s;
+    wait_for(3, sub {
+        my ($st, $h, $raw) = http_get($status, '/llm/status');
+        $s = json_decode($raw);
+        return $s->{pools}[0]{backends}[0]{in_flight} == 0;
+    });
     return ($s->{pools}[0]{backends}[0], $s->{consumers}[0]{top}[0]);
 }
 
