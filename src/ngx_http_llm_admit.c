@@ -12,6 +12,7 @@
 #include "ngx_http_llm_charge.h"
 #include "ngx_http_llm_consumer.h"
 #include "ngx_http_llm_error.h"
+#include "ngx_http_llm_price.h"
 #include "ngx_http_llm_zone.h"
 
 
@@ -316,7 +317,9 @@ ngx_http_llm_never_fits(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
                  "the prompt.")
           + ctx->pool->name.len + 2 * NGX_INT_T_LEN
           + NGX_HTTP_LLM_CONSUMER_ID_LEN
-          + (limit ? limit->key.value.len : 0);
+          + (limit ? limit->key.value.len : 0)
+          + sizeof(" may cost up to  at its llm_price to spend a month")
+          + 2 * NGX_HTTP_LLM_COST_LEN;
 
     p = ngx_pnalloc(r->pool, len);
     if (p == NULL) {
@@ -326,10 +329,29 @@ ngx_http_llm_never_fits(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
     message.data = p;
     last = p + len;
 
-    p = ngx_slprintf(p, last, "This request needs %ui tokens (its prompt "
-                     "and the completion limit times n), more than ", need);
+    if (limit && ctx->over_kind == NGX_HTTP_LLM_OVER_BUDGET) {
+        p = ngx_slprintf(p, last, "This request may cost up to ");
+        p = ngx_http_llm_cost_print(p, ctx->cost_estimate);
+        p = ngx_slprintf(p, last, " (its prompt and the completion limit "
+                         "times n at its llm_price), more than \"llm_limit "
+                         "%V\" allows consumer ", &limit->key.value);
+        p = ngx_http_llm_consumer_id(p, ctx->over_consumer->digest);
+        p = ngx_slprintf(p, last, " to spend (");
+        p = ngx_http_llm_cost_print(p, limit->budget);
+        p = ngx_slprintf(p, last, " a %s)",
+                         (limit->quota_period == NGX_HTTP_LLM_QUOTA_DAY)
+                         ? "day" : "month");
 
-    if (limit == NULL) {
+    } else {
+        p = ngx_slprintf(p, last, "This request needs %ui tokens (its "
+                         "prompt and the completion limit times n), more "
+                         "than ", need);
+    }
+
+    if (limit && ctx->over_kind == NGX_HTTP_LLM_OVER_BUDGET) {
+        /* void */
+
+    } else if (limit == NULL) {
         p = ngx_slprintf(p, last, "the deployments of \"%V\" accept in a "
                          "minute (%ui at most)", &ctx->pool->name, most);
 
@@ -608,11 +630,11 @@ ngx_http_llm_consumer_message(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
 
     limit = ctx->over;
 
-    len = sizeof("Requests of consumer  have exceeded the call rate limit "
+    len = sizeof("Requests of consumer  have exceeded the spending budget "
                  "of \"llm_limit \" ( requests per  ms). Please retry "
                  "after  seconds.")
           + NGX_HTTP_LLM_CONSUMER_ID_LEN + limit->key.value.len
-          + 3 * NGX_INT_T_LEN;
+          + 3 * NGX_INT_T_LEN + NGX_HTTP_LLM_COST_LEN;
 
     p = ngx_pnalloc(r->pool, len);
     if (p == NULL) {
@@ -636,6 +658,15 @@ ngx_http_llm_consumer_message(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
                          ? "day" : "month");
         break;
 
+    case NGX_HTTP_LLM_OVER_BUDGET:
+        p = ngx_slprintf(p, last, " have exceeded the spending budget of "
+                         "\"llm_limit %V\" (", &limit->key.value);
+        p = ngx_http_llm_cost_print(p, limit->budget);
+        p = ngx_slprintf(p, last, " a %s",
+                         (limit->quota_period == NGX_HTTP_LLM_QUOTA_DAY)
+                         ? "day" : "month");
+        break;
+
     case NGX_HTTP_LLM_OVER_REQUESTS:
         p = ngx_slprintf(p, last, " have exceeded the call rate limit of "
                          "\"llm_limit %V\" (%ui requests per ",
@@ -648,7 +679,9 @@ ngx_http_llm_consumer_message(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
                          &limit->key.value, limit->tpm);
     }
 
-    if (ctx->over_kind == NGX_HTTP_LLM_OVER_QUOTA) {
+    if (ctx->over_kind == NGX_HTTP_LLM_OVER_QUOTA
+        || ctx->over_kind == NGX_HTTP_LLM_OVER_BUDGET)
+    {
         /* void */
 
     } else if (limit->window == 60000) {

@@ -12,6 +12,7 @@
 #include "ngx_http_llm_consumer_share.h"
 #include "ngx_http_llm_digest.h"
 #include "ngx_http_llm_parse.h"
+#include "ngx_http_llm_price.h"
 #include "ngx_http_llm_usage.h"
 #include "ngx_http_llm_window.h"
 
@@ -43,13 +44,14 @@ static void ngx_http_llm_consumer_update(ngx_http_llm_consumer_sh_t *cs,
     ngx_msec_t window, ngx_msec_t now);
 static void ngx_http_llm_consumers_settle(ngx_http_llm_ctx_t *ctx,
     ngx_http_llm_scan_t *usage);
+static ngx_uint_t ngx_http_llm_limit_period(ngx_str_t *s);
 static void ngx_http_llm_quota_period(ngx_http_llm_consumer_sh_t *cs,
     ngx_uint_t period, time_t now);
 
 
 /*
  * llm_limit key [tpm=number] [rpm=number] [window=time]
- *     [quota=number/day|number/month];
+ *     [quota=number/day|number/month] [budget=amount/day|amount/month];
  */
 
 char *
@@ -59,7 +61,7 @@ ngx_http_llm_limit(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     ngx_int_t                          n;
     ngx_str_t                         *value, s;
-    ngx_uint_t                         i;
+    ngx_uint_t                         i, quota, budget;
     ngx_http_llm_limit_t              *limit;
     ngx_http_compile_complex_value_t   ccv;
 
@@ -81,6 +83,8 @@ ngx_http_llm_limit(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     ngx_memzero(limit, sizeof(ngx_http_llm_limit_t));
 
     limit->window = 60000;
+    quota = 0;
+    budget = 0;
 
     ngx_memzero(&ccv, sizeof(ngx_http_compile_complex_value_t));
 
@@ -133,24 +137,10 @@ ngx_http_llm_limit(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
             s.data = value[i].data + 6;
             s.len = value[i].len - 6;
 
-            if (s.len > 4
-                && ngx_strncmp(s.data + s.len - 4, "/day", 4) == 0)
-            {
-                limit->quota_period = NGX_HTTP_LLM_QUOTA_DAY;
-                s.len -= 4;
-
-            } else if (s.len > 6
-                       && ngx_strncmp(s.data + s.len - 6, "/month", 6) == 0)
-            {
-                limit->quota_period = NGX_HTTP_LLM_QUOTA_MONTH;
-                s.len -= 6;
-
-            } else {
-                goto invalid;
-            }
-
+            quota = ngx_http_llm_limit_period(&s);
             n = ngx_http_llm_parse_count(s.data, s.len);
-            if (n == NGX_ERROR || n == 0) {
+
+            if (quota == 0 || n == NGX_ERROR || n == 0) {
                 goto invalid;
             }
 
@@ -158,13 +148,43 @@ ngx_http_llm_limit(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
             continue;
         }
 
+        if (ngx_strncmp(value[i].data, "budget=", 7) == 0) {
+            s.data = value[i].data + 7;
+            s.len = value[i].len - 7;
+
+            /* in the currency of llm_price, to a millionth */
+
+            budget = ngx_http_llm_limit_period(&s);
+            n = ngx_atofp(s.data, s.len, 6);
+
+            if (budget == 0 || n == NGX_ERROR || n == 0) {
+                goto invalid;
+            }
+
+            limit->budget = (ngx_uint_t) n * 1000;
+            continue;
+        }
+
         goto invalid;
     }
 
-    if (limit->tpm == 0 && limit->rpm == 0 && limit->quota == 0) {
+    /* a consumer has one period, for its quota and its budget */
+
+    if (limit->quota && limit->budget && quota != budget) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "\"llm_limit\" needs \"tpm=\", \"rpm=\" or "
-                           "\"quota=\"");
+                           "\"quota=\" and \"budget=\" of one line need "
+                           "the same period");
+        return NGX_CONF_ERROR;
+    }
+
+    limit->quota_period = limit->quota ? quota : (limit->budget ? budget : 0);
+
+    if (limit->tpm == 0 && limit->rpm == 0 && limit->quota == 0
+        && limit->budget == 0)
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"llm_limit\" needs \"tpm=\", \"rpm=\", "
+                           "\"quota=\" or \"budget=\"");
         return NGX_CONF_ERROR;
     }
 
@@ -179,12 +199,32 @@ invalid:
 }
 
 
+/* "/day" or "/month" at the end of a quota or budget, cut off; 0: none */
+
+static ngx_uint_t
+ngx_http_llm_limit_period(ngx_str_t *s)
+{
+    if (s->len > 4 && ngx_strncmp(s->data + s->len - 4, "/day", 4) == 0) {
+        s->len -= 4;
+        return NGX_HTTP_LLM_QUOTA_DAY;
+    }
+
+    if (s->len > 6 && ngx_strncmp(s->data + s->len - 6, "/month", 6) == 0) {
+        s->len -= 6;
+        return NGX_HTTP_LLM_QUOTA_MONTH;
+    }
+
+    return 0;
+}
+
+
 /*
  * Admission, before any backend is charged: every consumer of the
  * request must have room for its estimate in both windows, else none is
  * charged and *wait gets the time until all of them have room.  The
  * estimate is $llm_tokens_estimate, our exact count: a consumer's limit
- * is ours, not Azure's.
+ * is ours, not Azure's.  A budget is charged what the request may cost
+ * at most, corrected to its cost when it ends.
  */
 
 ngx_int_t
@@ -192,9 +232,10 @@ ngx_http_llm_consumers_charge(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
     ngx_msec_t *wait)
 {
     time_t                       sec;
-    ngx_msec_t                   now, w, wr, wq;
-    ngx_uint_t                   i, k, need, nomem, missing, shared, scale;
-    ngx_uint_t                   state, kind;
+    int64_t                      n;
+    ngx_msec_t                   now, w, wr, wq, wb;
+    ngx_uint_t                   i, k, need, cost, nomem, missing, shared;
+    ngx_uint_t                   scale, state, kind;
     ngx_http_llm_zone_t         *zone;
     ngx_http_llm_limit_t        *limit;
     ngx_http_llm_consumer_t     *c;
@@ -222,22 +263,31 @@ ngx_http_llm_consumers_charge(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
     zone = ctx->pool->shm_zone->data;
     c = ctx->consumers;
     need = ctx->tokens_estimate;
+    cost = ngx_http_llm_cost_estimate(r, ctx);
 
     /* larger than a whole window or period: waiting would never help */
 
     for (i = 0; i < ctx->nconsumers; i++) {
         limit = c[i].limit;
 
-        if ((limit->tpm && need > limit->tpm)
-            || (limit->quota && need > limit->quota))
-        {
-            ctx->over = limit;
-            ctx->over_consumer = &c[i];
-            ctx->over_kind = (limit->tpm && need > limit->tpm)
-                             ? NGX_HTTP_LLM_OVER_TOKENS
-                             : NGX_HTTP_LLM_OVER_QUOTA;
-            return NGX_DECLINED;
+        if (limit->tpm && need > limit->tpm) {
+            ctx->over_kind = NGX_HTTP_LLM_OVER_TOKENS;
+
+        } else if (limit->quota && need > limit->quota) {
+            ctx->over_kind = NGX_HTTP_LLM_OVER_QUOTA;
+
+        } else if (limit->budget && cost > limit->budget) {
+            ctx->over_kind = NGX_HTTP_LLM_OVER_BUDGET;
+
+        } else {
+            continue;
         }
+
+        ctx->over = limit;
+        ctx->over_consumer = &c[i];
+        ctx->cost_estimate = cost;
+
+        return NGX_DECLINED;
     }
     now = ngx_current_msec;
     sec = ngx_time();
@@ -294,6 +344,7 @@ ngx_http_llm_consumers_charge(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
     for (i = 0; i < ctx->nconsumers; i++) {
         c[i].node = NULL;
         c[i].charged = 0;
+        c[i].cost = 0;
         c[i].charged_at = 0;
         c[i].quota_start = 0;
     }
@@ -315,8 +366,9 @@ ngx_http_llm_consumers_charge(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
         w = 0;
         wr = 0;
         wq = 0;
+        wb = 0;
 
-        if (limit->quota) {
+        if (limit->quota_period) {
             ngx_http_llm_quota_period(cs, limit->quota_period, sec);
         }
 
@@ -367,9 +419,17 @@ ngx_http_llm_consumers_charge(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
             {
                 wq = (ngx_msec_t) (cs->quota_end - sec) * 1000;
             }
+
+            /* a model without a price is not held back by a budget */
+
+            if (limit->budget && cost && cs->spent
+                && cs->spent + cost > limit->budget * scale / 100)
+            {
+                wb = (ngx_msec_t) (cs->quota_end - sec) * 1000;
+            }
         }
 
-        if (w == 0 && wr == 0 && wq == 0) {
+        if (w == 0 && wr == 0 && wq == 0 && wb == 0) {
             continue;
         }
 
@@ -377,8 +437,11 @@ ngx_http_llm_consumers_charge(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
             ctx->over = limit;
             ctx->over_consumer = &c[i];
 
-            if (wq >= w && wq >= wr) {
+            if (wq && wq >= w && wq >= wr) {
                 ctx->over_kind = NGX_HTTP_LLM_OVER_QUOTA;
+
+            } else if (wb && wb >= w && wb >= wr) {
+                ctx->over_kind = NGX_HTTP_LLM_OVER_BUDGET;
 
             } else {
                 ctx->over_kind = (wr > w) ? NGX_HTTP_LLM_OVER_REQUESTS
@@ -386,11 +449,12 @@ ngx_http_llm_consumers_charge(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
             }
         }
 
-        *wait = ngx_max(*wait, ngx_max(ngx_max(w, wr), wq));
+        *wait = ngx_max(*wait, ngx_max(ngx_max(w, wr), ngx_max(wq, wb)));
     }
 
     if (shared) {
-        missing = ngx_http_llm_consumers_lease(zone, ctx, need, now, wait);
+        missing = ngx_http_llm_consumers_lease(zone, ctx, need, cost, now,
+                                               wait);
     }
 
     if (*wait) {
@@ -423,28 +487,35 @@ ngx_http_llm_consumers_charge(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
                                     now);
             cs->requests++;
 
-            if (c[i].limit->quota) {
+            /* a period's use counts toward both its quota and budget */
+
+            if (c[i].limit->quota_period) {
                 cs->quota_used += need;
+                cs->spent += cost;
                 c[i].quota_start = cs->quota_start;
             }
 
             c[i].charged = need;
+            c[i].cost = cost;
             c[i].charged_at = now;
 
             /* what Redis is told, and leases renewed ahead of need */
 
             if (cs->share) {
-                for (k = 0; k < 3; k++) {
+                for (k = 0; k < NGX_HTTP_LLM_BUDGETS; k++) {
+                    n = (k == NGX_HTTP_LLM_BUDGET_REQUESTS) ? 1
+                        : (k == NGX_HTTP_LLM_BUDGET_MONEY) ? (int64_t) cost
+                        : (int64_t) need;
+
                     if (cs->share->limit[k]) {
-                        ngx_http_llm_consumer_spend(zone, cs, k,
-                               k == NGX_HTTP_LLM_BUDGET_REQUESTS ? 1 : need,
-                               now, now);
+                        ngx_http_llm_consumer_spend(zone, cs, k, n, now, now);
                     }
                 }
 
                 if (shared) {
                     (void) ngx_http_llm_consumer_lease(zone, ctx, cs, need,
-                                                       1, now, &w, &kind);
+                                                       cost, 1, now, &w,
+                                                       &kind);
                 }
             }
         }
@@ -767,7 +838,7 @@ ngx_http_llm_consumers_settle(ngx_http_llm_ctx_t *ctx,
 {
     int64_t                      diff;
     ngx_msec_t                   now, tslot, rslot;
-    ngx_uint_t                   i, actual;
+    ngx_uint_t                   i, actual, cost;
     ngx_http_llm_zone_t         *zone;
     ngx_http_llm_consumer_t     *c;
     ngx_http_llm_consumer_sh_t  *cs;
@@ -778,6 +849,10 @@ ngx_http_llm_consumers_settle(ngx_http_llm_ctx_t *ctx,
     c = ctx->consumers;
     now = ngx_current_msec;
     actual = usage ? usage->prompt + usage->completion : 0;
+
+    /* a reply without a price for its model or deployment costs nothing */
+
+    cost = (usage && ctx->priced) ? ctx->cost : 0;
 
     ngx_shmtx_lock(&zone->shpool->mutex);
 
@@ -807,6 +882,8 @@ ngx_http_llm_consumers_settle(ngx_http_llm_ctx_t *ctx,
         if (c[i].quota_start && c[i].quota_start == cs->quota_start) {
             cs->quota_used -= ngx_min(cs->quota_used, c[i].charged);
             cs->quota_used += actual;
+            cs->spent -= ngx_min(cs->spent, c[i].cost);
+            cs->spent += cost;
         }
 
         if (usage) {
@@ -854,9 +931,20 @@ ngx_http_llm_consumers_settle(ngx_http_llm_ctx_t *ctx,
                                             NGX_HTTP_LLM_BUDGET_QUOTA, diff,
                                             c[i].charged_at, now);
             }
+
+            if (c[i].quota_start && c[i].quota_start == cs->quota_start
+                && cs->share->limit[NGX_HTTP_LLM_BUDGET_MONEY])
+            {
+                ngx_http_llm_consumer_spend(zone, cs,
+                                            NGX_HTTP_LLM_BUDGET_MONEY,
+                                            (int64_t) cost
+                                            - (int64_t) c[i].cost,
+                                            c[i].charged_at, now);
+            }
         }
 
         c[i].charged = usage ? actual : 0;
+        c[i].cost = cost;
     }
 
     ngx_shmtx_unlock(&zone->shpool->mutex);
@@ -874,7 +962,7 @@ ngx_http_llm_quota_period(ngx_http_llm_consumer_sh_t *cs, ngx_uint_t period,
 {
     time_t      start, end;
     ngx_tm_t    tm;
-    ngx_uint_t  days;
+    ngx_uint_t  k, days;
 
     if (now >= cs->quota_start && now < cs->quota_end) {
         return;
@@ -913,15 +1001,22 @@ ngx_http_llm_quota_period(ngx_http_llm_consumer_sh_t *cs, ngx_uint_t period,
     cs->quota_start = start;
     cs->quota_end = end;
     cs->quota_used = 0;
+    cs->spent = 0;
 
-    /* a period is a budget of its own in Redis: nothing held of it yet */
+    /* a period's budgets are new ones in Redis: nothing held of them yet */
 
     if (cs->share && cs->share->quota_start != start) {
         cs->share->quota_start = start;
         cs->share->quota[0] = 0;
-        cs->share->lease[NGX_HTTP_LLM_BUDGET_QUOTA].credit = 0;
-        cs->share->lease[NGX_HTTP_LLM_BUDGET_QUOTA].expires = 0;
-        cs->share->lease[NGX_HTTP_LLM_BUDGET_QUOTA].exhausted = 0;
+        cs->share->money[0] = 0;
+
+        for (k = NGX_HTTP_LLM_BUDGET_QUOTA; k <= NGX_HTTP_LLM_BUDGET_MONEY;
+             k++)
+        {
+            cs->share->lease[k].credit = 0;
+            cs->share->lease[k].expires = 0;
+            cs->share->lease[k].exhausted = 0;
+        }
     }
 }
 
@@ -961,6 +1056,7 @@ ngx_http_llm_consumers_top(ngx_shm_zone_t *shm_zone,
         if (cs->quota_end && ngx_time() >= cs->quota_end) {
             /* the period is over: nothing used in the current one yet */
             cs->quota_used = 0;
+            cs->spent = 0;
         }
 
         if (k < n) {

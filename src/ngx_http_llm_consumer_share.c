@@ -13,8 +13,8 @@
 
 /*
  * Shared through Redis (llm_zone redis=): a consumer's token window,
- * request window and quota are three budgets, each with a lease.  Under
- * the zone's lock, as everything here but the walk.
+ * request window, token quota and money budget are four budgets, each
+ * with a lease.  Under the zone's lock, as everything here but the walk.
  */
 
 
@@ -32,13 +32,14 @@ ngx_http_llm_consumer_limits(ngx_http_llm_consumer_share_t *share,
     ngx_http_llm_limit_t *limit, ngx_uint_t first)
 {
     ngx_uint_t  k;
-    int64_t     v[3];
+    int64_t     v[NGX_HTTP_LLM_BUDGETS];
 
     v[NGX_HTTP_LLM_BUDGET_TOKENS] = limit->tpm;
     v[NGX_HTTP_LLM_BUDGET_REQUESTS] = limit->rpm;
     v[NGX_HTTP_LLM_BUDGET_QUOTA] = limit->quota;
+    v[NGX_HTTP_LLM_BUDGET_MONEY] = limit->budget;
 
-    for (k = 0; k < 3; k++) {
+    for (k = 0; k < NGX_HTTP_LLM_BUDGETS; k++) {
         if (first) {
             share->limit[k] = v[k];
 
@@ -58,8 +59,8 @@ ngx_http_llm_consumer_limits(ngx_http_llm_consumer_share_t *share,
 
 ngx_uint_t
 ngx_http_llm_consumers_lease(ngx_http_llm_zone_t *zone,
-    ngx_http_llm_ctx_t *ctx, ngx_uint_t need, ngx_msec_t now,
-    ngx_msec_t *wait)
+    ngx_http_llm_ctx_t *ctx, ngx_uint_t need, ngx_uint_t cost,
+    ngx_msec_t now, ngx_msec_t *wait)
 {
     ngx_int_t                    rc;
     ngx_uint_t                   i, j, kind, missing;
@@ -70,7 +71,7 @@ ngx_http_llm_consumers_lease(ngx_http_llm_zone_t *zone,
 
     static ngx_uint_t  over[] = {
         NGX_HTTP_LLM_OVER_TOKENS, NGX_HTTP_LLM_OVER_REQUESTS,
-        NGX_HTTP_LLM_OVER_QUOTA
+        NGX_HTTP_LLM_OVER_QUOTA, NGX_HTTP_LLM_OVER_BUDGET
     };
 
     c = ctx->consumers;
@@ -86,8 +87,8 @@ ngx_http_llm_consumers_lease(ngx_http_llm_zone_t *zone,
         w = 0;
         kind = 0;
 
-        rc = ngx_http_llm_consumer_lease(zone, ctx, cs, need, 0, now, &w,
-                                         &kind);
+        rc = ngx_http_llm_consumer_lease(zone, ctx, cs, need, cost, 0, now,
+                                         &w, &kind);
 
         if (rc == NGX_AGAIN) {
             missing++;
@@ -113,7 +114,9 @@ ngx_http_llm_consumers_lease(ngx_http_llm_zone_t *zone,
                         || (kind == NGX_HTTP_LLM_BUDGET_REQUESTS
                             && limit->rpm)
                         || (kind == NGX_HTTP_LLM_BUDGET_QUOTA
-                            && limit->quota)))
+                            && limit->quota)
+                        || (kind == NGX_HTTP_LLM_BUDGET_MONEY
+                            && limit->budget)))
                 {
                     ctx->over = limit;
                     break;
@@ -139,8 +142,8 @@ ngx_http_llm_consumers_lease(ngx_http_llm_zone_t *zone,
 ngx_int_t
 ngx_http_llm_consumer_lease(ngx_http_llm_zone_t *zone,
     ngx_http_llm_ctx_t *ctx, ngx_http_llm_consumer_sh_t *cs,
-    ngx_uint_t need, ngx_uint_t renew, ngx_msec_t now, ngx_msec_t *wait,
-    ngx_uint_t *kind)
+    ngx_uint_t need, ngx_uint_t cost, ngx_uint_t renew, ngx_msec_t now,
+    ngx_msec_t *wait, ngx_uint_t *kind)
 {
     int64_t                 n;
     ngx_int_t               rc;
@@ -152,14 +155,19 @@ ngx_http_llm_consumer_lease(ngx_http_llm_zone_t *zone,
     rc = NGX_OK;
     sync = zone->share_conf->sync;
 
-    for (k = 0; k < 3; k++) {
+    for (k = 0; k < NGX_HTTP_LLM_BUDGETS; k++) {
 
-        if (cs->share->limit[k] == 0) {
+        if (cs->share->limit[k] == 0
+            || (k == NGX_HTTP_LLM_BUDGET_MONEY && cost == 0 && !renew))
+        {
+            /* a model without a price is not held back by a budget */
             continue;
         }
 
         lease = &cs->share->lease[k];
-        n = (k == NGX_HTTP_LLM_BUDGET_REQUESTS) ? 1 : (int64_t) need;
+        n = (k == NGX_HTTP_LLM_BUDGET_REQUESTS) ? 1
+            : (k == NGX_HTTP_LLM_BUDGET_MONEY) ? (int64_t) cost
+            : (int64_t) need;
 
         if (!renew && ngx_http_llm_lease_ok(lease, n, now)) {
             continue;
@@ -237,7 +245,8 @@ ngx_http_llm_consumer_spend(ngx_http_llm_zone_t *zone,
 
 /*
  * A budget's key in Redis: the zone's name, the consumer's hash (never
- * the key's value) and which budget; a quota's names its period
+ * the key's value) and which budget; a quota's and a money budget's name
+ * their period
  */
 
 static void
@@ -269,8 +278,9 @@ ngx_http_llm_consumer_budget(ngx_http_llm_zone_t *zone,
         b->expire = b->slot_ms * (b->nslots + 1) + ttl;
         break;
 
-    default: /* NGX_HTTP_LLM_BUDGET_QUOTA */
-        b->ring = cs->share->quota;
+    default: /* NGX_HTTP_LLM_BUDGET_QUOTA, NGX_HTTP_LLM_BUDGET_MONEY */
+        b->ring = (k == NGX_HTTP_LLM_BUDGET_QUOTA) ? cs->share->quota
+                                                   : cs->share->money;
         b->nslots = 1;
         b->slot_ms = 0;
 
@@ -307,8 +317,12 @@ ngx_http_llm_consumer_send(ngx_http_llm_zone_t *zone,
         p = ngx_slprintf(p, last, ":r");
         break;
 
-    default: /* NGX_HTTP_LLM_BUDGET_QUOTA */
+    case NGX_HTTP_LLM_BUDGET_QUOTA:
         p = ngx_slprintf(p, last, ":q:%T", cs->share->quota_start);
+        break;
+
+    default: /* NGX_HTTP_LLM_BUDGET_MONEY */
+        p = ngx_slprintf(p, last, ":m:%T", cs->share->quota_start);
     }
 
     b->key_len = p - b->key;
@@ -327,7 +341,7 @@ ngx_http_llm_consumer_busy(ngx_http_llm_zone_t *zone,
 
     busy = 0;
 
-    for (k = 0; k < 3; k++) {
+    for (k = 0; k < NGX_HTTP_LLM_BUDGETS; k++) {
         busy |= ngx_http_llm_lease_busy(zone->share_conf,
                                         &cs->share->lease[k], now);
     }
@@ -380,7 +394,7 @@ ngx_http_llm_consumers_sync(ngx_http_llm_zone_t *zone, ngx_msec_t now,
 
         (void) ngx_http_llm_consumer_busy(zone, cs, now);
 
-        for (k = 0; k < 3; k++) {
+        for (k = 0; k < NGX_HTTP_LLM_BUDGETS; k++) {
             lease = &cs->share->lease[k];
 
             if (cs->share->limit[k] == 0 || (lease->busy && !final)) {

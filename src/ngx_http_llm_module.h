@@ -166,15 +166,18 @@ typedef struct {
 #define NGX_HTTP_LLM_BUDGET_TOKENS       0
 #define NGX_HTTP_LLM_BUDGET_REQUESTS     1
 #define NGX_HTTP_LLM_BUDGET_QUOTA        2
+#define NGX_HTTP_LLM_BUDGET_MONEY        3  /* billionths of a currency */
+#define NGX_HTTP_LLM_BUDGETS             4
 
 typedef struct {
-    int64_t                      limit[3];   /* 0: none */
+    int64_t                      limit[NGX_HTTP_LLM_BUDGETS];  /* 0: none */
     ngx_msec_t                   touched;
-    time_t                       quota_start;  /* of lease[2] */
-    ngx_http_llm_lease_t         lease[3];
+    time_t                       quota_start;  /* of the period's two */
+    ngx_http_llm_lease_t         lease[NGX_HTTP_LLM_BUDGETS];
     int64_t                      tokens[NGX_HTTP_LLM_CONSUMER_SLOTS];
     int64_t                      requests[NGX_HTTP_LLM_CONSUMER_RSLOTS];
     int64_t                      quota[1];
+    int64_t                      money[1];
 } ngx_http_llm_consumer_share_t;
 
 
@@ -195,10 +198,11 @@ typedef struct {
     ngx_uint_t                   completion_tokens;
     ngx_uint_t                   cost;       /* billionths, llm_price */
 
-    /* the quota's period, [start, end) in seconds, and its use */
+    /* the period of quota= and budget=, [start, end) in seconds */
     time_t                       quota_start;
     time_t                       quota_end;
-    ngx_uint_t                   quota_used;
+    ngx_uint_t                   quota_used;  /* tokens */
+    ngx_uint_t                   spent;       /* billionths, llm_price */
 
     uint32_t                     tokens[NGX_HTTP_LLM_CONSUMER_SLOTS];
     uint32_t                     requests_slot[NGX_HTTP_LLM_CONSUMER_RSLOTS];
@@ -354,7 +358,8 @@ typedef struct {
     ngx_uint_t                   rpm;        /* 0: no request limit */
     ngx_msec_t                   window;
     ngx_uint_t                   quota;      /* 0: no quota */
-    ngx_uint_t                   quota_period;
+    ngx_uint_t                   budget;     /* billionths, 0: none */
+    ngx_uint_t                   quota_period;  /* of both, 0: neither */
 } ngx_http_llm_limit_t;
 
 
@@ -368,6 +373,7 @@ typedef struct {
     ngx_http_llm_limit_t        *limit;
     u_char                       digest[NGX_HTTP_LLM_DIGEST_LEN];
     ngx_uint_t                   charged;
+    ngx_uint_t                   cost;       /* charged to the budget */
     ngx_msec_t                   charged_at;
     time_t                       quota_start; /* of the period charged */
     void                        *node;       /* only under the lock */
@@ -523,6 +529,8 @@ struct ngx_http_llm_ctx_s {
     ngx_uint_t                   nconsumers;
     ngx_http_llm_limit_t        *over;        /* the limit that refused */
     ngx_http_llm_consumer_t     *over_consumer;
+    ngx_uint_t                   cost_estimate;  /* billionths, for its
+                                                    message */
 
     ngx_uint_t                   cost;        /* billionths, when priced */
 
@@ -572,7 +580,7 @@ struct ngx_http_llm_ctx_s {
     unsigned                     owned:1;     /* settled at the end */
     unsigned                     settled:1;
     unsigned                     over_kind:2;  /* tokens, requests,
-                                                 quota */
+                                                 quota, budget */
 };
 
 
@@ -584,6 +592,7 @@ struct ngx_http_llm_ctx_s {
 #define NGX_HTTP_LLM_OVER_TOKENS       0
 #define NGX_HTTP_LLM_OVER_REQUESTS     1
 #define NGX_HTTP_LLM_OVER_QUOTA        2
+#define NGX_HTTP_LLM_OVER_BUDGET       3
 
 #define NGX_HTTP_LLM_HEDGE_AUTO        ((ngx_msec_t) -2)
 

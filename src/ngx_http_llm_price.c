@@ -34,6 +34,7 @@ static ngx_int_t ngx_http_llm_price_value(ngx_str_t *value, size_t skip,
     ngx_uint_t *out);
 static ngx_http_llm_price_t *ngx_http_llm_price_of(
     ngx_http_llm_main_conf_t *lmcf, ngx_str_t *model);
+static ngx_uint_t ngx_http_llm_nano(ngx_uint_t millionths, ngx_uint_t per);
 
 
 /* llm_price model input=price output=price [cached_input=price] [per=n] */
@@ -227,12 +228,54 @@ ngx_http_llm_cost(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
     cached = ngx_min(usage.cached, usage.prompt);
     fresh = usage.prompt - cached;
 
-    /* millionths per "per" tokens, times 1000: billionths */
-
-    *nano = (fresh * price->input + cached * price->cached
-             + usage.completion * price->output) * 1000 / price->per;
+    *nano = ngx_http_llm_nano(fresh * price->input + cached * price->cached
+                              + usage.completion * price->output,
+                              price->per);
 
     return NGX_OK;
+}
+
+
+/*
+ * What the request may cost at most, in billionths, for a money budget
+ * at admission, before a backend is chosen: the price of its model, the
+ * prompt at input= and the completion limit times n at output=.  0: no
+ * price for it.
+ */
+
+ngx_uint_t
+ngx_http_llm_cost_estimate(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
+{
+    ngx_uint_t                 prompt, completion;
+    ngx_http_llm_price_t      *price;
+    ngx_http_llm_main_conf_t  *lmcf;
+
+    lmcf = ngx_http_get_module_main_conf(r, ngx_http_llm_module);
+
+    price = ngx_http_llm_price_of(lmcf, &ctx->model);
+
+    if (price == NULL) {
+        return 0;
+    }
+
+    prompt = ngx_min(ctx->prompt_tokens, ctx->tokens_estimate);
+    completion = ctx->tokens_estimate - prompt;
+
+    return ngx_http_llm_nano(prompt * price->input
+                             + completion * price->output, price->per);
+}
+
+
+/*
+ * Tokens times millionths per "per" tokens, in billionths: divided
+ * first, so that a request's 10^8 tokens at a price of 10^9 millionths
+ * do not overflow
+ */
+
+static ngx_uint_t
+ngx_http_llm_nano(ngx_uint_t millionths, ngx_uint_t per)
+{
+    return millionths / per * 1000 + millionths % per * 1000 / per;
 }
 
 

@@ -21,6 +21,8 @@
 char *ngx_http_llm_price(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 ngx_int_t ngx_http_llm_cost(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
     ngx_uint_t *nano);
+ngx_uint_t ngx_http_llm_cost_estimate(ngx_http_request_t *r,
+    ngx_http_llm_ctx_t *ctx);
 u_char *ngx_http_llm_cost_print(u_char *p, ngx_uint_t nano);
 
 

@@ -919,14 +919,15 @@ ngx_http_llm_share_json(u_char *p, ngx_http_llm_consumers_snap_t *zone)
 static u_char *
 ngx_http_llm_consumer_shared_json(u_char *p, ngx_http_llm_consumer_sh_t *cs)
 {
-    static const char  *names[] = { "tokens", "requests", "quota" };
+    static const char  *names[] = { "tokens", "requests", "quota",
+                                    "budget" };
 
     if (cs->share == NULL) {
         return ngx_sprintf(p, "\"shared\":null");
     }
 
     return ngx_http_llm_leases_json(p, names, cs->share->lease,
-                                    cs->share->limit, 3);
+                                    cs->share->limit, NGX_HTTP_LLM_BUDGETS);
 }
 
 
@@ -966,13 +967,17 @@ ngx_http_llm_consumers_json(u_char *p, ngx_http_llm_consumers_snap_t *zones,
 
             if (cs->quota_end) {
                 p = ngx_sprintf(p, "\"quota_used\":%ui,"
-                                "\"quota_resets_in_s\":%T,",
+                                "\"quota_resets_in_s\":%T,"
+                                "\"budget_spent\":",
                                 cs->quota_used,
                                 ngx_max(cs->quota_end - ngx_time(), 0));
+                p = ngx_http_llm_cost_print(p, cs->spent);
+                *p++ = ',';
 
             } else {
                 p = ngx_sprintf(p, "\"quota_used\":null,"
-                                "\"quota_resets_in_s\":null,");
+                                "\"quota_resets_in_s\":null,"
+                                "\"budget_spent\":null,");
             }
 
             p = ngx_http_llm_consumer_shared_json(p, cs);
@@ -1005,6 +1010,8 @@ static ngx_http_llm_metric_t  ngx_http_llm_consumer_metrics[] = {
       "Tokens the consumer used of its quota this period (0: none)." },
     { "llm_consumer_cost_total", "counter",
       "What the consumer's replies cost by llm_price, in its currency." },
+    { "llm_consumer_budget_spent", "gauge",
+      "What the consumer spent of its budget this period (0: none)." },
     { NULL, NULL, NULL }
 };
 
@@ -1070,6 +1077,12 @@ ngx_http_llm_consumers_prometheus(u_char *p,
                     *p++ = '\n';
                     break;
 
+                case 9:
+                    p = ngx_sprintf(p, "\"} ");
+                    p = ngx_http_llm_cost_print(p, cs->spent);
+                    *p++ = '\n';
+                    break;
+
                 default: /* 6 */
                     p = ngx_sprintf(p, "\",kind=\"prompt\"} %ui\n",
                                     cs->prompt_tokens);
@@ -1121,7 +1134,8 @@ ngx_http_llm_share_prometheus(u_char *p,
     ngx_http_llm_consumer_sh_t     *cs;
     ngx_http_llm_consumer_share_t  *share;
 
-    static const char  *names[] = { "tokens", "requests", "quota" };
+    static const char  *names[] = { "tokens", "requests", "quota",
+                                    "budget" };
 
     any = 0;
 
@@ -1189,7 +1203,7 @@ ngx_http_llm_share_prometheus(u_char *p,
                     continue;
                 }
 
-                for (k = 0; k < 3; k++) {
+                for (k = 0; k < NGX_HTTP_LLM_BUDGETS; k++) {
                     if (share->limit[k] == 0 || share->lease[k].synced == 0)
                     {
                         continue;

@@ -467,7 +467,8 @@ my ($rc, $out) = $t->test_conf(<<"END");
     server { listen 127.0.0.1:$listen; llm_limit \$http_x_app window=2s; }
 END
 isnt($rc, 0, 'llm_limit without tpm= or rpm= refused');
-like($out, qr/needs "tpm=", "rpm=" or "quota="/, 'with a clear message');
+like($out, qr/needs "tpm=", "rpm=", "quota=" or "budget="/,
+     'with a clear message');
 ($rc, $out) = $t->test_conf(<<"END");
     llm_zone llm:1m;
     server { listen 127.0.0.1:$listen; llm_limit \$http_x_app tpm=1x; }
