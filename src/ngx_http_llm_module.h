@@ -12,6 +12,7 @@
 #include <ngx_core.h>
 #include <ngx_http.h>
 #include "ngx_http_llm_tokenizer.h"
+#include "ngx_http_llm_genai.h"
 #include "ngx_http_llm_share.h"
 
 
@@ -128,6 +129,9 @@ typedef struct {
     ngx_uint_t                   ttft_ewma;
     ngx_uint_t                   tps_ewma;
     ngx_msec_t                   ewma_time;  /* of the last sample */
+
+    /* OpenTelemetry's histograms, from the start */
+    ngx_http_llm_genai_t         genai;
 
     uint32_t                     tokens[NGX_HTTP_LLM_TOKEN_SLOTS];
     uint32_t                     requests_slot[NGX_HTTP_LLM_REQ_SLOTS];

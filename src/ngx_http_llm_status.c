@@ -74,6 +74,11 @@ static u_char *ngx_http_llm_leases_json(u_char *p, const char **names,
 static u_char *ngx_http_llm_backends_shared_prometheus(u_char *p,
     ngx_http_llm_pool_t **pools, ngx_uint_t npools,
     ngx_http_llm_snap_t **snaps);
+static size_t ngx_http_llm_genai_labels_len(ngx_http_llm_pool_t *pool,
+    ngx_http_llm_backend_t *b);
+static u_char *ngx_http_llm_backends_genai_prometheus(ngx_http_request_t *r,
+    u_char *p, ngx_http_llm_pool_t **pools, ngx_uint_t npools,
+    ngx_http_llm_snap_t **snaps);
 static ngx_http_llm_consumers_snap_t *ngx_http_llm_consumers_snapshot(
     ngx_http_request_t *r, ngx_http_llm_pool_t **pools, ngx_uint_t npools,
     ngx_uint_t n, ngx_uint_t *nzones);
@@ -138,9 +143,10 @@ ngx_http_llm_status_handler(ngx_http_request_t *r)
     u_char                         *p;
     ngx_int_t                       rc;
     ngx_buf_t                      *b;
-    ngx_uint_t                      i, format, n, nzones;
+    ngx_uint_t                      i, j, format, n, nzones;
     ngx_chain_t                     out;
     ngx_http_llm_pool_t           **pools;
+    ngx_http_llm_backend_t         *be;
     ngx_http_llm_snap_t           **snaps, *totals;
     ngx_http_llm_loc_conf_t        *llcf;
     ngx_http_llm_main_conf_t       *lmcf;
@@ -181,6 +187,13 @@ ngx_http_llm_status_handler(ngx_http_request_t *r)
 
         size += 512 + 16 * pools[i]->name.len
                 + pools[i]->backends.nelts * (6144 + 32 * 256);
+
+        be = pools[i]->backends.elts;
+
+        for (j = 0; j < pools[i]->backends.nelts; j++) {
+            size += ngx_http_llm_genai_size(&snaps[i][j].sh.genai,
+                        ngx_http_llm_genai_labels_len(pools[i], &be[j]));
+        }
     }
 
     llcf = ngx_http_get_module_loc_conf(r, ngx_http_llm_module);
@@ -222,6 +235,12 @@ ngx_http_llm_status_handler(ngx_http_request_t *r)
     } else {
         p = ngx_http_llm_status_prometheus(p, pools, n, snaps, totals);
         p = ngx_http_llm_backends_shared_prometheus(p, pools, n, snaps);
+        p = ngx_http_llm_backends_genai_prometheus(r, p, pools, n, snaps);
+
+        if (p == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
         p = ngx_http_llm_consumers_prometheus(p, zones, nzones);
         p = ngx_http_llm_share_prometheus(p, zones, nzones);
         ngx_str_set(&r->headers_out.content_type,
@@ -534,6 +553,98 @@ ngx_http_llm_backends_shared_prometheus(u_char *p,
     }
 
     return p;
+}
+
+
+/*
+ * OpenTelemetry's GenAI histograms of every backend, labelled with the
+ * provider, the model asked for (the backend's deployment= name), the
+ * pool and the backend; NULL: no memory.
+ */
+
+static u_char *
+ngx_http_llm_backends_genai_prometheus(ngx_http_request_t *r, u_char *p,
+    ngx_http_llm_pool_t **pools, ngx_uint_t npools,
+    ngx_http_llm_snap_t **snaps)
+{
+    u_char                  *q;
+    ngx_str_t              **labels, *l;
+    ngx_uint_t               i, j, m;
+    const char              *name, *help;
+    ngx_http_llm_backend_t  *b;
+
+    labels = ngx_palloc(r->pool, npools * sizeof(ngx_str_t *));
+    if (labels == NULL) {
+        return NULL;
+    }
+
+    for (i = 0; i < npools; i++) {
+        b = pools[i]->backends.elts;
+
+        labels[i] = ngx_palloc(r->pool,
+                               pools[i]->backends.nelts * sizeof(ngx_str_t));
+        if (labels[i] == NULL) {
+            return NULL;
+        }
+
+        for (j = 0; j < pools[i]->backends.nelts; j++) {
+            q = ngx_pnalloc(r->pool,
+                            ngx_http_llm_genai_labels_len(pools[i], &b[j]));
+            if (q == NULL) {
+                return NULL;
+            }
+
+            l = &labels[i][j];
+            l->data = q;
+
+            /* Azure's deployments are named by deployment= */
+
+            if (b[j].deployment.len) {
+                q = ngx_sprintf(q, "gen_ai_provider_name=\"azure.ai.openai\","
+                                "gen_ai_request_model=\"");
+                q = ngx_http_llm_label(q, &b[j].deployment);
+                q = ngx_sprintf(q, "\",");
+
+            } else {
+                q = ngx_sprintf(q, "gen_ai_provider_name=\"openai\",");
+            }
+
+            q = ngx_sprintf(q, "pool=\"");
+            q = ngx_http_llm_label(q, &pools[i]->name);
+            q = ngx_sprintf(q, "\",backend=\"");
+            q = ngx_http_llm_label(q, &b[j].name);
+            *q++ = '"';
+
+            l->len = q - l->data;
+        }
+    }
+
+    for (m = 0; (name = ngx_http_llm_genai_family(m, &help)); m++) {
+        p = ngx_sprintf(p, "# HELP %s %s\n# TYPE %s histogram\n",
+                        name, help, name);
+
+        for (i = 0; i < npools; i++) {
+            for (j = 0; j < pools[i]->backends.nelts; j++) {
+                p = ngx_http_llm_genai_prometheus(p, m,
+                                                  &snaps[i][j].sh.genai,
+                                                  &labels[i][j]);
+            }
+        }
+    }
+
+    return p;
+}
+
+
+/* room for a backend's labels, each escaped character doubled */
+
+static size_t
+ngx_http_llm_genai_labels_len(ngx_http_llm_pool_t *pool,
+    ngx_http_llm_backend_t *b)
+{
+    return sizeof("gen_ai_provider_name=\"azure.ai.openai\","
+                  "gen_ai_request_model=\"\",pool=\"\",backend=\"\"")
+           + 2 * (b->deployment.len + pool->name.len + b->name.len);
 }
 
 

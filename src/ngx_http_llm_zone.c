@@ -16,6 +16,7 @@
 
 
 static void ngx_http_llm_consumers_init(ngx_http_llm_shctx_t *sh);
+static ngx_uint_t ngx_http_llm_genai_op(ngx_http_llm_ctx_t *ctx);
 static void ngx_http_llm_consumer_insert_value(ngx_rbtree_node_t *temp,
     ngx_rbtree_node_t *node, ngx_rbtree_node_t *sentinel);
 static ngx_int_t ngx_http_llm_init_zone(ngx_shm_zone_t *shm_zone, void *data);
@@ -1001,14 +1002,15 @@ ngx_http_llm_backend_done(ngx_http_llm_backend_t *b, ngx_http_llm_ctx_t *ctx,
 void
 ngx_http_llm_account(ngx_http_llm_ctx_t *ctx, ngx_uint_t status)
 {
-    ngx_msec_t                  now, gen, ttft;
-    ngx_uint_t                  source, actual, tps, cls;
-    ngx_slab_pool_t            *shpool;
-    ngx_http_llm_pool_t        *pool;
-    ngx_http_llm_zone_t        *zone;
-    ngx_http_llm_scan_t         usage;
-    ngx_http_llm_backend_t     *b;
-    ngx_http_llm_backend_sh_t  *sh;
+    ngx_msec_t                   now, gen, ttft, begin;
+    ngx_uint_t                   source, actual, tps, cls;
+    ngx_slab_pool_t             *shpool;
+    ngx_http_llm_pool_t         *pool;
+    ngx_http_llm_zone_t         *zone;
+    ngx_http_llm_scan_t          usage;
+    ngx_http_llm_backend_t      *b;
+    ngx_http_llm_backend_sh_t   *sh;
+    ngx_http_llm_genai_sample_t  gs;
 
     b = ctx->backend;
 
@@ -1025,6 +1027,11 @@ ngx_http_llm_account(ngx_http_llm_ctx_t *ctx, ngx_uint_t status)
     now = ngx_current_msec;
 
     source = ngx_http_llm_usage_of(ctx, &usage);
+
+    /* the attempt that answered began when it was charged */
+
+    begin = (ctx->final_at && ctx->final_at - ctx->start <= now - ctx->start)
+            ? ctx->final_at : ctx->start;
 
     /* the answer of the backend itself, when the client got another */
 
@@ -1103,7 +1110,71 @@ ngx_http_llm_account(ngx_http_llm_ctx_t *ctx, ngx_uint_t status)
         }
     }
 
+    /* OpenTelemetry's histograms, of the attempts that succeeded */
+
+    if (status >= NGX_HTTP_OK && status < NGX_HTTP_SPECIAL_RESPONSE) {
+        ngx_memzero(&gs, sizeof(ngx_http_llm_genai_sample_t));
+
+        gs.op = ngx_http_llm_genai_op(ctx);
+        gs.duration = now - begin;
+
+        if (source) {
+            gs.usage = 1;
+            gs.input = usage.prompt;
+            gs.output = usage.completion;
+        }
+
+        /* a JSON reply's first byte is its last token: streams only */
+
+        if (ctx->first_byte && ctx->sse) {
+            gs.first = 1;
+            gs.ttft = ctx->ttft - ngx_min(ctx->ttft, begin - ctx->start);
+
+            gen = now - ctx->start - ctx->ttft;
+
+            if (source && usage.completion > 1 && gen > 0) {
+                gs.per_token = 1;
+                gs.tpot_us = gen * 1000 / (usage.completion - 1);
+            }
+        }
+
+        ngx_http_llm_genai_add(&sh->genai, &gs);
+    }
+
     ngx_shmtx_unlock(&shpool->mutex);
+}
+
+
+/*
+ * OpenTelemetry's operation: an embedding, a legacy completion, or else
+ * a chat (Chat Completions and the Responses API)
+ */
+
+static ngx_uint_t
+ngx_http_llm_genai_op(ngx_http_llm_ctx_t *ctx)
+{
+    ngx_str_t  *uri;
+
+    static ngx_str_t  completions = ngx_string("/completions");
+    static ngx_str_t  chat = ngx_string("/chat/completions");
+
+    if (ctx->embeddings) {
+        return NGX_HTTP_LLM_GENAI_EMBEDDINGS;
+    }
+
+    uri = &ctx->request->uri;
+
+    if (uri->len >= completions.len
+        && ngx_strncmp(uri->data + uri->len - completions.len,
+                       completions.data, completions.len) == 0
+        && !(uri->len >= chat.len
+             && ngx_strncmp(uri->data + uri->len - chat.len, chat.data,
+                            chat.len) == 0))
+    {
+        return NGX_HTTP_LLM_GENAI_COMPLETION;
+    }
+
+    return NGX_HTTP_LLM_GENAI_CHAT;
 }
 
 

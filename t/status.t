@@ -147,7 +147,7 @@ for my $line (split /\n/, $prom) {
         push @bad, "HELP twice: $1" if $help{$1}++;
         next;
     }
-    if ($line =~ /^# TYPE (\w+) (counter|gauge)$/) {
+    if ($line =~ /^# TYPE (\w+) (counter|gauge|histogram)$/) {
         push @bad, "TYPE twice: $1" if $type{$1};
         $type{$1} = $2;
         $done{$current} = 1 if defined $current;
@@ -155,7 +155,19 @@ for my $line (split /\n/, $prom) {
         next;
     }
     if ($line =~ /^(\w+)\{((?:\w+="(?:[^"\\\n]|\\.)*",?)*)\} (-?\d+(?:\.\d+)?)$/) {
-        my $name = $1;
+        my ($name, $labels) = ($1, $2);
+
+        # a histogram's samples: _bucket with "le", _sum and _count
+        my ($family, $part) = $name =~ /^(\w+)_(bucket|sum|count)$/;
+        if ($family && ($type{$family} // '') eq 'histogram') {
+            push @bad, "family split: $line"
+                if $done{$family} || $family ne $current;
+            push @bad, "bucket without le: $line"
+                if $part eq 'bucket'
+                   && $labels !~ /(^|,)le="(\+Inf|[\d.]+)"$/;
+            next;
+        }
+
         push @bad, "sample before its TYPE: $line" unless $type{$name};
         push @bad, "family split: $line" if $done{$name} || $name ne $current;
         push @bad, "counter without _total: $name"
