@@ -27,11 +27,11 @@ void ngx_http_llm_refund(ngx_http_llm_backend_t *b, ngx_http_llm_ctx_t *ctx);
 void ngx_http_llm_backend_done(ngx_http_llm_backend_t *b,
     ngx_http_llm_ctx_t *ctx, ngx_uint_t outcome, ngx_msec_t cooldown,
     ngx_http_llm_signals_t *sig);
-void ngx_http_llm_account(ngx_http_llm_ctx_t *ctx, ngx_uint_t status);
 void ngx_http_llm_pool_count(ngx_http_llm_pool_t *pool,
     ngx_uint_t fallback);
 ngx_uint_t ngx_http_llm_pool_hedge(ngx_http_llm_pool_t *pool,
     ngx_uint_t event, ngx_uint_t n);
+void ngx_http_llm_ttft_add(ngx_http_llm_backend_sh_t *sh, ngx_msec_t ms);
 void ngx_http_llm_backend_ttft(ngx_http_llm_backend_t *b, ngx_msec_t ms);
 ngx_msec_t ngx_http_llm_backend_ttft_p95(ngx_http_llm_backend_t *b);
 void ngx_http_llm_windows_update(ngx_http_llm_pool_t *pool,
