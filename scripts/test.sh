@@ -36,8 +36,9 @@ sh build/json.sh >/dev/null
 echo "testing $LLM_NGINX ${LLM_MODULE:+with $LLM_MODULE}"
 "$LLM_NGINX" -V 2>&1 | head -1
 
+# the module's tests in t/, the tools' own in t/tools/
 if [ $# -eq 0 ]; then
-    set -- t/
+    set -- t/ t/tools/
 fi
 
 exec prove -j2 --timer "$@"

@@ -11,7 +11,7 @@ use warnings;
 use utf8;
 
 use FindBin;
-use lib "$FindBin::Bin/lib";
+use lib "$FindBin::Bin/../lib";
 use Test::More;
 use Time::HiRes qw(sleep time);
 use LLMTest;

@@ -10,7 +10,7 @@ use warnings;
 use utf8;
 
 use FindBin;
-use lib "$FindBin::Bin/lib";
+use lib "$FindBin::Bin/../lib";
 use IO::Select;
 use IO::Socket::INET;
 use Test::More;

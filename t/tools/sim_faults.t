@@ -8,7 +8,7 @@ use strict;
 use warnings;
 
 use FindBin;
-use lib "$FindBin::Bin/lib";
+use lib "$FindBin::Bin/../lib";
 use Errno qw(ECONNRESET);
 use IO::Select;
 use IO::Socket::INET;
