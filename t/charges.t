@@ -459,8 +459,9 @@ is($after->{in_flight}, 0, 'timeout: nothing in flight');
 is($after->{consumer_tokens}, $before->{consumer_tokens},
    'timeout: the consumer pays nothing');
 
-# a client that sends its request, waits 0.3 s and goes: the state of
-# the pool while it waited
+# a client that sends its request, waits 0.3 s (or until it is in
+# flight, on a loaded machine; /ok/ gives the backend 1 s before its
+# 504) and goes: the state of the pool while it waited
 
 sub goes_away {
     my ($prefix, $pool) = @_;
@@ -471,7 +472,9 @@ sub goes_away {
            . "X-App: app-1\r\nContent-Type: application/json\r\n"
            . "Content-Length: " . length($body) . "\r\n\r\n$body";
     sleep 0.3;
-    my $waiting = snapshot($pool);
+    my $waiting;
+    wait_for(0.5, sub { $waiting = snapshot($pool);
+                        $waiting->{in_flight} == 1 });
     close $c;
     return $waiting;
 }

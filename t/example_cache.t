@@ -34,15 +34,20 @@ sub body {
 
 # the deployment and the consumer once the last request is settled: the
 # client has its reply before nginx's log phase settles the charge, and
-# the status request may reach another worker first
+# the status request may reach another worker first.  The settlement
+# ends with the consumers (ngx_http_llm_charge_settle: the backend's
+# in_flight drops first, its usage follows, the consumers' last), so
+# $settled says when the consumer's figures are final
 sub backend {
-    my $s;
+    my ($settled) = @_;
+    my ($b, $c);
     wait_for(3, sub {
         my ($st, $h, $raw) = http_get($status, '/llm/status');
-        $s = json_decode($raw);
-        return $s->{pools}[0]{backends}[0]{in_flight} == 0;
+        my $s = json_decode($raw);
+        ($b, $c) = ($s->{pools}[0]{backends}[0], $s->{consumers}[0]{top}[0]);
+        return $b->{in_flight} == 0 && $c && $settled->($c);
     });
-    return ($s->{pools}[0]{backends}[0], $s->{consumers}[0]{top}[0]);
+    return ($b, $c);
 }
 
 sub sent { $t->sim_stats->{deployments}{eastus}{requests} }
@@ -50,7 +55,8 @@ sub sent { $t->sim_stats->{deployments}{eastus}{requests} }
 my ($st, $h, $first) = http_post($listen, $chat, body(), 'X-App' => 'a');
 is($st, 200, 'first: 200');
 is($h->{'x-cache'}, 'MISS', 'first: from the deployment');
-my ($b0, $c0) = backend();
+# the deployment's reply settled: its usage is the consumer's
+my ($b0, $c0) = backend(sub { $_[0]{tokens}{completion} > 0 });
 my $sent = sent();
 is($sent, 1, 'the deployment answered once');
 
@@ -60,7 +66,9 @@ is($st, 200, 'repeat: 200');
 is($h->{'x-cache'}, 'HIT', 'repeat: from the cache');
 is($b, $first, 'repeat: the same answer, byte for byte');
 is(sent(), $sent, 'repeat: the deployment was not asked');
-my ($b1, $c1) = backend();
+# the repeat settled: the request admission counted is given back (a
+# consumer charged for it keeps it, and fails below after 3 s)
+my ($b1, $c1) = backend(sub { $_[0]{requests} == $c0->{requests} });
 is($b1->{window_tokens}, $b0->{window_tokens},
    'repeat: no backend charged');
 is($b1->{in_flight}, 0, 'repeat: nothing in flight');

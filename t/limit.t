@@ -193,6 +193,22 @@ sub consumer {
     return $c;
 }
 
+# a consumer in llm_status once the last request is settled: next_log
+# sees the access log line, which nginx writes before the module settles
+# the request in the same log phase, and the status request may reach
+# the other worker in between; $settled says when the figure the
+# request's end changes is there (else the checks fail after 3 s)
+sub settled_consumer {
+    my ($uri, $key, $settled) = @_;
+    my ($json, $c);
+    wait_for(3, sub {
+        (undef, $json) = status($uri);
+        $c = consumer($json, id('$http_x_app', $key));
+        return $c && $settled->($c);
+    });
+    return ($json, $c);
+}
+
 my @f = qw(consumer throttle status estimate total uri);
 
 my $alpha = 'app-alpha-SECRET-1';
@@ -298,8 +314,8 @@ for my $i (1 .. 3) {
     $used += $l->{total};
 }
 cmp_ok($used, '<', 100, "usage $used is far below the estimates");
-my (undef, $json) = status();
-my $c = consumer($json, id('$http_x_app', $delta));
+my ($json, $c) = settled_consumer('/status', $delta,
+                                  sub { $_[0]{window_tokens} == $used });
 is($c->{window_tokens}, $used, 'window holds the real usage');
 is($c->{tokens}{completion}, 21, 'completion tokens counted');
 is($c->{requests}, 3, 'requests counted');
@@ -311,8 +327,8 @@ my $eps = 'app-epsilon';
 ($st) = post("/dead$chat", 'X-App' => $eps);
 cmp_ok($st, '>=', 500, "dead backend: $st");
 $t->next_log('limit.log', @f);
-(undef, $json) = status('/status-tiny');
-$c = consumer($json, id('$http_x_app', $eps));
+($json, $c) = settled_consumer('/status-tiny', $eps,
+                               sub { $_[0]{window_requests} == 0 });
 is($c->{window_tokens} // -1, 0, 'refunded: no tokens in the window');
 is($c->{window_requests} // -1, 0, 'nor a request');
 
@@ -372,8 +388,8 @@ for my $i (1 .. 3) {
     $l = $t->next_log('limit.log', @f);
     $used += $l->{total};
 }
-(undef, $json) = status('/status-tiny');
-$c = consumer($json, id('$http_x_app', 'app-qs'));
+($json, $c) = settled_consumer('/status-tiny', 'app-qs',
+                               sub { $_[0]{quota_used} == $used });
 is($c->{quota_used}, $used, 'quota_used is the real usage');
 cmp_ok($c->{quota_resets_in_s}, '<=', 86400, 'quota_resets_in_s');
 $c = consumer($json, id('$http_x_app', 'app-q'));

@@ -373,9 +373,12 @@ is(pool('pool')->{hedges}, $before->{hedges}, 'first fails at once: none');
 $t->sim_update('slow', { faults => { 500 => 0 } });
 
 # a long stream to a client that reads late: the winner's bytes wait
-# for the client, none lost
+# for the client, none lost.  The simulator builds the 40,000 events of
+# the fast stream before its first byte, which on a loaded machine took
+# longer than the 1.7 s a 2 s first token of slow left it (slow won, a
+# short stream): slow is given 10 s, so that fast wins the race as meant
 
-$t->sim_update('slow', { ttft_ms => [2000, 2000] });
+$t->sim_update('slow', { ttft_ms => [10000, 10000] });
 $t->sim_update('fast', { completion_tokens => 40000,
                          tokens_per_s => 1000000 });
 my $long = json_encode({ messages => [ { role => 'user',

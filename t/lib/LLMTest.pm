@@ -156,8 +156,10 @@ sub start_nginx {
 
     $self->{nginx_pid} = $pid;
 
+    # nginx loading the vocabularies (llm_tokenizer) took up to 6 s on a
+    # loaded 2-core machine: 10 s was too close
     for my $port (@{ $opt{ports} || [] }) {
-        wait_port($port, 10) or die "nginx did not listen on $port:\n"
+        wait_port($port, 30) or die "nginx did not listen on $port:\n"
                                     . $self->read_file('error.log')
                                     . $self->read_file('stderr.log');
     }
@@ -734,16 +736,19 @@ sub post_raw {
          . "Content-Length: " . length($body) . "\r\n\r\n$body";
 }
 
+# called at every read: the buffer by reference, and a look at its end
+# for the last chunk, not a copy or a scan of a long stream's every byte
+
 sub response_complete {
-    my ($buf) = @_;
-    my $i = index($buf, "\r\n\r\n");
+    my $buf = \$_[0];
+    my $i = index($$buf, "\r\n\r\n");
     return 0 if $i < 0;
-    my $head = substr $buf, 0, $i;
+    my $head = substr $$buf, 0, $i;
     if ($head =~ /^content-length:\s*(\d+)/mi) {
-        return length($buf) - $i - 4 >= $1;
+        return length($$buf) - $i - 4 >= $1;
     }
     if ($head =~ /^transfer-encoding:\s*chunked/mi) {
-        return $buf =~ /\r\n0\r\n\r\n$/ ? 1 : 0;
+        return substr($$buf, -7) eq "\r\n0\r\n\r\n" ? 1 : 0;
     }
     return 0;
 }
@@ -761,12 +766,18 @@ sub parse_response {
         $h{lc $k} = exists $h{lc $k} ? "$h{lc $k}, $v" : $v;
     }
     if (($h{'transfer-encoding'} // '') =~ /chunked/i) {
+        # read on with pos(): cutting each chunk off the front copied
+        # the rest every time, minutes for a stream of some megabytes
+        # on a loaded machine (t/route_hedge.t's slow reader)
         my $out = '';
-        while ($body =~ s/^([0-9a-fA-F]+)[^\r]*\r\n//) {
+        pos($body) = 0;
+        while ($body =~ /\G([0-9a-fA-F]+)[^\r]*\r\n/gc) {
             my $size = hex $1;
             last if $size == 0;
-            $out .= substr $body, 0, $size;
-            substr($body, 0, $size + 2) = '';
+            my $at = pos $body;
+            $out .= substr $body, $at, $size;
+            last if $at + $size + 2 > length $body;
+            pos($body) = $at + $size + 2;
         }
         $body = $out;
     }
