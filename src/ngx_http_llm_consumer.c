@@ -45,6 +45,12 @@ static void ngx_http_llm_consumer_update(ngx_http_llm_consumer_sh_t *cs,
 static void ngx_http_llm_consumers_settle(ngx_http_llm_ctx_t *ctx,
     ngx_http_llm_scan_t *usage);
 static ngx_uint_t ngx_http_llm_limit_period(ngx_str_t *s);
+static ngx_msec_t ngx_http_llm_consumer_wait(ngx_http_llm_consumer_sh_t *cs,
+    ngx_http_llm_limit_t *limit, ngx_uint_t need, ngx_uint_t cost,
+    ngx_uint_t scale, ngx_msec_t now, time_t sec, ngx_uint_t *kind);
+static void ngx_http_llm_consumers_add(ngx_http_llm_zone_t *zone,
+    ngx_http_llm_ctx_t *ctx, ngx_uint_t need, ngx_uint_t cost,
+    ngx_uint_t shared, ngx_msec_t now);
 static void ngx_http_llm_quota_period(ngx_http_llm_consumer_sh_t *cs,
     ngx_uint_t period, time_t now);
 
@@ -232,9 +238,8 @@ ngx_http_llm_consumers_charge(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
     ngx_msec_t *wait)
 {
     time_t                       sec;
-    int64_t                      n;
-    ngx_msec_t                   now, w, wr, wq, wb;
-    ngx_uint_t                   i, k, need, cost, nomem, missing, shared;
+    ngx_msec_t                   now, w;
+    ngx_uint_t                   i, need, cost, nomem, missing, shared;
     ngx_uint_t                   scale, state, kind;
     ngx_http_llm_zone_t         *zone;
     ngx_http_llm_limit_t        *limit;
@@ -363,11 +368,6 @@ ngx_http_llm_consumers_charge(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
 
         ngx_http_llm_consumer_update(cs, limit->window, now);
 
-        w = 0;
-        wr = 0;
-        wq = 0;
-        wb = 0;
-
         if (limit->quota_period) {
             ngx_http_llm_quota_period(cs, limit->quota_period, sec);
         }
@@ -385,71 +385,22 @@ ngx_http_llm_consumers_charge(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
         if (shared && cs->share) {
             /* the leases are looked at below, once every line is in */
             continue;
-
-        } else {
-            if (limit->tpm) {
-                w = ngx_http_llm_window_wait(cs->tokens,
-                                             NGX_HTTP_LLM_CONSUMER_SLOTS,
-                                             ngx_http_llm_tslot(cs->window),
-                                             cs->tokens_last, cs->tokens_sum,
-                                             ngx_max(limit->tpm * scale / 100,
-                                                     1),
-                                             need, now);
-            }
-
-            if (limit->rpm) {
-                wr = ngx_http_llm_window_wait(cs->requests_slot,
-                                              NGX_HTTP_LLM_CONSUMER_RSLOTS,
-                                              ngx_http_llm_rslot(cs->window),
-                                              cs->requests_last,
-                                              cs->requests_sum,
-                                              ngx_max(limit->rpm * scale
-                                                      / 100, 1),
-                                              1, now);
-            }
-
-            /*
-             * a quota, as a window, takes a request larger than itself
-             * only at the start of a period; room comes back when the
-             * period ends
-             */
-
-            if (limit->quota && cs->quota_used
-                && cs->quota_used + need > limit->quota * scale / 100)
-            {
-                wq = (ngx_msec_t) (cs->quota_end - sec) * 1000;
-            }
-
-            /* a model without a price is not held back by a budget */
-
-            if (limit->budget && cost && cs->spent
-                && cs->spent + cost > limit->budget * scale / 100)
-            {
-                wb = (ngx_msec_t) (cs->quota_end - sec) * 1000;
-            }
         }
 
-        if (w == 0 && wr == 0 && wq == 0 && wb == 0) {
+        w = ngx_http_llm_consumer_wait(cs, limit, need, cost, scale, now,
+                                       sec, &kind);
+
+        if (w == 0) {
             continue;
         }
 
         if (ctx->over == NULL) {
             ctx->over = limit;
             ctx->over_consumer = &c[i];
-
-            if (wq && wq >= w && wq >= wr) {
-                ctx->over_kind = NGX_HTTP_LLM_OVER_QUOTA;
-
-            } else if (wb && wb >= w && wb >= wr) {
-                ctx->over_kind = NGX_HTTP_LLM_OVER_BUDGET;
-
-            } else {
-                ctx->over_kind = (wr > w) ? NGX_HTTP_LLM_OVER_REQUESTS
-                                          : NGX_HTTP_LLM_OVER_TOKENS;
-            }
+            ctx->over_kind = kind;
         }
 
-        *wait = ngx_max(*wait, ngx_max(ngx_max(w, wr), ngx_max(wq, wb)));
+        *wait = ngx_max(*wait, w);
     }
 
     if (shared) {
@@ -469,57 +420,7 @@ ngx_http_llm_consumers_charge(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
         }
 
     } else {
-        for (i = 0; i < ctx->nconsumers; i++) {
-            cs = c[i].node;
-
-            if (cs == NULL || c[i].dup) {
-                continue;
-            }
-
-            ngx_http_llm_window_add(cs->tokens, NGX_HTTP_LLM_CONSUMER_SLOTS,
-                                    ngx_http_llm_tslot(cs->window),
-                                    cs->tokens_last, &cs->tokens_sum, need,
-                                    now);
-            ngx_http_llm_window_add(cs->requests_slot,
-                                    NGX_HTTP_LLM_CONSUMER_RSLOTS,
-                                    ngx_http_llm_rslot(cs->window),
-                                    cs->requests_last, &cs->requests_sum, 1,
-                                    now);
-            cs->requests++;
-
-            /* a period's use counts toward both its quota and budget */
-
-            if (c[i].limit->quota_period) {
-                cs->quota_used += need;
-                cs->spent += cost;
-                c[i].quota_start = cs->quota_start;
-            }
-
-            c[i].charged = need;
-            c[i].cost = cost;
-            c[i].charged_at = now;
-
-            /* what Redis is told, and leases renewed ahead of need */
-
-            if (cs->share) {
-                for (k = 0; k < NGX_HTTP_LLM_BUDGETS; k++) {
-                    n = (k == NGX_HTTP_LLM_BUDGET_REQUESTS) ? 1
-                        : (k == NGX_HTTP_LLM_BUDGET_MONEY) ? (int64_t) cost
-                        : (int64_t) need;
-
-                    if (cs->share->limit[k]) {
-                        ngx_http_llm_consumer_spend(zone, cs, k, n, now, now);
-                    }
-                }
-
-                if (shared) {
-                    (void) ngx_http_llm_consumer_lease(zone, ctx, cs, need,
-                                                       cost, 1, now, &w,
-                                                       &kind);
-                }
-            }
-        }
-
+        ngx_http_llm_consumers_add(zone, ctx, need, cost, shared, now);
         ctx->consumers_charged = 1;
     }
 
@@ -536,6 +437,146 @@ ngx_http_llm_consumers_charge(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
     }
 
     return *wait ? NGX_BUSY : NGX_OK;
+}
+
+
+/*
+ * How long one line's consumer has no room for the request in its own
+ * windows, quota and budget, 0: it has room; *kind: which refused
+ */
+
+static ngx_msec_t
+ngx_http_llm_consumer_wait(ngx_http_llm_consumer_sh_t *cs,
+    ngx_http_llm_limit_t *limit, ngx_uint_t need, ngx_uint_t cost,
+    ngx_uint_t scale, ngx_msec_t now, time_t sec, ngx_uint_t *kind)
+{
+    ngx_msec_t  w, wr, wq, wb;
+
+    w = 0;
+    wr = 0;
+    wq = 0;
+    wb = 0;
+
+    if (limit->tpm) {
+        w = ngx_http_llm_window_wait(cs->tokens, NGX_HTTP_LLM_CONSUMER_SLOTS,
+                                     ngx_http_llm_tslot(cs->window),
+                                     cs->tokens_last, cs->tokens_sum,
+                                     ngx_max(limit->tpm * scale / 100, 1),
+                                     need, now);
+    }
+
+    if (limit->rpm) {
+        wr = ngx_http_llm_window_wait(cs->requests_slot,
+                                      NGX_HTTP_LLM_CONSUMER_RSLOTS,
+                                      ngx_http_llm_rslot(cs->window),
+                                      cs->requests_last, cs->requests_sum,
+                                      ngx_max(limit->rpm * scale / 100, 1),
+                                      1, now);
+    }
+
+    /*
+     * a quota, as a window, takes a request larger than itself only at
+     * the start of a period; room comes back when the period ends
+     */
+
+    if (limit->quota && cs->quota_used
+        && cs->quota_used + need > limit->quota * scale / 100)
+    {
+        wq = (ngx_msec_t) (cs->quota_end - sec) * 1000;
+    }
+
+    /* a model without a price is not held back by a budget */
+
+    if (limit->budget && cost && cs->spent
+        && cs->spent + cost > limit->budget * scale / 100)
+    {
+        wb = (ngx_msec_t) (cs->quota_end - sec) * 1000;
+    }
+
+    if (wq && wq >= w && wq >= wr) {
+        *kind = NGX_HTTP_LLM_OVER_QUOTA;
+
+    } else if (wb && wb >= w && wb >= wr) {
+        *kind = NGX_HTTP_LLM_OVER_BUDGET;
+
+    } else {
+        *kind = (wr > w) ? NGX_HTTP_LLM_OVER_REQUESTS
+                         : NGX_HTTP_LLM_OVER_TOKENS;
+    }
+
+    return ngx_max(ngx_max(w, wr), ngx_max(wq, wb));
+}
+
+
+/*
+ * Every consumer of an admitted request charged its estimate, one
+ * request, and toward its period's quota and budget; under the zone's
+ * lock
+ */
+
+static void
+ngx_http_llm_consumers_add(ngx_http_llm_zone_t *zone,
+    ngx_http_llm_ctx_t *ctx, ngx_uint_t need, ngx_uint_t cost,
+    ngx_uint_t shared, ngx_msec_t now)
+{
+    int64_t                      n;
+    ngx_msec_t                   w;
+    ngx_uint_t                   i, k, kind;
+    ngx_http_llm_consumer_t     *c;
+    ngx_http_llm_consumer_sh_t  *cs;
+
+    c = ctx->consumers;
+
+    for (i = 0; i < ctx->nconsumers; i++) {
+        cs = c[i].node;
+
+        if (cs == NULL || c[i].dup) {
+            continue;
+        }
+
+        ngx_http_llm_window_add(cs->tokens, NGX_HTTP_LLM_CONSUMER_SLOTS,
+                                ngx_http_llm_tslot(cs->window),
+                                cs->tokens_last, &cs->tokens_sum, need,
+                                now);
+        ngx_http_llm_window_add(cs->requests_slot,
+                                NGX_HTTP_LLM_CONSUMER_RSLOTS,
+                                ngx_http_llm_rslot(cs->window),
+                                cs->requests_last, &cs->requests_sum, 1,
+                                now);
+        cs->requests++;
+
+        /* a period's use counts toward both its quota and budget */
+
+        if (c[i].limit->quota_period) {
+            cs->quota_used += need;
+            cs->spent += cost;
+            c[i].quota_start = cs->quota_start;
+        }
+
+        c[i].charged = need;
+        c[i].cost = cost;
+        c[i].charged_at = now;
+
+        /* what Redis is told, and leases renewed ahead of need */
+
+        if (cs->share) {
+            for (k = 0; k < NGX_HTTP_LLM_BUDGETS; k++) {
+                n = (k == NGX_HTTP_LLM_BUDGET_REQUESTS) ? 1
+                    : (k == NGX_HTTP_LLM_BUDGET_MONEY) ? (int64_t) cost
+                    : (int64_t) need;
+
+                if (cs->share->limit[k]) {
+                    ngx_http_llm_consumer_spend(zone, cs, k, n, now, now);
+                }
+            }
+
+            if (shared) {
+                (void) ngx_http_llm_consumer_lease(zone, ctx, cs, need,
+                                                   cost, 1, now, &w,
+                                                   &kind);
+            }
+        }
+    }
 }
 
 
