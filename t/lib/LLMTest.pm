@@ -867,9 +867,23 @@ sub cleanup {
     my ($self) = @_;
     return if $self->{cleaned}++;
     $self->stop_nginx;
+
+    # what we started gets TERM, then KILL after 10 s: a helper that
+    # hangs on its way out must not hang the test (said in a diag)
     for my $pid (@{ $self->{pids} }) {
         kill 'TERM', $pid;
-        waitpid $pid, 0;
+    }
+    my $deadline = time + 10;
+    for my $pid (@{ $self->{pids} }) {
+        while (waitpid($pid, WNOHANG) == 0) {
+            if (time > $deadline) {
+                diag "process $pid did not stop on TERM in 10 s: killed";
+                kill 'KILL', $pid;
+                waitpid $pid, 0;
+                last;
+            }
+            sleep 0.05;
+        }
     }
     $self->{allow_re} //= '^$';
     my @bad = $self->check_logs;
