@@ -666,8 +666,14 @@ def main(argv=None):
         threading.Thread(target=s.serve_forever, kwargs={'poll_interval': 0.2},
                          daemon=True).start()
 
+    # The handler runs in the main thread between two bytecodes, maybe
+    # inside sim.stopping.wait() with the event's lock held: setting the
+    # event there waited for that lock for ever (a simulator that ignored
+    # TERM, seen in CI).  It only notes the signal; the loop sets it.
+    signals = []
+
     def stop(signum, frame):
-        sim.stopping.set()
+        signals.append(signum)
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
@@ -675,8 +681,9 @@ def main(argv=None):
         f"{d.name}={'https' if d.cfg['tls'] else 'http'}://{d.host or '*'}:{d.port}"
         f" ({d.cfg['kind']}, {d.cfg['tpm']} TPM)" for d in sim.deployments)
         + f', speed {args.speed:g}')
-    while not sim.stopping.wait(0.1):
-        pass
+    while not signals and not sim.stopping.is_set():
+        time.sleep(0.1)
+    sim.stopping.set()
     # stop all accept loops at once; connection threads are daemons and
     # end with the process (a hung one notices sim.stopping first)
     stoppers = [threading.Thread(target=s.shutdown) for s in servers]
