@@ -59,6 +59,19 @@ ngx_http_llm_account(ngx_http_llm_ctx_t *ctx, ngx_uint_t status)
     begin = (ctx->final_at && ctx->final_at - ctx->start <= now - ctx->start)
             ? ctx->final_at : ctx->start;
 
+    /*
+     * the backend's own first token: from this attempt's start, not the
+     * request's; and the time it generated for after it
+     */
+
+    ttft = ctx->ttft;
+
+    if (ctx->final_at && ctx->final_at - ctx->start < ttft) {
+        ttft -= ctx->final_at - ctx->start;
+    }
+
+    gen = now - ctx->start - ctx->ttft;
+
     /* the answer of the backend itself, when the client got another */
 
     if (ctx->upstream_status) {
@@ -115,20 +128,10 @@ ngx_http_llm_account(ngx_http_llm_ctx_t *ctx, ngx_uint_t status)
             sh->ttft_samples = 0;
         }
 
-        /* the backend's own: from this attempt's start, not the request's */
-
-        ttft = ctx->ttft;
-
-        if (ctx->final_at && ctx->final_at - ctx->start < ttft) {
-            ttft -= ctx->final_at - ctx->start;
-        }
-
         sh->ttft_ewma = sh->ttft_ewma ? (sh->ttft_ewma * 7 + ttft) / 8 : ttft;
         sh->ewma_time = now;
 
         ngx_http_llm_ttft_add(sh, ttft);
-
-        gen = now - ctx->start - ctx->ttft;
 
         if (source && usage.completion > 1 && gen > 0) {
             tps = usage.completion * 1000 * 1000 / gen;
@@ -154,9 +157,7 @@ ngx_http_llm_account(ngx_http_llm_ctx_t *ctx, ngx_uint_t status)
 
         if (ctx->first_byte && ctx->sse) {
             gs.first = 1;
-            gs.ttft = ctx->ttft - ngx_min(ctx->ttft, begin - ctx->start);
-
-            gen = now - ctx->start - ctx->ttft;
+            gs.ttft = ttft;
 
             if (source && usage.completion > 1 && gen > 0) {
                 gs.per_token = 1;
