@@ -12,6 +12,7 @@
 #include "ngx_http_llm_charge.h"
 #include "ngx_http_llm_consumer.h"
 #include "ngx_http_llm_error.h"
+#include "ngx_http_llm_identity.h"
 #include "ngx_http_llm_price.h"
 #include "ngx_http_llm_zone.h"
 
@@ -38,6 +39,8 @@ static ngx_int_t ngx_http_llm_never_fits(ngx_http_request_t *r,
     ngx_http_llm_ctx_t *ctx, ngx_uint_t need, ngx_uint_t most);
 static ngx_int_t ngx_http_llm_send_throttled(ngx_http_request_t *r,
     ngx_http_llm_ctx_t *ctx);
+static ngx_int_t ngx_http_llm_admit_tokens(ngx_http_request_t *r,
+    ngx_http_llm_ctx_t *ctx, ngx_http_llm_pool_t *pool, ngx_msec_t now);
 
 
 /*
@@ -77,6 +80,16 @@ ngx_http_llm_admit(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
                                    &need, &most))
     {
         return ngx_http_llm_never_fits(r, ctx, need, most);
+    }
+
+    /* backends of an llm_identity serve only with a valid token */
+
+    if (pool->identities) {
+        rc = ngx_http_llm_admit_tokens(r, ctx, pool, now);
+
+        if (rc != NGX_OK) {
+            return rc;
+        }
     }
 
     /* first come, first served: only the head of the queue may try */
@@ -373,6 +386,72 @@ ngx_http_llm_never_fits(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
 
     rc = ngx_http_llm_send_error(r, NGX_HTTP_BAD_REQUEST,
                                  "TokenLimitExceeded", &message);
+
+    ngx_http_finalize_request(r, rc);
+    return NGX_DONE;
+}
+
+
+/*
+ * A pool whose backends all need an Entra ID token and have none: at
+ * start, while the first tokens are on their way, the request waits
+ * (10 s at most); otherwise a 503, before anything is charged, and the
+ * reason is in the log, from the identity's last attempt
+ */
+
+static ngx_int_t
+ngx_http_llm_admit_tokens(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
+    ngx_http_llm_pool_t *pool, ngx_msec_t now)
+{
+    u_char                  *p, text[NGX_MAX_ERROR_STR];
+    ngx_int_t                rc;
+    ngx_str_t                token, message;
+    ngx_uint_t               i, coming;
+    ngx_http_llm_backend_t  *b;
+
+    coming = 0;
+    b = pool->backends.elts;
+
+    for (i = 0; i < pool->backends.nelts; i++) {
+        if (b[i].identity == NULL) {
+            return NGX_OK;
+        }
+
+        rc = ngx_http_llm_identity_token(b[i].identity, &token);
+
+        if (rc == NGX_OK) {
+            return NGX_OK;
+        }
+
+        if (rc == NGX_AGAIN) {
+            coming = 1;
+        }
+    }
+
+    if (coming) {
+        if (ctx->token_since == 0) {
+            ctx->token_since = now ? now : 1;
+        }
+
+        if (now - ctx->token_since < 10000) {
+            return ngx_http_llm_wait_again(r, 10);
+        }
+    }
+
+    ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                  "llm: no backend of \"%V\" has a valid Entra ID token "
+                  "(the \"llm: identity\" lines say why)", &pool->name);
+
+    p = ngx_slprintf(text, text + sizeof(text),
+                     "No backend of \"%V\" has a valid Entra ID token now; "
+                     "the gateway's error log says why.", &pool->name);
+    message.data = text;
+    message.len = p - text;
+
+    ctx->admitted = 1;
+
+    rc = ngx_http_llm_send_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
+                                 "ServiceUnavailable", &message);
 
     ngx_http_finalize_request(r, rc);
     return NGX_DONE;

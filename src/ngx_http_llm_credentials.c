@@ -9,6 +9,7 @@
 #include <ngx_http.h>
 #include "ngx_http_llm_module.h"
 #include "ngx_http_llm_credentials.h"
+#include "ngx_http_llm_identity.h"
 #include "ngx_http_llm_secret.h"
 
 
@@ -37,6 +38,7 @@ ngx_http_llm_credentials(ngx_http_request_t *r, ngx_http_llm_backend_t *b)
     size_t                len;
     ngx_buf_t            *hb, *nb;
     ngx_str_t             credential;
+    ngx_uint_t            bearer;
     ngx_chain_t          *cl;
     ngx_http_upstream_t  *u;
 
@@ -61,11 +63,21 @@ ngx_http_llm_credentials(ngx_http_request_t *r, ngx_http_llm_backend_t *b)
     line++;
 
     credential.len = 0;
+    bearer = (b->identity != NULL);
 
     if (b->secret
         && ngx_http_llm_secret_value(r->connection->log, b->secret) == NGX_OK)
     {
         credential = b->secret->value;
+        bearer = b->secret->bearer;
+    }
+
+    /* a token the balancer saw valid: only its expiry since can stop it */
+
+    if (b->identity
+        && ngx_http_llm_identity_token(b->identity, &credential) != NGX_OK)
+    {
+        credential.len = 0;
     }
 
     /* one pass, into a buffer as large as the most it can need */
@@ -106,7 +118,7 @@ ngx_http_llm_credentials(ngx_http_request_t *r, ngx_http_llm_backend_t *b)
     *dst++ = CR; *dst++ = LF;
 
     if (credential.len) {
-        if (b->secret->bearer) {
+        if (bearer) {
             dst = ngx_cpymem(dst, "Authorization: ",
                              sizeof("Authorization: ") - 1);
         } else {

@@ -13,6 +13,7 @@
 #include "ngx_http_llm_consumer.h"
 #include "ngx_http_llm_consumer_share.h"
 #include "ngx_http_llm_hedge.h"
+#include "ngx_http_llm_identity.h"
 #include "ngx_http_llm_json.h"
 #include "ngx_http_llm_price.h"
 #include "ngx_http_llm_request.h"
@@ -180,6 +181,13 @@ static ngx_command_t  ngx_http_llm_commands[] = {
       0,
       NULL },
 
+    { ngx_string("llm_identity"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_2MORE,
+      ngx_http_llm_identity,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
     { ngx_string("llm_hedge"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_1MORE,
       ngx_http_llm_hedge_conf,
@@ -272,6 +280,10 @@ ngx_http_llm_init(ngx_conf_t *cf)
         }
     }
 
+    if (ngx_http_llm_identities_init(cf, lmcf) != NGX_CONF_OK) {
+        return NGX_ERROR;
+    }
+
     cmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_core_module);
 
     /*
@@ -323,6 +335,13 @@ ngx_http_llm_create_main_conf(ngx_conf_t *cf)
         return NULL;
     }
 
+    if (ngx_array_init(&conf->identities, cf->pool, 1,
+                       sizeof(ngx_http_llm_identity_t *))
+        != NGX_OK)
+    {
+        return NULL;
+    }
+
     return conf;
 }
 
@@ -351,6 +370,12 @@ ngx_http_llm_init_process(ngx_cycle_t *cycle)
     if (lmcf && (ngx_process == NGX_PROCESS_WORKER
                  || ngx_process == NGX_PROCESS_SINGLE))
     {
+        /* and the Entra ID tokens its backends need */
+
+        if (ngx_http_llm_identities_start(cycle, lmcf) != NGX_OK) {
+            return NGX_ERROR;
+        }
+
         pools = lmcf->pools.elts;
 
         for (i = 0; i < lmcf->pools.nelts; i++) {
@@ -442,6 +467,8 @@ ngx_http_llm_exit_process(ngx_cycle_t *cycle)
     if (lmcf == NULL) {
         return;
     }
+
+    ngx_http_llm_identities_stop(lmcf);
 
     pools = lmcf->pools.elts;
 

@@ -243,8 +243,9 @@ typedef struct {
 } ngx_http_llm_zone_t;
 
 
-typedef struct ngx_http_llm_pool_s  ngx_http_llm_pool_t;
-typedef struct ngx_http_llm_idle_s  ngx_http_llm_idle_t;
+typedef struct ngx_http_llm_pool_s      ngx_http_llm_pool_t;
+typedef struct ngx_http_llm_idle_s      ngx_http_llm_idle_t;
+typedef struct ngx_http_llm_identity_s  ngx_http_llm_identity_t;
 
 
 /* a file's modification time below the second, where the system has it */
@@ -281,6 +282,8 @@ typedef struct {
     ngx_uint_t                   weight;
     ngx_uint_t                   reserve;    /* NGX_CONF_UNSET_UINT: none */
     ngx_http_llm_secret_t       *secret;
+    ngx_http_llm_identity_t     *identity;   /* llm_identity's tokens */
+    ngx_str_t                    identity_name;
 
     ngx_uint_t                   server;     /* index in uscf->servers */
     ngx_http_upstream_rr_peer_t **peers;
@@ -324,6 +327,7 @@ struct ngx_http_llm_pool_s {
 
     unsigned                     balance:1;
     unsigned                     latency:1;  /* choose by room / latency */
+    unsigned                     identities:1;  /* a backend's llm_identity */
 };
 
 
@@ -351,6 +355,8 @@ typedef struct {
     ngx_array_t                    pools;    /* ngx_http_llm_pool_t * */
     ngx_array_t                   *prices;   /* llm_price lines */
     ngx_http_llm_vocab_t          *vocab[3]; /* by ngx_http_llm_encoding_e */
+    ngx_array_t                    identities; /* ngx_http_llm_identity_t * */
+    ngx_shm_zone_t                *identity_zone;
 } ngx_http_llm_main_conf_t;
 
 
@@ -552,6 +558,8 @@ struct ngx_http_llm_ctx_s {
 
     /* waiting for a lease from Redis since, 0: not waiting */
     ngx_msec_t                   share_since;
+    ngx_msec_t                   token_since;  /* waiting for a first
+                                                  Entra ID token */
 
     unsigned                     parsed:1;
     unsigned                     stream:1;

@@ -11,6 +11,7 @@
 #include <openssl/sha.h>
 #include <poll.h>
 #include "ngx_http_llm_redis.h"
+#include "ngx_http_llm_tls.h"
 
 
 /*
@@ -77,8 +78,6 @@ static void ngx_http_llm_redis_close_connection(ngx_http_llm_redis_t *rs);
 #if (NGX_SSL)
 static void ngx_http_llm_redis_ssl_start(ngx_http_llm_redis_t *rs);
 static void ngx_http_llm_redis_ssl_done(ngx_connection_t *c);
-static ngx_int_t ngx_http_llm_redis_ssl_check_name(ngx_connection_t *c,
-    ngx_str_t *name);
 #endif
 
 
@@ -266,87 +265,24 @@ ngx_http_llm_redis_connect(ngx_event_t *ev)
 static void
 ngx_http_llm_redis_ssl_start(ngx_http_llm_redis_t *rs)
 {
-    u_char             sni[256];
     ngx_int_t          rc;
-    ngx_str_t         *name;
+    const char        *error;
     ngx_connection_t  *c;
 
     c = rs->peer.connection;
-    name = &rs->conf->ssl_name;
 
-    /* OpenSSL's state for the connection, freed as it closes */
+    rc = ngx_http_llm_tls_start(c, rs->conf->ssl, &rs->conf->ssl_name,
+                                rs->conf->ssl_address,
+                                ngx_http_llm_redis_ssl_done, &error);
 
-    c->pool = ngx_create_pool(512, rs->log);
-    if (c->pool == NULL) {
-        ngx_http_llm_redis_fail(rs, "no memory");
+    if (rc == NGX_ERROR) {
+        ngx_http_llm_redis_fail(rs, error);
         return;
     }
 
-    if (ngx_ssl_create_connection(rs->conf->ssl, c, NGX_SSL_CLIENT)
-        != NGX_OK)
-    {
-        ngx_http_llm_redis_fail(rs, "cannot start TLS");
-        return;
+    if (rc == NGX_OK) {
+        ngx_http_llm_redis_ssl_done(c);
     }
-
-    /* SNI carries host names only, never an address (RFC 6066) */
-
-    if (name->len && name->len < sizeof(sni) && !rs->conf->ssl_address) {
-        ngx_cpystrn(sni, name->data, name->len + 1);
-
-        if (SSL_set_tlsext_host_name(c->ssl->connection, (char *) sni) == 0)
-        {
-            ngx_http_llm_redis_fail(rs, "cannot set the TLS server name");
-            return;
-        }
-    }
-
-    rc = ngx_ssl_handshake(c);
-
-    if (rc == NGX_AGAIN) {
-        c->ssl->handler = ngx_http_llm_redis_ssl_done;
-        return;
-    }
-
-    ngx_http_llm_redis_ssl_done(c);
-}
-
-
-/*
- * nginx's check looks at host names only; Redis is often named by its
- * address, which a certificate carries as an IP subjectAltName
- */
-
-static ngx_int_t
-ngx_http_llm_redis_ssl_check_name(ngx_connection_t *c, ngx_str_t *name)
-{
-    int                    rc;
-    u_char                 ip[NGX_SOCKADDR_STRLEN];
-    X509                  *cert;
-    ngx_http_llm_redis_t  *rs;
-
-    rs = c->data;
-
-    if (!rs->conf->ssl_address) {
-        return ngx_ssl_check_host(c, name);
-    }
-
-    if (name->len >= sizeof(ip)) {
-        return NGX_ERROR;
-    }
-
-    cert = SSL_get_peer_certificate(c->ssl->connection);
-    if (cert == NULL) {
-        return NGX_ERROR;
-    }
-
-    ngx_cpystrn(ip, name->data, name->len + 1);
-
-    rc = X509_check_ip_asc(cert, (char *) ip, 0);
-
-    X509_free(cert);
-
-    return rc == 1 ? NGX_OK : NGX_ERROR;
 }
 
 
@@ -356,41 +292,18 @@ ngx_http_llm_redis_ssl_check_name(ngx_connection_t *c, ngx_str_t *name)
 static void
 ngx_http_llm_redis_ssl_done(ngx_connection_t *c)
 {
-    long                   rc;
     ngx_http_llm_redis_t  *rs;
 
     rs = c->data;
 
-    if (c->read->timedout || c->write->timedout) {
-        ngx_http_llm_redis_fail(rs, "timed out in the TLS handshake");
+    if (ngx_http_llm_tls_check(c, rs->conf->ssl_verify ? &rs->conf->ssl_name
+                                                       : NULL,
+                               rs->conf->ssl_address, (u_char *) rs->error,
+                               sizeof(rs->error))
+        != NULL)
+    {
+        ngx_http_llm_redis_fail(rs, NULL);
         return;
-    }
-
-    if (!c->ssl->handshaked) {
-        ngx_http_llm_redis_fail(rs, "failed the TLS handshake");
-        return;
-    }
-
-    if (rs->conf->ssl_verify) {
-        rc = SSL_get_verify_result(c->ssl->connection);
-
-        if (rc != X509_V_OK) {
-            ngx_snprintf((u_char *) rs->error, sizeof(rs->error) - 1,
-                         "sent an untrusted certificate: %s%Z",
-                         X509_verify_cert_error_string(rc));
-            ngx_http_llm_redis_fail(rs, NULL);
-            return;
-        }
-
-        if (ngx_http_llm_redis_ssl_check_name(c, &rs->conf->ssl_name)
-            != NGX_OK)
-        {
-            ngx_snprintf((u_char *) rs->error, sizeof(rs->error) - 1,
-                         "sent a certificate that does not match \"%V\"%Z",
-                         &rs->conf->ssl_name);
-            ngx_http_llm_redis_fail(rs, NULL);
-            return;
-        }
     }
 
     c->read->handler = ngx_http_llm_redis_read_handler;

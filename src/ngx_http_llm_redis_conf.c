@@ -6,6 +6,7 @@
 #include <ngx_config.h>
 #include <ngx_core.h>
 #include "ngx_http_llm_redis.h"
+#include "ngx_http_llm_tls.h"
 
 
 /*
@@ -269,10 +270,6 @@ ngx_http_llm_redis_ssl_option(ngx_conf_t *cf, ngx_str_t *value,
 char *
 ngx_http_llm_redis_ssl_init(ngx_conf_t *cf, ngx_http_llm_redis_conf_t *rcf)
 {
-#if (NGX_SSL)
-    ngx_pool_cleanup_t  *cln;
-#endif
-
     if (rcf->ssl_verify == NGX_CONF_UNSET) {
         rcf->ssl_verify = 1;
     }
@@ -295,64 +292,14 @@ ngx_http_llm_redis_ssl_init(ngx_conf_t *cf, ngx_http_llm_redis_conf_t *rcf)
                "\"redis_ssl_certificate_key=\", or neither";
     }
 
-    rcf->ssl = ngx_pcalloc(cf->pool, sizeof(ngx_ssl_t));
-    if (rcf->ssl == NULL) {
-        return NGX_CONF_ERROR;
-    }
-
-    rcf->ssl->log = cf->log;
-
     /* an address is decided once, for SNI and for the name's check */
 
-    rcf->ssl_address = (ngx_inet_addr(rcf->ssl_name.data, rcf->ssl_name.len)
-                        != INADDR_NONE
-                        || ngx_strlchr(rcf->ssl_name.data,
-                                       rcf->ssl_name.data + rcf->ssl_name.len,
-                                       ':')
-                           != NULL);
+    rcf->ssl_address = ngx_http_llm_tls_is_address(&rcf->ssl_name);
 
-    if (ngx_ssl_create(rcf->ssl, NGX_SSL_TLSv1_2|NGX_SSL_TLSv1_3, NULL)
-        != NGX_OK)
-    {
-        return NGX_CONF_ERROR;
-    }
-
-    cln = ngx_pool_cleanup_add(cf->pool, 0);
-    if (cln == NULL) {
-        ngx_ssl_cleanup_ctx(rcf->ssl);
-        return NGX_CONF_ERROR;
-    }
-
-    cln->handler = ngx_ssl_cleanup_ctx;
-    cln->data = rcf->ssl;
-
-    if (rcf->ssl_certificate.len
-        && ngx_ssl_certificate(cf, rcf->ssl, &rcf->ssl_certificate,
-                               &rcf->ssl_certificate_key, NULL)
-           != NGX_OK)
-    {
-        return NGX_CONF_ERROR;
-    }
-
-    if (!rcf->ssl_verify) {
-        return NGX_CONF_OK;
-    }
-
-    if (rcf->ssl_trusted_certificate.len) {
-        if (ngx_ssl_trusted_certificate(cf, rcf->ssl,
-                                        &rcf->ssl_trusted_certificate, 9)
-            != NGX_OK)
-        {
-            return NGX_CONF_ERROR;
-        }
-
-    } else if (SSL_CTX_set_default_verify_paths(rcf->ssl->ctx) != 1) {
-        ngx_ssl_error(NGX_LOG_EMERG, cf->log, 0,
-                      "SSL_CTX_set_default_verify_paths() failed");
-        return NGX_CONF_ERROR;
-    }
-
-    return NGX_CONF_OK;
+    return ngx_http_llm_tls_context(cf, &rcf->ssl, &rcf->ssl_certificate,
+                                    &rcf->ssl_certificate_key,
+                                    &rcf->ssl_trusted_certificate,
+                                    rcf->ssl_verify);
 
 #else
 

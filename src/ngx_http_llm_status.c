@@ -9,6 +9,7 @@
 #include <ngx_http.h>
 #include "ngx_http_llm_module.h"
 #include "ngx_http_llm_consumer.h"
+#include "ngx_http_llm_identity.h"
 #include "ngx_http_llm_price.h"
 #include "ngx_http_llm_status.h"
 #include "ngx_http_llm_zone.h"
@@ -209,6 +210,8 @@ ngx_http_llm_status_handler(ngx_http_request_t *r)
                 + zones[i].ntop * (2048 + 16 * zones[i].shm_zone->shm.name.len);
     }
 
+    size += ngx_http_llm_identities_size(lmcf);
+
     b = ngx_create_temp_buf(r->pool, size);
     if (b == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
@@ -229,6 +232,8 @@ ngx_http_llm_status_handler(ngx_http_request_t *r)
 
         p = ngx_sprintf(p, "],\"consumers\":[");
         p = ngx_http_llm_consumers_json(p, zones, nzones);
+        p = ngx_sprintf(p, "],\"identities\":[");
+        p = ngx_http_llm_identities_json(p, lmcf);
         p = ngx_sprintf(p, "]}\n");
         ngx_str_set(&r->headers_out.content_type, "application/json");
 
@@ -243,6 +248,7 @@ ngx_http_llm_status_handler(ngx_http_request_t *r)
 
         p = ngx_http_llm_consumers_prometheus(p, zones, nzones);
         p = ngx_http_llm_share_prometheus(p, zones, nzones);
+        p = ngx_http_llm_identities_prometheus(p, lmcf);
         ngx_str_set(&r->headers_out.content_type,
                     "text/plain; version=0.0.4; charset=utf-8");
     }

@@ -10,6 +10,7 @@
 #include "ngx_http_llm_module.h"
 #include "ngx_http_llm_charge.h"
 #include "ngx_http_llm_credentials.h"
+#include "ngx_http_llm_identity.h"
 #include "ngx_http_llm_keepalive.h"
 #include "ngx_http_llm_parse.h"
 #include "ngx_http_llm_secret.h"
@@ -275,7 +276,8 @@ invalid:
 
 /*
  * llm_backend name URL [deployment=] [tpm=] [rpm=] [priority=] [weight=]
- *             [ptu] [reserve=] [key_file= | bearer_file=] [address=]
+ *             [ptu] [reserve=] [key_file= | bearer_file= | identity=]
+ *             [address=]
  *             [max_fails=] [fail_timeout=]
  */
 
@@ -458,14 +460,26 @@ ngx_http_llm_backend(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
             continue;
         }
 
+        if (ngx_strncmp(value[i].data, "identity=", 9) == 0) {
+            if (b->secret || b->identity_name.len) {
+                goto credentials;
+            }
+
+            b->identity_name.data = value[i].data + 9;
+            b->identity_name.len = value[i].len - 9;
+
+            if (b->identity_name.len == 0) {
+                goto invalid;
+            }
+
+            continue;
+        }
+
         if (ngx_strncmp(value[i].data, "key_file=", 9) == 0
             || ngx_strncmp(value[i].data, "bearer_file=", 12) == 0)
         {
-            if (b->secret) {
-                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                                   "llm_backend \"%V\" has both key_file= "
-                                   "and bearer_file=", &b->name);
-                return NGX_CONF_ERROR;
+            if (b->secret || b->identity_name.len) {
+                goto credentials;
             }
 
             b->secret = ngx_pcalloc(cf->pool, sizeof(ngx_http_llm_secret_t));
@@ -570,6 +584,14 @@ ngx_http_llm_backend(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     b->server = uscf->servers->nelts - 1;
 
     return NGX_CONF_OK;
+
+credentials:
+
+    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                       "llm_backend \"%V\" has more than one of key_file=, "
+                       "bearer_file= and identity=", &b->name);
+
+    return NGX_CONF_ERROR;
 
 invalid:
 
@@ -1033,15 +1055,23 @@ ngx_http_llm_get_peer(ngx_peer_connection_t *pc, void *data)
 /*
  * A usable address of the backend, round-robin among its addresses:
  * not down, not failed within fail_timeout, under max_conns, not tried.
- * "index" gets the peer's position in the round-robin list.
+ * "index" gets the peer's position in the round-robin list.  A backend
+ * of an llm_identity without a valid token has none.
  */
 
 static ngx_http_upstream_rr_peer_t *
 ngx_http_llm_backend_peer(ngx_http_llm_peer_data_t *pd,
     ngx_http_llm_backend_t *b, time_t now, ngx_uint_t *index)
 {
+    ngx_str_t                     token;
     ngx_uint_t                    k, n, pos;
     ngx_http_upstream_rr_peer_t  *peer;
+
+    if (b->identity
+        && ngx_http_llm_identity_token(b->identity, &token) != NGX_OK)
+    {
+        return NULL;
+    }
 
     for (k = 0; k < b->npeers; k++) {
         n = (b->next_peer + k) % b->npeers;

@@ -11,6 +11,7 @@
 #include "ngx_http_llm_cache_key.h"
 #include "ngx_http_llm_consumer.h"
 #include "ngx_http_llm_hedge.h"
+#include "ngx_http_llm_identity.h"
 #include "ngx_http_llm_price.h"
 #include "ngx_http_llm_secret.h"
 #include "ngx_http_llm_usage.h"
@@ -253,19 +254,34 @@ ngx_http_llm_backend_variable(ngx_http_request_t *r,
 
 /*
  * $llm_backend_key is the api-key of a key_file= backend and
- * $llm_backend_authorization the "Bearer ..." of a bearer_file= one; the
- * other is empty, so proxy_set_header with both sends only the right
- * one and never the client's own
+ * $llm_backend_authorization the "Bearer ..." of a bearer_file= or
+ * identity= one; the other is empty, so proxy_set_header with both
+ * sends only the right one and never the client's own
  */
 
 static ngx_int_t
 ngx_http_llm_secret_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data)
 {
+    ngx_str_t               token;
     ngx_http_llm_ctx_t     *ctx;
     ngx_http_llm_secret_t  *secret;
 
     ctx = ngx_http_llm_variable_ctx(r);
+
+    /* an llm_identity's token is a bearer's */
+
+    if (ctx && ctx->backend && ctx->backend->identity && data == 1
+        && ngx_http_llm_identity_token(ctx->backend->identity, &token)
+           == NGX_OK)
+    {
+        v->len = token.len;
+        v->valid = 1;
+        v->no_cacheable = 1;
+        v->not_found = 0;
+        v->data = token.data;
+        return NGX_OK;
+    }
 
     if (ctx == NULL || ctx->backend == NULL
         || ctx->backend->secret == NULL

@@ -526,6 +526,46 @@ sub start_sim {
     return $pid;
 }
 
+# tools/identity-sim, the managed identity endpoints' stand-in, on free
+# loopback ports (the second over TLS, its CA in $dir/idcerts/ca.pem);
+# @args go to it as they are; returns (port, TLS port)
+
+sub start_identity_sim {
+    my ($self, @args) = @_;
+    my ($port, $tls) = (free_port(), free_port());
+    my $pid = fork // die "fork: $!";
+    if ($pid == 0) {
+        open STDOUT, '>>', "$self->{dir}/identity-sim.log";
+        open STDERR, '>>', "$self->{dir}/identity-sim.log";
+        exec 'python3', "$TOP/tools/identity-sim", '--port', $port,
+             '--tls-port', $tls, '--tls-dir', "$self->{dir}/idcerts", @args;
+        die "exec: $!";
+    }
+    push @{ $self->{pids} }, $pid;
+    for my $p ($port, $tls) {
+        wait_port($p, 10) or die "identity-sim did not start:\n"
+                                 . $self->read_file('identity-sim.log');
+    }
+    $self->{identity_port} = $port;
+    return ($port, $tls);
+}
+
+sub identity_stats {
+    my ($self) = @_;
+    my ($st, $h, $body) = http_get($self->{identity_port}, '/sim/stats');
+    die "identity-sim stats: $st" unless $st == 200;
+    return json_decode($body);
+}
+
+# e.g. { fail => 500, fail_count => -1 }, { lifetime => 4 }
+
+sub identity_set {
+    my ($self, $settings) = @_;
+    my ($st) = http_post($self->{identity_port}, '/sim/set',
+                         json_encode($settings));
+    die "identity-sim set: $st" unless $st == 200;
+}
+
 # a redis-server of our own on a free loopback port, nothing saved to
 # disk; $opt{port} starts it again where it was, $opt{args} adds options
 # (e.g. [--requirepass => 'x']); returns the port
