@@ -14,6 +14,7 @@
 #include "ngx_http_llm_consumer_share.h"
 #include "ngx_http_llm_hedge.h"
 #include "ngx_http_llm_identity.h"
+#include "ngx_http_llm_identity_conf.h"
 #include "ngx_http_llm_json.h"
 #include "ngx_http_llm_price.h"
 #include "ngx_http_llm_request.h"
