@@ -589,30 +589,9 @@ ngx_http_llm_fetch_close(ngx_http_llm_fetch_t *f)
 static void
 ngx_http_llm_fetch_disconnect(ngx_http_llm_fetch_t *f)
 {
-    ngx_pool_t        *pool;
-    ngx_connection_t  *c;
-
-    c = f->peer.connection;
-
-    if (c == NULL) {
-        return;
-    }
-
-    pool = c->pool;
-
-#if (NGX_SSL)
-    if (c->ssl) {
-        /* no close_notify awaited: the connection is done with */
-        c->ssl->no_wait_shutdown = 1;
-        (void) ngx_ssl_shutdown(c);
-    }
-#endif
-
-    ngx_close_connection(c);
-    f->peer.connection = NULL;
-
-    if (pool) {
-        ngx_destroy_pool(pool);
+    if (f->peer.connection) {
+        ngx_http_llm_tls_close(f->peer.connection);
+        f->peer.connection = NULL;
     }
 }
 

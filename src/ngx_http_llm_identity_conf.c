@@ -30,6 +30,26 @@ static ngx_int_t ngx_http_llm_identity_request(ngx_conf_t *cf,
 static ngx_uint_t  ngx_http_llm_identity_zone_tag;
 
 
+typedef struct {
+    ngx_str_t                    name;
+    size_t                       offset;
+} ngx_http_llm_identity_option_t;
+
+
+static ngx_http_llm_identity_option_t  ngx_http_llm_identity_options[] = {
+    { ngx_string("client_id="),
+      offsetof(ngx_http_llm_identity_t, client_id) },
+    { ngx_string("resource="),
+      offsetof(ngx_http_llm_identity_t, resource) },
+    { ngx_string("endpoint="),
+      offsetof(ngx_http_llm_identity_t, endpoint) },
+    { ngx_string("tenant="),
+      offsetof(ngx_http_llm_identity_t, tenant) },
+    { ngx_string("token_file="),
+      offsetof(ngx_http_llm_identity_t, assertion.path) },
+};
+
+
 /*
  * llm_identity name imds|app_service|workload [client_id=] [resource=]
  *     [endpoint=URL] [tenant=] [token_file=] [trusted_certificate=]
@@ -41,10 +61,11 @@ ngx_http_llm_identity(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
     ngx_http_llm_main_conf_t *lmcf = conf;
 
-    size_t                     i, j;
-    ngx_str_t                 *value, s, name;
-    ngx_msec_t                 ms;
-    ngx_http_llm_identity_t   *id, **ids;
+    size_t                           i, j, k;
+    ngx_str_t                       *value, *field, s, name;
+    ngx_msec_t                       ms;
+    ngx_http_llm_identity_t         *id, **ids;
+    ngx_http_llm_identity_option_t  *o;
 
     value = cf->args->elts;
 
@@ -103,33 +124,26 @@ ngx_http_llm_identity(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
         s = value[i];
 
-        if (ngx_strncmp(s.data, "client_id=", 10) == 0) {
-            id->client_id.data = s.data + 10;
-            id->client_id.len = s.len - 10;
-            continue;
+        /* the options that are a string as written */
+
+        for (k = 0; k < sizeof(ngx_http_llm_identity_options)
+                        / sizeof(ngx_http_llm_identity_option_t); k++)
+        {
+            o = &ngx_http_llm_identity_options[k];
+
+            if (s.len >= o->name.len
+                && ngx_strncmp(s.data, o->name.data, o->name.len) == 0)
+            {
+                field = (ngx_str_t *) ((u_char *) id + o->offset);
+                field->data = s.data + o->name.len;
+                field->len = s.len - o->name.len;
+                break;
+            }
         }
 
-        if (ngx_strncmp(s.data, "resource=", 9) == 0) {
-            id->resource.data = s.data + 9;
-            id->resource.len = s.len - 9;
-            continue;
-        }
-
-        if (ngx_strncmp(s.data, "endpoint=", 9) == 0) {
-            id->endpoint.data = s.data + 9;
-            id->endpoint.len = s.len - 9;
-            continue;
-        }
-
-        if (ngx_strncmp(s.data, "tenant=", 7) == 0) {
-            id->tenant.data = s.data + 7;
-            id->tenant.len = s.len - 7;
-            continue;
-        }
-
-        if (ngx_strncmp(s.data, "token_file=", 11) == 0) {
-            id->assertion.path.data = s.data + 11;
-            id->assertion.path.len = s.len - 11;
+        if (k < sizeof(ngx_http_llm_identity_options)
+                / sizeof(ngx_http_llm_identity_option_t))
+        {
             continue;
         }
 

@@ -830,29 +830,8 @@ ngx_http_llm_redis_close(ngx_http_llm_redis_t *rs)
 static void
 ngx_http_llm_redis_close_connection(ngx_http_llm_redis_t *rs)
 {
-    ngx_pool_t        *pool;
-    ngx_connection_t  *c;
-
-    c = rs->peer.connection;
-
-    if (c == NULL) {
-        return;
-    }
-
-    pool = c->pool;
-
-#if (NGX_SSL)
-    if (c->ssl) {
-        /* no close_notify awaited: the connection is done with */
-        c->ssl->no_wait_shutdown = 1;
-        (void) ngx_ssl_shutdown(c);
-    }
-#endif
-
-    ngx_close_connection(c);
-    rs->peer.connection = NULL;
-
-    if (pool) {
-        ngx_destroy_pool(pool);
+    if (rs->peer.connection) {
+        ngx_http_llm_tls_close(rs->peer.connection);
+        rs->peer.connection = NULL;
     }
 }

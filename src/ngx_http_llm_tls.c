@@ -33,6 +33,34 @@ ngx_http_llm_tls_is_address(ngx_str_t *name)
 }
 
 
+/*
+ * A connection of the module's own closed at once, TLS or not: no
+ * close_notify awaited (the exchange is over or abandoned), and the pool
+ * that held OpenSSL's state freed with it
+ */
+
+void
+ngx_http_llm_tls_close(ngx_connection_t *c)
+{
+    ngx_pool_t  *pool;
+
+    pool = c->pool;
+
+#if (NGX_SSL)
+    if (c->ssl) {
+        c->ssl->no_wait_shutdown = 1;
+        (void) ngx_ssl_shutdown(c);
+    }
+#endif
+
+    ngx_close_connection(c);
+
+    if (pool) {
+        ngx_destroy_pool(pool);
+    }
+}
+
+
 #if (NGX_SSL)
 
 /*

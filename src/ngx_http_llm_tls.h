@@ -14,6 +14,7 @@
 
 
 ngx_uint_t ngx_http_llm_tls_is_address(ngx_str_t *name);
+void ngx_http_llm_tls_close(ngx_connection_t *c);
 
 #if (NGX_SSL)
 
