@@ -54,7 +54,9 @@ ngx_http_llm_fetch(ngx_http_llm_fetch_t *f)
     f->sent = 0;
     f->len = 0;
 
-    f->buf = ngx_alloc(NGX_HTTP_LLM_FETCH_MAX, f->log);
+    /* a byte more than the longest reply: a full buffer is too long */
+
+    f->buf = ngx_alloc(NGX_HTTP_LLM_FETCH_MAX + 1, f->log);
     if (f->buf == NULL) {
         ngx_http_llm_fetch_fail(f, "no memory for", 0);
         return;
@@ -247,12 +249,12 @@ ngx_http_llm_fetch_read_handler(ngx_event_t *rev)
 
     for ( ;; ) {
 
-        if (f->len == NGX_HTTP_LLM_FETCH_MAX) {
+        if (f->len > NGX_HTTP_LLM_FETCH_MAX) {
             ngx_http_llm_fetch_fail(f, "a reply over 64 KB from", 0);
             return;
         }
 
-        n = c->recv(c, f->buf + f->len, NGX_HTTP_LLM_FETCH_MAX - f->len);
+        n = c->recv(c, f->buf + f->len, NGX_HTTP_LLM_FETCH_MAX + 1 - f->len);
 
         if (n == NGX_AGAIN) {
             if (ngx_handle_read_event(rev, 0) != NGX_OK) {

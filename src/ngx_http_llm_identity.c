@@ -72,6 +72,8 @@ ngx_http_llm_identity_init_zone(ngx_shm_zone_t *shm_zone, void *data)
     ids = lmcf->identities.elts;
 
     if (data) {
+        /* workers of the old configuration still use the slots */
+        ngx_shmtx_lock(&shpool->mutex);
         slots = shpool->data;
 
     } else {
@@ -97,6 +99,10 @@ ngx_http_llm_identity_init_zone(ngx_shm_zone_t *shm_zone, void *data)
 
         ids[i]->sh = &slots[i];
         ids[i]->shpool = shpool;
+    }
+
+    if (data) {
+        ngx_shmtx_unlock(&shpool->mutex);
     }
 
     return NGX_OK;
@@ -212,6 +218,16 @@ ngx_http_llm_identities_stop(ngx_http_llm_main_conf_t *lmcf)
         if (ids[i]->fetching) {
             ids[i]->fetching = 0;
             ngx_http_llm_fetch_close(&ids[i]->fetch);
+
+            /* another worker need not wait for this one's lease */
+
+            ngx_shmtx_lock(&ids[i]->shpool->mutex);
+
+            if (ids[i]->sh->hash == ids[i]->hash) {
+                ids[i]->sh->lease = 0;
+            }
+
+            ngx_shmtx_unlock(&ids[i]->shpool->mutex);
 
             if (ids[i]->fetch.request.data != ids[i]->request.data) {
                 ngx_explicit_memzero(ids[i]->fetch.request.data,
@@ -490,6 +506,16 @@ ngx_http_llm_identity_accept(ngx_http_llm_identity_t *id, cJSON *json)
 
     ngx_shmtx_lock(&id->shpool->mutex);
 
+    /*
+     * a worker of an older configuration, whose identity's slot was
+     * given to a changed line by a reload: its token is not this one's
+     */
+
+    if (sh->hash != id->hash) {
+        ngx_shmtx_unlock(&id->shpool->mutex);
+        return;
+    }
+
     ngx_memcpy(sh->token, token->valuestring, len);
     sh->len = len;
     sh->expires = now + life;
@@ -553,6 +579,12 @@ ngx_http_llm_identity_fail(ngx_http_llm_identity_t *id, u_char *error)
     sh = id->sh;
 
     ngx_shmtx_lock(&id->shpool->mutex);
+
+    if (sh->hash != id->hash) {
+        /* the slot is another line's since a reload (see accept) */
+        ngx_shmtx_unlock(&id->shpool->mutex);
+        return;
+    }
 
     failures = ++sh->failures;
     sh->failed++;
@@ -633,8 +665,21 @@ ngx_http_llm_identity_token(ngx_http_llm_identity_t *id, ngx_str_t *value)
 size_t
 ngx_http_llm_identities_size(ngx_http_llm_main_conf_t *lmcf)
 {
-    return lmcf->identities.nelts * (1024 + 6 * NGX_HTTP_LLM_IDENTITY_ERROR
-                                     + 4 * 256);
+    size_t                     size;
+    ngx_uint_t                 i;
+    ngx_http_llm_identity_t  **ids;
+
+    ids = lmcf->identities.elts;
+    size = 1024;
+
+    /* JSON escapes a byte into 6 at most; Prometheus names it 3 times */
+
+    for (i = 0; i < lmcf->identities.nelts; i++) {
+        size += 1024 + 6 * NGX_HTTP_LLM_IDENTITY_ERROR
+                + 4 * ids[i]->name.len + 6 * ids[i]->endpoint.len;
+    }
+
+    return size;
 }
 
 
@@ -674,13 +719,15 @@ ngx_http_llm_identities_json(u_char *p, ngx_http_llm_main_conf_t *lmcf)
                                     ngx_strlen(sh.error)) = '\0';
 
         p = ngx_sprintf(p, "%s{\"name\":\"%V\",\"source\":\"%V\","
-                        "\"endpoint\":\"%V\",\"state\":\"%s\","
+                        "\"endpoint\":\"", i ? "," : "", &id->name,
+                        &ngx_http_llm_identity_sources[id->source]);
+        p = (u_char *) ngx_escape_json(p, id->endpoint.data,
+                                       id->endpoint.len);
+        p = ngx_sprintf(p, "\",\"state\":\"%s\","
                         "\"expires_in\":%T,\"refresh_in\":%T,"
                         "\"fetched\":%ui,\"failed\":%ui,"
                         "\"failures_in_a_row\":%ui,\"last_error\":\"%s\"}",
-                        i ? "," : "", &id->name,
-                        &ngx_http_llm_identity_sources[id->source],
-                        &id->endpoint, state,
+                        state,
                         sh.len ? ngx_max(sh.expires - now, 0) : 0,
                         sh.len ? ngx_max(sh.refresh - now, 0) : 0,
                         sh.fetched, sh.failed, sh.failures, error);

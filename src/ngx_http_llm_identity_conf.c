@@ -10,6 +10,7 @@
 #include "ngx_http_llm_module.h"
 #include "ngx_http_llm_identity.h"
 #include "ngx_http_llm_identity_conf.h"
+#include "ngx_http_llm_parse.h"
 #include "ngx_http_llm_secret.h"
 #include "ngx_http_llm_tls.h"
 
@@ -23,6 +24,8 @@
 
 static ngx_int_t ngx_http_llm_identity_source(ngx_conf_t *cf,
     ngx_http_llm_identity_t *id);
+static ngx_int_t ngx_http_llm_identity_endpoint(ngx_conf_t *cf,
+    ngx_http_llm_identity_t *id);
 static ngx_int_t ngx_http_llm_identity_request(ngx_conf_t *cf,
     ngx_http_llm_identity_t *id);
 
@@ -30,23 +33,22 @@ static ngx_int_t ngx_http_llm_identity_request(ngx_conf_t *cf,
 static ngx_uint_t  ngx_http_llm_identity_zone_tag;
 
 
-typedef struct {
-    ngx_str_t                    name;
-    size_t                       offset;
-} ngx_http_llm_identity_option_t;
-
-
-static ngx_http_llm_identity_option_t  ngx_http_llm_identity_options[] = {
-    { ngx_string("client_id="),
-      offsetof(ngx_http_llm_identity_t, client_id) },
-    { ngx_string("resource="),
-      offsetof(ngx_http_llm_identity_t, resource) },
-    { ngx_string("endpoint="),
-      offsetof(ngx_http_llm_identity_t, endpoint) },
-    { ngx_string("tenant="),
-      offsetof(ngx_http_llm_identity_t, tenant) },
-    { ngx_string("token_file="),
-      offsetof(ngx_http_llm_identity_t, assertion.path) },
+static ngx_http_llm_option_t  ngx_http_llm_identity_options[] = {
+    { ngx_string("client_id="), NGX_HTTP_LLM_OPTION_STRING,
+      offsetof(ngx_http_llm_identity_t, client_id), 0, 0 },
+    { ngx_string("resource="), NGX_HTTP_LLM_OPTION_STRING,
+      offsetof(ngx_http_llm_identity_t, resource), 0, 0 },
+    { ngx_string("endpoint="), NGX_HTTP_LLM_OPTION_STRING,
+      offsetof(ngx_http_llm_identity_t, endpoint), 0, 0 },
+    { ngx_string("tenant="), NGX_HTTP_LLM_OPTION_STRING,
+      offsetof(ngx_http_llm_identity_t, tenant), 0, 0 },
+    { ngx_string("token_file="), NGX_HTTP_LLM_OPTION_STRING,
+      offsetof(ngx_http_llm_identity_t, assertion.path), 0, 0 },
+    { ngx_string("trusted_certificate="), NGX_HTTP_LLM_OPTION_STRING,
+      offsetof(ngx_http_llm_identity_t, trusted), 0, 0 },
+    { ngx_string("timeout="), NGX_HTTP_LLM_OPTION_MSEC,
+      offsetof(ngx_http_llm_identity_t, timeout), 100, 60000 },
+    { ngx_null_string, 0, 0, 0, 0 }
 };
 
 
@@ -61,11 +63,9 @@ ngx_http_llm_identity(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
     ngx_http_llm_main_conf_t *lmcf = conf;
 
-    size_t                           i, j, k;
-    ngx_str_t                       *value, *field, s, name;
-    ngx_msec_t                       ms;
-    ngx_http_llm_identity_t         *id, **ids;
-    ngx_http_llm_identity_option_t  *o;
+    size_t                     i, j;
+    ngx_str_t                 *value, name;
+    ngx_http_llm_identity_t   *id, **ids;
 
     value = cf->args->elts;
 
@@ -121,66 +121,25 @@ ngx_http_llm_identity(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     id->source = i;
 
     for (i = 3; i < cf->args->nelts; i++) {
-
-        s = value[i];
-
-        /* the options that are a string as written */
-
-        for (k = 0; k < sizeof(ngx_http_llm_identity_options)
-                        / sizeof(ngx_http_llm_identity_option_t); k++)
+        if (ngx_http_llm_parse_option(&value[i], ngx_http_llm_identity_options,
+                                      id)
+            != NGX_OK)
         {
-            o = &ngx_http_llm_identity_options[k];
-
-            if (s.len >= o->name.len
-                && ngx_strncmp(s.data, o->name.data, o->name.len) == 0)
-            {
-                field = (ngx_str_t *) ((u_char *) id + o->offset);
-                field->data = s.data + o->name.len;
-                field->len = s.len - o->name.len;
-                break;
-            }
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "llm_identity \"%V\": invalid parameter "
+                               "\"%V\"", &id->name, &value[i]);
+            return NGX_CONF_ERROR;
         }
+    }
 
-        if (k < sizeof(ngx_http_llm_identity_options)
-                / sizeof(ngx_http_llm_identity_option_t))
-        {
-            continue;
-        }
-
-        if (ngx_strncmp(s.data, "trusted_certificate=", 20) == 0) {
-            id->trusted.data = s.data + 20;
-            id->trusted.len = s.len - 20;
-
-            if (ngx_conf_full_name(cf->cycle, &id->trusted, 1) != NGX_OK) {
-                return NGX_CONF_ERROR;
-            }
-
-            continue;
-        }
-
-        if (ngx_strncmp(s.data, "timeout=", 8) == 0) {
-            name.data = s.data + 8;
-            name.len = s.len - 8;
-            ms = ngx_parse_time(&name, 0);
-
-            if (ms == (ngx_msec_t) NGX_ERROR || ms < 100 || ms > 60000) {
-                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                                   "llm_identity \"%V\": timeout= is from "
-                                   "100ms to 60s", &id->name);
-                return NGX_CONF_ERROR;
-            }
-
-            id->timeout = ms;
-            continue;
-        }
-
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "llm_identity \"%V\": invalid parameter \"%V\"",
-                           &id->name, &s);
+    if (id->trusted.len
+        && ngx_conf_full_name(cf->cycle, &id->trusted, 1) != NGX_OK)
+    {
         return NGX_CONF_ERROR;
     }
 
     if (ngx_http_llm_identity_source(cf, id) != NGX_OK
+        || ngx_http_llm_identity_endpoint(cf, id) != NGX_OK
         || ngx_http_llm_identity_request(cf, id) != NGX_OK)
     {
         return NGX_CONF_ERROR;
@@ -342,18 +301,12 @@ ngx_http_llm_identity_source(ngx_conf_t *cf, ngx_http_llm_identity_t *id)
 }
 
 
-/*
- * The endpoint, resolved now as a "server" line's name is, and the
- * request each fetch sends (a workload identity's gets its form's
- * length and the federated token at each fetch: the file rotates)
- */
+/* the endpoint, resolved now as a "server" line's name is */
 
 static ngx_int_t
-ngx_http_llm_identity_request(ngx_conf_t *cf, ngx_http_llm_identity_t *id)
+ngx_http_llm_identity_endpoint(ngx_conf_t *cf, ngx_http_llm_identity_t *id)
 {
-    u_char     *p;
-    size_t      len, skip;
-    ngx_str_t   scope, uri, version;
+    size_t      skip;
     ngx_uint_t  tls;
 
     if (ngx_strncasecmp(id->endpoint.data, (u_char *) "https://", 8) == 0) {
@@ -411,6 +364,22 @@ ngx_http_llm_identity_request(ngx_conf_t *cf, ngx_http_llm_identity_t *id)
                            "an http:// endpoint", &id->name);
         return NGX_ERROR;
     }
+
+    return NGX_OK;
+}
+
+
+/*
+ * The request each fetch sends (a workload identity's gets its form's
+ * length and the federated token at each fetch: the file rotates)
+ */
+
+static ngx_int_t
+ngx_http_llm_identity_request(ngx_conf_t *cf, ngx_http_llm_identity_t *id)
+{
+    u_char     *p;
+    size_t      len;
+    ngx_str_t   scope, uri, version;
 
     uri = id->url.uri;
     if (uri.len == 0) {

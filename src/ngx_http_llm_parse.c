@@ -173,3 +173,88 @@ ngx_http_llm_parse_count(u_char *p, size_t len)
 
     return n * scale;
 }
+
+
+/*
+ * One "name=value" of a directive, by a table of the directive's
+ * options: NGX_OK when it set its field, NGX_DECLINED when the table has
+ * no such name, NGX_ERROR when the value is bad or out of its bounds
+ * (max 0: none).  A string may not be empty.
+ */
+
+ngx_int_t
+ngx_http_llm_parse_option(ngx_str_t *value, ngx_http_llm_option_t *options,
+    void *conf)
+{
+    u_char                 *field;
+    time_t                  sec;
+    ngx_int_t               n;
+    ngx_str_t               v;
+    ngx_msec_t              ms;
+    ngx_http_llm_option_t  *o;
+
+    for (o = options; o->name.len; o++) {
+        if (value->len >= o->name.len
+            && ngx_strncmp(value->data, o->name.data, o->name.len) == 0)
+        {
+            break;
+        }
+    }
+
+    if (o->name.len == 0) {
+        return NGX_DECLINED;
+    }
+
+    v.data = value->data + o->name.len;
+    v.len = value->len - o->name.len;
+    field = (u_char *) conf + o->offset;
+
+    if (v.len == 0) {
+        return NGX_ERROR;
+    }
+
+    switch (o->type) {
+
+    case NGX_HTTP_LLM_OPTION_STRING:
+        *(ngx_str_t *) field = v;
+        return NGX_OK;
+
+    case NGX_HTTP_LLM_OPTION_NUMBER:
+    case NGX_HTTP_LLM_OPTION_COUNT:
+        n = (o->type == NGX_HTTP_LLM_OPTION_NUMBER)
+            ? ngx_atoi(v.data, v.len) : ngx_http_llm_parse_count(v.data, v.len);
+
+        if (n == NGX_ERROR || (ngx_uint_t) n < o->min
+            || (o->max && (ngx_uint_t) n > o->max))
+        {
+            return NGX_ERROR;
+        }
+
+        *(ngx_uint_t *) field = n;
+        return NGX_OK;
+
+    case NGX_HTTP_LLM_OPTION_MSEC:
+        ms = ngx_parse_time(&v, 0);
+
+        if (ms == (ngx_msec_t) NGX_ERROR || ms < o->min
+            || (o->max && ms > o->max))
+        {
+            return NGX_ERROR;
+        }
+
+        *(ngx_msec_t *) field = ms;
+        return NGX_OK;
+
+    default: /* NGX_HTTP_LLM_OPTION_SEC */
+        sec = ngx_parse_time(&v, 1);
+
+        if (sec == (time_t) NGX_ERROR || (ngx_uint_t) sec < o->min
+            || (o->max && (ngx_uint_t) sec > o->max))
+        {
+            return NGX_ERROR;
+        }
+
+        *(time_t *) field = sec;
+        return NGX_OK;
+    }
+}

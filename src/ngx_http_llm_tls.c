@@ -244,7 +244,16 @@ ngx_http_llm_tls_check_name(ngx_connection_t *c, ngx_str_t *name,
         return NGX_ERROR;
     }
 
-    ngx_cpystrn(ip, name->data, name->len + 1);
+    /* an IPv6 address of a URL comes in brackets, a certificate's not */
+
+    if (name->len > 2 && name->data[0] == '['
+        && name->data[name->len - 1] == ']')
+    {
+        ngx_cpystrn(ip, name->data + 1, name->len - 1);
+
+    } else {
+        ngx_cpystrn(ip, name->data, name->len + 1);
+    }
 
     rc = X509_check_ip_asc(cert, (char *) ip, 0);
 

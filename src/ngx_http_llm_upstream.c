@@ -60,14 +60,83 @@ static ngx_msec_t ngx_http_llm_cooldown(ngx_http_upstream_t *u,
     ngx_http_llm_pool_t *pool, ngx_http_llm_signals_t *sig);
 
 
+/* what becomes the upstream block's server line of a backend */
+
+typedef struct {
+    ngx_str_t                    address;
+    ngx_uint_t                   port;       /* the URL scheme's */
+    ngx_uint_t                   max_fails;
+    time_t                       fail_timeout;
+} ngx_http_llm_server_t;
+
+
+static ngx_int_t ngx_http_llm_backend_url(ngx_conf_t *cf,
+    ngx_http_llm_backend_t *b, ngx_str_t *url, ngx_http_llm_server_t *server);
+static ngx_int_t ngx_http_llm_backend_secret(ngx_conf_t *cf,
+    ngx_http_llm_backend_t *b, ngx_str_t *value);
+static char *ngx_http_llm_backend_server(ngx_conf_t *cf,
+    ngx_http_llm_backend_t *b, ngx_http_upstream_srv_conf_t *uscf,
+    ngx_http_llm_server_t *server);
+
+
+static ngx_http_llm_option_t  ngx_http_llm_balance_options[] = {
+    { ngx_string("cooldown="), NGX_HTTP_LLM_OPTION_MSEC,
+      offsetof(ngx_http_llm_pool_t, cooldown), 0, 0 },
+    { ngx_string("cooldown_max="), NGX_HTTP_LLM_OPTION_MSEC,
+      offsetof(ngx_http_llm_pool_t, cooldown_max), 1, 0 },
+
+    /* only to match a time-compressed simulator: the request window is a
+     * sixth of it, as Azure's 10 s is of its 60 s */
+    { ngx_string("window="), NGX_HTTP_LLM_OPTION_MSEC,
+      offsetof(ngx_http_llm_pool_t, window), 1000, 3600000 },
+
+    { ngx_string("keepalive="), NGX_HTTP_LLM_OPTION_NUMBER,
+      offsetof(ngx_http_llm_pool_t, keepalive), 1, 0 },
+    { ngx_string("keepalive_timeout="), NGX_HTTP_LLM_OPTION_MSEC,
+      offsetof(ngx_http_llm_pool_t, keepalive_timeout), 1, 0 },
+    { ngx_string("keepalive_requests="), NGX_HTTP_LLM_OPTION_NUMBER,
+      offsetof(ngx_http_llm_pool_t, keepalive_requests), 1, 0 },
+    { ngx_null_string, 0, 0, 0, 0 }
+};
+
+
+static ngx_http_llm_option_t  ngx_http_llm_backend_options[] = {
+    { ngx_string("deployment="), NGX_HTTP_LLM_OPTION_STRING,
+      offsetof(ngx_http_llm_backend_t, deployment), 0, 0 },
+    { ngx_string("tpm="), NGX_HTTP_LLM_OPTION_COUNT,
+      offsetof(ngx_http_llm_backend_t, tpm), 0, 0 },
+    { ngx_string("rpm="), NGX_HTTP_LLM_OPTION_COUNT,
+      offsetof(ngx_http_llm_backend_t, rpm), 0, 0 },
+    { ngx_string("priority="), NGX_HTTP_LLM_OPTION_NUMBER,
+      offsetof(ngx_http_llm_backend_t, priority), 0, 0 },
+    { ngx_string("weight="), NGX_HTTP_LLM_OPTION_NUMBER,
+      offsetof(ngx_http_llm_backend_t, weight), 1, 1000 },
+    { ngx_string("reserve="), NGX_HTTP_LLM_OPTION_COUNT,
+      offsetof(ngx_http_llm_backend_t, reserve), 0,
+      NGX_HTTP_LLM_MAX_TOKENS },
+    { ngx_string("identity="), NGX_HTTP_LLM_OPTION_STRING,
+      offsetof(ngx_http_llm_backend_t, identity_name), 0, 0 },
+    { ngx_null_string, 0, 0, 0, 0 }
+};
+
+
+static ngx_http_llm_option_t  ngx_http_llm_server_options[] = {
+    { ngx_string("address="), NGX_HTTP_LLM_OPTION_STRING,
+      offsetof(ngx_http_llm_server_t, address), 0, 0 },
+    { ngx_string("max_fails="), NGX_HTTP_LLM_OPTION_NUMBER,
+      offsetof(ngx_http_llm_server_t, max_fails), 0, 0 },
+    { ngx_string("fail_timeout="), NGX_HTTP_LLM_OPTION_SEC,
+      offsetof(ngx_http_llm_server_t, fail_timeout), 0, 0 },
+    { ngx_null_string, 0, 0, 0, 0 }
+};
+
+
 char *
 ngx_http_llm_balance(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
     ngx_http_llm_pool_t *pool = conf;
 
-    ngx_int_t                      n;
     ngx_str_t                     *value, s;
-    ngx_msec_t                     ms;
     ngx_uint_t                     i;
     ngx_http_llm_pool_t          **pp;
     ngx_http_llm_main_conf_t      *lmcf;
@@ -114,80 +183,10 @@ ngx_http_llm_balance(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
             continue;
         }
 
-        if (ngx_strncmp(value[i].data, "cooldown=", 9) == 0) {
-            s.data = value[i].data + 9;
-            s.len = value[i].len - 9;
-
-            ms = ngx_parse_time(&s, 0);
-            if (ms == (ngx_msec_t) NGX_ERROR) {
-                goto invalid;
-            }
-
-            pool->cooldown = ms;
-            continue;
-        }
-
-        /*
-         * window=: only to match a time-compressed simulator; the request
-         * window is a sixth of it, as Azure's 10 s is of its 60 s
-         */
-
-        if (ngx_strncmp(value[i].data, "window=", 7) == 0) {
-            s.data = value[i].data + 7;
-            s.len = value[i].len - 7;
-
-            ms = ngx_parse_time(&s, 0);
-            if (ms == (ngx_msec_t) NGX_ERROR || ms < 1000 || ms > 3600000) {
-                goto invalid;
-            }
-
-            pool->window = ms;
-            continue;
-        }
-
-        if (ngx_strncmp(value[i].data, "keepalive=", 10) == 0) {
-            n = ngx_atoi(value[i].data + 10, value[i].len - 10);
-            if (n == NGX_ERROR || n == 0) {
-                goto invalid;
-            }
-
-            pool->keepalive = n;
-            continue;
-        }
-
-        if (ngx_strncmp(value[i].data, "keepalive_timeout=", 18) == 0) {
-            s.data = value[i].data + 18;
-            s.len = value[i].len - 18;
-
-            ms = ngx_parse_time(&s, 0);
-            if (ms == (ngx_msec_t) NGX_ERROR || ms == 0) {
-                goto invalid;
-            }
-
-            pool->keepalive_timeout = ms;
-            continue;
-        }
-
-        if (ngx_strncmp(value[i].data, "keepalive_requests=", 19) == 0) {
-            n = ngx_atoi(value[i].data + 19, value[i].len - 19);
-            if (n == NGX_ERROR || n == 0) {
-                goto invalid;
-            }
-
-            pool->keepalive_requests = n;
-            continue;
-        }
-
-        if (ngx_strncmp(value[i].data, "cooldown_max=", 13) == 0) {
-            s.data = value[i].data + 13;
-            s.len = value[i].len - 13;
-
-            ms = ngx_parse_time(&s, 0);
-            if (ms == (ngx_msec_t) NGX_ERROR || ms == 0) {
-                goto invalid;
-            }
-
-            pool->cooldown_max = ms;
+        if (ngx_http_llm_parse_option(&value[i], ngx_http_llm_balance_options,
+                                      pool)
+            == NGX_OK)
+        {
             continue;
         }
 
@@ -277,8 +276,7 @@ invalid:
 /*
  * llm_backend name URL [deployment=] [tpm=] [rpm=] [priority=] [weight=]
  *             [ptu] [reserve=] [key_file= | bearer_file= | identity=]
- *             [address=]
- *             [max_fails=] [fail_timeout=]
+ *             [address=] [max_fails=] [fail_timeout=]
  */
 
 char *
@@ -286,14 +284,12 @@ ngx_http_llm_backend(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
     ngx_http_llm_pool_t *pool = conf;
 
-    u_char                        *p, *last;
-    time_t                         fail_timeout;
-    ngx_int_t                      n, max_fails;
-    ngx_str_t                     *value, s, address, host;
-    ngx_url_t                      u;
-    ngx_uint_t                     i, rpm_set, ssl, port;
+    u_char                        *p;
+    ngx_int_t                      rc;
+    ngx_str_t                     *value;
+    ngx_uint_t                     i;
+    ngx_http_llm_server_t          server;
     ngx_http_llm_backend_t        *b, *ob;
-    ngx_http_upstream_server_t    *us;
     ngx_http_upstream_srv_conf_t  *uscf;
 
     uscf = ngx_http_conf_get_module_srv_conf(cf, ngx_http_upstream_module);
@@ -331,147 +327,22 @@ ngx_http_llm_backend(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     b->name = value[1];
     b->priority = 1;
     b->weight = 1;
+    b->rpm = NGX_CONF_UNSET_UINT;
     b->reserve = NGX_CONF_UNSET_UINT;
     b->pool = pool;
 
-    /* the URL: scheme, host and port; a path is not used */
+    ngx_memzero(&server, sizeof(ngx_http_llm_server_t));
+    server.max_fails = 1;
+    server.fail_timeout = 10;
 
-    s = value[2];
-
-    if (s.len > 8 && ngx_strncasecmp(s.data, (u_char *) "https://", 8) == 0) {
-        ssl = 1;
-        port = 443;
-        s.data += 8;
-        s.len -= 8;
-
-    } else if (s.len > 7
-               && ngx_strncasecmp(s.data, (u_char *) "http://", 7) == 0)
-    {
-        ssl = 0;
-        port = 80;
-        s.data += 7;
-        s.len -= 7;
-
-    } else {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "invalid URL \"%V\": http:// or https:// "
-                           "expected", &value[2]);
+    if (ngx_http_llm_backend_url(cf, b, &value[2], &server) != NGX_OK) {
         return NGX_CONF_ERROR;
     }
-
-    last = s.data + s.len;
-    p = ngx_strlchr(s.data, last, '/');
-    host.data = s.data;
-    host.len = (p ? p : last) - s.data;
-
-    if (host.len == 0) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "invalid URL \"%V\"", &value[2]);
-        return NGX_CONF_ERROR;
-    }
-
-    b->host = host;
-    b->ssl = ssl;
-    address = host;
-
-    rpm_set = 0;
-    max_fails = 1;
-    fail_timeout = 10;
 
     for (i = 3; i < cf->args->nelts; i++) {
 
-        if (ngx_strncmp(value[i].data, "deployment=", 11) == 0) {
-            b->deployment.data = value[i].data + 11;
-            b->deployment.len = value[i].len - 11;
-
-            /* it goes into a path and into a JSON string as it is */
-
-            for (p = b->deployment.data;
-                 p < b->deployment.data + b->deployment.len;
-                 p++)
-            {
-                if (*p <= ' ' || *p == '/' || *p == '?' || *p == '"'
-                    || *p == '\\' || *p == '%' || *p == '#' || *p >= 0x7f)
-                {
-                    goto invalid;
-                }
-            }
-
-            if (b->deployment.len == 0) {
-                goto invalid;
-            }
-
-            continue;
-        }
-
-        if (ngx_strncmp(value[i].data, "tpm=", 4) == 0) {
-            n = ngx_http_llm_parse_count(value[i].data + 4, value[i].len - 4);
-            if (n == NGX_ERROR) {
-                goto invalid;
-            }
-
-            b->tpm = n;
-            continue;
-        }
-
-        if (ngx_strncmp(value[i].data, "rpm=", 4) == 0) {
-            n = ngx_http_llm_parse_count(value[i].data + 4, value[i].len - 4);
-            if (n == NGX_ERROR) {
-                goto invalid;
-            }
-
-            b->rpm = n;
-            rpm_set = 1;
-            continue;
-        }
-
-        if (ngx_strncmp(value[i].data, "priority=", 9) == 0) {
-            n = ngx_atoi(value[i].data + 9, value[i].len - 9);
-            if (n == NGX_ERROR) {
-                goto invalid;
-            }
-
-            b->priority = n;
-            continue;
-        }
-
-        if (ngx_strncmp(value[i].data, "weight=", 7) == 0) {
-            n = ngx_atoi(value[i].data + 7, value[i].len - 7);
-            if (n == NGX_ERROR || n == 0 || n > 1000) {
-                goto invalid;
-            }
-
-            b->weight = n;
-            continue;
-        }
-
-        if (ngx_strncmp(value[i].data, "reserve=", 8) == 0) {
-            n = ngx_http_llm_parse_count(value[i].data + 8, value[i].len - 8);
-            if (n == NGX_ERROR || n > NGX_HTTP_LLM_MAX_TOKENS) {
-                goto invalid;
-            }
-
-            b->reserve = n;
-            continue;
-        }
-
         if (ngx_strcmp(value[i].data, "ptu") == 0) {
             b->ptu = 1;
-            continue;
-        }
-
-        if (ngx_strncmp(value[i].data, "identity=", 9) == 0) {
-            if (b->secret || b->identity_name.len) {
-                goto credentials;
-            }
-
-            b->identity_name.data = value[i].data + 9;
-            b->identity_name.len = value[i].len - 9;
-
-            if (b->identity_name.len == 0) {
-                goto invalid;
-            }
-
             continue;
         }
 
@@ -482,86 +353,190 @@ ngx_http_llm_backend(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
                 goto credentials;
             }
 
-            b->secret = ngx_pcalloc(cf->pool, sizeof(ngx_http_llm_secret_t));
-            if (b->secret == NULL) {
+            rc = ngx_http_llm_backend_secret(cf, b, &value[i]);
+
+            if (rc == NGX_ERROR) {
                 return NGX_CONF_ERROR;
             }
 
-            b->secret->bearer = (value[i].data[0] == 'b');
-            s.data = value[i].data + (b->secret->bearer ? 12 : 9);
-            s.len = value[i].data + value[i].len - s.data;
-
-            if (s.len == 0) {
-                goto invalid;
-            }
-
-            if (ngx_conf_full_name(cf->cycle, &s, 1) != NGX_OK) {
-                return NGX_CONF_ERROR;
-            }
-
-            b->secret->path = s;
-
-            if (ngx_http_llm_secret_value(cf->log, b->secret) != NGX_OK) {
-                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                                   "llm_backend \"%V\": cannot read a "
-                                   "credential from \"%V\"", &b->name, &s);
-                return NGX_CONF_ERROR;
-            }
-
-            continue;
-        }
-
-        if (ngx_strncmp(value[i].data, "address=", 8) == 0) {
-            address.data = value[i].data + 8;
-            address.len = value[i].len - 8;
-
-            if (address.len == 0) {
+            if (rc == NGX_DECLINED) {
                 goto invalid;
             }
 
             continue;
         }
 
-        if (ngx_strncmp(value[i].data, "max_fails=", 10) == 0) {
-            max_fails = ngx_atoi(value[i].data + 10, value[i].len - 10);
-            if (max_fails == NGX_ERROR) {
-                goto invalid;
-            }
+        rc = ngx_http_llm_parse_option(&value[i],
+                                       ngx_http_llm_backend_options, b);
 
-            continue;
+        if (rc == NGX_DECLINED) {
+            rc = ngx_http_llm_parse_option(&value[i],
+                                           ngx_http_llm_server_options,
+                                           &server);
         }
 
-        if (ngx_strncmp(value[i].data, "fail_timeout=", 13) == 0) {
-            s.data = value[i].data + 13;
-            s.len = value[i].len - 13;
-
-            fail_timeout = ngx_parse_time(&s, 1);
-            if (fail_timeout == (time_t) NGX_ERROR) {
-                goto invalid;
-            }
-
-            continue;
+        if (rc != NGX_OK) {
+            goto invalid;
         }
+    }
 
-        goto invalid;
+    if (b->secret && b->identity_name.len) {
+        goto credentials;
+    }
+
+    /* the deployment goes into a path and into a JSON string as it is */
+
+    for (p = b->deployment.data;
+         p < b->deployment.data + b->deployment.len;
+         p++)
+    {
+        if (*p <= ' ' || *p == '/' || *p == '?' || *p == '"' || *p == '\\'
+            || *p == '%' || *p == '#' || *p >= 0x7f)
+        {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid parameter \"deployment=%V\"",
+                               &b->deployment);
+            return NGX_CONF_ERROR;
+        }
     }
 
     /* Azure: 6 requests a minute per 1,000 tokens a minute */
 
-    if (!rpm_set) {
+    if (b->rpm == NGX_CONF_UNSET_UINT) {
         b->rpm = b->tpm * 6 / 1000;
     }
 
+    return ngx_http_llm_backend_server(cf, b, uscf, &server);
+
+credentials:
+
+    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                       "llm_backend \"%V\" has more than one of key_file=, "
+                       "bearer_file= and identity=", &b->name);
+
+    return NGX_CONF_ERROR;
+
+invalid:
+
+    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                       "invalid parameter \"%V\"", &value[i]);
+
+    return NGX_CONF_ERROR;
+}
+
+
+/* the URL: scheme, host and port; a path is not used */
+
+static ngx_int_t
+ngx_http_llm_backend_url(ngx_conf_t *cf, ngx_http_llm_backend_t *b,
+    ngx_str_t *url, ngx_http_llm_server_t *server)
+{
+    u_char     *p, *last;
+    ngx_str_t   s;
+
+    s = *url;
+
+    if (s.len > 8 && ngx_strncasecmp(s.data, (u_char *) "https://", 8) == 0) {
+        b->ssl = 1;
+        server->port = 443;
+        s.data += 8;
+        s.len -= 8;
+
+    } else if (s.len > 7
+               && ngx_strncasecmp(s.data, (u_char *) "http://", 7) == 0)
+    {
+        b->ssl = 0;
+        server->port = 80;
+        s.data += 7;
+        s.len -= 7;
+
+    } else {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid URL \"%V\": http:// or https:// "
+                           "expected", url);
+        return NGX_ERROR;
+    }
+
+    last = s.data + s.len;
+    p = ngx_strlchr(s.data, last, '/');
+
+    b->host.data = s.data;
+    b->host.len = (p ? p : last) - s.data;
+
+    if (b->host.len == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "invalid URL \"%V\"", url);
+        return NGX_ERROR;
+    }
+
+    /* where to connect, unless address= says otherwise */
+
+    server->address = b->host;
+
+    return NGX_OK;
+}
+
+
+/*
+ * key_file= or bearer_file=: the file's first line, read now (as root)
+ * and again by each worker when the file changes; NGX_DECLINED for an
+ * empty path
+ */
+
+static ngx_int_t
+ngx_http_llm_backend_secret(ngx_conf_t *cf, ngx_http_llm_backend_t *b,
+    ngx_str_t *value)
+{
+    ngx_str_t  s;
+
+    b->secret = ngx_pcalloc(cf->pool, sizeof(ngx_http_llm_secret_t));
+    if (b->secret == NULL) {
+        return NGX_ERROR;
+    }
+
+    b->secret->bearer = (value->data[0] == 'b');
+    s.data = value->data + (b->secret->bearer ? 12 : 9);
+    s.len = value->data + value->len - s.data;
+
+    if (s.len == 0) {
+        return NGX_DECLINED;
+    }
+
+    if (ngx_conf_full_name(cf->cycle, &s, 1) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    b->secret->path = s;
+
+    if (ngx_http_llm_secret_value(cf->log, b->secret) != NGX_OK) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "llm_backend \"%V\": cannot read a credential "
+                           "from \"%V\"", &b->name, &s);
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+/* the backend as a server of the upstream block, resolved now */
+
+static char *
+ngx_http_llm_backend_server(ngx_conf_t *cf, ngx_http_llm_backend_t *b,
+    ngx_http_upstream_srv_conf_t *uscf, ngx_http_llm_server_t *server)
+{
+    ngx_url_t                    u;
+    ngx_http_upstream_server_t  *us;
+
     ngx_memzero(&u, sizeof(ngx_url_t));
 
-    u.url = address;
-    u.default_port = (in_port_t) port;
+    u.url = server->address;
+    u.default_port = (in_port_t) server->port;
 
     if (ngx_parse_url(cf->pool, &u) != NGX_OK) {
         if (u.err) {
             ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                                "%s in llm_backend \"%V\" of upstream \"%V\"",
-                               u.err, &address, &uscf->host);
+                               u.err, &server->address, &uscf->host);
         }
 
         return NGX_CONF_ERROR;
@@ -578,27 +553,12 @@ ngx_http_llm_backend(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     us->addrs = u.addrs;
     us->naddrs = u.naddrs;
     us->weight = b->weight;
-    us->max_fails = max_fails;
-    us->fail_timeout = fail_timeout;
+    us->max_fails = server->max_fails;
+    us->fail_timeout = server->fail_timeout;
 
     b->server = uscf->servers->nelts - 1;
 
     return NGX_CONF_OK;
-
-credentials:
-
-    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                       "llm_backend \"%V\" has more than one of key_file=, "
-                       "bearer_file= and identity=", &b->name);
-
-    return NGX_CONF_ERROR;
-
-invalid:
-
-    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                       "invalid parameter \"%V\"", &value[i]);
-
-    return NGX_CONF_ERROR;
 }
 
 

@@ -129,6 +129,32 @@ my $many = join '', map {
     "        llm_backend b$_ http://b$_.example address=127.0.0.1:$_;\n"
 } 1 .. 60;
 
+# each option's value within its bounds, by the directives' one table
+# parser: the bad one is named
+
+for my $case (
+    [ 'llm_balance zone=llm window=500ms;', 'window=500ms' ],
+    [ 'llm_balance zone=llm keepalive=0;', 'keepalive=0' ],
+    [ 'llm_balance zone=llm cooldown_max=soon;', 'cooldown_max=soon' ],
+    [ 'llm_balance zone=llm; llm_backend a http://a weight=0;', 'weight=0' ],
+    [ 'llm_balance zone=llm; llm_backend a http://a weight=1001;',
+      'weight=1001' ],
+    [ 'llm_balance zone=llm; llm_backend a http://a tpm=lots;', 'tpm=lots' ],
+    [ 'llm_balance zone=llm; llm_backend a http://a reserve=200m;',
+      'reserve=200m' ],
+    [ 'llm_balance zone=llm; llm_backend a http://a address=;', 'address=' ],
+    [ 'llm_balance zone=llm; llm_backend a http://a fail_timeout=x;',
+      'fail_timeout=x' ],
+    [ 'llm_balance zone=llm; llm_backend a http://a deployment=a/b;',
+      'deployment=a/b' ],
+) {
+    my ($line, $bad) = @$case;
+    conf_error("bad $bad", qr/invalid parameter "\Q$bad\E"/, <<"END");
+    llm_zone llm:64k;
+    upstream u { $line server 127.0.0.1:1; }
+END
+}
+
 # a zone too small for its backends fails at start, not only at -t
 $t->write_conf(<<"END");
     llm_zone llm:32k;

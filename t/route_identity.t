@@ -18,6 +18,7 @@ use lib "$FindBin::Bin/lib";
 use Test::More;
 use Time::HiRes qw(time sleep);
 use LLMTest;
+use IO::Socket::IP;
 
 my $t = LLMTest->new;
 my $dir = $t->dir;
@@ -27,9 +28,15 @@ print $fh "eyJhbGciOiJSUzI1NiJ9.federated-assertion-secret.c2ln\n";
 close $fh;
 
 my $header = 'app-service-header-secret';
+# IPv6 loopback, where the machine has it: a token endpoint named by an
+# IPv6 address, its certificate checked against that address
+my $v6 = IO::Socket::IP->new(LocalHost => '::1', LocalPort => 0,
+                             Listen => 1) ? free_port() : 0;
+
 my ($idp, $idtls) = $t->start_identity_sim(
     '--client-id', 'client-1', '--tenant', 'tenant-1', '--header', $header,
-    '--assertion-file', "$dir/federated.jwt", '--lifetime', 8);
+    '--assertion-file', "$dir/federated.jwt", '--lifetime', 8,
+    ($v6 ? ('--tls6-port', $v6) : ()));
 
 my %port = map { $_ => free_port() } qw(vm app aks);
 
@@ -41,6 +48,17 @@ $t->start_sim({ control_port => free_port(), deployments => [ map {
 my %lport = map { $_ => free_port() } qw(vm app aks);
 my $listen = $lport{vm};
 
+my $v6conf = $v6 ? <<"END" : '';
+    llm_identity aks6 workload tenant=tenant-1
+        endpoint=https://[::1]:$v6/tenant-1/oauth2/v2.0/token
+        trusted_certificate=$dir/idcerts/ca.pem;
+    upstream aks6 {
+        llm_balance zone=llm;
+        llm_backend aks6 http://127.0.0.1:$port{aks} deployment=dep-aks
+                    tpm=100k identity=aks6;
+    }
+END
+
 my $http = <<"END";
     llm_zone llm:1m;
 
@@ -51,6 +69,7 @@ my $http = <<"END";
         endpoint=https://127.0.0.1:$idtls/tenant-1/oauth2/v2.0/token
         trusted_certificate=$dir/idcerts/ca.pem;
 
+$v6conf
     log_format auth '\$request_uri \$status \$llm_backend_authorization';
 
     upstream vm {
@@ -123,12 +142,20 @@ sub identities {
 }
 
 ok(wait_for(10, sub { my $i = identities();
-                      3 == grep { $i->{$_}{state} eq 'ready' } keys %$i }),
+                      ($v6 ? 4 : 3)
+                      == grep { $i->{$_}{state} eq 'ready' } keys %$i }),
    'every identity has a token')
     or diag explain identities();
 
+SKIP: {
+    skip 'no IPv6 loopback here', 1 unless $v6;
+    is(identities()->{aks6}{state}, 'ready',
+       'https://[::1]: the certificate checked against the address');
+}
+
 my $ids = $t->identity_stats;
-is_deeply($ids->{issued}, { imds => 1, app_service => 1, workload => 1 },
+is_deeply($ids->{issued}, { imds => 1, app_service => 1,
+                            workload => $v6 ? 2 : 1 },
           'one token per identity for both workers')
     or diag explain $ids;
 is_deeply($ids->{refused}, [], 'the stand-in refused nothing');
@@ -244,6 +271,16 @@ like($metrics, qr/^llm_identity_token_expiry_seconds\{identity="aks"\} \d+$/m,
      'prometheus: expiry');
 like($metrics, qr/^llm_identity_fetches_total\{identity="vm"\} \d+$/m,
      'prometheus: fetches');
+
+SKIP: {
+    skip 'promtool not installed (Debian package prometheus)', 1
+        unless -x '/usr/bin/promtool';
+    open my $out, '>', "$dir/metrics.txt" or die;
+    print $out $metrics;
+    close $out;
+    my $check = `/usr/bin/promtool check metrics < $dir/metrics.txt 2>&1`;
+    is($?, 0, 'promtool check metrics') or diag $check;
+}
 
 # the configuration's mistakes, said at start
 

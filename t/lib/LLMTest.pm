@@ -528,7 +528,8 @@ sub start_sim {
 
 # tools/identity-sim, the managed identity endpoints' stand-in, on free
 # loopback ports (the second over TLS, its CA in $dir/idcerts/ca.pem);
-# @args go to it as they are; returns (port, TLS port)
+# @args go to it as they are (--tls6-port P: TLS on [::1] as well);
+# returns (port, TLS port)
 
 sub start_identity_sim {
     my ($self, @args) = @_;
