@@ -22,6 +22,16 @@ static void ngx_http_llm_rbtree_insert_value(ngx_rbtree_node_t *temp,
     ngx_rbtree_node_t *node, ngx_rbtree_node_t *sentinel);
 static ngx_http_llm_backend_sh_t *ngx_http_llm_lookup(
     ngx_http_llm_zone_t *zone, ngx_str_t *key, uint32_t hash);
+static ngx_int_t ngx_http_llm_choose_shared(ngx_http_llm_zone_t *zone,
+    ngx_http_llm_ctx_t *ctx, uintptr_t *tried, ngx_msec_t now,
+    ngx_uint_t *shared, ngx_uint_t *scale);
+static ngx_msec_t ngx_http_llm_room(ngx_http_llm_pool_t *pool,
+    ngx_http_llm_backend_t *b, ngx_uint_t charge, ngx_uint_t leased,
+    int64_t credit, ngx_uint_t scale, ngx_msec_t now, ngx_uint_t *room);
+static void ngx_http_llm_take(ngx_http_llm_zone_t *zone,
+    ngx_http_llm_pool_t *pool, ngx_http_llm_backend_t *b,
+    ngx_http_llm_ctx_t *ctx, ngx_uint_t charge, ngx_uint_t shared,
+    ngx_msec_t now);
 static ngx_uint_t ngx_http_llm_latency(ngx_http_llm_pool_t *pool,
     ngx_http_llm_backend_sh_t *sh, ngx_http_llm_ctx_t *ctx, ngx_msec_t now);
 
@@ -634,10 +644,10 @@ ngx_http_llm_choose(ngx_http_llm_pool_t *pool, ngx_http_llm_ctx_t *ctx,
 {
     int64_t                     credit;
     ngx_int_t                   lease;
-    ngx_msec_t                  now, w, wr;
+    ngx_msec_t                  now, w;
     ngx_uint_t                  i, charge, best_charge, room, score,
-                                best_score, per10s, word, bit, was_tried,
-                                remote, shared, missing, scale, tpm;
+                                best_score, word, bit, was_tried, shared,
+                                missing, scale;
     ngx_slab_pool_t            *shpool;
     ngx_http_llm_zone_t        *zone;
     ngx_http_llm_backend_t     *b, *best;
@@ -654,50 +664,13 @@ ngx_http_llm_choose(ngx_http_llm_pool_t *pool, ngx_http_llm_ctx_t *ctx,
 
     b = pool->backends.elts;
 
-    /*
-     * a zone shared through Redis admits on the backends' leases (see
-     * ngx_http_llm_backend_share.c); admission (not a retry) waits for
-     * them, redis_timeout= at most; without Redis, each backend's limit
-     * is redis_share= of itself
-     */
-
-    shared = 0;
     missing = 0;
-    scale = 100;
-    ctx->lease_wait = 0;
 
-    if (zone->share) {
-        if (ctx->share_since
-            && now - ctx->share_since >= zone->share_conf->redis.timeout)
-        {
-            ctx->share_local = 1;
-        }
-
-        if (!ctx->share_local) {
-            switch (ngx_http_llm_share_state(zone->share)) {
-
-            case NGX_HTTP_LLM_REDIS_READY:
-                shared = 1;
-                break;
-
-            case NGX_HTTP_LLM_REDIS_CONNECTING:
-                if (tried == NULL) {
-                    ctx->lease_wait = 1;
-                    *wait = 1;
-                    return NULL;
-                }
-
-                /* fall through */
-
-            default:
-                ctx->share_local = 1;
-                (void) ngx_atomic_fetch_add(&zone->sh->share.degraded, 1);
-            }
-        }
-
-        if (ctx->share_local) {
-            scale = zone->share_conf->share;
-        }
+    if (ngx_http_llm_choose_shared(zone, ctx, tried, now, &shared, &scale)
+        == NGX_AGAIN)
+    {
+        *wait = 1;
+        return NULL;
     }
 
     ngx_shmtx_lock(&shpool->mutex);
@@ -759,53 +732,8 @@ ngx_http_llm_choose(ngx_http_llm_pool_t *pool, ngx_http_llm_ctx_t *ctx,
             }
         }
 
-        tpm = b[i].tpm ? ngx_max(b[i].tpm * scale / 100, 1) : 0;
-
-        if (lease == NGX_OK) {
-            w = 0;
-            room = (credit > 0) ? (ngx_uint_t) credit : 0;
-
-        } else if (tpm) {
-            w = ngx_http_llm_window_wait(sh->tokens,
-                                         NGX_HTTP_LLM_TOKEN_SLOTS,
-                                         pool->token_slot_ms,
-                                         sh->tokens_last, sh->tokens_sum,
-                                         tpm, charge, now);
-            room = (sh->tokens_sum < tpm) ? tpm - sh->tokens_sum : 0;
-
-        } else {
-            w = 0;
-            room = NGX_HTTP_LLM_UNLIMITED;
-        }
-
-        /*
-         * remote truth wins: what the backend said it had left a moment
-         * ago, less what we charged it since, bounds our own view; other
-         * nginx instances' traffic shows up only there
-         */
-
-        if (sh->remote_tokens > 0
-            && now - sh->remote_time < pool->remote_fresh)
-        {
-            remote = ((ngx_uint_t) sh->remote_tokens > sh->remote_charged)
-                     ? sh->remote_tokens - sh->remote_charged : 0;
-
-            if (charge > remote) {
-                w = ngx_max(w, sh->remote_time + pool->remote_fresh - now);
-            }
-
-            room = ngx_min(room, remote);
-        }
-
-        if (b[i].rpm && lease != NGX_OK) {
-            per10s = ngx_max(b[i].rpm * scale / 100 / 6, 1);
-            wr = ngx_http_llm_window_wait(sh->requests_slot,
-                                          NGX_HTTP_LLM_REQ_SLOTS,
-                                          pool->request_slot_ms,
-                                          sh->requests_last,
-                                          sh->requests_sum, per10s, 1, now);
-            w = ngx_max(w, wr);
-        }
+        w = ngx_http_llm_room(pool, &b[i], charge, lease == NGX_OK, credit,
+                              scale, now, &room);
 
         if (w) {
             *wait = ngx_min(*wait, w);
@@ -835,36 +763,7 @@ ngx_http_llm_choose(ngx_http_llm_pool_t *pool, ngx_http_llm_ctx_t *ctx,
     }
 
     if (best) {
-        sh = best->sh;
-
-        ngx_http_llm_window_add(sh->tokens, NGX_HTTP_LLM_TOKEN_SLOTS,
-                                pool->token_slot_ms, sh->tokens_last,
-                                &sh->tokens_sum, best_charge, now);
-        ngx_http_llm_window_add(sh->requests_slot, NGX_HTTP_LLM_REQ_SLOTS,
-                                pool->request_slot_ms, sh->requests_last,
-                                &sh->requests_sum, 1, now);
-        sh->in_flight++;
-        sh->requests++;
-        sh->tokens_charged += best_charge;
-        sh->remote_charged += best_charge;
-
-        /* the request owns the in-flight count until its attempt ends */
-
-        ctx->charged = best_charge;
-        ctx->charged_at = now;
-        ctx->held = 1;
-        ctx->in_flight = 1;
-
-        /* Redis hears of it with the next report, with or without it */
-
-        if (sh->share && zone->share) {
-            ngx_http_llm_backend_spend(zone, pool, sh, best_charge, 1, now,
-                                       now);
-
-            if (shared) {
-                ngx_http_llm_backend_renew(zone, pool, sh, best_charge, now);
-            }
-        }
+        ngx_http_llm_take(zone, pool, best, ctx, best_charge, shared, now);
 
     } else if (missing && tried == NULL) {
         /* leases asked for: admission looks again in a moment */
@@ -876,6 +775,171 @@ ngx_http_llm_choose(ngx_http_llm_pool_t *pool, ngx_http_llm_ctx_t *ctx,
     ngx_shmtx_unlock(&shpool->mutex);
 
     return best;
+}
+
+
+/*
+ * A zone shared through Redis admits on the backends' leases (see
+ * ngx_http_llm_backend_share.c): *shared.  Admission (not a retry)
+ * waits for the link while it connects, redis_timeout= at most
+ * (NGX_AGAIN); without the link, each backend's limit is redis_share=
+ * of itself: *scale, in percent.
+ */
+
+static ngx_int_t
+ngx_http_llm_choose_shared(ngx_http_llm_zone_t *zone,
+    ngx_http_llm_ctx_t *ctx, uintptr_t *tried, ngx_msec_t now,
+    ngx_uint_t *shared, ngx_uint_t *scale)
+{
+    *shared = 0;
+    *scale = 100;
+    ctx->lease_wait = 0;
+
+    if (zone->share == NULL) {
+        return NGX_OK;
+    }
+
+    if (ctx->share_since
+        && now - ctx->share_since >= zone->share_conf->redis.timeout)
+    {
+        ctx->share_local = 1;
+    }
+
+    if (!ctx->share_local) {
+        switch (ngx_http_llm_share_state(zone->share)) {
+
+        case NGX_HTTP_LLM_REDIS_READY:
+            *shared = 1;
+            break;
+
+        case NGX_HTTP_LLM_REDIS_CONNECTING:
+            if (tried == NULL) {
+                ctx->lease_wait = 1;
+                return NGX_AGAIN;
+            }
+
+            /* fall through */
+
+        default:
+            ctx->share_local = 1;
+            (void) ngx_atomic_fetch_add(&zone->sh->share.degraded, 1);
+        }
+    }
+
+    if (ctx->share_local) {
+        *scale = zone->share_conf->share;
+    }
+
+    return NGX_OK;
+}
+
+
+/*
+ * A backend's room for a charge, under the zone's lock: *room, and the
+ * time until the charge fits (0: now) in its token window (or its
+ * Redis lease, when it holds one), its request window, and what it said
+ * of itself
+ */
+
+static ngx_msec_t
+ngx_http_llm_room(ngx_http_llm_pool_t *pool, ngx_http_llm_backend_t *b,
+    ngx_uint_t charge, ngx_uint_t leased, int64_t credit, ngx_uint_t scale,
+    ngx_msec_t now, ngx_uint_t *room)
+{
+    ngx_msec_t                  w, wr;
+    ngx_uint_t                  tpm, remote, per10s;
+    ngx_http_llm_backend_sh_t  *sh;
+
+    sh = b->sh;
+    tpm = b->tpm ? ngx_max(b->tpm * scale / 100, 1) : 0;
+
+    if (leased) {
+        w = 0;
+        *room = (credit > 0) ? (ngx_uint_t) credit : 0;
+
+    } else if (tpm) {
+        w = ngx_http_llm_window_wait(sh->tokens, NGX_HTTP_LLM_TOKEN_SLOTS,
+                                     pool->token_slot_ms, sh->tokens_last,
+                                     sh->tokens_sum, tpm, charge, now);
+        *room = (sh->tokens_sum < tpm) ? tpm - sh->tokens_sum : 0;
+
+    } else {
+        w = 0;
+        *room = NGX_HTTP_LLM_UNLIMITED;
+    }
+
+    /*
+     * remote truth wins: what the backend said it had left a moment
+     * ago, less what we charged it since, bounds our own view; other
+     * nginx instances' traffic shows up only there
+     */
+
+    if (sh->remote_tokens > 0 && now - sh->remote_time < pool->remote_fresh)
+    {
+        remote = ((ngx_uint_t) sh->remote_tokens > sh->remote_charged)
+                 ? sh->remote_tokens - sh->remote_charged : 0;
+
+        if (charge > remote) {
+            w = ngx_max(w, sh->remote_time + pool->remote_fresh - now);
+        }
+
+        *room = ngx_min(*room, remote);
+    }
+
+    if (b->rpm && !leased) {
+        per10s = ngx_max(b->rpm * scale / 100 / 6, 1);
+        wr = ngx_http_llm_window_wait(sh->requests_slot,
+                                      NGX_HTTP_LLM_REQ_SLOTS,
+                                      pool->request_slot_ms,
+                                      sh->requests_last, sh->requests_sum,
+                                      per10s, 1, now);
+        w = ngx_max(w, wr);
+    }
+
+    return w;
+}
+
+
+/*
+ * The chosen backend charged, under the zone's lock: both windows, its
+ * counters, and the request's context, which owns the charge and the
+ * in-flight count until its attempt ends
+ */
+
+static void
+ngx_http_llm_take(ngx_http_llm_zone_t *zone, ngx_http_llm_pool_t *pool,
+    ngx_http_llm_backend_t *b, ngx_http_llm_ctx_t *ctx, ngx_uint_t charge,
+    ngx_uint_t shared, ngx_msec_t now)
+{
+    ngx_http_llm_backend_sh_t  *sh;
+
+    sh = b->sh;
+
+    ngx_http_llm_window_add(sh->tokens, NGX_HTTP_LLM_TOKEN_SLOTS,
+                            pool->token_slot_ms, sh->tokens_last,
+                            &sh->tokens_sum, charge, now);
+    ngx_http_llm_window_add(sh->requests_slot, NGX_HTTP_LLM_REQ_SLOTS,
+                            pool->request_slot_ms, sh->requests_last,
+                            &sh->requests_sum, 1, now);
+    sh->in_flight++;
+    sh->requests++;
+    sh->tokens_charged += charge;
+    sh->remote_charged += charge;
+
+    ctx->charged = charge;
+    ctx->charged_at = now;
+    ctx->held = 1;
+    ctx->in_flight = 1;
+
+    /* Redis hears of it with the next report, with or without it */
+
+    if (sh->share && zone->share) {
+        ngx_http_llm_backend_spend(zone, pool, sh, charge, 1, now, now);
+
+        if (shared) {
+            ngx_http_llm_backend_renew(zone, pool, sh, charge, now);
+        }
+    }
 }
 
 
