@@ -34,6 +34,11 @@
 #define NGX_HTTP_LLM_EVICT_MAX  16
 
 
+static ngx_int_t ngx_http_llm_consumers_never(ngx_http_llm_ctx_t *ctx,
+    ngx_uint_t need, ngx_uint_t cost);
+static ngx_int_t ngx_http_llm_consumers_shared(ngx_http_llm_zone_t *zone,
+    ngx_http_llm_ctx_t *ctx, ngx_msec_t now, ngx_uint_t *shared,
+    ngx_uint_t *scale);
 static ngx_int_t ngx_http_llm_consumers_key(ngx_http_request_t *r,
     ngx_http_llm_ctx_t *ctx, ngx_array_t *limits);
 static ngx_http_llm_consumer_sh_t *ngx_http_llm_consumer_lookup(
@@ -225,6 +230,101 @@ ngx_http_llm_limit_period(ngx_str_t *s)
 
 
 /*
+ * A request larger than a consumer's whole window, quota or budget:
+ * waiting would never help (NGX_DECLINED, with the limit in ctx)
+ */
+
+static ngx_int_t
+ngx_http_llm_consumers_never(ngx_http_llm_ctx_t *ctx, ngx_uint_t need,
+    ngx_uint_t cost)
+{
+    ngx_uint_t                i;
+    ngx_http_llm_limit_t     *limit;
+    ngx_http_llm_consumer_t  *c;
+
+    c = ctx->consumers;
+
+    for (i = 0; i < ctx->nconsumers; i++) {
+        limit = c[i].limit;
+
+        if (limit->tpm && need > limit->tpm) {
+            ctx->over_kind = NGX_HTTP_LLM_OVER_TOKENS;
+
+        } else if (limit->quota && need > limit->quota) {
+            ctx->over_kind = NGX_HTTP_LLM_OVER_QUOTA;
+
+        } else if (limit->budget && cost > limit->budget) {
+            ctx->over_kind = NGX_HTTP_LLM_OVER_BUDGET;
+
+        } else {
+            continue;
+        }
+
+        ctx->over = limit;
+        ctx->over_consumer = &c[i];
+        ctx->cost_estimate = cost;
+
+        return NGX_DECLINED;
+    }
+
+    return NGX_OK;
+}
+
+
+/*
+ * A zone shared through Redis admits on its leases (*shared); until this
+ * worker's connection first answers, a request waits for it
+ * (NGX_AGAIN), as long as redis_timeout= at most; without Redis, each
+ * limit is the share of it that redis_share= gives this instance
+ * (*scale, in percent)
+ */
+
+static ngx_int_t
+ngx_http_llm_consumers_shared(ngx_http_llm_zone_t *zone,
+    ngx_http_llm_ctx_t *ctx, ngx_msec_t now, ngx_uint_t *shared,
+    ngx_uint_t *scale)
+{
+    ngx_uint_t  state;
+
+    *shared = 0;
+    *scale = 100;
+
+    if (zone->share && !ctx->share_local) {
+        state = ngx_http_llm_share_state(zone->share);
+
+        if (ctx->share_since
+            && now - ctx->share_since >= zone->share_conf->redis.timeout)
+        {
+            ctx->share_local = 1;
+
+        } else if (state == NGX_HTTP_LLM_REDIS_READY) {
+            *shared = 1;
+
+        } else if (state == NGX_HTTP_LLM_REDIS_CONNECTING) {
+            if (ctx->share_since == 0) {
+                ctx->share_since = now ? now : 1;
+            }
+
+            return NGX_AGAIN;
+
+        } else {
+            ctx->share_local = 1;
+        }
+
+        if (ctx->share_local) {
+            (void) ngx_atomic_fetch_add(&zone->sh->share.degraded, 1);
+        }
+    }
+
+    if (ctx->share_local) {
+        *scale = zone->share_conf->share;
+    }
+
+    return NGX_OK;
+}
+
+
+/*
  * Admission, before any backend is charged: every consumer of the
  * request must have room for its estimate in both windows, else none is
  * charged and *wait gets the time until all of them have room.  The
@@ -240,7 +340,7 @@ ngx_http_llm_consumers_charge(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
     time_t                       sec;
     ngx_msec_t                   now, w;
     ngx_uint_t                   i, need, cost, nomem, missing, shared;
-    ngx_uint_t                   scale, state, kind;
+    ngx_uint_t                   scale, kind;
     ngx_http_llm_zone_t         *zone;
     ngx_http_llm_limit_t        *limit;
     ngx_http_llm_consumer_t     *c;
@@ -270,76 +370,22 @@ ngx_http_llm_consumers_charge(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
     need = ctx->tokens_estimate;
     cost = ngx_http_llm_cost_estimate(r, ctx);
 
-    /* larger than a whole window or period: waiting would never help */
-
-    for (i = 0; i < ctx->nconsumers; i++) {
-        limit = c[i].limit;
-
-        if (limit->tpm && need > limit->tpm) {
-            ctx->over_kind = NGX_HTTP_LLM_OVER_TOKENS;
-
-        } else if (limit->quota && need > limit->quota) {
-            ctx->over_kind = NGX_HTTP_LLM_OVER_QUOTA;
-
-        } else if (limit->budget && cost > limit->budget) {
-            ctx->over_kind = NGX_HTTP_LLM_OVER_BUDGET;
-
-        } else {
-            continue;
-        }
-
-        ctx->over = limit;
-        ctx->over_consumer = &c[i];
-        ctx->cost_estimate = cost;
-
+    if (ngx_http_llm_consumers_never(ctx, need, cost) != NGX_OK) {
         return NGX_DECLINED;
     }
+
     now = ngx_current_msec;
     sec = ngx_time();
     nomem = 0;
     missing = 0;
-    shared = 0;
-    scale = 100;
 
     ctx->over = NULL;
     ctx->over_consumer = NULL;
 
-    /*
-     * A zone shared through Redis admits on its leases; until this
-     * worker's connection first answers, a request waits for it, as long
-     * as redis_timeout= at most; without Redis, each limit is the share
-     * of it that redis_share= gives this instance
-     */
-
-    if (zone->share && !ctx->share_local) {
-        state = ngx_http_llm_share_state(zone->share);
-
-        if (ctx->share_since
-            && now - ctx->share_since >= zone->share_conf->redis.timeout)
-        {
-            ctx->share_local = 1;
-
-        } else if (state == NGX_HTTP_LLM_REDIS_READY) {
-            shared = 1;
-
-        } else if (state == NGX_HTTP_LLM_REDIS_CONNECTING) {
-            if (ctx->share_since == 0) {
-                ctx->share_since = now ? now : 1;
-            }
-
-            return NGX_AGAIN;
-
-        } else {
-            ctx->share_local = 1;
-        }
-
-        if (ctx->share_local) {
-            (void) ngx_atomic_fetch_add(&zone->sh->share.degraded, 1);
-        }
-    }
-
-    if (ctx->share_local) {
-        scale = zone->share_conf->share;
+    if (ngx_http_llm_consumers_shared(zone, ctx, now, &shared, &scale)
+        == NGX_AGAIN)
+    {
+        return NGX_AGAIN;
     }
 
     ngx_shmtx_lock(&zone->shpool->mutex);

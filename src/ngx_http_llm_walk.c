@@ -76,6 +76,15 @@ typedef struct {
      */
     ngx_http_llm_sum_t    *sum;
     ngx_http_llm_guess_t   guess;
+
+    /* what the body's other members say */
+    ngx_str_t              model;
+    size_t                 model_start;  /* its place, quotes included */
+    size_t                 model_end;
+    ngx_uint_t             stream;
+    ngx_uint_t             options;
+    ngx_uint_t             numbers;      /* which of number[] were set */
+    double                 number[NGX_HTTP_LLM_N_LAST];
 } ngx_http_llm_walk_t;
 
 
@@ -121,6 +130,13 @@ static ngx_http_llm_walk_name_t  ngx_http_llm_walk_names[] = {
 };
 
 
+static ngx_inline ngx_uint_t ngx_http_llm_walk_member(ngx_str_t *key);
+static u_char *ngx_http_llm_walk_messages(ngx_http_request_t *r,
+    ngx_http_llm_ctx_t *ctx, ngx_http_llm_walk_t *w, u_char *p,
+    ngx_uint_t seen, ngx_http_llm_sum_t *sum);
+static ngx_int_t ngx_http_llm_walk_done(ngx_http_request_t *r,
+    ngx_http_llm_ctx_t *ctx, ngx_http_llm_walk_t *w,
+    ngx_http_llm_sum_t *sum);
 static u_char *ngx_http_llm_walk_message(ngx_http_llm_walk_t *w, u_char *p);
 static ngx_inline ngx_uint_t ngx_http_llm_walk_ascii(u_char *p, size_t len,
     u_char *end);
@@ -168,19 +184,12 @@ ngx_int_t
 ngx_http_llm_walk(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
     ngx_str_t *body)
 {
-    u_char                   *p, *end;
-    size_t                    n, model_start, model_end;
-    uint64_t                  v;
-    double                    number[NGX_HTTP_LLM_N_LAST];
-    ngx_str_t                 key, model;
-    ngx_uint_t                i, seen, member, stream, options, escaped,
-                              numbers, done;
-    ngx_http_llm_sum_t        sum;
-    ngx_http_llm_span_t      *span;
-    ngx_http_llm_walk_t       w;
-    ngx_http_llm_loc_conf_t  *llcf;
-
-    llcf = ngx_http_get_module_loc_conf(r, ngx_http_llm_module);
+    u_char              *p, *end;
+    uint64_t             v;
+    ngx_str_t            key;
+    ngx_uint_t           i, seen, member, escaped, done;
+    ngx_http_llm_sum_t   sum;
+    ngx_http_llm_walk_t  w;
 
     p = body->data;
     end = p + body->len;
@@ -202,15 +211,15 @@ ngx_http_llm_walk(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
 
     /* made when a text has to be kept */
     ngx_memzero(&w.spans, sizeof(ngx_array_t));
-    ngx_memzero(number, sizeof(number));
+    ngx_memzero(w.number, sizeof(w.number));
 
-    ngx_str_null(&model);
-    model_start = 0;
-    model_end = 0;
-    stream = 0;
-    options = 0;
+    ngx_str_null(&w.model);
+    w.model_start = 0;
+    w.model_end = 0;
+    w.stream = 0;
+    w.options = 0;
+    w.numbers = 0;
     seen = 0;
-    numbers = 0;
 
     p = ngx_http_llm_walk_open(p, end, &done);
 
@@ -223,21 +232,7 @@ ngx_http_llm_walk(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
             return NGX_DECLINED;
         }
 
-        member = NGX_HTTP_LLM_W_OTHER;
-
-        for (i = 0; i < sizeof(ngx_http_llm_walk_names)
-                        / sizeof(ngx_http_llm_walk_name_t); i++)
-        {
-            if (key.len == ngx_http_llm_walk_names[i].name.len
-                && key.data[0] == ngx_http_llm_walk_names[i].name.data[0]
-                && ngx_memcmp(key.data, ngx_http_llm_walk_names[i].name.data,
-                              key.len)
-                   == 0)
-            {
-                member = ngx_http_llm_walk_names[i].member;
-                break;
-            }
-        }
+        member = ngx_http_llm_walk_member(&key);
 
         /* the tree's walk takes a member's first value: no second one */
 
@@ -262,75 +257,31 @@ ngx_http_llm_walk(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
             p = ngx_http_llm_walk_string(p, end, &escaped);
 
             if (p == NULL
-                || ngx_http_llm_walk_text(&w, key.data, p, escaped, &model)
+                || ngx_http_llm_walk_text(&w, key.data, p, escaped, &w.model)
                    != NGX_OK)
             {
                 return NGX_DECLINED;
             }
 
             /* where the v1 API's deployment is, quotes included */
-            model_start = key.data - 1 - body->data;
-            model_end = p + 1 - body->data;
+            w.model_start = key.data - 1 - body->data;
+            w.model_end = p + 1 - body->data;
 
             p++;
             break;
 
         case NGX_HTTP_LLM_W_STREAM:
-            stream = (end - p >= 4 && ngx_memcmp(p, "true", 4) == 0);
+            w.stream = (end - p >= 4 && ngx_memcmp(p, "true", 4) == 0);
             p = ngx_http_llm_walk_value(p, end, 1);
             break;
 
         case NGX_HTTP_LLM_W_STREAM_OPTIONS:
-            options = 1;
+            w.options = 1;
             p = ngx_http_llm_walk_value(p, end, 1);
             break;
 
         case NGX_HTTP_LLM_W_MESSAGES:
-
-            if (ngx_http_llm_walk_null(p, end)) {
-                p += 4;
-                break;
-            }
-
-            if (*p != '[') {
-                return NGX_DECLINED;
-            }
-
-            /*
-             * the encoding is known: texts are guessed as they come
-             * (sum has no vocabulary then); a tokenizer's count waits
-             * until the body is accepted, as a body the walk declines
-             * is counted again by the tree
-             */
-
-            if (llcf->count != NGX_HTTP_LLM_COUNT_EXACT
-                && (llcf->encoding || (seen & (1 << NGX_HTTP_LLM_W_MODEL))))
-            {
-                ngx_http_llm_sum_init(r, model.len ? &model : &ctx->model,
-                                      &sum);
-                w.sum = &sum;
-                ngx_http_llm_guess_init(&w.guess, sum.encoding);
-            }
-
-            p = ngx_http_llm_walk_open(p, end, &done);
-
-            while (!done) {
-                p = ngx_http_llm_walk_message(&w, p);
-                p = ngx_http_llm_walk_next(p, end, ']', &done);
-
-                if (p == NULL) {
-                    return NGX_DECLINED;
-                }
-
-                w.messages++;
-            }
-
-            if (w.sum) {
-                sum.weight += ngx_http_llm_guess_done(&w.guess, &n);
-                sum.chars += n;
-            }
-
-            done = 0;
+            p = ngx_http_llm_walk_messages(r, ctx, &w, p, seen, &sum);
             break;
 
         case NGX_HTTP_LLM_W_RESPONSE_FORMAT:
@@ -353,13 +304,15 @@ ngx_http_llm_walk(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
             if (*p == '-' || ngx_http_llm_walk_digit(*p)) {
                 i = member - NGX_HTTP_LLM_W_NUMBER;
                 p = ngx_http_llm_walk_count(p, end, &v);
-                number[i] = (double) v;
-                numbers |= (ngx_uint_t) 1 << i;
+                w.number[i] = (double) v;
+                w.numbers |= (ngx_uint_t) 1 << i;
 
             } else {
                 p = ngx_http_llm_walk_value(p, end, 1);
             }
         }
+
+        /* a value that failed (NULL) ends the walk there */
 
         p = ngx_http_llm_walk_next(p, end, '}', &done);
         if (p == NULL) {
@@ -375,20 +328,112 @@ ngx_http_llm_walk(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
         return NGX_DECLINED;
     }
 
-    /* the body is read: now ctx changes */
+    return ngx_http_llm_walk_done(r, ctx, &w, &sum);
+}
 
-    if (model.len) {
-        ctx->model.data = ngx_pnalloc(r->pool, model.len);
+
+/* a member's name: one the walk counts, declines, or skips */
+
+static ngx_inline ngx_uint_t
+ngx_http_llm_walk_member(ngx_str_t *key)
+{
+    ngx_uint_t  i;
+
+    for (i = 0; i < sizeof(ngx_http_llm_walk_names)
+                    / sizeof(ngx_http_llm_walk_name_t); i++)
+    {
+        if (key->len == ngx_http_llm_walk_names[i].name.len
+            && key->data[0] == ngx_http_llm_walk_names[i].name.data[0]
+            && ngx_memcmp(key->data, ngx_http_llm_walk_names[i].name.data,
+                          key->len)
+               == 0)
+        {
+            return ngx_http_llm_walk_names[i].member;
+        }
+    }
+
+    return NGX_HTTP_LLM_W_OTHER;
+}
+
+
+/*
+ * "messages": each message walked; NULL declines the body.  With the
+ * encoding known, texts are guessed as they come (sum has no vocabulary
+ * then); a tokenizer's count waits until the body is accepted, as a
+ * body the walk declines is counted again by the tree.
+ */
+
+static u_char *
+ngx_http_llm_walk_messages(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
+    ngx_http_llm_walk_t *w, u_char *p, ngx_uint_t seen,
+    ngx_http_llm_sum_t *sum)
+{
+    size_t                    n;
+    ngx_uint_t                done;
+    ngx_http_llm_loc_conf_t  *llcf;
+
+    if (ngx_http_llm_walk_null(p, w->end)) {
+        return p + 4;
+    }
+
+    if (*p != '[') {
+        return NULL;
+    }
+
+    llcf = ngx_http_get_module_loc_conf(r, ngx_http_llm_module);
+
+    if (llcf->count != NGX_HTTP_LLM_COUNT_EXACT
+        && (llcf->encoding || (seen & (1 << NGX_HTTP_LLM_W_MODEL))))
+    {
+        ngx_http_llm_sum_init(r, w->model.len ? &w->model : &ctx->model,
+                              sum);
+        w->sum = sum;
+        ngx_http_llm_guess_init(&w->guess, sum->encoding);
+    }
+
+    p = ngx_http_llm_walk_open(p, w->end, &done);
+
+    while (!done) {
+        p = ngx_http_llm_walk_message(w, p);
+        p = ngx_http_llm_walk_next(p, w->end, ']', &done);
+
+        if (p == NULL) {
+            return NULL;
+        }
+
+        w->messages++;
+    }
+
+    if (w->sum) {
+        sum->weight += ngx_http_llm_guess_done(&w->guess, &n);
+        sum->chars += n;
+    }
+
+    return p;
+}
+
+
+/* the body is read and accepted: now ctx changes */
+
+static ngx_int_t
+ngx_http_llm_walk_done(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
+    ngx_http_llm_walk_t *w, ngx_http_llm_sum_t *sum)
+{
+    ngx_uint_t            i;
+    ngx_http_llm_span_t  *span;
+
+    if (w->model.len) {
+        ctx->model.data = ngx_pnalloc(r->pool, w->model.len);
         if (ctx->model.data == NULL) {
             return NGX_ERROR;
         }
 
-        ngx_memcpy(ctx->model.data, model.data, model.len);
-        ctx->model.len = model.len;
+        ngx_memcpy(ctx->model.data, w->model.data, w->model.len);
+        ctx->model.len = w->model.len;
     }
 
-    ctx->stream = stream;
-    ctx->stream_options = options;
+    ctx->stream = w->stream;
+    ctx->stream_options = w->options;
 
     /*
      * the place of "model" only where the tree's reading would look for
@@ -399,25 +444,25 @@ ngx_http_llm_walk(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
     ctx->model_found = 1;
 
     if (ctx->deployment.len == 0) {
-        ctx->model_start = model_start;
-        ctx->model_end = model_end;
+        ctx->model_start = w->model_start;
+        ctx->model_end = w->model_end;
     }
 
-    if (w.sum == NULL) {
-        ngx_http_llm_sum_init(r, &ctx->model, &sum);
+    if (w->sum == NULL) {
+        ngx_http_llm_sum_init(r, &ctx->model, sum);
 
-        span = w.spans.elts;
+        span = w->spans.elts;
 
-        for (i = 0; i < w.spans.nelts; i++) {
-            ngx_http_llm_walk_add(&sum, span[i].kind, &span[i].text);
+        for (i = 0; i < w->spans.nelts; i++) {
+            ngx_http_llm_walk_add(sum, span[i].kind, &span[i].text);
         }
     }
 
-    ngx_memcpy(sum.number, number, sizeof(number));
-    sum.numbers = numbers;
-    sum.messages = w.messages;
+    ngx_memcpy(sum->number, w->number, sizeof(w->number));
+    sum->numbers = w->numbers;
+    sum->messages = w->messages;
 
-    ngx_http_llm_sum_done(r, ctx, &sum);
+    ngx_http_llm_sum_done(r, ctx, sum);
 
     return NGX_OK;
 }
