@@ -18,6 +18,13 @@ static void ngx_http_llm_consumers_init(ngx_http_llm_shctx_t *sh);
 static void ngx_http_llm_consumer_insert_value(ngx_rbtree_node_t *temp,
     ngx_rbtree_node_t *node, ngx_rbtree_node_t *sentinel);
 static ngx_int_t ngx_http_llm_init_zone(ngx_shm_zone_t *shm_zone, void *data);
+static ngx_int_t ngx_http_llm_zone_new(ngx_shm_zone_t *shm_zone,
+    ngx_http_llm_zone_t *zone);
+static ngx_http_llm_backend_sh_t *ngx_http_llm_zone_node(
+    ngx_shm_zone_t *shm_zone, ngx_http_llm_pool_t *pool,
+    ngx_http_llm_backend_t *b, ngx_uint_t gen);
+static ngx_uint_t ngx_http_llm_zone_sweep(ngx_http_llm_zone_t *zone,
+    ngx_uint_t gen);
 static void ngx_http_llm_rbtree_insert_value(ngx_rbtree_node_t *temp,
     ngx_rbtree_node_t *node, ngx_rbtree_node_t *sentinel);
 static ngx_http_llm_backend_sh_t *ngx_http_llm_lookup(
@@ -248,14 +255,7 @@ ngx_http_llm_init_zone(ngx_shm_zone_t *shm_zone, void *data)
 {
     ngx_http_llm_zone_t  *ozone = data;
 
-    static ngx_str_t  empty = ngx_null_string;
-
-    size_t                      len;
-    u_char                      key[512];
-    uint32_t                    hash;
-    ngx_str_t                   k, *name;
     ngx_uint_t                  i, j, gen, nfreed;
-    ngx_queue_t                *q, *next;
     ngx_http_llm_pool_t       **pools;
     ngx_http_llm_zone_t        *zone;
     ngx_http_llm_backend_t     *b;
@@ -273,31 +273,8 @@ ngx_http_llm_init_zone(ngx_shm_zone_t *shm_zone, void *data)
         if (shm_zone->shm.exists) {
             zone->sh = zone->shpool->data;
 
-        } else {
-            zone->sh = ngx_slab_alloc(zone->shpool,
-                                      sizeof(ngx_http_llm_shctx_t));
-            if (zone->sh == NULL) {
-                return NGX_ERROR;
-            }
-
-            zone->shpool->data = zone->sh;
-
-            ngx_rbtree_init(&zone->sh->rbtree, &zone->sh->sentinel,
-                            ngx_http_llm_rbtree_insert_value);
-            ngx_queue_init(&zone->sh->queue);
-            zone->sh->generation = 0;
-
-            ngx_http_llm_consumers_init(zone->sh);
-
-            len = sizeof(" in llm_zone \"\"") + shm_zone->shm.name.len;
-
-            zone->shpool->log_ctx = ngx_slab_alloc(zone->shpool, len);
-            if (zone->shpool->log_ctx == NULL) {
-                return NGX_ERROR;
-            }
-
-            ngx_sprintf(zone->shpool->log_ctx, " in llm_zone \"%V\"%Z",
-                        &shm_zone->shm.name);
+        } else if (ngx_http_llm_zone_new(shm_zone, zone) != NGX_OK) {
+            return NGX_ERROR;
         }
     }
 
@@ -319,89 +296,173 @@ ngx_http_llm_init_zone(ngx_shm_zone_t *shm_zone, void *data)
     for (i = 0; i < zone->pools.nelts; i++) {
         b = pools[i]->backends.elts;
 
-        /* j == nelts: the pool's own node, "name/", for its counters */
-
-        for (j = 0; j <= pools[i]->backends.nelts; j++) {
-
-            name = (j < pools[i]->backends.nelts) ? &b[j].name : &empty;
-
-            if (pools[i]->name.len + name->len + 1 > sizeof(key)) {
+        for (j = 0; j < pools[i]->backends.nelts; j++) {
+            node = ngx_http_llm_zone_node(shm_zone, pools[i], &b[j], gen);
+            if (node == NULL) {
                 ngx_shmtx_unlock(&zone->shpool->mutex);
-                ngx_log_error(NGX_LOG_EMERG, shm_zone->shm.log, 0,
-                              "llm backend name \"%V\" is too long", name);
                 return NGX_ERROR;
             }
 
-            k.data = key;
-            k.len = ngx_sprintf(key, "%V/%V", &pools[i]->name, name) - key;
+            b[j].sh = node;
+        }
 
-            hash = ngx_crc32_short(k.data, k.len);
+        /* the pool's own node, "name/", for its counters */
 
-            node = ngx_http_llm_lookup(zone, &k, hash);
-
-            if (node == NULL) {
-                node = ngx_slab_calloc_locked(zone->shpool,
-                               offsetof(ngx_http_llm_backend_sh_t, name)
-                               + k.len);
-                if (node == NULL) {
-                    ngx_shmtx_unlock(&zone->shpool->mutex);
-                    ngx_log_error(NGX_LOG_EMERG, shm_zone->shm.log, 0,
-                                  "llm_zone \"%V\" is too small for its "
-                                  "backends", &shm_zone->shm.name);
-                    return NGX_ERROR;
-                }
-
-                node->node.key = hash;
-                node->len = (u_short) k.len;
-                ngx_memcpy(node->name, k.data, k.len);
-                node->remote_tokens = -1;
-                node->remote_requests = -1;
-
-                ngx_rbtree_insert(&zone->sh->rbtree, &node->node);
-                ngx_queue_insert_head(&zone->sh->queue, &node->queue);
-            }
-
-            node->generation = gen;
-
-            /* a backend's windows shared through Redis, under its name */
-
-            if (zone->share_conf && j < pools[i]->backends.nelts
-                && node->share == NULL)
-            {
-                node->share = ngx_slab_calloc_locked(zone->shpool,
-                                      sizeof(ngx_http_llm_backend_share_t));
-                if (node->share == NULL) {
-                    ngx_shmtx_unlock(&zone->shpool->mutex);
-                    ngx_log_error(NGX_LOG_EMERG, shm_zone->shm.log, 0,
-                                  "llm_zone \"%V\" is too small for its "
-                                  "backends", &shm_zone->shm.name);
-                    return NGX_ERROR;
-                }
-
-                SHA256(k.data, k.len, node->share->digest);
-            }
-
-            if (node->share && j < pools[i]->backends.nelts) {
-                node->share->limit[NGX_HTTP_LLM_BUDGET_BACKEND_TOKENS] =
-                                                                  b[j].tpm;
-                node->share->limit[NGX_HTTP_LLM_BUDGET_BACKEND_REQUESTS] =
-                                        b[j].rpm ? ngx_max(b[j].rpm / 6, 1)
-                                                 : 0;
-            }
-
-            if (j < pools[i]->backends.nelts) {
-                b[j].sh = node;
-
-            } else {
-                pools[i]->sh = node;
-            }
+        pools[i]->sh = ngx_http_llm_zone_node(shm_zone, pools[i], NULL, gen);
+        if (pools[i]->sh == NULL) {
+            ngx_shmtx_unlock(&zone->shpool->mutex);
+            return NGX_ERROR;
         }
     }
 
-    /*
-     * state of backends gone from the configuration is freed one reload
-     * later: workers of the configuration just replaced may still use it
-     */
+    nfreed = ngx_http_llm_zone_sweep(zone, gen);
+
+    ngx_shmtx_unlock(&zone->shpool->mutex);
+
+    if (nfreed) {
+        ngx_log_error(NGX_LOG_NOTICE, shm_zone->shm.log, 0,
+                      "llm_zone \"%V\": freed the state of %ui removed "
+                      "backends", &shm_zone->shm.name, nfreed);
+    }
+
+    return NGX_OK;
+}
+
+
+/* a new zone: its context, both trees, and its name for slab's errors */
+
+static ngx_int_t
+ngx_http_llm_zone_new(ngx_shm_zone_t *shm_zone, ngx_http_llm_zone_t *zone)
+{
+    size_t  len;
+
+    zone->sh = ngx_slab_alloc(zone->shpool, sizeof(ngx_http_llm_shctx_t));
+    if (zone->sh == NULL) {
+        return NGX_ERROR;
+    }
+
+    zone->shpool->data = zone->sh;
+
+    ngx_rbtree_init(&zone->sh->rbtree, &zone->sh->sentinel,
+                    ngx_http_llm_rbtree_insert_value);
+    ngx_queue_init(&zone->sh->queue);
+    zone->sh->generation = 0;
+
+    ngx_http_llm_consumers_init(zone->sh);
+
+    len = sizeof(" in llm_zone \"\"") + shm_zone->shm.name.len;
+
+    zone->shpool->log_ctx = ngx_slab_alloc(zone->shpool, len);
+    if (zone->shpool->log_ctx == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_sprintf(zone->shpool->log_ctx, " in llm_zone \"%V\"%Z",
+                &shm_zone->shm.name);
+
+    return NGX_OK;
+}
+
+
+/*
+ * A backend's state (b NULL: its pool's), found by "pool/backend" or
+ * made, and marked as this configuration's; under the zone's lock.
+ * NULL, said in the log, when the zone has no room for it.
+ */
+
+static ngx_http_llm_backend_sh_t *
+ngx_http_llm_zone_node(ngx_shm_zone_t *shm_zone, ngx_http_llm_pool_t *pool,
+    ngx_http_llm_backend_t *b, ngx_uint_t gen)
+{
+    u_char                      key[512];
+    uint32_t                    hash;
+    ngx_str_t                   k, *name;
+    ngx_http_llm_zone_t        *zone;
+    ngx_http_llm_backend_sh_t  *node;
+
+    static ngx_str_t  empty = ngx_null_string;
+
+    zone = shm_zone->data;
+    name = b ? &b->name : &empty;
+
+    if (pool->name.len + name->len + 1 > sizeof(key)) {
+        ngx_log_error(NGX_LOG_EMERG, shm_zone->shm.log, 0,
+                      "llm backend name \"%V\" is too long", name);
+        return NULL;
+    }
+
+    k.data = key;
+    k.len = ngx_sprintf(key, "%V/%V", &pool->name, name) - key;
+
+    hash = ngx_crc32_short(k.data, k.len);
+
+    node = ngx_http_llm_lookup(zone, &k, hash);
+
+    if (node == NULL) {
+        node = ngx_slab_calloc_locked(zone->shpool,
+                                      offsetof(ngx_http_llm_backend_sh_t, name)
+                                      + k.len);
+        if (node == NULL) {
+            goto full;
+        }
+
+        node->node.key = hash;
+        node->len = (u_short) k.len;
+        ngx_memcpy(node->name, k.data, k.len);
+        node->remote_tokens = -1;
+        node->remote_requests = -1;
+
+        ngx_rbtree_insert(&zone->sh->rbtree, &node->node);
+        ngx_queue_insert_head(&zone->sh->queue, &node->queue);
+    }
+
+    node->generation = gen;
+
+    if (b == NULL) {
+        return node;
+    }
+
+    /* a backend's windows shared through Redis, under its name */
+
+    if (zone->share_conf && node->share == NULL) {
+        node->share = ngx_slab_calloc_locked(zone->shpool,
+                                      sizeof(ngx_http_llm_backend_share_t));
+        if (node->share == NULL) {
+            goto full;
+        }
+
+        SHA256(k.data, k.len, node->share->digest);
+    }
+
+    if (node->share) {
+        node->share->limit[NGX_HTTP_LLM_BUDGET_BACKEND_TOKENS] = b->tpm;
+        node->share->limit[NGX_HTTP_LLM_BUDGET_BACKEND_REQUESTS] =
+                                       b->rpm ? ngx_max(b->rpm / 6, 1) : 0;
+    }
+
+    return node;
+
+full:
+
+    ngx_log_error(NGX_LOG_EMERG, shm_zone->shm.log, 0,
+                  "llm_zone \"%V\" is too small for its backends",
+                  &shm_zone->shm.name);
+
+    return NULL;
+}
+
+
+/*
+ * The state of backends gone from the configuration is freed one reload
+ * later: workers of the configuration just replaced may still use it
+ */
+
+static ngx_uint_t
+ngx_http_llm_zone_sweep(ngx_http_llm_zone_t *zone, ngx_uint_t gen)
+{
+    ngx_uint_t                  nfreed;
+    ngx_queue_t                *q, *next;
+    ngx_http_llm_backend_sh_t  *node;
 
     nfreed = 0;
 
@@ -425,15 +486,7 @@ ngx_http_llm_init_zone(ngx_shm_zone_t *shm_zone, void *data)
         }
     }
 
-    ngx_shmtx_unlock(&zone->shpool->mutex);
-
-    if (nfreed) {
-        ngx_log_error(NGX_LOG_NOTICE, shm_zone->shm.log, 0,
-                      "llm_zone \"%V\": freed the state of %ui removed "
-                      "backends", &shm_zone->shm.name, nfreed);
-    }
-
-    return NGX_OK;
+    return nfreed;
 }
 
 
