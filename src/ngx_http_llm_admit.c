@@ -39,6 +39,9 @@ static ngx_int_t ngx_http_llm_never_fits(ngx_http_request_t *r,
     ngx_http_llm_ctx_t *ctx, ngx_uint_t need, ngx_uint_t most);
 static ngx_int_t ngx_http_llm_send_throttled(ngx_http_request_t *r,
     ngx_http_llm_ctx_t *ctx);
+static ngx_msec_t ngx_http_llm_queue(ngx_http_request_t *r,
+    ngx_http_llm_ctx_t *ctx, ngx_http_llm_loc_conf_t *llcf, ngx_msec_t wait,
+    ngx_msec_t now);
 static ngx_int_t ngx_http_llm_admit_tokens(ngx_http_request_t *r,
     ngx_http_llm_ctx_t *ctx, ngx_http_llm_pool_t *pool, ngx_msec_t now);
 
@@ -166,28 +169,11 @@ ngx_http_llm_admit(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
     /* llm_wait: queue while room is expected within the time allowed */
 
     if (llcf->wait && wait != NGX_MAX_INT32_VALUE) {
+        delay = ngx_http_llm_queue(r, ctx, llcf, wait, now);
 
-        if (!ctx->queued && !ctx->deadline) {
-            if (wait <= llcf->wait && pool->nwaiting < llcf->wait_queue
-                && ngx_http_llm_enqueue(r, ctx) == NGX_OK)
-            {
-                ctx->deadline = now + llcf->wait;
-            }
-        }
-
-        if (ctx->queued && (ngx_msec_int_t) (ctx->deadline - now) > 0) {
-            delay = ngx_min(wait, ctx->deadline - now);
-            delay = ngx_max(delay, 10);
-
-            ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
-                           "llm wait: %M ms", delay);
-
-            ctx->retry_after = delay;
-
+        if (delay) {
             return ngx_http_llm_wait_again(r, delay);
         }
-
-        ngx_http_llm_dequeue(ctx);
     }
 
     ctx->admitted = 1;
@@ -389,6 +375,45 @@ ngx_http_llm_never_fits(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
 
     ngx_http_finalize_request(r, rc);
     return NGX_DONE;
+}
+
+
+/*
+ * llm_wait: a request without room joins the pool's queue in this
+ * worker while room is expected within the time allowed and the queue
+ * has a place; the delay until its next look, or 0 when it is to be
+ * refused now (and is out of the queue)
+ */
+
+static ngx_msec_t
+ngx_http_llm_queue(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
+    ngx_http_llm_loc_conf_t *llcf, ngx_msec_t wait, ngx_msec_t now)
+{
+    ngx_msec_t  delay;
+
+    if (!ctx->queued && !ctx->deadline) {
+        if (wait <= llcf->wait && ctx->pool->nwaiting < llcf->wait_queue
+            && ngx_http_llm_enqueue(r, ctx) == NGX_OK)
+        {
+            ctx->deadline = now + llcf->wait;
+        }
+    }
+
+    if (ctx->queued && (ngx_msec_int_t) (ctx->deadline - now) > 0) {
+        delay = ngx_min(wait, ctx->deadline - now);
+        delay = ngx_max(delay, 10);
+
+        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                       "llm wait: %M ms", delay);
+
+        ctx->retry_after = delay;
+
+        return delay;
+    }
+
+    ngx_http_llm_dequeue(ctx);
+
+    return 0;
 }
 
 
