@@ -13,7 +13,10 @@
 # inverse of requests/s (the worker is never idle), and as noisy on a
 # shared VM, where the time the host takes the CPU away counts as run
 # time.  BODY=20k takes another body size; PIN=0, PRIO=nice or none,
-# SPIN=0 turn off the noise controls below one by one.
+# SPIN=0 turn off the noise controls below one by one, and
+# MODE=production turns them all off: the machine as a production host
+# runs nginx, no CPU pinned, no busy loops, normal priority (what a user
+# sees, AVX power-up and idle CPUs' wake-ups included).
 #
 # One nginx 1.22.1 binary (build/nginx.sh), the same backend (a server
 # of the same nginx returning a chat completion) and the same locations
@@ -76,6 +79,9 @@ rounds=${1:-8}
 secs=${2:-4}
 conns=${3:-4}
 delay=${4:-1}
+if [ "${MODE:-}" = production ]; then
+    PIN=0 PRIO=none SPIN=0
+fi
 pin=${PIN:-1}
 prio=${PRIO:-rt}
 spin=${SPIN:-1}
