@@ -31,6 +31,7 @@
  */
 
 
+static void ngx_http_llm_identity_forget(ngx_http_llm_identity_t *id);
 static void ngx_http_llm_identity_tick(ngx_event_t *ev);
 static void ngx_http_llm_identity_start(ngx_http_llm_identity_t *id);
 static void ngx_http_llm_identity_done(ngx_http_llm_fetch_t *f);
@@ -155,6 +156,22 @@ ngx_http_llm_identity_encoded(ngx_str_t *s)
 }
 
 
+/*
+ * A fetch's own request, a workload identity's, wiped and freed: its
+ * form held the federated token
+ */
+
+static void
+ngx_http_llm_identity_forget(ngx_http_llm_identity_t *id)
+{
+    if (id->fetch.request.data != id->request.data) {
+        ngx_explicit_memzero(id->fetch.request.data, id->fetch.request.len);
+        ngx_free(id->fetch.request.data);
+        id->fetch.request = id->request;
+    }
+}
+
+
 /* in each worker: a look every second at each identity a backend uses */
 
 ngx_int_t
@@ -229,12 +246,7 @@ ngx_http_llm_identities_stop(ngx_http_llm_main_conf_t *lmcf)
 
             ngx_shmtx_unlock(&ids[i]->shpool->mutex);
 
-            if (ids[i]->fetch.request.data != ids[i]->request.data) {
-                ngx_explicit_memzero(ids[i]->fetch.request.data,
-                                     ids[i]->fetch.request.len);
-                ngx_free(ids[i]->fetch.request.data);
-                ids[i]->fetch.request = ids[i]->request;
-            }
+            ngx_http_llm_identity_forget(ids[i]);
         }
     }
 }
@@ -344,12 +356,7 @@ ngx_http_llm_identity_done(ngx_http_llm_fetch_t *f)
 
     id->fetching = 0;
 
-    if (f->request.data != id->request.data) {
-        /* the form held the federated token */
-        ngx_explicit_memzero(f->request.data, f->request.len);
-        ngx_free(f->request.data);
-        f->request = id->request;
-    }
+    ngx_http_llm_identity_forget(id);
 
     if (f->error) {
         ngx_http_llm_identity_fail(id, f->error);

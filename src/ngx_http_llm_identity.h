@@ -56,9 +56,6 @@ struct ngx_http_llm_identity_s {
     ngx_url_t                    url;
     ngx_str_t                    request;    /* or its head, with a form */
     ngx_str_t                    form;       /* before the assertion */
-#if (NGX_SSL)
-    ngx_ssl_t                   *ssl;
-#endif
     ngx_msec_t                   timeout;
     uint32_t                     hash;
     ngx_uint_t                   used;       /* a backend names it */

@@ -343,14 +343,13 @@ ngx_http_llm_identity_endpoint(ngx_conf_t *cf, ngx_http_llm_identity_t *id)
 
     if (tls) {
 #if (NGX_SSL)
-        if (ngx_http_llm_tls_context(cf, &id->ssl, NULL, NULL, &id->trusted,
-                                     1)
+        if (ngx_http_llm_tls_context(cf, &id->fetch.ssl, NULL, NULL,
+                                     &id->trusted, 1)
             != NGX_CONF_OK)
         {
             return NGX_ERROR;
         }
 
-        id->fetch.ssl = id->ssl;
 #else
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "llm_identity \"%V\": https:// needs nginx "
