@@ -96,6 +96,10 @@ static ngx_int_t ngx_http_llm_hedge_handler(ngx_http_request_t *r);
 static void ngx_http_llm_hedge_cleanup(void *data);
 static ngx_int_t ngx_http_llm_hedge_attempt(ngx_http_llm_hedge_t *hedge,
     ngx_http_llm_pool_t *pool);
+static void ngx_http_llm_hedge_ctx(ngx_http_llm_ctx_t *actx,
+    ngx_http_llm_hedge_t *hedge, ngx_http_llm_attempt_t *a);
+static ngx_int_t ngx_http_llm_hedge_backend(ngx_http_llm_hedge_t *hedge,
+    ngx_http_llm_ctx_t *actx, ngx_http_llm_pool_t *pool);
 static ngx_uint_t ngx_http_llm_hedge_fallback(ngx_http_llm_attempt_t *a);
 static void ngx_http_llm_hedge_run(ngx_http_request_t *sr);
 static void ngx_http_llm_hedge_timer(ngx_event_t *ev);
@@ -385,14 +389,9 @@ ngx_http_llm_hedge_attempt(ngx_http_llm_hedge_t *hedge,
     ngx_http_llm_pool_t *pool)
 {
     ngx_int_t                    rc;
-    ngx_msec_t                   wait;
-    ngx_uint_t                   words, i;
-    uintptr_t                   *tried;
     ngx_http_request_t          *r, *sr;
     ngx_http_llm_ctx_t          *ctx, *actx;
     ngx_http_llm_attempt_t      *a;
-    ngx_http_llm_backend_t      *b, *first;
-    ngx_http_llm_loc_conf_t     *llcf;
     ngx_http_post_subrequest_t  *ps;
 
     if (hedge->n == NGX_HTTP_LLM_HEDGE_ATTEMPTS) {
@@ -408,37 +407,7 @@ ngx_http_llm_hedge_attempt(ngx_http_llm_hedge_t *hedge,
         return NGX_ERROR;
     }
 
-    /*
-     * the request as parsed, its consumers for $llm_consumer; the charges
-     * are the attempt's own (the consumers' stay the main request's)
-     */
-
-    *actx = *ctx;
-
-    actx->hedge = NULL;
-    actx->settle_attempts = NULL;
-    actx->attempt = a;
-    actx->scan = NULL;
-    actx->strip = NULL;
-    actx->throttled_body = NULL;
-    actx->over = NULL;
-    actx->over_consumer = NULL;
-    actx->attempts = 0;
-    actx->final_charge = 0;
-    actx->final_at = 0;
-    actx->upstream_status = 0;
-    actx->backend_request_id.len = 0;
-    actx->all_throttled = 0;
-    actx->throttle = NGX_HTTP_LLM_THROTTLE_NONE;
-    actx->replace_body = 0;
-    actx->first_byte = 0;
-    actx->accounted = 0;
-    actx->queued = 0;
-    actx->cleanup = 0;
-    actx->consumers_keyed = 0;
-    actx->consumers_charged = 0;
-    actx->owned = 0;
-    actx->settled = 0;
+    ngx_http_llm_hedge_ctx(actx, hedge, a);
 
     if (hedge->n == 0) {
         ctx->held = 0;
@@ -446,43 +415,9 @@ ngx_http_llm_hedge_attempt(ngx_http_llm_hedge_t *hedge,
         ctx->charged = 0;
 
     } else {
-        actx->backend = NULL;
-        actx->charged = 0;
-        actx->charged_at = 0;
-        actx->held = 0;
-        actx->in_flight = 0;
-
-        /* another backend than the first attempt's */
-
-        words = (pool->backends.nelts + 8 * sizeof(uintptr_t) - 1)
-                / (8 * sizeof(uintptr_t));
-
-        tried = ngx_pcalloc(r->pool, words * sizeof(uintptr_t));
-        if (tried == NULL) {
-            return NGX_ERROR;
-        }
-
-        first = hedge->attempt[0].ctx->backend;
-
-        if (first && first->pool == pool) {
-            i = first - (ngx_http_llm_backend_t *) pool->backends.elts;
-            tried[i / (8 * sizeof(uintptr_t))] |=
-                                 (uintptr_t) 1 << i % (8 * sizeof(uintptr_t));
-        }
-
-        llcf = ngx_http_get_module_loc_conf(r, ngx_http_llm_module);
-
-        b = ngx_http_llm_choose(pool, actx, tried, NULL,
-                                llcf->completion_reserve, &wait);
-        if (b == NULL) {
-            return NGX_DECLINED;
-        }
-
-        actx->backend = b;
-
-        if (pool != ctx->pool) {
-            actx->pool = pool;
-            actx->fallback = 1;
+        rc = ngx_http_llm_hedge_backend(hedge, actx, pool);
+        if (rc != NGX_OK) {
+            return rc;
         }
     }
 
@@ -534,6 +469,104 @@ failed:
     ngx_http_llm_charge_settle(actx, 0);
 
     return NGX_ERROR;
+}
+
+
+/*
+ * An attempt's context: the request as parsed, its consumers for
+ * $llm_consumer; the charges are the attempt's own (the consumers' stay
+ * the main request's)
+ */
+
+static void
+ngx_http_llm_hedge_ctx(ngx_http_llm_ctx_t *actx, ngx_http_llm_hedge_t *hedge,
+    ngx_http_llm_attempt_t *a)
+{
+    *actx = *hedge->ctx;
+
+    actx->hedge = NULL;
+    actx->settle_attempts = NULL;
+    actx->attempt = a;
+    actx->scan = NULL;
+    actx->strip = NULL;
+    actx->throttled_body = NULL;
+    actx->over = NULL;
+    actx->over_consumer = NULL;
+    actx->attempts = 0;
+    actx->final_charge = 0;
+    actx->final_at = 0;
+    actx->upstream_status = 0;
+    actx->backend_request_id.len = 0;
+    actx->all_throttled = 0;
+    actx->throttle = NGX_HTTP_LLM_THROTTLE_NONE;
+    actx->replace_body = 0;
+    actx->first_byte = 0;
+    actx->accounted = 0;
+    actx->queued = 0;
+    actx->cleanup = 0;
+    actx->consumers_keyed = 0;
+    actx->consumers_charged = 0;
+    actx->owned = 0;
+    actx->settled = 0;
+}
+
+
+/*
+ * An attempt after the first: charged to a backend of "pool" with room,
+ * never the first attempt's, which is late or has failed
+ */
+
+static ngx_int_t
+ngx_http_llm_hedge_backend(ngx_http_llm_hedge_t *hedge,
+    ngx_http_llm_ctx_t *actx, ngx_http_llm_pool_t *pool)
+{
+    ngx_msec_t                wait;
+    ngx_uint_t                words, i;
+    uintptr_t                *tried;
+    ngx_http_request_t       *r;
+    ngx_http_llm_backend_t   *b, *first;
+    ngx_http_llm_loc_conf_t  *llcf;
+
+    r = hedge->request;
+
+    actx->backend = NULL;
+    actx->charged = 0;
+    actx->charged_at = 0;
+    actx->held = 0;
+    actx->in_flight = 0;
+
+    words = (pool->backends.nelts + 8 * sizeof(uintptr_t) - 1)
+            / (8 * sizeof(uintptr_t));
+
+    tried = ngx_pcalloc(r->pool, words * sizeof(uintptr_t));
+    if (tried == NULL) {
+        return NGX_ERROR;
+    }
+
+    first = hedge->attempt[0].ctx->backend;
+
+    if (first && first->pool == pool) {
+        i = first - (ngx_http_llm_backend_t *) pool->backends.elts;
+        tried[i / (8 * sizeof(uintptr_t))] |=
+                             (uintptr_t) 1 << i % (8 * sizeof(uintptr_t));
+    }
+
+    llcf = ngx_http_get_module_loc_conf(r, ngx_http_llm_module);
+
+    b = ngx_http_llm_choose(pool, actx, tried, NULL,
+                            llcf->completion_reserve, &wait);
+    if (b == NULL) {
+        return NGX_DECLINED;
+    }
+
+    actx->backend = b;
+
+    if (pool != hedge->ctx->pool) {
+        actx->pool = pool;
+        actx->fallback = 1;
+    }
+
+    return NGX_OK;
 }
 
 

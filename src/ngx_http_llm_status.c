@@ -63,6 +63,12 @@ static u_char *ngx_http_llm_status_json(u_char *p, ngx_http_llm_pool_t *pool,
 static u_char *ngx_http_llm_status_prometheus(u_char *p,
     ngx_http_llm_pool_t **pools, ngx_uint_t npools,
     ngx_http_llm_snap_t **snaps, ngx_http_llm_snap_t *totals);
+static u_char *ngx_http_llm_load_prometheus(u_char *p, ngx_uint_t m,
+    const char *name, ngx_http_llm_pool_t *pool, ngx_http_llm_backend_t *b,
+    ngx_http_llm_snap_t *snap);
+static u_char *ngx_http_llm_replies_prometheus(u_char *p, ngx_uint_t m,
+    const char *name, ngx_http_llm_pool_t *pool, ngx_http_llm_backend_t *b,
+    ngx_http_llm_snap_t *snap);
 static u_char *ngx_http_llm_sample(u_char *p, const char *name,
     ngx_http_llm_pool_t *pool, ngx_http_llm_backend_t *b);
 static u_char *ngx_http_llm_label(u_char *p, ngx_str_t *value);
@@ -726,16 +732,12 @@ ngx_http_llm_status_prometheus(u_char *p, ngx_http_llm_pool_t **pools,
     ngx_uint_t npools, ngx_http_llm_snap_t **snaps,
     ngx_http_llm_snap_t *totals)
 {
-    ngx_uint_t                  i, j, m, k;
+    ngx_uint_t                  i, j, m;
     ngx_atomic_uint_t           v[6];
     ngx_http_llm_metric_t      *metric;
     ngx_http_llm_backend_t     *b;
     ngx_http_llm_snap_t        *snap;
     ngx_http_llm_backend_sh_t  *sh;
-
-    static const char  *classes[] = { "1xx", "2xx", "3xx", "4xx", "5xx" };
-    static const char  *kinds[] = { "charged", "prompt", "completion",
-                                    "cached", "reasoning" };
 
     /* a family's samples stay together: metrics outside, pools inside */
 
@@ -767,140 +769,186 @@ ngx_http_llm_status_prometheus(u_char *p, ngx_http_llm_pool_t **pools,
 
             for (j = 0; j < pools[i]->backends.nelts; j++) {
                 snap = &snaps[i][j];
-                sh = &snap->sh;
 
-                switch (m) {
+                if (m < 10) {
+                    p = ngx_http_llm_load_prometheus(p, m, metric->name,
+                                                     pools[i], &b[j], snap);
 
-                case 0:
-                    p = ngx_http_llm_sample(p, metric->name, pools[i], &b[j]);
-                    p = ngx_sprintf(p, "} %ui\n", b[j].tpm);
-                    break;
-
-                case 1:
-                    p = ngx_http_llm_sample(p, metric->name, pools[i], &b[j]);
-                    p = ngx_sprintf(p, "} %ui\n",
-                                    b[j].rpm ? ngx_max(b[j].rpm / 6, 1) : 0);
-                    break;
-
-                case 2:
-                    p = ngx_http_llm_sample(p, metric->name, pools[i], &b[j]);
-                    p = ngx_sprintf(p, "} %ui\n", sh->tokens_sum);
-                    break;
-
-                case 3:
-                    p = ngx_http_llm_sample(p, metric->name, pools[i], &b[j]);
-                    p = ngx_sprintf(p, "} %ui\n", sh->requests_sum);
-                    break;
-
-                case 4:
-                    p = ngx_http_llm_sample(p, metric->name, pools[i], &b[j]);
-                    p = ngx_sprintf(p, "} %ui\n", sh->in_flight);
-                    break;
-
-                case 5:
-                    p = ngx_http_llm_sample(p, metric->name, pools[i], &b[j]);
-                    p = ngx_sprintf(p, "} %M.%03M\n", snap->cooldown / 1000,
-                                    snap->cooldown % 1000);
-                    break;
-
-                case 6:
-                    if (sh->remote_tokens >= 0) {
-                        p = ngx_http_llm_sample(p, metric->name, pools[i],
-                                                &b[j]);
-                        p = ngx_sprintf(p, "} %i\n", sh->remote_tokens);
-                    }
-
-                    break;
-
-                case 7:
-                    if (sh->remote_tokens >= 0 || sh->remote_requests >= 0) {
-                        p = ngx_http_llm_sample(p, metric->name, pools[i],
-                                                &b[j]);
-                        p = ngx_sprintf(p, "} %M.%03M\n",
-                                        snap->remote_age / 1000,
-                                        snap->remote_age % 1000);
-                    }
-
-                    break;
-
-                case 8:
-                    p = ngx_http_llm_sample(p, metric->name, pools[i], &b[j]);
-                    p = ngx_sprintf(p, "} %ui.%03ui\n", sh->ttft_ewma / 1000,
-                                    sh->ttft_ewma % 1000);
-                    break;
-
-                case 9:
-                    p = ngx_http_llm_sample(p, metric->name, pools[i], &b[j]);
-                    p = ngx_sprintf(p, "} %ui.%03ui\n", sh->tps_ewma / 1000,
-                                    sh->tps_ewma % 1000);
-                    break;
-
-                case 10:
-                    p = ngx_http_llm_sample(p, metric->name, pools[i], &b[j]);
-                    p = ngx_sprintf(p, "} %uA\n", sh->requests);
-                    break;
-
-                case 11:
-                    p = ngx_http_llm_sample(p, metric->name, pools[i], &b[j]);
-                    p = ngx_sprintf(p, "} %uA\n", sh->backend_throttled);
-                    break;
-
-                case 12:
-                    p = ngx_http_llm_sample(p, metric->name, pools[i], &b[j]);
-                    p = ngx_sprintf(p, "} %uA\n", sh->failures);
-                    break;
-
-                case 13:
-                    for (k = 0; k < 5; k++) {
-                        p = ngx_http_llm_sample(p, metric->name, pools[i],
-                                                &b[j]);
-                        p = ngx_sprintf(p, ",code=\"%s\"} %uA\n",
-                                        classes[k], sh->responses[k + 1]);
-                    }
-
-                    break;
-
-                case 14:
-                    v[0] = sh->tokens_charged;
-                    v[1] = sh->prompt_tokens;
-                    v[2] = sh->completion_tokens;
-                    v[3] = sh->cached_tokens;
-                    v[4] = sh->reasoning_tokens;
-
-                    for (k = 0; k < 5; k++) {
-                        p = ngx_http_llm_sample(p, metric->name, pools[i],
-                                                &b[j]);
-                        p = ngx_sprintf(p, ",kind=\"%s\"} %uA\n", kinds[k],
-                                        v[k]);
-                    }
-
-                    break;
-
-                case 15:
-                    p = ngx_http_llm_sample(p, metric->name, pools[i], &b[j]);
-                    p = ngx_sprintf(p, "} %uA\n", sh->usage_counted);
-                    break;
-
-                case 17:
-                    p = ngx_http_llm_sample(p, metric->name, pools[i], &b[j]);
-                    p = ngx_sprintf(p, "} ");
-                    p = ngx_http_llm_cost_print(p, sh->cost);
-                    *p++ = '\n';
-                    break;
-
-                default: /* 16 */
-                    if (sh->utilization) {
-                        p = ngx_http_llm_sample(p, metric->name, pools[i],
-                                                &b[j]);
-                        p = ngx_sprintf(p, "} %ui.%03ui\n",
-                                        (sh->utilization - 1) / 1000,
-                                        (sh->utilization - 1) % 1000);
-                    }
-
-                    break;
+                } else {
+                    p = ngx_http_llm_replies_prometheus(p, m, metric->name,
+                                                        pools[i], &b[j], snap);
                 }
             }
         }
+    }
+
+    return p;
+}
+
+
+/*
+ * A backend's samples of families 0 to 9: what the balancer weighs it
+ * by.  Remaining tokens the backend has not sent yet have no sample,
+ * nor their age: a 0 would read as none left, or as sent just now.
+ */
+
+static u_char *
+ngx_http_llm_load_prometheus(u_char *p, ngx_uint_t m, const char *name,
+    ngx_http_llm_pool_t *pool, ngx_http_llm_backend_t *b,
+    ngx_http_llm_snap_t *snap)
+{
+    ngx_http_llm_backend_sh_t  *sh;
+
+    sh = &snap->sh;
+
+    switch (m) {
+
+    case 0:
+        p = ngx_http_llm_sample(p, name, pool, b);
+        p = ngx_sprintf(p, "} %ui\n", b->tpm);
+        break;
+
+    case 1:
+        p = ngx_http_llm_sample(p, name, pool, b);
+        p = ngx_sprintf(p, "} %ui\n", b->rpm ? ngx_max(b->rpm / 6, 1) : 0);
+        break;
+
+    case 2:
+        p = ngx_http_llm_sample(p, name, pool, b);
+        p = ngx_sprintf(p, "} %ui\n", sh->tokens_sum);
+        break;
+
+    case 3:
+        p = ngx_http_llm_sample(p, name, pool, b);
+        p = ngx_sprintf(p, "} %ui\n", sh->requests_sum);
+        break;
+
+    case 4:
+        p = ngx_http_llm_sample(p, name, pool, b);
+        p = ngx_sprintf(p, "} %ui\n", sh->in_flight);
+        break;
+
+    case 5:
+        p = ngx_http_llm_sample(p, name, pool, b);
+        p = ngx_sprintf(p, "} %M.%03M\n", snap->cooldown / 1000,
+                        snap->cooldown % 1000);
+        break;
+
+    case 6:
+        if (sh->remote_tokens >= 0) {
+            p = ngx_http_llm_sample(p, name, pool, b);
+            p = ngx_sprintf(p, "} %i\n", sh->remote_tokens);
+        }
+
+        break;
+
+    case 7:
+        if (sh->remote_tokens >= 0 || sh->remote_requests >= 0) {
+            p = ngx_http_llm_sample(p, name, pool, b);
+            p = ngx_sprintf(p, "} %M.%03M\n", snap->remote_age / 1000,
+                            snap->remote_age % 1000);
+        }
+
+        break;
+
+    case 8:
+        p = ngx_http_llm_sample(p, name, pool, b);
+        p = ngx_sprintf(p, "} %ui.%03ui\n", sh->ttft_ewma / 1000,
+                        sh->ttft_ewma % 1000);
+        break;
+
+    default: /* 9 */
+        p = ngx_http_llm_sample(p, name, pool, b);
+        p = ngx_sprintf(p, "} %ui.%03ui\n", sh->tps_ewma / 1000,
+                        sh->tps_ewma % 1000);
+        break;
+    }
+
+    return p;
+}
+
+
+/*
+ * A backend's samples of families 10 to 17: its attempts and what their
+ * replies came to.  A deployment that never reported its utilization
+ * has no sample: a 0 would read as idle.
+ */
+
+static u_char *
+ngx_http_llm_replies_prometheus(u_char *p, ngx_uint_t m, const char *name,
+    ngx_http_llm_pool_t *pool, ngx_http_llm_backend_t *b,
+    ngx_http_llm_snap_t *snap)
+{
+    ngx_uint_t                  k;
+    ngx_atomic_uint_t           v[5];
+    ngx_http_llm_backend_sh_t  *sh;
+
+    static const char  *classes[] = { "1xx", "2xx", "3xx", "4xx", "5xx" };
+    static const char  *kinds[] = { "charged", "prompt", "completion",
+                                    "cached", "reasoning" };
+
+    sh = &snap->sh;
+
+    switch (m) {
+
+    case 10:
+        p = ngx_http_llm_sample(p, name, pool, b);
+        p = ngx_sprintf(p, "} %uA\n", sh->requests);
+        break;
+
+    case 11:
+        p = ngx_http_llm_sample(p, name, pool, b);
+        p = ngx_sprintf(p, "} %uA\n", sh->backend_throttled);
+        break;
+
+    case 12:
+        p = ngx_http_llm_sample(p, name, pool, b);
+        p = ngx_sprintf(p, "} %uA\n", sh->failures);
+        break;
+
+    case 13:
+        for (k = 0; k < 5; k++) {
+            p = ngx_http_llm_sample(p, name, pool, b);
+            p = ngx_sprintf(p, ",code=\"%s\"} %uA\n", classes[k],
+                            sh->responses[k + 1]);
+        }
+
+        break;
+
+    case 14:
+        v[0] = sh->tokens_charged;
+        v[1] = sh->prompt_tokens;
+        v[2] = sh->completion_tokens;
+        v[3] = sh->cached_tokens;
+        v[4] = sh->reasoning_tokens;
+
+        for (k = 0; k < 5; k++) {
+            p = ngx_http_llm_sample(p, name, pool, b);
+            p = ngx_sprintf(p, ",kind=\"%s\"} %uA\n", kinds[k], v[k]);
+        }
+
+        break;
+
+    case 15:
+        p = ngx_http_llm_sample(p, name, pool, b);
+        p = ngx_sprintf(p, "} %uA\n", sh->usage_counted);
+        break;
+
+    case 17:
+        p = ngx_http_llm_sample(p, name, pool, b);
+        p = ngx_sprintf(p, "} ");
+        p = ngx_http_llm_cost_print(p, sh->cost);
+        *p++ = '\n';
+        break;
+
+    default: /* 16 */
+        if (sh->utilization) {
+            p = ngx_http_llm_sample(p, name, pool, b);
+            p = ngx_sprintf(p, "} %ui.%03ui\n", (sh->utilization - 1) / 1000,
+                            (sh->utilization - 1) % 1000);
+        }
+
+        break;
     }
 
     return p;

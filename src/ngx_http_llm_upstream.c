@@ -21,6 +21,9 @@
 
 #define NGX_HTTP_LLM_BITS  (8 * sizeof(uintptr_t))
 
+#define ngx_http_llm_bit_set(bits, n)                                         \
+    (bits)[(n) / NGX_HTTP_LLM_BITS] |= (uintptr_t) 1 << (n) % NGX_HTTP_LLM_BITS
+
 
 typedef struct {
     /* the round-robin data comes first: its TLS session helpers use it */
@@ -44,6 +47,11 @@ static ngx_int_t ngx_http_llm_upstream_init_peer(ngx_http_request_t *r,
     ngx_http_upstream_srv_conf_t *us);
 static ngx_int_t ngx_http_llm_get_peer(ngx_peer_connection_t *pc,
     void *data);
+static ngx_int_t ngx_http_llm_no_peer(ngx_peer_connection_t *pc,
+    ngx_http_llm_peer_data_t *pd, ngx_http_llm_ctx_t *ctx, ngx_msec_t wait);
+static ngx_int_t ngx_http_llm_attempt(ngx_peer_connection_t *pc,
+    ngx_http_llm_peer_data_t *pd, ngx_http_llm_backend_t *b,
+    ngx_http_upstream_rr_peer_t *peer, ngx_uint_t index, time_t now);
 static ngx_http_upstream_rr_peer_t *ngx_http_llm_backend_peer(
     ngx_http_llm_peer_data_t *pd, ngx_http_llm_backend_t *b, time_t now,
     ngx_uint_t *index);
@@ -894,8 +902,7 @@ ngx_http_llm_get_peer(ngx_peer_connection_t *pc, void *data)
         if (peer == NULL) {
             ngx_http_llm_refund(b, ctx);
             ngx_http_llm_backend_done(b, ctx, NGX_HTTP_LLM_DONE_OK, 0, NULL);
-            pd->tried[(b - backends) / NGX_HTTP_LLM_BITS] |=
-                          (uintptr_t) 1 << (b - backends) % NGX_HTTP_LLM_BITS;
+            ngx_http_llm_bit_set(pd->tried, b - backends);
             b = NULL;
         }
     }
@@ -912,8 +919,7 @@ ngx_http_llm_get_peer(ngx_peer_connection_t *pc, void *data)
             if (ngx_http_llm_backend_peer(pd, &backends[i], now, NULL)
                 == NULL)
             {
-                pd->down[i / NGX_HTTP_LLM_BITS] |=
-                                    (uintptr_t) 1 << i % NGX_HTTP_LLM_BITS;
+                ngx_http_llm_bit_set(pd->down, i);
             }
         }
 
@@ -921,37 +927,7 @@ ngx_http_llm_get_peer(ngx_peer_connection_t *pc, void *data)
                                 llcf->completion_reserve, &wait);
 
         if (b == NULL) {
-
-            /*
-             * no attempt: $llm_backend keeps naming the last backend
-             * tried, and the access log's $upstream_addr names the pool
-             * for this one, as nginx's round-robin does
-             */
-
-            pc->name = &pd->pool->upstream->host;
-
-            if (wait == NGX_MAX_INT32_VALUE) {
-                /* nothing is throttled: the backends are down */
-                return NGX_BUSY;
-            }
-
-            /* the filter turns nginx's 502 into one 429 for the client */
-
-            ctx->all_throttled = 1;
-            ctx->retry_after = wait;
-
-            ngx_http_llm_pool_count(pd->pool, 0);
-
-            if (ctx->throttle == NGX_HTTP_LLM_THROTTLE_NONE) {
-                ctx->throttle = NGX_HTTP_LLM_THROTTLE_LOCAL;
-            }
-
-            ngx_log_error(NGX_LOG_WARN, pc->log, 0,
-                          "llm: no backend of \"%V\" has room after %ui "
-                          "attempts, retry in %M ms",
-                          &pd->pool->name, ctx->attempts, wait);
-
-            return NGX_BUSY;
+            return ngx_http_llm_no_peer(pc, pd, ctx, wait);
         }
 
         peer = ngx_http_llm_backend_peer(pd, b, now, &index);
@@ -960,20 +936,76 @@ ngx_http_llm_get_peer(ngx_peer_connection_t *pc, void *data)
             /* cannot happen: the backend was not skipped */
             ngx_http_llm_refund(b, ctx);
             ngx_http_llm_backend_done(b, ctx, NGX_HTTP_LLM_DONE_OK, 0, NULL);
-            pd->tried[(b - backends) / NGX_HTTP_LLM_BITS] |=
-                          (uintptr_t) 1 << (b - backends) % NGX_HTTP_LLM_BITS;
+            ngx_http_llm_bit_set(pd->tried, b - backends);
         }
     }
 
-    pd->tried[(b - backends) / NGX_HTTP_LLM_BITS] |=
-                          (uintptr_t) 1 << (b - backends) % NGX_HTTP_LLM_BITS;
+    ngx_http_llm_bit_set(pd->tried, b - backends);
+
+    return ngx_http_llm_attempt(pc, pd, b, peer, index, now);
+}
+
+
+/*
+ * No backend for this attempt: $llm_backend keeps naming the last
+ * backend tried, and the access log's $upstream_addr names the pool for
+ * this one, as nginx's round-robin does
+ */
+
+static ngx_int_t
+ngx_http_llm_no_peer(ngx_peer_connection_t *pc, ngx_http_llm_peer_data_t *pd,
+    ngx_http_llm_ctx_t *ctx, ngx_msec_t wait)
+{
+    pc->name = &pd->pool->upstream->host;
+
+    if (wait == NGX_MAX_INT32_VALUE) {
+        /* nothing is throttled: the backends are down */
+        return NGX_BUSY;
+    }
+
+    /* the filter turns nginx's 502 into one 429 for the client */
+
+    ctx->all_throttled = 1;
+    ctx->retry_after = wait;
+
+    ngx_http_llm_pool_count(pd->pool, 0);
+
+    if (ctx->throttle == NGX_HTTP_LLM_THROTTLE_NONE) {
+        ctx->throttle = NGX_HTTP_LLM_THROTTLE_LOCAL;
+    }
+
+    ngx_log_error(NGX_LOG_WARN, pc->log, 0,
+                  "llm: no backend of \"%V\" has room after %ui "
+                  "attempts, retry in %M ms",
+                  &pd->pool->name, ctx->attempts, wait);
+
+    return NGX_BUSY;
+}
+
+
+/*
+ * The attempt on backend "b" at its address "peer", counted where
+ * nginx's round-robin counts its own, as max_conns and fail_timeout
+ * read them there; the request buffer is rebuilt unless it already is
+ * this backend's
+ */
+
+static ngx_int_t
+ngx_http_llm_attempt(ngx_peer_connection_t *pc, ngx_http_llm_peer_data_t *pd,
+    ngx_http_llm_backend_t *b, ngx_http_upstream_rr_peer_t *peer,
+    ngx_uint_t index, time_t now)
+{
+    ngx_http_request_t  *r;
+    ngx_http_llm_ctx_t  *ctx;
+
+    r = pd->request;
+    ctx = ngx_http_get_module_ctx(r, ngx_http_llm_module);
 
     ctx->backend = b;
     ctx->attempts++;
 
     pd->rrp.current = peer;
-    pd->rrp.tried[index / NGX_HTTP_LLM_BITS] |=
-                                  (uintptr_t) 1 << index % NGX_HTTP_LLM_BITS;
+    ngx_http_llm_bit_set(pd->rrp.tried, index);
 
     if (now - peer->checked > peer->fail_timeout) {
         peer->checked = now;
