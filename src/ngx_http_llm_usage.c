@@ -11,6 +11,7 @@
 #include "ngx_http_llm_module.h"
 #include "ngx_http_llm_json.h"
 #include "ngx_http_llm_json_reader.h"
+#include "ngx_http_llm_json_skip.h"
 #include "ngx_http_llm_usage.h"
 #include "ngx_http_llm_walk.h"
 
@@ -25,6 +26,9 @@
  * just continue the same state.  A stream's text deltas are counted on
  * the way, for streams that end without usage.  A key with an escape is
  * never one of those looked for, as it is not in the reply's tree.
+ * Between the strings it wants, the scan passes over sixteen bytes at a
+ * time (ngx_http_llm_json_skip.h): most of a stream's event is strings
+ * it has no use for.
  */
 
 
@@ -46,6 +50,15 @@ ngx_http_llm_usage_name_t  ngx_http_llm_usage_names[] = {
 };
 
 
+/*
+ * the keys the scan looks for, by their first two bytes and the place of
+ * their closing quote: "content" (8), "usage" and "delta" (6)
+ */
+static const ngx_http_llm_json_keys_t  ngx_http_llm_scan_keys = {
+    "cousde", 3, (1 << 6) | (1 << 8)
+};
+
+
 static u_char *ngx_http_llm_scan_usage(ngx_http_llm_scan_t *s, u_char *p,
     u_char *last, ngx_log_t *log);
 static void ngx_http_llm_usage_parse(ngx_http_llm_scan_t *s, ngx_log_t *log);
@@ -62,7 +75,7 @@ ngx_http_llm_scan(ngx_http_llm_scan_t *s, u_char *p, u_char *last,
     u_char      *q;
     size_t       klen;
     unsigned     in_string, escaped, after_string, after_colon, usage_key,
-                 text_key, value_of_text, value_chars;
+                 text_key, value_of_text, value_chars, st;
     ngx_uint_t   deltas;
 
     if (s->whole) {
@@ -162,7 +175,59 @@ ngx_http_llm_scan(ngx_http_llm_scan_t *s, u_char *p, u_char *last,
         if (!after_string && !after_colon) {
 
             /*
-             * nothing pending: the bytes up to the next string (blanks,
+             * nothing pending: strings that cannot be "content",
+             * "usage" or "delta" are passed over a block at a time
+             */
+
+            st = 0;
+            q = (u_char *) ngx_http_llm_json_skip(p, last,
+                                                  &ngx_http_llm_scan_keys,
+                                                  &st);
+
+            if (st & NGX_HTTP_LLM_JSON_FOUND) {
+
+                /*
+                 * the spelling of every event of a chat stream, taken
+                 * at once: a delta object, or a text about to be read
+                 */
+
+                if (last - q > 11 && ngx_memcmp(q, "\"delta\":{", 9) == 0) {
+                    p = q + 9;
+                    continue;
+                }
+
+                if (last - q > 11
+                    && ngx_memcmp(q, "\"content\":\"", 11) == 0)
+                {
+                    p = q + 11;
+                    in_string = 1;
+                    value_of_text = 1;
+                    value_chars = 0;
+                    klen = 0;
+                    usage_key = 0;
+                    text_key = 1;
+                    continue;
+                }
+
+                p = q + 1;
+                in_string = 1;
+                value_chars = 0;
+                klen = 0;
+                continue;
+            }
+
+            p = q;
+
+            if (st & NGX_HTTP_LLM_JSON_INSIDE) {
+                /* in a string that is none of them */
+                in_string = 1;
+                escaped = (st & NGX_HTTP_LLM_JSON_ESCAPED) != 0;
+                klen = NGX_HTTP_LLM_KEY_MAX + 1;
+                continue;
+            }
+
+            /*
+             * the last bytes: those up to the next string (blanks,
              * punctuation, numbers, SSE's "data:") do not matter
              */
 

@@ -1,0 +1,256 @@
+
+/*
+ * Copyright (C) nginx-llm-router authors
+ */
+
+
+#ifndef _NGX_HTTP_LLM_JSON_SKIP_H_INCLUDED_
+#define _NGX_HTTP_LLM_JSON_SKIP_H_INCLUDED_
+
+
+/*
+ * Passes over JSON text up to the next string that may be a key the
+ * caller looks for, knowing only where strings start and end.  A
+ * streamed reply is mostly short strings the reply scanner has no use
+ * for ("id", "object", "chat.completion.chunk", "created", ...): opening
+ * and closing each one costs it some ninety instructions, while here 32
+ * bytes without a backslash cost about twenty-five, however many strings
+ * they hold.
+ *
+ * A wanted key is known by its length and its first two bytes: a quote
+ * opens it, another closes it "span" bytes further on (bit span of
+ * spans is set: one or two spans, below 16), and the two bytes after the opening quote are one of
+ * the pairs ("cousde": content, usage, delta).  The caller compares the
+ * whole key; some strings found here are not one.
+ *
+ * *state says where p is (NGX_HTTP_LLM_JSON_INSIDE a string,
+ * NGX_HTTP_LLM_JSON_ESCAPED: the byte at p is escaped) and, on return,
+ * where the returned position is, before its byte is read.  The return
+ * is the opening quote of a string that may be wanted, with
+ * NGX_HTTP_LLM_JSON_FOUND set, or the place where fewer than 64 bytes
+ * were left (at once without SSE2), for the caller to finish byte by
+ * byte.  Blocks with a backslash are read byte by byte here too, so the
+ * result is exactly that of the byte-by-byte reading, even for text that
+ * is not JSON.  Plain C99 without nginx headers, so that a test can
+ * compare it with that reading (t/json/json_skip.c).
+ */
+
+
+#include <stddef.h>
+#include <stdint.h>
+#if (defined __SSE2__ && defined __GNUC__)
+#include <emmintrin.h>
+#endif
+
+
+#define NGX_HTTP_LLM_JSON_INSIDE   1
+#define NGX_HTTP_LLM_JSON_ESCAPED  2
+#define NGX_HTTP_LLM_JSON_FOUND    4
+
+
+typedef struct {
+    const char  *pairs;
+    unsigned     npairs;
+    unsigned     spans;
+} ngx_http_llm_json_keys_t;
+
+
+/* whether the two bytes at p are those a wanted key starts with */
+
+static inline int
+ngx_http_llm_json_skip_pair(const unsigned char *p,
+    const ngx_http_llm_json_keys_t *keys)
+{
+    unsigned  i;
+
+    for (i = 0; i < keys->npairs; i++) {
+        if (p[0] == (unsigned char) keys->pairs[2 * i]
+            && p[1] == (unsigned char) keys->pairs[2 * i + 1])
+        {
+            return 1;
+        }
+    }
+
+    return 0;
+}
+
+
+/* whether a wanted key may open with the quote at p */
+
+static inline int
+ngx_http_llm_json_skip_key(const unsigned char *p, const unsigned char *end,
+    const ngx_http_llm_json_keys_t *keys)
+{
+    unsigned  spans, span;
+
+    if (end - p < 3) {
+        return 0;
+    }
+
+    for (spans = keys->spans; spans; spans &= spans - 1) {
+        span = __builtin_ctz(spans);
+
+        if (end - p > span && p[span] == '"') {
+            return ngx_http_llm_json_skip_pair(p + 1, keys);
+        }
+    }
+
+    return 0;
+}
+
+
+/* one byte of the byte-by-byte reading; nonzero where a wanted key may
+ * open at p */
+
+static inline int
+ngx_http_llm_json_skip_byte(const unsigned char *p, const unsigned char *end,
+    const ngx_http_llm_json_keys_t *keys, unsigned *state)
+{
+    if (*state & NGX_HTTP_LLM_JSON_ESCAPED) {
+        *state &= ~NGX_HTTP_LLM_JSON_ESCAPED;
+        return 0;
+    }
+
+    if (*state & NGX_HTTP_LLM_JSON_INSIDE) {
+        if (*p == '\\') {
+            *state |= NGX_HTTP_LLM_JSON_ESCAPED;
+
+        } else if (*p == '"') {
+            *state &= ~NGX_HTTP_LLM_JSON_INSIDE;
+        }
+
+        return 0;
+    }
+
+    if (*p != '"') {
+        return 0;
+    }
+
+    *state |= NGX_HTTP_LLM_JSON_INSIDE;
+
+    return ngx_http_llm_json_skip_key(p, end, keys);
+}
+
+
+#if (defined __SSE2__ && defined __GNUC__)
+
+/* bit k set where byte k of the 32 at p is c */
+
+static inline uint32_t
+ngx_http_llm_json_skip_mask(const unsigned char *p, __m128i c)
+{
+    __m128i  lo, hi;
+
+    lo = _mm_loadu_si128((const __m128i *) p);
+    hi = _mm_loadu_si128((const __m128i *) (p + 16));
+
+    return (uint32_t) _mm_movemask_epi8(_mm_cmpeq_epi8(lo, c))
+           | ((uint32_t) _mm_movemask_epi8(_mm_cmpeq_epi8(hi, c)) << 16);
+}
+
+#endif
+
+
+static inline const unsigned char *
+ngx_http_llm_json_skip(const unsigned char *p, const unsigned char *end,
+    const ngx_http_llm_json_keys_t *keys, unsigned *state)
+{
+#if (defined __SSE2__ && defined __GNUC__)
+
+    unsigned  st, s1, s2, i;
+    uint32_t  q, b, qn, bn, near, odd;
+    uint64_t  window;
+    __m128i   quote, backslash;
+
+    st = *state & ~NGX_HTTP_LLM_JSON_FOUND;
+
+    if (end - p < 64) {
+        *state = st;
+        return p;
+    }
+
+    s1 = __builtin_ctz(keys->spans);
+    s2 = 31 - __builtin_clz(keys->spans);
+
+    quote = _mm_set1_epi8('"');
+    backslash = _mm_set1_epi8('\\');
+
+    q = ngx_http_llm_json_skip_mask(p, quote);
+    b = ngx_http_llm_json_skip_mask(p, backslash);
+
+    /*
+     * the quotes of the blocks passed since st was last brought up to
+     * date: without a backslash each quote opens or closes a string, so
+     * the parity of their number, taken only when needed, says whether
+     * the text is in a string
+     */
+
+    odd = 0;
+
+    /* 32 bytes at a time, and the next 32, where a key may close */
+
+    while (end - p >= 64) {
+
+        qn = ngx_http_llm_json_skip_mask(p + 32, quote);
+        bn = ngx_http_llm_json_skip_mask(p + 32, backslash);
+
+        if (b | (st & NGX_HTTP_LLM_JSON_ESCAPED)) {
+
+            /* rare outside the texts the caller reads itself */
+
+            st ^= __builtin_parity(odd);
+            odd = 0;
+
+            for (i = 0; i < 32; i++) {
+                if (ngx_http_llm_json_skip_byte(p + i, end, keys, &st)) {
+                    *state = NGX_HTTP_LLM_JSON_FOUND;
+                    return p + i;
+                }
+            }
+
+            goto next;
+        }
+
+        /* quotes a wanted key's length before another quote */
+
+        window = q | ((uint64_t) qn << 32);
+        near = q & (uint32_t) ((window >> s1) | (window >> s2));
+
+        while (near) {
+            i = __builtin_ctz(near);
+
+            /* a wanted key's first bytes, after a quote that opens */
+
+            if (ngx_http_llm_json_skip_pair(p + i + 1, keys)
+                && ((st ^ __builtin_parity(odd ^ (q & ((1u << i) - 1))))
+                    & NGX_HTTP_LLM_JSON_INSIDE) == 0)
+            {
+                *state = NGX_HTTP_LLM_JSON_FOUND;
+                return p + i;
+            }
+
+            near &= near - 1;
+        }
+
+        odd ^= q;
+
+    next:
+
+        p += 32;
+        q = qn;
+        b = bn;
+    }
+
+    *state = st ^ __builtin_parity(odd);
+
+#else
+
+    *state &= ~NGX_HTTP_LLM_JSON_FOUND;
+
+#endif
+
+    return p;
+}
+
+
+#endif /* _NGX_HTTP_LLM_JSON_SKIP_H_INCLUDED_ */

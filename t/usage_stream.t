@@ -1,0 +1,195 @@
+#!/usr/bin/perl
+
+# Streams read by the reply scanner's fast path, which passes over the
+# strings it has no use for 32 bytes at a time: json-skip compares that
+# path with the byte-by-byte reading on random texts cut at random; then,
+# through nginx, long streams in several spellings (Azure's, Python's
+# ": ", CRLF, Responses-style string deltas, the keys looked for inside
+# texts, escapes) each sent at once and in random small pieces: the
+# usage reported, or the text deltas counted, are those the events hold.
+
+use strict;
+use warnings;
+
+use FindBin;
+use lib "$FindBin::Bin/lib";
+use Test::More;
+use IO::Socket::INET;
+use Socket qw(IPPROTO_TCP TCP_NODELAY);
+use POSIX ();
+use JSON::PP;
+use LLMTest;
+
+my $t = LLMTest->new;
+my $dir = $t->dir;
+my $skip = $t->top . '/.build/json-skip';
+
+SKIP: {
+    skip 'no json-skip (build/json.sh)', 2 unless -x $skip;
+    like(`"$skip" 20000 1`, qr/^ok 20000$/, 'json-skip: 20,000 texts');
+    like(`"$skip" 20000 2`, qr/^ok 20000$/, 'json-skip: another 20,000');
+}
+
+my $head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+         . "Connection: close\r\n\r\n";
+
+# Azure's chunk, and the same in Python's spacing
+sub chunk {
+    my ($text, %o) = @_;
+    my $sep = $o{python} ? ': ' : ':';
+    my $com = $o{python} ? ', ' : ',';
+    my $j = JSON::PP->new->canonical;
+    my $t = $j->encode($text);
+    return 'data: {"id"' . $sep . '"chatcmpl-9xY"' . $com . '"object"' . $sep
+        . '"chat.completion.chunk"' . $com . '"created"' . $sep . '1733'
+        . $com . '"model"' . $sep . '"gpt-4o-2024-08-06"' . $com
+        . '"choices"' . $sep . '[{"index"' . $sep . '0' . $com . '"delta"'
+        . $sep . '{"content"' . $sep . $t . '}' . $com . '"logprobs"' . $sep
+        . 'null' . $com . '"finish_reason"' . $sep . 'null}]}'
+        . ($o{crlf} ? "\r\n\r\n" : "\n\n");
+}
+
+my @texts = ('Hello', '', ' world', 'He said "content": "x"', '\\',
+             "line\nbreak", '"usage":{"prompt_tokens":99}', '',
+             "\x{6f22}\x{5b57}", 'delta', '"', 'tab	here', '{"a":"b"}',
+             '\\"', 'x' x 70, 'end');
+
+my $usage = 'data: {"id":"chatcmpl-9xY","object":"chat.completion.chunk",'
+    . '"created":1733,"model":"gpt-4o","choices":[],"usage":'
+    . '{"prompt_tokens":321,"completion_tokens":45,"total_tokens":366}}'
+    . "\n\n";
+
+my (%reply, %want);
+
+sub stream {
+    my ($name, $usage_too, %o) = @_;
+    my $body = '';
+    my $n = 0;
+    for my $i (1 .. 3) {
+        for my $text (@texts) {
+            $body .= chunk($text, %o);
+            $n++ if length $text;
+        }
+    }
+    $body .= $usage if $usage_too;
+    $body .= $o{crlf} ? "data: [DONE]\r\n\r\n" : "data: [DONE]\n\n";
+    $reply{$name} = $head . Encode::encode_utf8($body);
+    $want{$name} = $usage_too ? [ 'reported', 321, 45 ] : [ 'counted', $n ];
+}
+
+require Encode;
+stream('/azure', 1);
+stream('/azurecount', 0);
+stream('/python', 0, python => 1);
+stream('/crlf', 0, crlf => 1);
+stream('/pythonusage', 1, python => 1);
+
+# Responses-style events: the text is the string value of "delta"
+my $resp = '';
+for my $i (1 .. 30) {
+    $resp .= "event: response.output_text.delta\n"
+        . 'data: {"type":"response.output_text.delta","item_id":"msg_1",'
+        . '"output_index":0,"content_index":0,"delta":"'
+        . ($i % 5 ? "w$i" : '') . '"}' . "\n\n";
+}
+$reply{'/responses'} = $head . $resp;
+$want{'/responses'} = [ 'counted', 24 ];
+
+# each path also cut into random pieces
+for my $name (keys %reply) {
+    $reply{"${name}split"} = $reply{$name};
+    $want{"${name}split"} = $want{$name};
+}
+
+my $bport = free_port();
+my $srv = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => $bport,
+                                Listen => 16, ReuseAddr => 1) or die;
+my $pid = fork // die;
+if ($pid == 0) {
+    alarm 0;
+    srand 7;
+    while (my $c = $srv->accept) {
+        my $buf = '';
+        while ($buf !~ /\r\n\r\n/) {
+            sysread($c, $buf, 65536, length $buf) or last;
+        }
+        my ($len) = $buf =~ /Content-Length: (\d+)/i;
+        my $body = substr $buf, index($buf, "\r\n\r\n") + 4;
+        while (defined $len && length $body < $len) {
+            sysread($c, $body, 65536, length $body) or last;
+        }
+        my ($path) = $buf =~ m{^POST /s(/\w+)};
+        my $out = $reply{$path // ''} // "HTTP/1.1 404 X\r\n\r\n";
+        if ($path =~ /split$/) {
+            setsockopt($c, IPPROTO_TCP, TCP_NODELAY, 1);
+            my $at = index($out, "\r\n\r\n") + 4;
+            syswrite $c, substr($out, 0, $at);
+            while ($at < length $out) {
+                my $n = 1 + int rand 97;
+                syswrite $c, substr($out, $at, $n);
+                $at += $n;
+                select undef, undef, undef, 0.001;
+            }
+        } else {
+            syswrite $c, $out;
+        }
+        close $c;
+    }
+    POSIX::_exit(0);
+}
+push @{ $t->{pids} }, $pid;
+
+my $listen = free_port();
+$t->start_nginx(<<"END", ports => [$listen]);
+    llm_zone llm:1m;
+    log_format u '\$request_uri|\$status|\$llm_usage_source|'
+                 '\$llm_prompt_tokens|\$llm_completion_tokens';
+    access_log $dir/u.log u;
+
+    upstream pool {
+        llm_balance zone=llm;
+        server 127.0.0.1:$bport;
+    }
+
+    server {
+        listen 127.0.0.1:$listen;
+
+        # unbuffered: each read reaches the filters as it comes
+        location /s/ {
+            llm_route pool;
+            proxy_pass http://pool;
+            proxy_buffering off;
+        }
+
+        location = /llm/status {
+            llm_status;
+        }
+    }
+END
+
+my $body = json_encode({ messages => [ { role => 'user', content => 'hi' } ],
+                         max_tokens => 5, stream => JSON::PP::true });
+for my $path (sort keys %reply) {
+    my ($st, $h, $b) = http_post($listen, "/s$path", $body);
+    is($st, 200, "$path answered");
+    is($b, substr($reply{$path}, index($reply{$path}, "\r\n\r\n") + 4),
+       "$path passed byte for byte");
+}
+
+$t->stop_nginx;
+my %log = map { my @f = split /\|/; ($f[0] => \@f) }
+          split /\n/, $t->read_file('u.log');
+
+for my $path (sort keys %want) {
+    my ($src, @n) = @{ $want{$path} };
+    my $l = $log{"/s$path"} // [];
+    is($l->[2], $src, "$path: usage $src");
+    if ($src eq 'reported') {
+        is($l->[3], $n[0], "$path: prompt tokens from usage");
+        is($l->[4], $n[1], "$path: completion tokens from usage");
+    } else {
+        is($l->[4], $n[0], "$path: the non-empty text deltas");
+    }
+}
+
+$t->done;
