@@ -26,6 +26,13 @@
 #   exact     llm_route with exact o200k_base counting, repeat cache warm
 #   plain2    plain again: an A/A control, whose difference from plain
 #             is the method's own noise (and bias) on this machine
+# CONFIGS="..." picks others among bench/overhead.sh's locations (the
+# first is the one the others are set against, e.g. CONFIGS="sse-plain
+# sse-estimate"), and VARIANT=FILE.so starts a second nginx with that
+# build of the module (bench/variant.sh) on ports 18981-18982, whose
+# configurations are named with "@v": VARIANT=/tmp/sse2.so
+# CONFIGS="plain estimate estimate@v plain2" weighs two builds of the
+# estimate in the same rounds.
 #
 # Load: wrk -t1 with 4 keepalive connections, each waiting a fixed
 # delay (wrk's Lua delay() hook, whole ms) after every reply before its
@@ -86,7 +93,7 @@ pin=${PIN:-1}
 prio=${PRIO:-rt}
 spin=${SPIN:-1}
 size=${BODY:-1k}
-configs="plain estimate exact plain2"
+configs=${CONFIGS:-plain estimate exact plain2}
 
 # shellcheck source=bench/lib.sh
 . "$top/bench/lib.sh"
@@ -102,7 +109,8 @@ fi
 # idle spinners: one busy loop a CPU at SCHED_IDLE, which any other
 # task preempts, so that no CPU halts (see the header)
 spinners=""
-trap 'kill $spinners $(cat "$work/nginx.pid" 2>/dev/null) 2>/dev/null || true
+trap 'kill $spinners $(cat "$work/nginx.pid" "$work/nginx-v.pid" 2>/dev/null) \
+          2>/dev/null || true
       [ -n "${KEEP:-}" ] || rm -rf "$work"' EXIT
 trap 'exit 1' INT TERM
 if [ "$spin" = 1 ]; then
@@ -149,28 +157,40 @@ LUA
 
 # shellcheck disable=SC2086
 $on_nginx "$LLM_NGINX" -p "$work" -c "$work/nginx.conf"
+if [ -n "${VARIANT:-}" ]; then
+    sed -e "s|^load_module .*|load_module $VARIANT;|" \
+        -e 's|18991|18981|; s|18992|18982|' \
+        -e "s|$work/nginx.pid|$work/nginx-v.pid|" \
+        -e "s|$work/error.log|$work/error-v.log|" \
+        "$work/nginx.conf" >"$work/nginx-v.conf"
+    # shellcheck disable=SC2086
+    $on_nginx "$LLM_NGINX" -p "$work" -c "$work/nginx-v.conf"
+fi
 sleep 1
 
-# the worker (it serves the proxy and the backend alike) and the time it
-# has run on a CPU, nanoseconds (/proc/PID/schedstat, exact where the
-# clock ticks of /proc/PID/stat are 10 ms)
+# each instance's worker (it serves the proxy and the backend alike) and
+# the time it has run on a CPU, nanoseconds (/proc/PID/schedstat, exact
+# where the clock ticks of /proc/PID/stat are 10 ms)
 worker=$(pgrep -P "$(cat "$work/nginx.pid")" | head -1)
+[ -z "${VARIANT:-}" ] \
+    || worker_v=$(pgrep -P "$(cat "$work/nginx-v.pid")" | head -1)
 ran() {
-    cut -d' ' -f1 "/proc/$worker/schedstat"
+    cut -d' ' -f1 "/proc/$1/schedstat"
 }
 
 # one slice: slice CONFIG SECONDS prints
 #   requests/s p50 p99 p99.9 (us) CPU-per-request (ns)
 slice() {
-    loc=$1
+    loc=${1%@v} port=18991 w=$worker
+    [ "$loc" = "$1" ] || port=18981 w=$worker_v
     [ "$loc" = plain2 ] && loc=plain
-    cpu0=$(ran)
+    cpu0=$(ran "$w")
     # shellcheck disable=SC2086
     out=$(BODY="$work/body-$size.json" DELAY_MS=$delay $on_wrk \
           wrk -t1 -c"$conns" -d"${2}s" -s "$work/latency.lua" \
-          "http://127.0.0.1:18991/$loc/openai/deployments/gpt-4o/chat/completions" \
+          "http://127.0.0.1:$port/$loc/openai/deployments/gpt-4o/chat/completions" \
           | tail -1)
-    cpu1=$(ran)
+    cpu1=$(ran "$w")
     echo "$out" | awk -v c="$1" -v cpu=$((cpu1 - cpu0)) '{
         if ($3 != 0) { print c ": " $3 " errors" > "/dev/stderr"; exit 1 }
         printf "%.0f %d %d %d %.0f\n", $1 / ($2 / 1e6), $4, $5, $6,
@@ -250,28 +270,28 @@ def ci(xs):
         return "   (too few)  "
     return "<%5.1f-%5.1f>" % (xs[lo], xs[hi])
 
-print("\nrequests/s against plain of the same round: median"
+print("\nrequests/s against %s of the same round: median" % configs[0] +
       " [interquartile range] <95 % confidence\ninterval of the median>"
       " (min to max)")
 for c in configs[1:]:
-    x = [100 * by[(c, r)][0] / by[("plain", r)][0] for r in rounds]
+    x = [100 * by[(c, r)][0] / by[(configs[0], r)][0] for r in rounds]
     print("%-9s %5.1f %% [%5.1f-%5.1f] %s (%5.1f to %5.1f)" % (c,
           q(x, .5), q(x, .25), q(x, .75), ci(x), min(x), max(x)))
 
 print("\nCPU time of the worker per request (it serves the backend too),"
-      " microseconds: median [interquartile range];\nplain's over the"
-      " configuration's, same round")
+      " microseconds: median [interquartile range];\n%s's over the"
+      " configuration's, same round" % configs[0])
 for c in configs:
     x = [by[(c, r)][4] / 1000 for r in rounds]
-    y = [100 * by[("plain", r)][4] / by[(c, r)][4] for r in rounds]
+    y = [100 * by[(configs[0], r)][4] / by[(c, r)][4] for r in rounds]
     print("%-9s %6.2f [%5.2f-%5.2f] us   %5.1f %% [%5.1f-%5.1f]" % (c,
           q(x, .5), q(x, .25), q(x, .75), q(y, .5), q(y, .25), q(y, .75)))
 
-print("\nadded to plain of the same round, microseconds: median"
+print("\nadded to %s of the same round, microseconds: median" % configs[0] +
       " [interquartile range] (min to max)")
 print("%-9s %-29s %-29s %s" % ("config", "+p50", "+p99", "rounds +p99<=100"))
 for c in configs[1:]:
-    d = [[by[(c, r)][i] - by[("plain", r)][i] for r in rounds]
+    d = [[by[(c, r)][i] - by[(configs[0], r)][i] for r in rounds]
          for i in (1, 2)]
     cells = ["%s (%+.0f to %+.0f)" % (cell(x), min(x), max(x)) for x in d]
     print("%-9s %-29s %-29s %d/%d" % (c, cells[0], cells[1],
@@ -285,3 +305,4 @@ PY
            " of the time (/proc/pressure/cpu)\n",
            100 * ($2 - $1) / 1e6 / ($4 - $3) }'
 kill "$(cat "$work/nginx.pid")"
+[ -z "${VARIANT:-}" ] || kill "$(cat "$work/nginx-v.pid")"

@@ -22,15 +22,6 @@
 #include <emmintrin.h>
 #endif
 
-/*
- * x86-64 compilers that build a function for AVX2 in an SSE2 build; the
- * CPU is asked at run time
- */
-#if (defined __x86_64__ && defined __SSE2__                                  \
-     && (defined __clang__ || (defined __GNUC__ && __GNUC__ >= 5)))
-#define NGX_HTTP_LLM_AVX2  1
-#include <immintrin.h>
-#endif
 #include "ngx_http_llm_tokenizer.h"
 
 
@@ -102,9 +93,6 @@ static int       ngx_http_llm_weight_ready;
 #endif
 
 
-int  ngx_http_llm_guess_wide = -1;
-
-
 static void ngx_http_llm_script_init(void);
 static ngx_http_llm_weigh_inline const unsigned char *ngx_http_llm_weigh(
     ngx_http_llm_guess_t *g, const unsigned char *p,
@@ -115,13 +103,6 @@ static ngx_http_llm_weigh_inline const unsigned char *ngx_http_llm_weigh_bytes(
 #if (defined __SSE2__ && defined __GNUC__)
 static size_t ngx_http_llm_lanes(__m128i v);
 #endif
-#if (NGX_HTTP_LLM_AVX2)
-static const unsigned char *ngx_http_llm_weigh_avx2(ngx_http_llm_guess_t *g,
-    const unsigned char *p, const unsigned char *end);
-static const unsigned char *ngx_http_llm_weigh_json_avx2(
-    ngx_http_llm_guess_t *g, const unsigned char *p,
-    const unsigned char *end);
-#endif
 
 
 size_t
@@ -131,13 +112,6 @@ ngx_http_llm_estimate_weight(ngx_http_llm_encoding_e enc,
     ngx_http_llm_guess_t  g;
 
     ngx_http_llm_guess_init(&g, enc);
-
-#if (NGX_HTTP_LLM_AVX2)
-    if (ngx_http_llm_guess_wide) {
-        (void) ngx_http_llm_weigh_avx2(&g, text, text + len);
-        return ngx_http_llm_guess_done(&g, chars);
-    }
-#endif
 
     (void) ngx_http_llm_weigh(&g, text, text + len, 0);
 
@@ -174,12 +148,6 @@ const unsigned char *
 ngx_http_llm_guess_json(ngx_http_llm_guess_t *g, const unsigned char *p,
     const unsigned char *end)
 {
-#if (NGX_HTTP_LLM_AVX2)
-    if (ngx_http_llm_guess_wide) {
-        return ngx_http_llm_weigh_json_avx2(g, p, end);
-    }
-#endif
-
     return ngx_http_llm_weigh(g, p, end, 1);
 }
 
@@ -427,193 +395,6 @@ ngx_http_llm_lanes(__m128i v)
 #endif
 
 
-#if (NGX_HTTP_LLM_AVX2)
-
-/*
- * Thirty-two bytes at a time while they are plain ASCII text, as
- * ngx_http_llm_weigh() does sixteen; it goes on from the first block
- * that is not, or from the last 31 bytes.
- */
-
-#define ngx_http_llm_avx2  __attribute__((target("avx2")))
-#define ngx_http_llm_avx2_inline                                             \
-    inline __attribute__((always_inline, target("avx2")))
-
-
-/* the sum of the 32 byte lanes */
-
-static ngx_http_llm_avx2_inline size_t
-ngx_http_llm_lanes_avx2(__m256i v)
-{
-    __m128i  s;
-
-    v = _mm256_sad_epu8(v, _mm256_setzero_si256());
-    s = _mm_add_epi64(_mm256_castsi256_si128(v),
-                      _mm256_extracti128_si256(v, 1));
-
-    return (size_t) _mm_cvtsi128_si64(s)
-           + (size_t) _mm_cvtsi128_si64(_mm_unpackhi_epi64(s, s));
-}
-
-
-/* the same for 32 bytes, on ngx_http_llm_weigh_wide()'s locals */
-
-#define ngx_http_llm_classify_wide(b)                                        \
-    letter = _mm256_sub_epi8(letter, _mm256_cmpgt_epi8(alphas,               \
-                 _mm256_add_epi8(_mm256_or_si256(b, blank), alpha)));        \
-    digit = _mm256_sub_epi8(digit, _mm256_cmpgt_epi8(digits,                 \
-                _mm256_add_epi8(b, digit0)));                                \
-    space = _mm256_sub_epi8(space, _mm256_cmpeq_epi8(b, blank));             \
-    if (!json) {                                                             \
-        line = _mm256_sub_epi8(line, _mm256_cmpgt_epi8(blank, b));           \
-    }
-
-
-static ngx_http_llm_avx2_inline const unsigned char *
-ngx_http_llm_weigh_wide(ngx_http_llm_guess_t *g, const unsigned char *p,
-    const unsigned char *end, int json)
-{
-    size_t    blocks;
-    unsigned  odd, stop, k;
-    __m256i   b, s, qb, letter, digit, space, line, quote, backslash,
-              blank, alpha, alphas, digit0, digits;
-
-    quote = _mm256_set1_epi8('"');
-    backslash = _mm256_set1_epi8('\\');
-    blank = _mm256_set1_epi8(' ');    /* also the case bit, 0x20 */
-    alpha = _mm256_set1_epi8((char) (0x80 - 'a'));
-    alphas = _mm256_set1_epi8((char) (0x80 + 26));
-    digit0 = _mm256_set1_epi8((char) (0x80 - '0'));
-    digits = _mm256_set1_epi8((char) (0x80 + 10));
-
-    /*
-     * values the compiler cannot see, so that it keeps them in registers
-     * instead of making them again in the loop (gcc 12 did, 6 of the 31
-     * instructions a block)
-     */
-
-    __asm__ ("" : "+x" (blank), "+x" (digits), "+x" (alphas));
-
-    letter = _mm256_setzero_si256();
-    digit = letter;
-    space = letter;
-    line = letter;
-    b = letter;
-    qb = letter;
-    blocks = 0;
-    odd = 0;
-
-    for ( ;; ) {
-
-        /*
-         * plain text: a quote, a backslash, a control or non-ASCII byte
-         * ends the run (the signed compare takes 0x80 and more)
-         */
-
-        while (end - p >= 32) {
-            b = _mm256_loadu_si256((const __m256i *) p);
-
-            if (json) {
-                qb = _mm256_or_si256(_mm256_cmpeq_epi8(b, quote),
-                                     _mm256_cmpeq_epi8(b, backslash));
-                s = _mm256_or_si256(qb, _mm256_cmpgt_epi8(blank, b));
-                odd = (unsigned) _mm256_movemask_epi8(s);
-
-            } else {
-                odd = (unsigned) _mm256_movemask_epi8(b);
-            }
-
-            if (odd) {
-                break;
-            }
-
-            ngx_http_llm_classify_wide(b);
-            p += 32;
-
-            /* a lane counts to 255 */
-
-            if (++blocks == 255) {
-                g->ascii += blocks * 32;
-                blocks = 0;
-                ngx_http_llm_classified(g, ngx_http_llm_lanes_avx2,
-                                        _mm256_setzero_si256());
-            }
-        }
-
-        if (odd == 0) {
-            /* fewer than 32 bytes left */
-            break;
-        }
-
-        stop = 0;
-
-        if (json) {
-            s = _mm256_or_si256(qb,
-                    _mm256_cmpeq_epi8(b, _mm256_setzero_si256()));
-            stop = (unsigned) _mm256_movemask_epi8(s);
-        }
-
-        if (stop == 0) {
-            p = ngx_http_llm_weigh_bytes(g, p, p + 32, 0);
-            odd = 0;
-            continue;
-        }
-
-        /* the string ends in this block */
-
-        k = (unsigned) __builtin_ctz(stop);
-
-        if (odd & ((1u << k) - 1)) {
-            p = ngx_http_llm_weigh_bytes(g, p, p + k, 0);
-
-        } else {
-
-            /* lanes from k on become punctuation, which is not counted */
-
-            b = _mm256_blendv_epi8(_mm256_set1_epi8('!'), b,
-                    _mm256_cmpgt_epi8(_mm256_set1_epi8((char) k),
-                        _mm256_setr_epi8(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10,
-                                         11, 12, 13, 14, 15, 16, 17, 18,
-                                         19, 20, 21, 22, 23, 24, 25, 26,
-                                         27, 28, 29, 30, 31)));
-            ngx_http_llm_classify_wide(b);
-            g->ascii += k;
-            p += k;
-        }
-
-        g->ascii += blocks * 32;
-        ngx_http_llm_classified(g, ngx_http_llm_lanes_avx2,
-                                _mm256_setzero_si256());
-
-        return p;
-    }
-
-    g->ascii += blocks * 32;
-    ngx_http_llm_classified(g, ngx_http_llm_lanes_avx2,
-                            _mm256_setzero_si256());
-
-    return ngx_http_llm_weigh(g, p, end, json);
-}
-
-
-static ngx_http_llm_avx2 const unsigned char *
-ngx_http_llm_weigh_avx2(ngx_http_llm_guess_t *g, const unsigned char *p,
-    const unsigned char *end)
-{
-    return ngx_http_llm_weigh_wide(g, p, end, 0);
-}
-
-
-static ngx_http_llm_avx2 const unsigned char *
-ngx_http_llm_weigh_json_avx2(ngx_http_llm_guess_t *g, const unsigned char *p,
-    const unsigned char *end)
-{
-    return ngx_http_llm_weigh_wide(g, p, end, 1);
-}
-
-#endif
-
-
 static void
 ngx_http_llm_script_init(void)
 {
@@ -658,15 +439,6 @@ ngx_http_llm_script_init(void)
             }
         }
     }
-
-#if (NGX_HTTP_LLM_AVX2)
-    if (ngx_http_llm_guess_wide == -1) {
-        __builtin_cpu_init();
-        ngx_http_llm_guess_wide = __builtin_cpu_supports("avx2") ? 1 : 0;
-    }
-#else
-    ngx_http_llm_guess_wide = 0;
-#endif
 
     ngx_http_llm_weight_ready = 1;
 }

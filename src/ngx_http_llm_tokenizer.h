@@ -138,12 +138,6 @@ typedef struct {
     const void           *class_weight;
 } ngx_http_llm_guess_t;
 
-/*
- * 1: the guess reads 32 bytes at a time (AVX2, asked of the CPU on first
- * use), 0: 16 (SSE2) or one; a test may clear it after the first use
- */
-extern int  ngx_http_llm_guess_wide;
-
 void ngx_http_llm_guess_prepare(void);
 void ngx_http_llm_guess_init(ngx_http_llm_guess_t *g,
     ngx_http_llm_encoding_e enc);

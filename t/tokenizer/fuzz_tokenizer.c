@@ -27,8 +27,6 @@ static ngx_http_llm_tok_ws_t   ngx_http_llm_fuzz_heap_ws;
 int LLVMFuzzerInitialize(int *argc, char ***argv);
 int LLVMFuzzerTestOneInput(const unsigned char *data, size_t size);
 
-static int  ngx_http_llm_fuzz_wide = -1;
-
 
 int
 LLVMFuzzerInitialize(int *argc, char ***argv)
@@ -81,16 +79,7 @@ LLVMFuzzerTestOneInput(const unsigned char *data, size_t size)
 
     memcpy(copy, data, size);
 
-    /* both ways of the guess, 32 bytes at a time where the CPU can */
-
-    if (ngx_http_llm_fuzz_wide == -1) {
-        ngx_http_llm_guess_init(&g, NGX_HTTP_LLM_ENC_O200K);
-        ngx_http_llm_fuzz_wide = ngx_http_llm_guess_wide;
-    }
-
     for (i = 0; i < 2; i++) {
-        ngx_http_llm_guess_wide = ((size + i) & 1) ? ngx_http_llm_fuzz_wide
-                                                   : 0;
         a = ngx_http_llm_count_tokens(ngx_http_llm_fuzz_vocab[i],
                                       &ngx_http_llm_fuzz_ws, copy, size);
         b = ngx_http_llm_count_tokens(ngx_http_llm_fuzz_vocab[i],
