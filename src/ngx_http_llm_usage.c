@@ -59,6 +59,28 @@ static const ngx_http_llm_json_keys_t  ngx_http_llm_scan_keys = {
 };
 
 
+/* the scan's state while it reads a buffer, kept in registers */
+typedef struct {
+    size_t      klen;
+    ngx_uint_t  deltas;
+    ngx_uint_t  in_string;
+    ngx_uint_t  escaped;
+    ngx_uint_t  after_string;
+    ngx_uint_t  after_colon;
+    ngx_uint_t  usage_key;
+    ngx_uint_t  text_key;
+    ngx_uint_t  value_of_text;
+    ngx_uint_t  value_chars;
+} ngx_http_llm_scan_state_t;
+
+
+static ngx_inline u_char *ngx_http_llm_scan_string(ngx_http_llm_scan_t *s,
+    ngx_http_llm_scan_state_t *v, u_char *p, u_char *last);
+static ngx_inline u_char *ngx_http_llm_scan_between(
+    ngx_http_llm_scan_state_t *v, u_char *p, u_char *last);
+static ngx_inline u_char *ngx_http_llm_scan_after_key(
+    ngx_http_llm_scan_t *s, ngx_http_llm_scan_state_t *v, u_char *p,
+    u_char *last, ngx_log_t *log);
 static u_char *ngx_http_llm_scan_usage(ngx_http_llm_scan_t *s, u_char *p,
     u_char *last, ngx_log_t *log);
 static void ngx_http_llm_usage_parse(ngx_http_llm_scan_t *s, ngx_log_t *log);
@@ -72,11 +94,7 @@ void
 ngx_http_llm_scan(ngx_http_llm_scan_t *s, u_char *p, u_char *last,
     ngx_log_t *log)
 {
-    u_char      *q;
-    size_t       klen;
-    unsigned     in_string, escaped, after_string, after_colon, usage_key,
-                 text_key, value_of_text, value_chars, st;
-    ngx_uint_t   deltas;
+    ngx_http_llm_scan_state_t  v;
 
     if (s->whole) {
         return;
@@ -92,220 +110,235 @@ ngx_http_llm_scan(ngx_http_llm_scan_t *s, u_char *p, u_char *last,
 
     /* the state in locals: the key's bytes cannot alias them */
 
-    in_string = s->in_string;
-    escaped = s->escaped;
-    after_string = s->after_string;
-    after_colon = s->after_colon;
-    usage_key = s->usage_key;
-    text_key = s->text_key;
-    value_of_text = s->value_of_text;
-    value_chars = s->value_chars;
-    klen = s->klen;
-    deltas = s->deltas;
+    v.in_string = s->in_string;
+    v.escaped = s->escaped;
+    v.after_string = s->after_string;
+    v.after_colon = s->after_colon;
+    v.usage_key = s->usage_key;
+    v.text_key = s->text_key;
+    v.value_of_text = s->value_of_text;
+    v.value_chars = s->value_chars;
+    v.klen = s->klen;
+    v.deltas = s->deltas;
 
     while (p < last) {
 
-        if (in_string) {
+        if (v.in_string) {
+            p = ngx_http_llm_scan_string(s, &v, p, last);
 
-            if (escaped) {
-                escaped = 0;
-                value_chars = 1;
-                p++;
-                continue;
-            }
+        } else if (!v.after_string && !v.after_colon) {
+            p = ngx_http_llm_scan_between(&v, p, last);
 
-            /*
-             * most of a reply is the text inside strings: run to the
-             * next quote or backslash at once, keeping a key's bytes;
-             * only a key of up to 7 bytes can be one we look for
-             */
-
-            q = (u_char *) ngx_http_llm_json_special(p, last);
-
-            if (q != p) {
-                if (klen + (q - p) <= NGX_HTTP_LLM_KEY_MAX) {
-
-                    /* 8 bytes at once: the buffer has room for 15 */
-
-                    if (last - p >= 8) {
-                        ngx_memcpy(s->key + klen, p, 8);
-
-                    } else {
-                        ngx_memcpy(s->key + klen, p, q - p);
-                    }
-                }
-
-                klen += q - p;
-                p = q;
-
-                value_chars = 1;
-
-                if (p == last) {
-                    break;
-                }
-            }
-
-            if (*p++ == '\\') {
-                /* a key with an escape is none of those looked for */
-                escaped = 1;
-                klen = NGX_HTTP_LLM_KEY_MAX + 1;
-                continue;
-            }
-
-            in_string = 0;
-
-            if (value_of_text && value_chars) {
-                /* a non-empty "content" or "delta" text: one token */
-                deltas++;
-            }
-
-            value_of_text = 0;
-
-            /* only the keys looked for need what follows them */
-
-            usage_key = (klen == 5 && ngx_memcmp(s->key, "usage", 5) == 0);
-            text_key = ((klen == 7 && ngx_memcmp(s->key, "content", 7) == 0)
-                        || (klen == 5
-                            && ngx_memcmp(s->key, "delta", 5) == 0));
-            after_string = usage_key || text_key;
-
-            continue;
-        }
-
-        if (!after_string && !after_colon) {
-
-            /*
-             * nothing pending: strings that cannot be "content",
-             * "usage" or "delta" are passed over a block at a time
-             */
-
-            st = 0;
-            q = (u_char *) ngx_http_llm_json_skip(p, last,
-                                                  &ngx_http_llm_scan_keys,
-                                                  &st);
-
-            if (st & NGX_HTTP_LLM_JSON_FOUND) {
-
-                /*
-                 * the spelling of every event of a chat stream, taken
-                 * at once: a delta object, or a text about to be read
-                 */
-
-                if (last - q > 11 && ngx_memcmp(q, "\"delta\":{", 9) == 0) {
-                    p = q + 9;
-                    continue;
-                }
-
-                if (last - q > 11
-                    && ngx_memcmp(q, "\"content\":\"", 11) == 0)
-                {
-                    p = q + 11;
-                    in_string = 1;
-                    value_of_text = 1;
-                    value_chars = 0;
-                    klen = 0;
-                    usage_key = 0;
-                    text_key = 1;
-                    continue;
-                }
-
-                p = q + 1;
-                in_string = 1;
-                value_chars = 0;
-                klen = 0;
-                continue;
-            }
-
-            p = q;
-
-            if (st & NGX_HTTP_LLM_JSON_INSIDE) {
-                /* in a string that is none of them */
-                in_string = 1;
-                escaped = (st & NGX_HTTP_LLM_JSON_ESCAPED) != 0;
-                klen = NGX_HTTP_LLM_KEY_MAX + 1;
-                continue;
-            }
-
-            /*
-             * the last bytes: those up to the next string (blanks,
-             * punctuation, numbers, SSE's "data:") do not matter
-             */
-
-            q = (u_char *) ngx_http_llm_json_special(p, last);
-
-            if (q == last) {
-                break;
-            }
-
-            p = q + 1;
-
-            if (*q == '"') {
-                in_string = 1;
-                value_chars = 0;
-                klen = 0;
-            }
-
-            continue;
-        }
-
-        /* after "usage", "content" or "delta": is it a key, what value */
-
-        switch (*p++) {
-
-        case ' ': case '\t': case '\r': case '\n':
-            break;
-
-        case '"':
-            value_of_text = after_colon && text_key;
-            in_string = 1;
-            value_chars = 0;
-            klen = 0;
-            after_colon = 0;
-            after_string = 0;
-            break;
-
-        case ':':
-            after_colon = after_string;
-            after_string = 0;
-            break;
-
-        case '{':
-            if (after_colon && usage_key) {
-                s->depth = 1;
-                s->len = 1;
-                s->overflow = 0;
-                s->buf[0] = '{';
-                s->in_string = 0;
-                s->escaped = 0;
-
-                p = ngx_http_llm_scan_usage(s, p, last, log);
-            }
-
-            after_colon = 0;
-            after_string = 0;
-            break;
-
-        default:
-            after_colon = 0;
-            after_string = 0;
+        } else {
+            p = ngx_http_llm_scan_after_key(s, &v, p, last, log);
         }
     }
 
     /* inside the usage object these two are its own */
 
     if (s->depth == 0) {
-        s->in_string = in_string;
-        s->escaped = escaped;
+        s->in_string = v.in_string;
+        s->escaped = v.escaped;
     }
 
-    s->after_string = after_string;
-    s->after_colon = after_colon;
-    s->usage_key = usage_key;
-    s->text_key = text_key;
-    s->value_of_text = value_of_text;
-    s->value_chars = value_chars;
-    s->klen = klen;
-    s->deltas = deltas;
+    s->after_string = v.after_string;
+    s->after_colon = v.after_colon;
+    s->usage_key = v.usage_key;
+    s->text_key = v.text_key;
+    s->value_of_text = v.value_of_text;
+    s->value_chars = v.value_chars;
+    s->klen = v.klen;
+    s->deltas = v.deltas;
+}
+
+
+/*
+ * Inside a string: most of a reply is the text inside strings, run to
+ * the next quote or backslash at once, keeping a key's bytes; only a key
+ * of up to 7 bytes can be one we look for.
+ */
+
+static ngx_inline u_char *
+ngx_http_llm_scan_string(ngx_http_llm_scan_t *s, ngx_http_llm_scan_state_t *v,
+    u_char *p, u_char *last)
+{
+    u_char  *q;
+
+    if (v->escaped) {
+        v->escaped = 0;
+        v->value_chars = 1;
+        return p + 1;
+    }
+
+    q = (u_char *) ngx_http_llm_json_special(p, last);
+
+    if (q != p) {
+        if (v->klen + (q - p) <= NGX_HTTP_LLM_KEY_MAX) {
+
+            /* 8 bytes at once: the buffer has room for 15 */
+
+            if (last - p >= 8) {
+                ngx_memcpy(s->key + v->klen, p, 8);
+
+            } else {
+                ngx_memcpy(s->key + v->klen, p, q - p);
+            }
+        }
+
+        v->klen += q - p;
+        p = q;
+
+        v->value_chars = 1;
+
+        if (p == last) {
+            return last;
+        }
+    }
+
+    if (*p++ == '\\') {
+        /* a key with an escape is none of those looked for */
+        v->escaped = 1;
+        v->klen = NGX_HTTP_LLM_KEY_MAX + 1;
+        return p;
+    }
+
+    v->in_string = 0;
+
+    if (v->value_of_text && v->value_chars) {
+        /* a non-empty "content" or "delta" text: one token */
+        v->deltas++;
+    }
+
+    v->value_of_text = 0;
+
+    /* only the keys looked for need what follows them */
+
+    v->usage_key = (v->klen == 5 && ngx_memcmp(s->key, "usage", 5) == 0);
+    v->text_key = ((v->klen == 7 && ngx_memcmp(s->key, "content", 7) == 0)
+                   || (v->klen == 5 && ngx_memcmp(s->key, "delta", 5) == 0));
+    v->after_string = v->usage_key || v->text_key;
+
+    return p;
+}
+
+
+/*
+ * Nothing pending: strings that cannot be "content", "usage" or "delta"
+ * are passed over a block at a time, and the bytes between strings
+ * (blanks, punctuation, numbers, SSE's "data:") do not matter.
+ */
+
+static ngx_inline u_char *
+ngx_http_llm_scan_between(ngx_http_llm_scan_state_t *v, u_char *p,
+    u_char *last)
+{
+    u_char    *q;
+    unsigned   st;
+
+    st = 0;
+    q = (u_char *) ngx_http_llm_json_skip(p, last, &ngx_http_llm_scan_keys,
+                                          &st);
+
+    if (st & NGX_HTTP_LLM_JSON_FOUND) {
+
+        /*
+         * the spelling of every event of a chat stream, taken at once: a
+         * delta object, or a text about to be read
+         */
+
+        if (last - q > 11 && ngx_memcmp(q, "\"delta\":{", 9) == 0) {
+            return q + 9;
+        }
+
+        if (last - q > 11 && ngx_memcmp(q, "\"content\":\"", 11) == 0) {
+            v->in_string = 1;
+            v->value_of_text = 1;
+            v->value_chars = 0;
+            v->klen = 0;
+            v->usage_key = 0;
+            v->text_key = 1;
+            return q + 11;
+        }
+
+        v->in_string = 1;
+        v->value_chars = 0;
+        v->klen = 0;
+        return q + 1;
+    }
+
+    if (st & NGX_HTTP_LLM_JSON_INSIDE) {
+        /* in a string that is none of them */
+        v->in_string = 1;
+        v->escaped = (st & NGX_HTTP_LLM_JSON_ESCAPED) != 0;
+        v->klen = NGX_HTTP_LLM_KEY_MAX + 1;
+        return q;
+    }
+
+    /* the last bytes, one string at a time */
+
+    p = (u_char *) ngx_http_llm_json_special(q, last);
+
+    if (p == last) {
+        return last;
+    }
+
+    if (*p == '"') {
+        v->in_string = 1;
+        v->value_chars = 0;
+        v->klen = 0;
+    }
+
+    return p + 1;
+}
+
+
+/* after "usage", "content" or "delta": is it a key, and what value */
+
+static ngx_inline u_char *
+ngx_http_llm_scan_after_key(ngx_http_llm_scan_t *s,
+    ngx_http_llm_scan_state_t *v, u_char *p, u_char *last, ngx_log_t *log)
+{
+    switch (*p++) {
+
+    case ' ': case '\t': case '\r': case '\n':
+        break;
+
+    case '"':
+        v->value_of_text = v->after_colon && v->text_key;
+        v->in_string = 1;
+        v->value_chars = 0;
+        v->klen = 0;
+        v->after_colon = 0;
+        v->after_string = 0;
+        break;
+
+    case ':':
+        v->after_colon = v->after_string;
+        v->after_string = 0;
+        break;
+
+    case '{':
+        if (v->after_colon && v->usage_key) {
+            s->depth = 1;
+            s->len = 1;
+            s->overflow = 0;
+            s->buf[0] = '{';
+            s->in_string = 0;
+            s->escaped = 0;
+
+            p = ngx_http_llm_scan_usage(s, p, last, log);
+        }
+
+        v->after_colon = 0;
+        v->after_string = 0;
+        break;
+
+    default:
+        v->after_colon = 0;
+        v->after_string = 0;
+    }
+
+    return p;
 }
 
 
