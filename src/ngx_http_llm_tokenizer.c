@@ -1579,6 +1579,35 @@ ngx_http_llm_tok_merge_small(const ngx_http_llm_vocab_t *vocab,
 
 #define ngx_http_llm_tok_key(rank, pos)  (((uint64_t) (rank) << 32) | (pos))
 
+/* the key at i moved down the heap of hn keys to where it belongs */
+
+static inline void
+ngx_http_llm_tok_sift_down(uint64_t *heap, size_t hn, size_t i)
+{
+    size_t    j;
+    uint64_t  tmp;
+
+    for ( /* void */ ; ; i = j) {
+        j = 2 * i + 1;
+        if (j >= hn) {
+            break;
+        }
+
+        if (j + 1 < hn && heap[j + 1] < heap[j]) {
+            j++;
+        }
+
+        if (heap[i] <= heap[j]) {
+            break;
+        }
+
+        tmp = heap[i];
+        heap[i] = heap[j];
+        heap[j] = tmp;
+    }
+}
+
+
 static size_t
 ngx_http_llm_tok_merge_heap(const ngx_http_llm_vocab_t *vocab,
     ngx_http_llm_tok_ws_t *ws, const unsigned char *p, size_t len)
@@ -1624,24 +1653,7 @@ ngx_http_llm_tok_merge_heap(const ngx_http_llm_vocab_t *vocab,
     }
 
     for (k = hn / 2; k-- > 0; ) {
-        for (i = k; ; i = j) {
-            j = 2 * i + 1;
-            if (j >= hn) {
-                break;
-            }
-
-            if (j + 1 < hn && heap[j + 1] < heap[j]) {
-                j++;
-            }
-
-            if (heap[i] <= heap[j]) {
-                break;
-            }
-
-            tmp = heap[i];
-            heap[i] = heap[j];
-            heap[j] = tmp;
-        }
+        ngx_http_llm_tok_sift_down(heap, hn, k);
     }
 
     count = len;
@@ -1650,25 +1662,7 @@ ngx_http_llm_tok_merge_heap(const ngx_http_llm_vocab_t *vocab,
         key = heap[0];
 
         heap[0] = heap[--hn];
-
-        for (i = 0; ; i = j) {
-            j = 2 * i + 1;
-            if (j >= hn) {
-                break;
-            }
-
-            if (j + 1 < hn && heap[j + 1] < heap[j]) {
-                j++;
-            }
-
-            if (heap[i] <= heap[j]) {
-                break;
-            }
-
-            tmp = heap[i];
-            heap[i] = heap[j];
-            heap[j] = tmp;
-        }
+        ngx_http_llm_tok_sift_down(heap, hn, 0);
 
         r = (uint32_t) (key >> 32);
         pos = (uint32_t) key;
