@@ -21,7 +21,12 @@
  * opens it, another closes it "span" bytes further on (bit span of
  * spans is set: one or two spans, below 16), and the two bytes after the opening quote are one of
  * the pairs ("cousde": content, usage, delta).  The caller compares the
- * whole key; some strings found here are not one.
+ * whole key; some strings found here are not one.  The spellings every
+ * event of a chat stream has are taken here, without a return: a delta
+ * object ("delta":{) is passed over, and a text ("content":") counted in
+ * *counted where it is not empty (when it opens, where the caller would
+ * count it when it closes: the two differ only for a reply cut inside a
+ * text).
  *
  * *state says where p is (NGX_HTTP_LLM_JSON_INSIDE a string,
  * NGX_HTTP_LLM_JSON_ESCAPED: the byte at p is escaped) and, on return,
@@ -38,6 +43,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 #if (defined __SSE2__ && defined __GNUC__)
 #include <emmintrin.h>
 #endif
@@ -52,6 +58,16 @@ typedef struct {
     const char  *pairs;
     unsigned     npairs;
     unsigned     spans;
+
+    /*
+     * the usual spelling of two wanted keys and what follows them: the
+     * first is passed over, the second counted where the text after it
+     * is not empty
+     */
+    const char  *pass;
+    size_t       pass_len;
+    const char  *count;
+    size_t       count_len;
 } ngx_http_llm_json_keys_t;
 
 
@@ -75,11 +91,38 @@ ngx_http_llm_json_skip_pair(const unsigned char *p,
 }
 
 
-/* whether a wanted key may open with the quote at p */
+/* 1 where a usual spelling is at p, counted if it is the second */
+
+static inline int
+ngx_http_llm_json_skip_spelling(const unsigned char *p,
+    const unsigned char *end, const ngx_http_llm_json_keys_t *keys,
+    size_t *counted)
+{
+    if ((size_t) (end - p) > keys->pass_len
+        && memcmp(p, keys->pass, keys->pass_len) == 0)
+    {
+        return 1;
+    }
+
+    if ((size_t) (end - p) > keys->count_len
+        && memcmp(p, keys->count, keys->count_len) == 0)
+    {
+        *counted += (p[keys->count_len] != '"');
+        return 1;
+    }
+
+    return 0;
+}
+
+
+/*
+ * Whether a wanted key may open with the quote at p, for the caller to
+ * read; in one of the usual spellings it is passed over, or counted.
+ */
 
 static inline int
 ngx_http_llm_json_skip_key(const unsigned char *p, const unsigned char *end,
-    const ngx_http_llm_json_keys_t *keys)
+    const ngx_http_llm_json_keys_t *keys, size_t *counted)
 {
     unsigned  spans, span;
 
@@ -91,11 +134,15 @@ ngx_http_llm_json_skip_key(const unsigned char *p, const unsigned char *end,
         span = __builtin_ctz(spans);
 
         if (end - p > span && p[span] == '"') {
-            return ngx_http_llm_json_skip_pair(p + 1, keys);
+            break;
         }
     }
 
-    return 0;
+    if (spans == 0 || !ngx_http_llm_json_skip_pair(p + 1, keys)) {
+        return 0;
+    }
+
+    return ngx_http_llm_json_skip_spelling(p, end, keys, counted) == 0;
 }
 
 
@@ -104,7 +151,7 @@ ngx_http_llm_json_skip_key(const unsigned char *p, const unsigned char *end,
 
 static inline int
 ngx_http_llm_json_skip_byte(const unsigned char *p, const unsigned char *end,
-    const ngx_http_llm_json_keys_t *keys, unsigned *state)
+    const ngx_http_llm_json_keys_t *keys, unsigned *state, size_t *counted)
 {
     if (*state & NGX_HTTP_LLM_JSON_ESCAPED) {
         *state &= ~NGX_HTTP_LLM_JSON_ESCAPED;
@@ -128,7 +175,7 @@ ngx_http_llm_json_skip_byte(const unsigned char *p, const unsigned char *end,
 
     *state |= NGX_HTTP_LLM_JSON_INSIDE;
 
-    return ngx_http_llm_json_skip_key(p, end, keys);
+    return ngx_http_llm_json_skip_key(p, end, keys, counted);
 }
 
 
@@ -153,7 +200,7 @@ ngx_http_llm_json_skip_mask(const unsigned char *p, __m128i c)
 
 static inline const unsigned char *
 ngx_http_llm_json_skip(const unsigned char *p, const unsigned char *end,
-    const ngx_http_llm_json_keys_t *keys, unsigned *state)
+    const ngx_http_llm_json_keys_t *keys, unsigned *state, size_t *counted)
 {
 #if (defined __SSE2__ && defined __GNUC__)
 
@@ -202,7 +249,9 @@ ngx_http_llm_json_skip(const unsigned char *p, const unsigned char *end,
             odd = 0;
 
             for (i = 0; i < 32; i++) {
-                if (ngx_http_llm_json_skip_byte(p + i, end, keys, &st)) {
+                if (ngx_http_llm_json_skip_byte(p + i, end, keys, &st,
+                                                counted))
+                {
                     *state = NGX_HTTP_LLM_JSON_FOUND;
                     return p + i;
                 }
@@ -223,7 +272,9 @@ ngx_http_llm_json_skip(const unsigned char *p, const unsigned char *end,
 
             if (ngx_http_llm_json_skip_pair(p + i + 1, keys)
                 && ((st ^ __builtin_parity(odd ^ (q & ((1u << i) - 1))))
-                    & NGX_HTTP_LLM_JSON_INSIDE) == 0)
+                    & NGX_HTTP_LLM_JSON_INSIDE) == 0
+                && !ngx_http_llm_json_skip_spelling(p + i, end, keys,
+                                                    counted))
             {
                 *state = NGX_HTTP_LLM_JSON_FOUND;
                 return p + i;

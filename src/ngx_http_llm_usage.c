@@ -52,10 +52,13 @@ ngx_http_llm_usage_name_t  ngx_http_llm_usage_names[] = {
 
 /*
  * the keys the scan looks for, by their first two bytes and the place of
- * their closing quote: "content" (8), "usage" and "delta" (6)
+ * their closing quote: "content" (8), "usage" and "delta" (6); and the
+ * spelling of every event of a chat stream: a delta object, a text
  */
 static const ngx_http_llm_json_keys_t  ngx_http_llm_scan_keys = {
-    "cousde", 3, (1 << 6) | (1 << 8)
+    "cousde", 3, (1 << 6) | (1 << 8),
+    "\"delta\":{", sizeof("\"delta\":{") - 1,
+    "\"content\":\"", sizeof("\"content\":\"") - 1
 };
 
 
@@ -233,33 +236,18 @@ ngx_http_llm_scan_between(ngx_http_llm_scan_state_t *v, u_char *p,
     u_char *last)
 {
     u_char    *q;
+    size_t     counted;
     unsigned   st;
 
     st = 0;
+    counted = 0;
     q = (u_char *) ngx_http_llm_json_skip(p, last, &ngx_http_llm_scan_keys,
-                                          &st);
+                                          &st, &counted);
+
+    /* non-empty texts in the usual spelling, counted on the way */
+    v->deltas += counted;
 
     if (st & NGX_HTTP_LLM_JSON_FOUND) {
-
-        /*
-         * the spelling of every event of a chat stream, taken at once: a
-         * delta object, or a text about to be read
-         */
-
-        if (last - q > 11 && ngx_memcmp(q, "\"delta\":{", 9) == 0) {
-            return q + 9;
-        }
-
-        if (last - q > 11 && ngx_memcmp(q, "\"content\":\"", 11) == 0) {
-            v->in_string = 1;
-            v->value_of_text = 1;
-            v->value_chars = 0;
-            v->klen = 0;
-            v->usage_key = 0;
-            v->text_key = 1;
-            return q + 11;
-        }
-
         v->in_string = 1;
         v->value_chars = 0;
         v->klen = 0;

@@ -7,8 +7,8 @@
 /*
  * The reply scanner's skip (src/ngx_http_llm_json_skip.h) against the
  * byte-by-byte reading it stands for: over the same text, cut into the
- * same pieces, both must find the same strings that may be keys and end
- * in the same state.
+ * same pieces, both must find the same strings that may be keys, count
+ * the same texts and end in the same state.
  *
  * Built as a libFuzzer target (build/json.sh --fuzz SECS), or with a
  * main() that makes its own texts (build/json.sh; t/usage_stream.t):
@@ -31,7 +31,9 @@
 
 
 static const ngx_http_llm_json_keys_t  keys = {
-    "cousde", 3, (1 << 6) | (1 << 8)
+    "cousde", 3, (1 << 6) | (1 << 8),
+    "\"delta\":{", sizeof("\"delta\":{") - 1,
+    "\"content\":\"", sizeof("\"content\":\"") - 1
 };
 
 
@@ -39,15 +41,17 @@ static const ngx_http_llm_json_keys_t  keys = {
 
 static size_t
 reference(const unsigned char *text, size_t len, size_t *found,
-    unsigned *state)
+    unsigned *state, size_t *counted)
 {
     size_t  i, n;
 
     n = 0;
     *state = 0;
+    *counted = 0;
 
     for (i = 0; i < len; i++) {
-        if (ngx_http_llm_json_skip_byte(text + i, text + len, &keys, state)
+        if (ngx_http_llm_json_skip_byte(text + i, text + len, &keys, state,
+                                        counted)
             && n < MAX_FOUND)
         {
             found[n++] = i;
@@ -66,13 +70,14 @@ reference(const unsigned char *text, size_t len, size_t *found,
 
 static size_t
 skipped(const unsigned char *text, size_t len, const size_t *cuts,
-    size_t ncuts, size_t *found, unsigned *state)
+    size_t ncuts, size_t *found, unsigned *state, size_t *counted)
 {
     size_t                i, n, from, to;
     const unsigned char  *p, *end;
 
     n = 0;
     *state = 0;
+    *counted = 0;
 
     for (i = 0; i <= ncuts; i++) {
         from = i ? cuts[i - 1] : 0;
@@ -82,7 +87,7 @@ skipped(const unsigned char *text, size_t len, const size_t *cuts,
         end = text + to;
 
         while (p < end) {
-            p = ngx_http_llm_json_skip(p, end, &keys, state);
+            p = ngx_http_llm_json_skip(p, end, &keys, state, counted);
 
             if (*state & NGX_HTTP_LLM_JSON_FOUND) {
                 if (n < MAX_FOUND) {
@@ -95,7 +100,8 @@ skipped(const unsigned char *text, size_t len, const size_t *cuts,
             }
 
             for ( /* void */ ; p < end; p++) {
-                if (ngx_http_llm_json_skip_byte(p, text + len, &keys, state)
+                if (ngx_http_llm_json_skip_byte(p, text + len, &keys, state,
+                                                counted)
                     && n < MAX_FOUND)
                 {
                     found[n++] = p - text;
@@ -112,15 +118,16 @@ static int
 same(const unsigned char *text, size_t len, const size_t *cuts,
     size_t ncuts)
 {
-    size_t    n1, n2;
+    size_t    n1, n2, c1, c2;
     unsigned  s1, s2;
 
     static size_t  f1[MAX_FOUND], f2[MAX_FOUND];
 
-    n1 = reference(text, len, f1, &s1);
-    n2 = skipped(text, len, cuts, ncuts, f2, &s2);
+    n1 = reference(text, len, f1, &s1, &c1);
+    n2 = skipped(text, len, cuts, ncuts, f2, &s2, &c2);
 
-    return n1 == n2 && s1 == s2 && memcmp(f1, f2, n1 * sizeof(size_t)) == 0;
+    return n1 == n2 && s1 == s2 && c1 == c2
+           && memcmp(f1, f2, n1 * sizeof(size_t)) == 0;
 }
 
 
@@ -179,12 +186,13 @@ static const char  *pieces[] = {
     "\"co\"", "\"cousin\"", "\"us\"", "\"", "\"\"", "\"content\"", "\"usage\"",
     "\"delta\"", "{", "}", ":", ",", " ", "\n", "data: [DONE]\n\n",
     "\xe6\xbc\xa2", "\"text\":\"", "0123456789abcdef", "\"cou\"", "\"usa\"",
+    "\"content\":\"\"", "\"delta\":{}", "\"content\":\"", "\"delta\":",
 
     "\"de\\\"x\"", "\\\"content\\\"", "\\\\\"", "\\\\", "\\",
     "\"a\\u0022b\"", "\"\\\\\"usage\\\"\"", "\"\\n\\n\\t\""
 };
 
-#define CLEAN  26
+#define CLEAN  30
 
 
 static unsigned long  seed;
@@ -212,7 +220,7 @@ static int
 bench(const char *file, long rounds)
 {
     long            r;
-    size_t          len, n;
+    size_t          len, n, counted;
     unsigned        state;
     FILE           *f;
     unsigned char  *text;
@@ -233,7 +241,7 @@ bench(const char *file, long rounds)
     n = 0;
 
     for (r = 0; r < rounds; r++) {
-        n += skipped(text, len, NULL, 0, found, &state);
+        n += skipped(text, len, NULL, 0, found, &state, &counted);
     }
 
     printf("%zu bytes, %zu found\n", len, n / (size_t) rounds);
