@@ -14,19 +14,19 @@
  * streamed reply is mostly short strings the reply scanner has no use
  * for ("id", "object", "chat.completion.chunk", "created", ...): opening
  * and closing each one costs it some ninety instructions, while here 32
- * bytes without a backslash cost about twenty-five, however many strings
- * they hold.
+ * bytes without a backslash cost some fifty to eighty, however many
+ * strings they hold.
  *
  * A wanted key is known by its length and its first two bytes: a quote
  * opens it, another closes it "span" bytes further on (bit span of
- * spans is set: one or two spans, below 16), and the two bytes after the opening quote are one of
- * the pairs ("cousde": content, usage, delta).  The caller compares the
- * whole key; some strings found here are not one.  The spellings every
- * event of a chat stream has are taken here, without a return: a delta
- * object ("delta":{) is passed over, and a text ("content":") counted in
- * *counted where it is not empty (when it opens, where the caller would
- * count it when it closes: the two differ only for a reply cut inside a
- * text).
+ * spans is set: one or two spans, below 16), and the two bytes after the
+ * opening quote are one of the pairs ("cousde": content, usage, delta).
+ * The caller compares the whole key; some strings found here are not
+ * one.  The spellings every event of a chat stream has are taken here,
+ * without a return: a delta object ("delta":{) is passed over, and a
+ * text ("content":") counted in *counted where it is not empty (when it
+ * opens, where the caller would count it when it closes: the two differ
+ * only for a reply cut inside a text).
  *
  * *state says where p is (NGX_HTTP_LLM_JSON_INSIDE a string,
  * NGX_HTTP_LLM_JSON_ESCAPED: the byte at p is escaped) and, on return,

@@ -12,9 +12,6 @@ use warnings;
 use FindBin;
 use lib "$FindBin::Bin/lib";
 use Test::More;
-use IO::Socket::INET;
-use Socket qw(IPPROTO_TCP TCP_NODELAY);
-use POSIX ();
 use LLMTest;
 
 my $t = LLMTest->new;
@@ -56,40 +53,7 @@ my %reply = (
 );
 
 # a backend that answers each path with its canned bytes, then closes
-my $bport = free_port();
-my $srv = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => $bport,
-                                Listen => 16, ReuseAddr => 1) or die;
-my $pid = fork // die;
-if ($pid == 0) {
-    alarm 0;
-    while (my $c = $srv->accept) {
-        my $buf = '';
-        while ($buf !~ /\r\n\r\n/) {
-            sysread($c, $buf, 65536, length $buf) or last;
-        }
-        my ($len) = $buf =~ /Content-Length: (\d+)/i;
-        my $body = substr $buf, index($buf, "\r\n\r\n") + 4;
-        while (defined $len && length $body < $len) {
-            sysread($c, $body, 65536, length $body) or last;
-        }
-        my ($path) = $buf =~ m{^POST (/\w+)};
-        my $out = $reply{$path // ''} // "HTTP/1.1 404 X\r\n\r\n";
-        if ($path =~ /^\/trickle/) {
-            setsockopt($c, IPPROTO_TCP, TCP_NODELAY, 1);
-            my $head = index($out, "\r\n\r\n") + 4;
-            syswrite $c, substr($out, 0, $head);
-            for my $i ($head .. length($out) - 1) {
-                syswrite $c, substr($out, $i, 1);
-                select undef, undef, undef, 0.002;
-            }
-        } else {
-            syswrite $c, $out;
-        }
-        close $c;
-    }
-    POSIX::_exit(0);
-}
-push @{ $t->{pids} }, $pid;
+my $bport = $t->start_canned(\%reply, slow => qr/^\/trickle/);
 
 my $listen = free_port();
 $t->start_nginx(<<"END", ports => [$listen]);

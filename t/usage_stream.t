@@ -14,9 +14,6 @@ use warnings;
 use FindBin;
 use lib "$FindBin::Bin/lib";
 use Test::More;
-use IO::Socket::INET;
-use Socket qw(IPPROTO_TCP TCP_NODELAY);
-use POSIX ();
 use JSON::PP;
 use LLMTest;
 
@@ -101,43 +98,10 @@ for my $name (keys %reply) {
     $want{"${name}split"} = $want{$name};
 }
 
-my $bport = free_port();
-my $srv = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => $bport,
-                                Listen => 16, ReuseAddr => 1) or die;
-my $pid = fork // die;
-if ($pid == 0) {
-    alarm 0;
-    srand 7;
-    while (my $c = $srv->accept) {
-        my $buf = '';
-        while ($buf !~ /\r\n\r\n/) {
-            sysread($c, $buf, 65536, length $buf) or last;
-        }
-        my ($len) = $buf =~ /Content-Length: (\d+)/i;
-        my $body = substr $buf, index($buf, "\r\n\r\n") + 4;
-        while (defined $len && length $body < $len) {
-            sysread($c, $body, 65536, length $body) or last;
-        }
-        my ($path) = $buf =~ m{^POST /s(/\w+)};
-        my $out = $reply{$path // ''} // "HTTP/1.1 404 X\r\n\r\n";
-        if ($path =~ /split$/) {
-            setsockopt($c, IPPROTO_TCP, TCP_NODELAY, 1);
-            my $at = index($out, "\r\n\r\n") + 4;
-            syswrite $c, substr($out, 0, $at);
-            while ($at < length $out) {
-                my $n = 1 + int rand 97;
-                syswrite $c, substr($out, $at, $n);
-                $at += $n;
-                select undef, undef, undef, 0.001;
-            }
-        } else {
-            syswrite $c, $out;
-        }
-        close $c;
-    }
-    POSIX::_exit(0);
-}
-push @{ $t->{pids} }, $pid;
+srand 7;
+my $bport = $t->start_canned(\%reply, prefix => '/s', slow => qr/split$/,
+                             piece => sub { 1 + int rand 97 },
+                             pause => 0.001);
 
 my $listen = free_port();
 $t->start_nginx(<<"END", ports => [$listen]);

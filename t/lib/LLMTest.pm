@@ -19,6 +19,7 @@ use IO::Select;
 use IO::Socket::INET;
 use JSON::PP;
 use POSIX qw(WNOHANG);
+use Socket qw(IPPROTO_TCP TCP_NODELAY);
 use Test::More;
 use Time::HiRes qw(sleep time);
 use Digest::SHA qw(sha256_hex);
@@ -382,6 +383,61 @@ sub next_log {
         sleep 0.05;
     }
     return @names ? {} : undef;
+}
+
+# a backend of canned replies: reads a POST, answers its path's bytes
+# from %$reply (404 for another path) and closes.  Paths that match
+# $opt{slow} are written in pieces, $opt{piece}->() bytes each (1 if not
+# given), with $opt{pause} seconds (0.002) between them, so that each
+# piece reaches nginx in a read of its own; $opt{prefix} is taken off
+# the path before it is looked up
+
+sub start_canned {
+    my ($self, $reply, %opt) = @_;
+    my $port = free_port();
+    my $srv = IO::Socket::INET->new(LocalAddr => '127.0.0.1',
+                                    LocalPort => $port, Listen => 16,
+                                    ReuseAddr => 1)
+        or die "canned listen: $!";
+    my $prefix = $opt{prefix} // '';
+    my $piece = $opt{piece} // sub { 1 };
+    my $pause = $opt{pause} // 0.002;
+
+    my $pid = fork // die "fork: $!";
+    if ($pid == 0) {
+        alarm 0;
+        while (my $c = $srv->accept) {
+            my $buf = '';
+            while ($buf !~ /\r\n\r\n/) {
+                sysread($c, $buf, 65536, length $buf) or last;
+            }
+            my ($len) = $buf =~ /Content-Length: (\d+)/i;
+            my $body = substr $buf, index($buf, "\r\n\r\n") + 4;
+            while (defined $len && length $body < $len) {
+                sysread($c, $body, 65536, length $body) or last;
+            }
+            my ($path) = $buf =~ m{^POST \Q$prefix\E(/\w+)};
+            my $out = $reply->{$path // ''} // "HTTP/1.1 404 X\r\n\r\n";
+            if (defined $opt{slow} && ($path // '') =~ $opt{slow}) {
+                setsockopt($c, IPPROTO_TCP, TCP_NODELAY, 1);
+                my $at = index($out, "\r\n\r\n") + 4;
+                syswrite $c, substr($out, 0, $at);
+                while ($at < length $out) {
+                    my $n = $piece->();
+                    syswrite $c, substr($out, $at, $n);
+                    $at += $n;
+                    select undef, undef, undef, $pause;
+                }
+            } else {
+                syswrite $c, $out;
+            }
+            close $c;
+        }
+        POSIX::_exit(0);
+    }
+    close $srv;
+    push @{ $self->{pids} }, $pid;
+    return $port;
 }
 
 # a mock backend: answers every request with a JSON description of what
