@@ -26,9 +26,9 @@
  * just continue the same state.  A stream's text deltas are counted on
  * the way, for streams that end without usage.  A key with an escape is
  * never one of those looked for, as it is not in the reply's tree.
- * Between the strings it wants, the scan passes over sixteen bytes at a
- * time (ngx_http_llm_json_skip.h): most of a stream's event is strings
- * it has no use for.
+ * Between the strings it wants, the scan passes over 32 bytes at a time
+ * (ngx_http_llm_json_skip.h): most of a stream's event is strings it
+ * has no use for.
  */
 
 
