@@ -11,7 +11,7 @@
 #include <ngx_config.h>
 #include <ngx_core.h>
 #include <ngx_http.h>
-#include "ngx_http_llm_module.h"
+#include "ngx_http_llm.h"
 
 
 void ngx_http_llm_account(ngx_http_llm_ctx_t *ctx, ngx_uint_t status);

@@ -11,7 +11,7 @@
 #include <ngx_config.h>
 #include <ngx_core.h>
 #include <ngx_http.h>
-#include "ngx_http_llm_module.h"
+#include "ngx_http_llm.h"
 
 
 ngx_int_t ngx_http_llm_admit(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx);

@@ -11,7 +11,7 @@
 #include <ngx_config.h>
 #include <ngx_core.h>
 #include <ngx_http.h>
-#include "ngx_http_llm_module.h"
+#include "ngx_http_llm.h"
 
 
 ngx_uint_t ngx_http_llm_backends_sync(ngx_http_llm_zone_t *zone,

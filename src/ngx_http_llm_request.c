@@ -8,7 +8,7 @@
 #include <ngx_core.h>
 #include <ngx_http.h>
 #include <cjson/cJSON.h>
-#include "ngx_http_llm_module.h"
+#include "ngx_http_llm.h"
 #include "ngx_http_llm_admit.h"
 #include "ngx_http_llm_charge.h"
 #include "ngx_http_llm_error.h"

@@ -11,7 +11,7 @@
 #include <ngx_config.h>
 #include <ngx_core.h>
 #include <ngx_http.h>
-#include "ngx_http_llm_module.h"
+#include "ngx_http_llm.h"
 
 
 ngx_int_t ngx_http_llm_request_handler(ngx_http_request_t *r);

@@ -7,7 +7,7 @@
 #include <ngx_config.h>
 #include <ngx_core.h>
 #include <ngx_http.h>
-#include "ngx_http_llm_module.h"
+#include "ngx_http_llm.h"
 #include "ngx_http_llm_stream.h"
 
 

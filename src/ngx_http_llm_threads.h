@@ -11,7 +11,7 @@
 #include <ngx_config.h>
 #include <ngx_core.h>
 #include <ngx_http.h>
-#include "ngx_http_llm_module.h"
+#include "ngx_http_llm.h"
 
 
 char *ngx_http_llm_count_threads(ngx_conf_t *cf, ngx_command_t *cmd,

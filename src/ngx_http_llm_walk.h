@@ -11,7 +11,7 @@
 #include <ngx_config.h>
 #include <ngx_core.h>
 #include <ngx_http.h>
-#include "ngx_http_llm_module.h"
+#include "ngx_http_llm.h"
 
 
 u_char *ngx_http_llm_walk_usage(u_char *p, u_char *end, ngx_uint_t *n);

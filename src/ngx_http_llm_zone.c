@@ -8,7 +8,7 @@
 #include <ngx_core.h>
 #include <ngx_http.h>
 #include <openssl/sha.h>
-#include "ngx_http_llm_module.h"
+#include "ngx_http_llm.h"
 #include "ngx_http_llm_backend_share.h"
 #include "ngx_http_llm_window.h"
 #include "ngx_http_llm_zone.h"

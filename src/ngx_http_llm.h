@@ -4,8 +4,8 @@
  */
 
 
-#ifndef _NGX_HTTP_LLM_MODULE_H_INCLUDED_
-#define _NGX_HTTP_LLM_MODULE_H_INCLUDED_
+#ifndef _NGX_HTTP_LLM_H_INCLUDED_
+#define _NGX_HTTP_LLM_H_INCLUDED_
 
 
 #include <ngx_config.h>
@@ -630,4 +630,4 @@ extern ngx_module_t  ngx_http_llm_filter_module;
 extern ngx_module_t  ngx_http_llm_hedge_module;
 
 
-#endif /* _NGX_HTTP_LLM_MODULE_H_INCLUDED_ */
+#endif /* _NGX_HTTP_LLM_H_INCLUDED_ */
