@@ -32,9 +32,9 @@
  * NGX_HTTP_LLM_JSON_ESCAPED: the byte at p is escaped) and, on return,
  * where the returned position is, before its byte is read.  The return
  * is the opening quote of a string that may be wanted, with
- * NGX_HTTP_LLM_JSON_FOUND set, or the place where fewer than 64 bytes
- * were left (at once without SSE2), for the caller to finish byte by
- * byte.  Blocks with a backslash are read byte by byte here too, so the
+ * NGX_HTTP_LLM_JSON_FOUND set, or the place from where the caller is to
+ * read byte by byte: the end, a string that opens in the last 16 bytes,
+ * a backslash in the last 64 (or p itself without SSE2).  Blocks with a backslash are read byte by byte here too, so the
  * result is exactly that of the byte-by-byte reading, even for text that
  * is not JSON.  Plain C99 without nginx headers, so that a test can
  * compare it with that reading (t/json/json_skip.c).
@@ -198,6 +198,104 @@ ngx_http_llm_json_skip_mask(const unsigned char *p, __m128i c)
 #endif
 
 
+#if (defined __SSE2__ && defined __GNUC__)
+
+/*
+ * The last bytes of a buffer, fewer than 64, from a copy padded with
+ * blanks.  A key may go on in the next buffer, so the reading stops at
+ * the first quote that opens a string too near the end to be told from
+ * a wanted one (NGX_HTTP_LLM_JSON_LOOK bytes), and leaves the text from
+ * there, and any with a backslash, to the byte-by-byte reading.
+ */
+
+#define NGX_HTTP_LLM_JSON_LOOK  16
+
+static inline const unsigned char *
+ngx_http_llm_json_skip_tail(const unsigned char *p, const unsigned char *end,
+    const ngx_http_llm_json_keys_t *keys, unsigned *state, size_t *counted)
+{
+    size_t          len;
+    unsigned        i, s1, s2;
+    uint64_t        q, inside, open, late, near;
+    __m128i         quote, backslash;
+    unsigned char   pad[64];
+
+    len = end - p;
+
+    if (len == 0 || (*state & NGX_HTTP_LLM_JSON_ESCAPED)) {
+        return p;
+    }
+
+    memcpy(pad, p, len);
+    memset(pad + len, ' ', sizeof(pad) - len);
+
+    quote = _mm_set1_epi8('"');
+    backslash = _mm_set1_epi8('\\');
+
+    if (ngx_http_llm_json_skip_mask(pad, backslash)
+        | ngx_http_llm_json_skip_mask(pad + 32, backslash))
+    {
+        return p;
+    }
+
+    q = ngx_http_llm_json_skip_mask(pad, quote)
+        | (uint64_t) ngx_http_llm_json_skip_mask(pad + 32, quote) << 32;
+
+    /* bit k: in a string after byte k, the parity of the quotes to it */
+
+    inside = q ^ (q << 1);
+    inside ^= inside << 2;
+    inside ^= inside << 4;
+    inside ^= inside << 8;
+    inside ^= inside << 16;
+    inside ^= inside << 32;
+
+    if (*state & NGX_HTTP_LLM_JSON_INSIDE) {
+        inside = ~inside;
+    }
+
+    open = q & inside;
+
+    late = (len > NGX_HTTP_LLM_JSON_LOOK)
+           ? open & (~0ULL << (len - NGX_HTTP_LLM_JSON_LOOK)) : open;
+
+    if (late) {
+        /* only the quotes before the first late one */
+        open &= (late & -late) - 1;
+    }
+
+    s1 = __builtin_ctz(keys->spans);
+    s2 = 31 - __builtin_clz(keys->spans);
+
+    near = open & ((q >> s1) | (q >> s2));
+
+    while (near) {
+        i = __builtin_ctzll(near);
+
+        if (ngx_http_llm_json_skip_pair(pad + i + 1, keys)
+            && !ngx_http_llm_json_skip_spelling(pad + i, pad + len, keys,
+                                                counted))
+        {
+            *state = NGX_HTTP_LLM_JSON_FOUND;
+            return p + i;
+        }
+
+        near &= near - 1;
+    }
+
+    if (late) {
+        *state = 0;
+        return p + __builtin_ctzll(late);
+    }
+
+    *state = (inside >> (len - 1)) & NGX_HTTP_LLM_JSON_INSIDE;
+
+    return end;
+}
+
+#endif
+
+
 static inline const unsigned char *
 ngx_http_llm_json_skip(const unsigned char *p, const unsigned char *end,
     const ngx_http_llm_json_keys_t *keys, unsigned *state, size_t *counted)
@@ -213,7 +311,7 @@ ngx_http_llm_json_skip(const unsigned char *p, const unsigned char *end,
 
     if (end - p < 64) {
         *state = st;
-        return p;
+        return ngx_http_llm_json_skip_tail(p, end, keys, state, counted);
     }
 
     s1 = __builtin_ctz(keys->spans);
@@ -293,6 +391,8 @@ ngx_http_llm_json_skip(const unsigned char *p, const unsigned char *end,
     }
 
     *state = st ^ __builtin_parity(odd);
+
+    return ngx_http_llm_json_skip_tail(p, end, keys, state, counted);
 
 #else
 
