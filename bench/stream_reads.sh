@@ -60,18 +60,9 @@ perl "$work/backend.pl" 18995 &
 backend=$!
 trap 'kill $backend 2>/dev/null || true; rm -rf "$work"' EXIT
 
-cat >"$work/reads.conf" <<END
-${LLM_MODULE:+load_module $LLM_MODULE;}
-worker_processes 1;
-daemon off;
-master_process off;
-pid $work/nginx.pid;
-error_log $work/error.log error;
-events { worker_connections 1024; }
-http {
-    access_log off;
-    client_body_temp_path $work/client_body;
-    proxy_temp_path $work/proxy_temp;
+{
+bench_conf_head "daemon off; master_process off;"
+cat <<END
     proxy_http_version 1.1;
     proxy_set_header Connection "";
     proxy_buffering off;
@@ -94,6 +85,7 @@ http {
     }
 }
 END
+} >"$work/reads.conf"
 
 echo "== a stream read one event at a time: nginx's instructions per" \
      "request (callgrind, $n requests after 3)"

@@ -34,9 +34,10 @@
  * is the opening quote of a string that may be wanted, with
  * NGX_HTTP_LLM_JSON_FOUND set, or the place from where the caller is to
  * read byte by byte: the end, a string that opens in the last 16 bytes,
- * a backslash in the last 64 (or p itself without SSE2).  Blocks with a backslash are read byte by byte here too, so the
- * result is exactly that of the byte-by-byte reading, even for text that
- * is not JSON.  Plain C99 without nginx headers, so that a test can
+ * a backslash in the last 64 (or p itself without SSE2).  Other blocks
+ * with a backslash are read byte by byte here too, so the result is
+ * exactly that of the byte-by-byte reading, even for text that is not
+ * JSON.  Plain C99 without nginx headers, so that a test can
  * compare it with that reading (t/json/json_skip.c).
  */
 
