@@ -196,16 +196,16 @@ ngx_http_llm_guess_done(ngx_http_llm_guess_t *g, size_t *chars)
         line = _mm_sub_epi8(line, _mm_cmplt_epi8(b, _mm_set1_epi8(0x20)));   \
     }
 
-/* the lanes summed into g and cleared: of 16 or 32 bytes, by lanes() */
+/* the sixteen lanes summed into g and cleared */
 
-#define ngx_http_llm_classified(g, lanes, zero)                              \
-    (g)->letters += lanes(letter);                                           \
-    (g)->digits += lanes(digit);                                             \
-    (g)->spaces += lanes(space);                                             \
+#define ngx_http_llm_classified(g)                                           \
+    (g)->letters += ngx_http_llm_lanes(letter);                              \
+    (g)->digits += ngx_http_llm_lanes(digit);                                \
+    (g)->spaces += ngx_http_llm_lanes(space);                                \
     if (!json) {                                                             \
-        (g)->lines += lanes(line);                                           \
+        (g)->lines += ngx_http_llm_lanes(line);                              \
     }                                                                        \
-    letter = zero;                                                           \
+    letter = _mm_setzero_si128();                                            \
     digit = letter;                                                          \
     space = letter;                                                          \
     line = letter
@@ -266,8 +266,7 @@ ngx_http_llm_weigh(ngx_http_llm_guess_t *g, const unsigned char *p,
             if (++blocks == 255) {
                 g->ascii += blocks * 16;
                 blocks = 0;
-                ngx_http_llm_classified(g, ngx_http_llm_lanes,
-                                        _mm_setzero_si128());
+                ngx_http_llm_classified(g);
             }
 
             continue;
@@ -313,7 +312,7 @@ ngx_http_llm_weigh(ngx_http_llm_guess_t *g, const unsigned char *p,
     }
 
     g->ascii += blocks * 16;
-    ngx_http_llm_classified(g, ngx_http_llm_lanes, _mm_setzero_si128());
+    ngx_http_llm_classified(g);
 
     if (end - p < 16) {
         p = ngx_http_llm_weigh_bytes(g, p, end, json);
