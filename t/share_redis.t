@@ -80,6 +80,18 @@ sub conf {
             proxy_pass http://pool;
         }
 
+        location /rpm3/ {
+            llm_route pool;
+            llm_limit \$http_x_app rpm=3;
+            proxy_pass http://pool;
+        }
+
+        location /rpm6/ {
+            llm_route pool;
+            llm_limit \$http_x_app rpm=6;
+            proxy_pass http://pool;
+        }
+
         location = /status {
             llm_status consumers=10;
             access_log off;
@@ -189,6 +201,24 @@ for my $port ($pa, $pb, $pa, $pb) {
         if $s == 429;
 }
 is("@two", '200 200 200 429', 'rpm=3 of the second line holds across both');
+
+# a budget so small that leasing ahead would hand one instance most of
+# it: each request is reserved in Redis as it comes, so that one
+# instance never refuses while the other holds room it does not use
+
+for my $case (['abba', 3, '200 200 200 429'],
+              ['aabb', 3, '200 200 200 429'],
+              ['abbbbbba', 6, '200 200 200 200 200 200 429 429'],
+              ['bbbbbbba', 6, '200 200 200 200 200 200 429 429']) {
+    my ($seq, $rpm, $want) = @$case;
+    my @got;
+    for my $x (split //, $seq) {
+        my ($s) = http_post($x eq 'a' ? $pa : $pb, "/rpm$rpm$chat", $body,
+                            'X-App' => "small-$seq");
+        push @got, $s;
+    }
+    is("@got", $want, "rpm=$rpm, requests on $seq: none refused with room");
+}
 
 ###########################################################################
 # a reload: the old workers report and go, the new ones connect; nothing

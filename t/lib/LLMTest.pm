@@ -454,6 +454,16 @@ sub start_echo {
         or die "echo listen: $!";
 
     my $log = "$self->{dir}/echo.log";
+    $self->serve_forked($srv, sub { echo_connection($_[0], $log,
+                                                    $opt{mirror}) });
+    return $port;
+}
+
+# a server process that gives each connection accepted on $srv a process
+# of its own, running $serve with the connection
+
+sub serve_forked {
+    my ($self, $srv, $serve) = @_;
     my $pid = fork // die "fork: $!";
     if ($pid == 0) {
         $SIG{ALRM} = 'DEFAULT';
@@ -462,7 +472,7 @@ sub start_echo {
         while (my $c = $srv->accept) {
             my $k = fork;
             if (defined $k && $k == 0) {
-                echo_connection($c, $log, $opt{mirror});
+                $serve->($c);
                 POSIX::_exit(0);
             }
             close $c;
@@ -471,7 +481,6 @@ sub start_echo {
     }
     close $srv;
     push @{ $self->{pids} }, $pid;
-    return $port;
 }
 
 sub echo_connection {
@@ -652,6 +661,49 @@ sub start_redis {
                                 . $self->read_file('redis.log');
     return $port;
 }
+
+# a link with lag: a TCP proxy to 127.0.0.1:$to that holds every piece
+# of the replies $ms milliseconds before passing it on, in order, as a
+# store far away or a loaded one would; the requests pass at once
+
+sub start_lag {
+    my ($self, $to, $ms) = @_;
+    my $port = free_port();
+    my $srv = IO::Socket::INET->new(LocalAddr => '127.0.0.1',
+                                    LocalPort => $port, Listen => 64,
+                                    ReuseAddr => 1)
+        or die "lag listen: $!";
+
+    $self->serve_forked($srv, sub { lag_connection($_[0], $to, $ms / 1000) });
+    return $port;
+}
+
+sub lag_connection {
+    my ($c, $to, $lag) = @_;
+    my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $to)
+        or return;
+    my @held;                           # [ due, bytes ], oldest first
+    while (1) {
+        my $rin = '';
+        vec($rin, fileno $c, 1) = 1;
+        vec($rin, fileno $s, 1) = 1;
+        my $wait = @held ? _positive($held[0][0] - time) : undef;
+        select(my $rout = $rin, undef, undef, $wait);
+        if (vec($rout, fileno $c, 1)) {
+            sysread($c, my $buf, 65536) or return;
+            syswrite($s, $buf);
+        }
+        if (vec($rout, fileno $s, 1)) {
+            sysread($s, my $buf, 65536) or return;
+            push @held, [ time + $lag, $buf ];
+        }
+        while (@held && $held[0][0] <= time) {
+            syswrite($c, (shift @held)->[1]);
+        }
+    }
+}
+
+sub _positive { $_[0] > 0 ? $_[0] : 0 }
 
 # $signal: TERM (a clean stop) or KILL (a crash)
 
