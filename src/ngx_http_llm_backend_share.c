@@ -147,18 +147,24 @@ ngx_http_llm_backend_renew(ngx_http_llm_zone_t *zone,
 
     for (k = 0; k < 2; k++) {
 
-        if (sh->share->limit[k] == 0
-            || ngx_http_llm_lease_busy(zone->share_conf,
-                                       &sh->share->lease[k], now))
+        if (sh->share->limit[k] == 0) {
+            continue;
+        }
+
+        /* the reports renew for requests of this size too */
+
+        n = (k == NGX_HTTP_LLM_BUDGET_BACKEND_TOKENS) ? (int64_t) charge : 1;
+        sh->share->lease[k].last = n;
+
+        if (ngx_http_llm_lease_busy(zone->share_conf, &sh->share->lease[k],
+                                    now))
         {
             continue;
         }
 
-        n = (k == NGX_HTTP_LLM_BUDGET_BACKEND_TOKENS) ? (int64_t) charge : 1;
-
         ngx_http_llm_backend_budget(pool, sh, k, &b, zone->share_conf->ttl);
 
-        b.ask = ngx_http_llm_lease_want(&b, n, now);
+        b.ask = ngx_http_llm_lease_ahead(&b, n, now);
 
         if (b.ask > 0) {
             (void) ngx_http_llm_backend_send(zone, sh, k, &b, now);

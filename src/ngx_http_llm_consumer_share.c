@@ -169,7 +169,11 @@ ngx_http_llm_consumer_lease(ngx_http_llm_zone_t *zone,
             : (k == NGX_HTTP_LLM_BUDGET_MONEY) ? (int64_t) cost
             : (int64_t) need;
 
-        if (!renew && ngx_http_llm_lease_ok(lease, n, now)) {
+        if (renew) {
+            /* the reports renew for requests of this size too */
+            lease->last = n;
+
+        } else if (ngx_http_llm_lease_ok(lease, n, now)) {
             continue;
         }
 
@@ -207,10 +211,15 @@ ngx_http_llm_consumer_lease(ngx_http_llm_zone_t *zone,
 
         ngx_http_llm_consumer_budget(zone, cs, k, &b);
 
-        b.ask = ngx_http_llm_lease_want(&b, n, now);
+        if (renew) {
+            b.ask = ngx_http_llm_lease_ahead(&b, n, now);
 
-        if (renew && b.ask <= 0) {
-            continue;
+            if (b.ask <= 0) {
+                continue;
+            }
+
+        } else {
+            b.ask = ngx_http_llm_lease_want(&b, n, now);
         }
 
         if (ngx_http_llm_consumer_send(zone, cs, k, &b, now) != NGX_OK) {

@@ -29,6 +29,7 @@
 typedef struct {
     ngx_http_llm_redis_handler_pt  handler;
     void                          *data;
+    ngx_msec_t                     queued;
 } ngx_http_llm_redis_pending_t;
 
 
@@ -73,6 +74,8 @@ static void ngx_http_llm_redis_setup_done(void *data, redisReply *reply);
 static void ngx_http_llm_redis_script_done(void *data, redisReply *reply);
 static void ngx_http_llm_redis_flush(ngx_http_llm_redis_t *rs);
 static void ngx_http_llm_redis_close(ngx_http_llm_redis_t *rs);
+static ngx_int_t ngx_http_llm_redis_deadline(ngx_http_llm_redis_t *rs,
+    ngx_event_t *rev);
 static void ngx_http_llm_redis_abort(ngx_http_llm_redis_t *rs);
 static void ngx_http_llm_redis_close_connection(ngx_http_llm_redis_t *rs);
 #if (NGX_SSL)
@@ -449,6 +452,7 @@ ngx_http_llm_redis_push(ngx_http_llm_redis_t *rs, int argc,
     p = &rs->pending[(rs->head + rs->npending) % NGX_HTTP_LLM_REDIS_PENDING];
     p->handler = handler;
     p->data = data;
+    p->queued = ngx_current_msec;
     rs->npending++;
 
     return NGX_OK;
@@ -545,8 +549,12 @@ ngx_http_llm_redis_read_handler(ngx_event_t *rev)
     rs = c->data;
 
     if (rev->timedout) {
-        ngx_http_llm_redis_fail(rs, "timed out");
-        return;
+        rev->timedout = 0;
+
+        if (ngx_http_llm_redis_deadline(rs, rev) == NGX_ERROR) {
+            ngx_http_llm_redis_fail(rs, "timed out");
+            return;
+        }
     }
 
     for ( ;; ) {
@@ -619,16 +627,48 @@ ngx_http_llm_redis_read_handler(ngx_event_t *rev)
         }
     }
 
-    if (rs->npending) {
-        ngx_add_timer(rev, rs->conf->timeout);
-
-    } else if (rev->timer_set) {
-        ngx_del_timer(rev);
+    if (ngx_http_llm_redis_deadline(rs, rev) == NGX_ERROR) {
+        ngx_http_llm_redis_fail(rs, "timed out");
+        return;
     }
 
     if (ngx_handle_read_event(rev, 0) != NGX_OK) {
         ngx_http_llm_redis_fail(rs, "cannot read");
     }
+}
+
+
+/*
+ * The oldest command waiting for its reply sets the read timer: each
+ * command has redis_timeout= from when it was queued.  The timer is set
+ * anew each time, as nginx keeps a timer that moves by less than
+ * NGX_TIMER_LAZY_DELAY, which would time out a command that is not late.
+ * NGX_ERROR: that command is late.
+ */
+
+static ngx_int_t
+ngx_http_llm_redis_deadline(ngx_http_llm_redis_t *rs, ngx_event_t *rev)
+{
+    ngx_msec_int_t  left;
+
+    if (rev->timer_set) {
+        ngx_del_timer(rev);
+    }
+
+    if (rs->npending == 0) {
+        return NGX_OK;
+    }
+
+    left = (ngx_msec_int_t) (rs->pending[rs->head].queued
+                             + rs->conf->timeout - ngx_current_msec);
+
+    if (left <= 0) {
+        return NGX_ERROR;
+    }
+
+    ngx_add_timer(rev, (ngx_msec_t) left);
+
+    return NGX_OK;
 }
 
 

@@ -389,31 +389,77 @@ ngx_http_llm_lease_spend(ngx_http_llm_budget_t *b, int64_t value,
 
 
 /*
- * How much to ask for: an eighth of the limit, or twice the request,
- * ahead of need; nothing while the credit covers the request and half
- * of that.  A credit that lapsed counts for nothing.
+ * What one instance may hold ahead of need: an eighth of the limit, if
+ * that covers a request of this size.  A lease that covers none would
+ * only keep from the other instances what they could use, so a budget
+ * that small is reserved in Redis request by request, a round trip
+ * each, and nothing is held for requests to come.
  */
+
+static int64_t
+ngx_http_llm_lease_target(ngx_http_llm_budget_t *b, int64_t need)
+{
+    int64_t  eighth;
+
+    eighth = b->limit / 8;
+
+    return (need <= eighth) ? eighth : 0;
+}
+
+
+/* the credit, nothing if it lapsed */
+
+static int64_t
+ngx_http_llm_lease_have(ngx_http_llm_lease_t *lease, ngx_msec_t now)
+{
+    return ((ngx_msec_int_t) (lease->expires - now) > 0) ? lease->credit : 0;
+}
+
+
+/* what a request the credit does not cover asks for */
 
 int64_t
 ngx_http_llm_lease_want(ngx_http_llm_budget_t *b, int64_t need,
     ngx_msec_t now)
 {
-    int64_t                target, have;
-    ngx_http_llm_lease_t  *lease;
+    int64_t  have;
 
-    lease = b->lease;
+    have = ngx_http_llm_lease_have(b->lease, now);
 
-    target = ngx_max(b->limit / 8, 2 * need);
-    target = ngx_min(target, b->limit);
+    if (have >= need) {
+        return 0;
+    }
 
-    have = ((ngx_msec_int_t) (lease->expires - now) > 0)
-           ? lease->credit : 0;
+    return ngx_max(ngx_http_llm_lease_target(b, need) - ngx_max(have, 0),
+                   need - have);
+}
+
+
+/*
+ * Ahead of need, after a charge of this size or, in a report, the last
+ * one's: a credit under half the target is topped up to it, so that
+ * the next requests need not wait
+ */
+
+int64_t
+ngx_http_llm_lease_ahead(ngx_http_llm_budget_t *b, int64_t need,
+    ngx_msec_t now)
+{
+    int64_t  have, target;
+
+    target = ngx_http_llm_lease_target(b, need);
+
+    if (target == 0) {
+        return 0;
+    }
+
+    have = ngx_http_llm_lease_have(b->lease, now);
 
     if (have >= need && have >= target / 2) {
         return 0;
     }
 
-    return ngx_max(target - ngx_max(have, 0), need - have);
+    return target - ngx_max(have, 0);
 }
 
 
@@ -495,7 +541,7 @@ ngx_http_llm_lease_renewal(ngx_http_llm_budget_t *b, ngx_msec_t now,
         return ngx_http_llm_lease_idle(b, now, ttl);
     }
 
-    return ngx_http_llm_lease_want(b, 0, now);
+    return ngx_http_llm_lease_ahead(b, b->lease->last, now);
 }
 
 

@@ -24,6 +24,7 @@ typedef struct {
     int64_t                      credit;     /* may be spent here */
     ngx_msec_t                   expires;    /* when the credit lapses */
     ngx_msec_t                   used;       /* last spent from */
+    int64_t                      last;       /* and how much */
     ngx_msec_t                   busy;       /* a reply awaited since */
     ngx_msec_t                   exhausted;  /* a reply gave less */
     ngx_msec_t                   synced;     /* the last reply */
@@ -104,6 +105,8 @@ ngx_uint_t ngx_http_llm_lease_pending(ngx_http_llm_budget_t *b);
 void ngx_http_llm_lease_spend(ngx_http_llm_budget_t *b, int64_t value,
     ngx_msec_t at, ngx_msec_t now);
 int64_t ngx_http_llm_lease_want(ngx_http_llm_budget_t *b, int64_t need,
+    ngx_msec_t now);
+int64_t ngx_http_llm_lease_ahead(ngx_http_llm_budget_t *b, int64_t need,
     ngx_msec_t now);
 int64_t ngx_http_llm_lease_renewal(ngx_http_llm_budget_t *b, ngx_msec_t now,
     ngx_msec_t ttl);

@@ -832,6 +832,57 @@ ngx_http_llm_choose(ngx_http_llm_pool_t *pool, ngx_http_llm_ctx_t *ctx,
 
 
 /*
+ * While a request waits for its consumers' leases, the backends' that it
+ * will need are asked for too, so that a first request after a pause
+ * waits one round trip to Redis, not two in turn
+ */
+
+void
+ngx_http_llm_choose_ahead(ngx_http_llm_pool_t *pool, ngx_http_llm_ctx_t *ctx,
+    ngx_uint_t reserve)
+{
+    int64_t                     credit;
+    ngx_msec_t                  now, w;
+    ngx_uint_t                  i, charge;
+    ngx_http_llm_zone_t        *zone;
+    ngx_http_llm_backend_t     *b;
+    ngx_http_llm_backend_sh_t  *sh;
+
+    zone = pool->shm_zone->data;
+
+    if (zone->share == NULL || ctx->share_local
+        || ngx_http_llm_share_state(zone->share) != NGX_HTTP_LLM_REDIS_READY)
+    {
+        return;
+    }
+
+    now = ngx_current_msec;
+    b = pool->backends.elts;
+
+    ngx_shmtx_lock(&zone->shpool->mutex);
+
+    for (i = 0; i < pool->backends.nelts; i++) {
+        sh = b[i].sh;
+        charge = ngx_http_llm_charge_for(ctx, &b[i], reserve);
+
+        if (sh->share == NULL
+            || (b[i].tpm && charge > b[i].tpm)
+            || (ngx_msec_int_t) (sh->cooldown_until - now) > 0)
+        {
+            continue;
+        }
+
+        w = 0;
+
+        (void) ngx_http_llm_backend_lease(zone, pool, sh, ctx, charge, 1, now,
+                                          &w, &credit);
+    }
+
+    ngx_shmtx_unlock(&zone->shpool->mutex);
+}
+
+
+/*
  * A zone shared through Redis admits on the backends' leases (see
  * ngx_http_llm_backend_share.c): *shared.  Admission (not a retry)
  * waits for the link while it connects, redis_timeout= at most

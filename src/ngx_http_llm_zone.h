@@ -23,6 +23,8 @@ ngx_uint_t ngx_http_llm_pool_fits(ngx_http_llm_pool_t *pool,
 ngx_http_llm_backend_t *ngx_http_llm_choose(ngx_http_llm_pool_t *pool,
     ngx_http_llm_ctx_t *ctx, uintptr_t *tried, uintptr_t *down,
     ngx_uint_t reserve, ngx_msec_t *wait);
+void ngx_http_llm_choose_ahead(ngx_http_llm_pool_t *pool,
+    ngx_http_llm_ctx_t *ctx, ngx_uint_t reserve);
 void ngx_http_llm_refund(ngx_http_llm_backend_t *b, ngx_http_llm_ctx_t *ctx);
 void ngx_http_llm_backend_done(ngx_http_llm_backend_t *b,
     ngx_http_llm_ctx_t *ctx, ngx_uint_t outcome, ngx_msec_t cooldown,
