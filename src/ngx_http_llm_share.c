@@ -31,6 +31,17 @@
  * spent in a slot, "l<instance>" an instance's lease and when it lapses.
  * The script below does one budget's report and renewal atomically; it
  * takes the time from Redis, so the instances' clocks need not agree.
+ *
+ * A report whose reply is lost (the connection failed or timed out) may
+ * have been applied or not; its amounts go back into the ring and the
+ * next report sends them again.  So that they do not count twice, each
+ * worker process is a link with an id of its own and numbers its
+ * reports; Redis keeps, in "o<link>", the number of the link's last
+ * report and its amounts by the instance's slot, for ten minutes at
+ * most; and a report names the lost ones since the last reply, newest
+ * first.  Of those, the newest that Redis applied carried the amounts of
+ * all before it, and they are in this report again: Redis takes them
+ * out.
  */
 
 static ngx_str_t  ngx_http_llm_lease_script = ngx_string(
@@ -41,11 +52,15 @@ static ngx_str_t  ngx_http_llm_lease_script = ngx_string(
 "local limit = tonumber(ARGV[4])\n"
 "local ask = tonumber(ARGV[5])\n"
 "local ttl = tonumber(ARGV[6])\n"
+"local link = ARGV[8]\n"
+"local seq = tonumber(ARGV[9])\n"
 "local t = redis.call('TIME')\n"
 "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+"local keep = math.min(tonumber(ARGV[7]), 600000)\n"
 "local slot = 0\n"
 "if slot_ms > 0 then slot = math.floor(now / slot_ms) end\n"
 "local spent, leased, own = 0, 0, 0\n"
+"local ops = {}\n"
 "local all = redis.call('HGETALL', key)\n"
 "for i = 1, #all, 2 do\n"
 "  local f, v = all[i], all[i + 1]\n"
@@ -68,17 +83,43 @@ static ngx_str_t  ngx_http_llm_lease_script = ngx_string(
 "    else\n"
 "      leased = leased + a\n"
 "    end\n"
+"  elseif k == 'o' then\n"
+"    local q, at, sent = string.match(v, '^(%d+)|(%d+)|(.*)$')\n"
+"    if q == nil or tonumber(at) + keep <= now then\n"
+"      redis.call('HDEL', key, f)\n"
+"    else\n"
+"      ops[string.sub(f, 2)] = {tonumber(q), sent}\n"
+"    end\n"
 "  end\n"
 "end\n"
-"for i = 8, #ARGV - 1, 2 do\n"
-"  local age, d = tonumber(ARGV[i]), tonumber(ARGV[i + 1])\n"
+"local minus = {}\n"
+"for l, q in string.gmatch(ARGV[10], '(%x+):(%d+)') do\n"
+"  local o = ops[l]\n"
+"  if o and o[1] >= tonumber(q) then\n"
+"    if o[1] == tonumber(q) then\n"
+"      for s, d in string.gmatch(o[2], '(%d+):(%-?%d+)') do\n"
+"        minus[s] = (minus[s] or 0) + tonumber(d)\n"
+"      end\n"
+"    end\n"
+"    break\n"
+"  end\n"
+"end\n"
+"local sent = {}\n"
+"for i = 11, #ARGV - 2, 3 do\n"
+"  local id, age, d = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])\n"
+"  sent[#sent + 1] = id .. ':' .. d\n"
+"  d = d - (minus[id] or 0)\n"
 "  local s = 0\n"
 "  if slot_ms > 0 then s = math.floor((now - age) / slot_ms) end\n"
-"  if slot_ms == 0 or s > slot - nslots then\n"
+"  if d ~= 0 and (slot_ms == 0 or s > slot - nslots) then\n"
 "    redis.call('HINCRBY', key, 's' .. s, d)\n"
 "    spent = spent + d\n"
 "  end\n"
 "  own = own - d\n"
+"end\n"
+"if seq > 0 then\n"
+"  redis.call('HSET', key, 'o' .. link,\n"
+"             seq .. '|' .. now .. '|' .. table.concat(sent, ','))\n"
 "end\n"
 "if own < 0 then own = 0 end\n"
 "if ask < 0 then\n"
@@ -108,12 +149,16 @@ typedef struct {
     ngx_msec_t                   slot_ms;
     ngx_msec_t                   sent;
     int64_t                      ask;
+    uint64_t                     seq;        /* 0: no amounts */
+    ngx_http_llm_doubt_t         doubt;      /* the newest it names */
     ngx_uint_t                   n;
     int64_t                      slot[1];    /* then n deltas */
 } ngx_http_llm_lease_op_t;
 
 
-#define NGX_HTTP_LLM_LEASE_ARGS  11
+#define NGX_HTTP_LLM_LEASE_ARGS  14
+#define NGX_HTTP_LLM_DOUBTS_LEN                                               \
+    (NGX_HTTP_LLM_DOUBTS * (16 + 1 + NGX_INT64_LEN + 1))
 
 
 static void ngx_http_llm_share_state_changed(void *data, redisReply *reply);
@@ -125,6 +170,10 @@ static void ngx_http_llm_ring_add(ngx_http_llm_lease_t *lease, int64_t *ring,
 static void ngx_http_llm_lease_done(void *data, redisReply *reply);
 static void ngx_http_llm_lease_restore(ngx_http_llm_lease_op_t *op,
     ngx_msec_t now);
+static void ngx_http_llm_lease_doubt(ngx_http_llm_lease_t *lease,
+    uint64_t link, uint64_t seq);
+static void ngx_http_llm_lease_settled(ngx_http_llm_lease_t *lease,
+    ngx_http_llm_doubt_t *named);
 
 
 /*
@@ -264,6 +313,16 @@ ngx_http_llm_share_init(ngx_cycle_t *cycle, ngx_http_llm_share_t *share,
     }
 
     ngx_shmtx_unlock(&share->shpool->mutex);
+
+    /* this worker's link, for Redis to know its reports by */
+
+    while (share->link == 0) {
+        share->link = ((uint64_t) ngx_random() << 32)
+                      ^ (uint64_t) ngx_random()
+                      ^ ((uint64_t) ngx_pid << 40);
+    }
+
+    share->seq = 0;
 
     share->redis = ngx_http_llm_redis_create(cycle, &scf->redis,
                                              &ngx_http_llm_lease_script,
@@ -594,10 +653,11 @@ ngx_http_llm_lease_send(ngx_http_llm_share_t *share,
         return NGX_ERROR;
     }
 
-    argc = NGX_HTTP_LLM_LEASE_ARGS + 2 * n;
+    argc = NGX_HTTP_LLM_LEASE_ARGS + 3 * n;
 
     argv = ngx_alloc(argc * (sizeof(char *) + sizeof(size_t))
-                     + (argc + 1) * (NGX_INT64_LEN + 2), ngx_cycle->log);
+                     + (argc + 1) * (NGX_INT64_LEN + 2)
+                     + NGX_HTTP_LLM_DOUBTS_LEN, ngx_cycle->log);
     if (argv == NULL) {
         ngx_free(op);
         return NGX_ERROR;
@@ -606,7 +666,7 @@ ngx_http_llm_lease_send(ngx_http_llm_share_t *share,
     argvlen = (size_t *) (argv + argc);
     nums = (u_char *) (argvlen + argc);
     p = nums;
-    last = nums + (argc + 1) * (NGX_INT64_LEN + 2);
+    last = nums + (argc + 1) * (NGX_INT64_LEN + 2) + NGX_HTTP_LLM_DOUBTS_LEN;
 
     op->share = share;
     op->lease = b->lease;
@@ -615,6 +675,8 @@ ngx_http_llm_lease_send(ngx_http_llm_share_t *share,
     op->slot_ms = b->slot_ms;
     op->sent = now;
     op->ask = b->ask;
+    op->seq = n ? ++share->seq : 0;
+    op->doubt = b->lease->doubt[0];
     op->n = 0;
 
     argv[0] = "EVALSHA";
@@ -638,12 +700,27 @@ ngx_http_llm_lease_send(ngx_http_llm_share_t *share,
     ngx_http_llm_arg(8, "%L", b->ask);
     ngx_http_llm_arg(9, "%M", share->conf->ttl);
     ngx_http_llm_arg(10, "%M", b->expire);
+    ngx_http_llm_arg(11, "%016uxL", share->link);
+    ngx_http_llm_arg(12, "%uL", op->seq);
+
+    /* the reports of this budget whose replies were lost, newest first */
+
+    argv[13] = (const char *) p;
+
+    for (i = 0; i < NGX_HTTP_LLM_DOUBTS && b->lease->doubt[i].seq; i++) {
+        p = ngx_slprintf(p, last, "%s%016uxL:%uL", i ? "," : "",
+                         b->lease->doubt[i].link, b->lease->doubt[i].seq);
+    }
+
+    argvlen[13] = (u_char *) p - (u_char *) argv[13];
 
     /*
-     * the ring's amounts, newest first, each with its age in ms counted
-     * from the end of its slot: Redis puts an amount in the slot of its
-     * own clock that age falls in, never earlier than it was spent, so
-     * that it leaves Redis's window no earlier than the backend's
+     * the ring's amounts, newest first, each with its slot here (the
+     * name Redis keeps it by, should this report be sent again) and its
+     * age in ms counted from the end of that slot: Redis puts an amount
+     * in the slot of its own clock that age falls in, never earlier than
+     * it was spent, so that it leaves Redis's window no earlier than the
+     * backend's
      */
 
     ns = b->slot_ms ? now / b->slot_ms : 0;
@@ -660,6 +737,8 @@ ngx_http_llm_lease_send(ngx_http_llm_share_t *share,
                            + 1
                          : 0;
 
+        ngx_http_llm_arg(k, "%M", ns - i);
+        k++;
         ngx_http_llm_arg(k, "%M", (ngx_msec_t) ngx_max(age, 0));
         k++;
         ngx_http_llm_arg(k, "%L", *v);
@@ -723,6 +802,7 @@ ngx_http_llm_lease_done(void *data, redisReply *reply)
 
     if (!ok) {
         ngx_http_llm_lease_restore(op, now);
+        ngx_http_llm_lease_doubt(lease, share->link, op->seq);
 
         sh->errors++;
         sh->last_error = ngx_time();
@@ -769,6 +849,9 @@ ngx_http_llm_lease_done(void *data, redisReply *reply)
 
     lease->credit = own - pending;
     lease->expires = op->sent + share->conf->ttl;
+
+    ngx_http_llm_lease_settled(lease, &op->doubt);
+
     lease->spent = reply->element[2]->integer;
     lease->leased = reply->element[3]->integer + own;
     lease->synced = now;
@@ -803,6 +886,54 @@ ngx_http_llm_lease_restore(ngx_http_llm_lease_op_t *op, ngx_msec_t now)
                               op->slot[op->nslots + i],
                               op->slot[i] * (op->slot_ms ? op->slot_ms : 1),
                               now);
+    }
+}
+
+
+/* a report whose reply was lost, to be named by the next ones */
+
+static void
+ngx_http_llm_lease_doubt(ngx_http_llm_lease_t *lease, uint64_t link,
+    uint64_t seq)
+{
+    if (seq == 0) {
+        /* it carried no amounts: nothing can count twice */
+        return;
+    }
+
+    /* the oldest goes if there are too many; its amounts may count twice */
+
+    ngx_memmove(&lease->doubt[1], &lease->doubt[0],
+                (NGX_HTTP_LLM_DOUBTS - 1) * sizeof(ngx_http_llm_doubt_t));
+
+    lease->doubt[0].link = link;
+    lease->doubt[0].seq = seq;
+}
+
+
+/*
+ * A reply came: Redis has settled the lost reports that the report
+ * named; those lost since it was sent stay
+ */
+
+static void
+ngx_http_llm_lease_settled(ngx_http_llm_lease_t *lease,
+    ngx_http_llm_doubt_t *named)
+{
+    ngx_uint_t  i;
+
+    if (named->seq == 0) {
+        return;
+    }
+
+    for (i = 0; i < NGX_HTTP_LLM_DOUBTS; i++) {
+        if (lease->doubt[i].seq == named->seq
+            && lease->doubt[i].link == named->link)
+        {
+            ngx_memzero(&lease->doubt[i], (NGX_HTTP_LLM_DOUBTS - i)
+                                          * sizeof(ngx_http_llm_doubt_t));
+            return;
+        }
     }
 }
 

@@ -20,6 +20,17 @@
  * not told Redis yet, one entry per slot of the window.
  */
 
+/* a report whose reply was lost: its worker's link and its number */
+
+typedef struct {
+    uint64_t                     link;
+    uint64_t                     seq;        /* 0: none */
+} ngx_http_llm_doubt_t;
+
+
+#define NGX_HTTP_LLM_DOUBTS  4
+
+
 typedef struct {
     int64_t                      credit;     /* may be spent here */
     ngx_msec_t                   expires;    /* when the credit lapses */
@@ -31,6 +42,7 @@ typedef struct {
     int64_t                      spent;      /* by all, at that reply */
     int64_t                      leased;     /* held by all, idem */
     ngx_msec_t                   pending_last;  /* newest slot */
+    ngx_http_llm_doubt_t         doubt[NGX_HTTP_LLM_DOUBTS];  /* newest 1st */
 } ngx_http_llm_lease_t;
 
 
@@ -69,6 +81,8 @@ typedef struct {
     ngx_http_llm_redis_t        *redis;
     ngx_event_t                  timer;
     void                        *data;       /* the zone */
+    uint64_t                     link;       /* this worker's, in Redis */
+    uint64_t                     seq;        /* of its last report */
 } ngx_http_llm_share_t;
 
 

@@ -664,7 +664,8 @@ sub start_redis {
 
 # a link with lag: a TCP proxy to 127.0.0.1:$to that holds every piece
 # of the replies $ms milliseconds before passing it on, in order, as a
-# store far away or a loaded one would; the requests pass at once
+# store far away or a loaded one would; the requests pass at once.
+# With $ms a file's path, the file says how long, and can change.
 
 sub start_lag {
     my ($self, $to, $ms) = @_;
@@ -674,12 +675,12 @@ sub start_lag {
                                     ReuseAddr => 1)
         or die "lag listen: $!";
 
-    $self->serve_forked($srv, sub { lag_connection($_[0], $to, $ms / 1000) });
+    $self->serve_forked($srv, sub { lag_connection($_[0], $to, $ms) });
     return $port;
 }
 
 sub lag_connection {
-    my ($c, $to, $lag) = @_;
+    my ($c, $to, $ms) = @_;
     my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $to)
         or return;
     my @held;                           # [ due, bytes ], oldest first
@@ -695,7 +696,13 @@ sub lag_connection {
         }
         if (vec($rout, fileno $s, 1)) {
             sysread($s, my $buf, 65536) or return;
-            push @held, [ time + $lag, $buf ];
+            my $lag = $ms;
+            if ($ms !~ /^\d+$/) {
+                open my $fh, '<', $ms or die "lag: $ms: $!";
+                $lag = <$fh> // 0;
+                chomp $lag;
+            }
+            push @held, [ time + $lag / 1000, $buf ];
         }
         while (@held && $held[0][0] <= time) {
             syswrite($c, (shift @held)->[1]);
