@@ -33,15 +33,15 @@
  * takes the time from Redis, so the instances' clocks need not agree.
  *
  * A report whose reply is lost (the connection failed or timed out) may
- * have been applied or not; its amounts go back into the ring and the
- * next report sends them again.  So that they do not count twice, each
- * worker process is a link with an id of its own and numbers its
- * reports; Redis keeps, in "o<link>", the number of the link's last
- * report and its amounts by the instance's slot, for ten minutes at
- * most; and a report names the lost ones since the last reply, newest
- * first.  Of those, the newest that Redis applied carried the amounts of
- * all before it, and they are in this report again: Redis takes them
- * out.
+ * have been applied or not, or may yet arrive; its amounts go back into
+ * the ring and the next report sends them again.  So that they count
+ * once, each worker process is a link with an id of its own and numbers
+ * its reports, and "o<link>" keeps the link's last four: each one's
+ * number, when, and the amounts it added by Redis's slot, ten minutes
+ * at most.  A report names the lost ones of its budget; Redis first
+ * undoes every one of them it applied (and keeps it, undone), and marks
+ * the ones it never saw, so that if they arrive late they add nothing;
+ * a report it has already seen adds nothing either.
  */
 
 static ngx_str_t  ngx_http_llm_lease_script = ngx_string(
@@ -53,14 +53,13 @@ static ngx_str_t  ngx_http_llm_lease_script = ngx_string(
 "local ask = tonumber(ARGV[5])\n"
 "local ttl = tonumber(ARGV[6])\n"
 "local link = ARGV[8]\n"
-"local seq = tonumber(ARGV[9])\n"
 "local t = redis.call('TIME')\n"
 "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
 "local keep = math.min(tonumber(ARGV[7]), 600000)\n"
 "local slot = 0\n"
 "if slot_ms > 0 then slot = math.floor(now / slot_ms) end\n"
 "local spent, leased, own = 0, 0, 0\n"
-"local ops = {}\n"
+"local ops, dirty = {}, {}\n"
 "local all = redis.call('HGETALL', key)\n"
 "for i = 1, #all, 2 do\n"
 "  local f, v = all[i], all[i + 1]\n"
@@ -84,42 +83,74 @@ static ngx_str_t  ngx_http_llm_lease_script = ngx_string(
 "      leased = leased + a\n"
 "    end\n"
 "  elseif k == 'o' then\n"
-"    local q, at, sent = string.match(v, '^(%d+)|(%d+)|(.*)$')\n"
-"    if q == nil or tonumber(at) + keep <= now then\n"
-"      redis.call('HDEL', key, f)\n"
-"    else\n"
-"      ops[string.sub(f, 2)] = {tonumber(q), sent}\n"
-"    end\n"
-"  end\n"
-"end\n"
-"local minus = {}\n"
-"for l, q in string.gmatch(ARGV[10], '(%x+):(%d+)') do\n"
-"  local o = ops[l]\n"
-"  if o and o[1] >= tonumber(q) then\n"
-"    if o[1] == tonumber(q) then\n"
-"      for s, d in string.gmatch(o[2], '(%d+):(%-?%d+)') do\n"
-"        minus[s] = (minus[s] or 0) + tonumber(d)\n"
+"    local list = {}\n"
+"    for q, at, a in string.gmatch(v, '(%d+)|(%d+)|([^;]*)') do\n"
+"      if tonumber(at) + keep > now then\n"
+"        list[#list + 1] = {q, at, a}\n"
 "      end\n"
 "    end\n"
-"    break\n"
+"    if #list == 0 then\n"
+"      redis.call('HDEL', key, f)\n"
+"    end\n"
+"    ops[string.sub(f, 2)] = list\n"
 "  end\n"
 "end\n"
-"local sent = {}\n"
-"for i = 11, #ARGV - 2, 3 do\n"
-"  local id, age, d = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])\n"
-"  sent[#sent + 1] = id .. ':' .. d\n"
-"  d = d - (minus[id] or 0)\n"
-"  local s = 0\n"
-"  if slot_ms > 0 then s = math.floor((now - age) / slot_ms) end\n"
-"  if d ~= 0 and (slot_ms == 0 or s > slot - nslots) then\n"
-"    redis.call('HINCRBY', key, 's' .. s, d)\n"
-"    spent = spent + d\n"
+"local function find(l, q)\n"
+"  local list = ops[l] or {}\n"
+"  ops[l] = list\n"
+"  for _, r in ipairs(list) do\n"
+"    if r[1] == q then return r, true end\n"
 "  end\n"
-"  own = own - d\n"
+"  local r = {q, string.format('%d', now), ''}\n"
+"  list[#list + 1] = r\n"
+"  dirty[l] = true\n"
+"  return r, false\n"
 "end\n"
-"if seq > 0 then\n"
-"  redis.call('HSET', key, 'o' .. link,\n"
-"             seq .. '|' .. now .. '|' .. table.concat(sent, ','))\n"
+"for l, q in string.gmatch(ARGV[10], '(%x+):(%d+)') do\n"
+"  local r = find(l, q)\n"
+"  for s, d in string.gmatch(r[3], '(%w+):(%-?%d+)') do\n"
+"    d = tonumber(d)\n"
+"    own = own + d\n"
+"    s = tonumber(s)\n"
+"    if s and (slot_ms == 0 or s > slot - nslots) then\n"
+"      redis.call('HINCRBY', key, 's' .. s, -d)\n"
+"      spent = spent - d\n"
+"    end\n"
+"  end\n"
+"  if r[3] ~= '' then\n"
+"    r[3] = ''\n"
+"    dirty[l] = true\n"
+"  end\n"
+"end\n"
+"local mine, seen = nil, false\n"
+"if ARGV[9] ~= '0' then mine, seen = find(link, ARGV[9]) end\n"
+"local placed = {}\n"
+"for i = 11, #ARGV - 1, 2 do\n"
+"  local age, d = tonumber(ARGV[i]), tonumber(ARGV[i + 1])\n"
+"  if not seen then\n"
+"    local s = 0\n"
+"    if slot_ms > 0 then s = math.floor((now - age) / slot_ms) end\n"
+"    if slot_ms == 0 or s > slot - nslots then\n"
+"      redis.call('HINCRBY', key, 's' .. s, d)\n"
+"      spent = spent + d\n"
+"      placed[#placed + 1] = string.format('%d', s) .. ':' .. ARGV[i + 1]\n"
+"    else\n"
+"      placed[#placed + 1] = 'x:' .. ARGV[i + 1]\n"
+"    end\n"
+"    own = own - d\n"
+"  end\n"
+"end\n"
+"if mine and not seen then mine[3] = table.concat(placed, ',') end\n"
+"for l in pairs(dirty) do\n"
+"  local list = ops[l]\n"
+"  table.sort(list, function(a, b)\n"
+"    return tonumber(a[1]) > tonumber(b[1])\n"
+"  end)\n"
+"  local out = {}\n"
+"  for j = 1, math.min(#list, 4) do\n"
+"    out[j] = list[j][1] .. '|' .. list[j][2] .. '|' .. list[j][3]\n"
+"  end\n"
+"  redis.call('HSET', key, 'o' .. l, table.concat(out, ';'))\n"
 "end\n"
 "if own < 0 then own = 0 end\n"
 "if ask < 0 then\n"
@@ -653,7 +684,7 @@ ngx_http_llm_lease_send(ngx_http_llm_share_t *share,
         return NGX_ERROR;
     }
 
-    argc = NGX_HTTP_LLM_LEASE_ARGS + 3 * n;
+    argc = NGX_HTTP_LLM_LEASE_ARGS + 2 * n;
 
     argv = ngx_alloc(argc * (sizeof(char *) + sizeof(size_t))
                      + (argc + 1) * (NGX_INT64_LEN + 2)
@@ -715,12 +746,10 @@ ngx_http_llm_lease_send(ngx_http_llm_share_t *share,
     argvlen[13] = (u_char *) p - (u_char *) argv[13];
 
     /*
-     * the ring's amounts, newest first, each with its slot here (the
-     * name Redis keeps it by, should this report be sent again) and its
-     * age in ms counted from the end of that slot: Redis puts an amount
-     * in the slot of its own clock that age falls in, never earlier than
-     * it was spent, so that it leaves Redis's window no earlier than the
-     * backend's
+     * the ring's amounts, newest first, each with its age in ms counted
+     * from the end of its slot: Redis puts an amount in the slot of its
+     * own clock that age falls in, never earlier than it was spent, so
+     * that it leaves Redis's window no earlier than the backend's
      */
 
     ns = b->slot_ms ? now / b->slot_ms : 0;
@@ -737,8 +766,6 @@ ngx_http_llm_lease_send(ngx_http_llm_share_t *share,
                            + 1
                          : 0;
 
-        ngx_http_llm_arg(k, "%M", ns - i);
-        k++;
         ngx_http_llm_arg(k, "%M", (ngx_msec_t) ngx_max(age, 0));
         k++;
         ngx_http_llm_arg(k, "%L", *v);
@@ -802,7 +829,12 @@ ngx_http_llm_lease_done(void *data, redisReply *reply)
 
     if (!ok) {
         ngx_http_llm_lease_restore(op, now);
-        ngx_http_llm_lease_doubt(lease, share->link, op->seq);
+
+        /* an error reply: the script did not run; no reply: who knows */
+
+        if (reply == NULL) {
+            ngx_http_llm_lease_doubt(lease, share->link, op->seq);
+        }
 
         sh->errors++;
         sh->last_error = ngx_time();
