@@ -41,7 +41,10 @@
  * at most.  A report names the lost ones of its budget; Redis first
  * undoes every one of them it applied (and keeps it, undone), and marks
  * the ones it never saw, so that if they arrive late they add nothing;
- * a report it has already seen adds nothing either.
+ * a report it has already seen adds nothing either.  A link's report
+ * that it applied and that the link's next one does not name was
+ * answered: its amounts are dropped, so that a link busy with a budget
+ * keeps one report in Redis, not four.
  */
 
 static ngx_str_t  ngx_http_llm_lease_script = ngx_string(
@@ -123,7 +126,18 @@ static ngx_str_t  ngx_http_llm_lease_script = ngx_string(
 "  end\n"
 "end\n"
 "local mine, seen = nil, false\n"
-"if ARGV[9] ~= '0' then mine, seen = find(link, ARGV[9]) end\n"
+"if ARGV[9] ~= '0' then\n"
+"  local kept = {}\n"
+"  for _, r in ipairs(ops[link] or {}) do\n"
+"    if r[3] == '' or tonumber(r[1]) >= tonumber(ARGV[9]) then\n"
+"      kept[#kept + 1] = r\n"
+"    else\n"
+"      dirty[link] = true\n"
+"    end\n"
+"  end\n"
+"  ops[link] = kept\n"
+"  mine, seen = find(link, ARGV[9])\n"
+"end\n"
 "local placed = {}\n"
 "for i = 11, #ARGV - 1, 2 do\n"
 "  local age, d = tonumber(ARGV[i]), tonumber(ARGV[i + 1])\n"

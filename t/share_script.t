@@ -152,6 +152,16 @@ my $o = report(key => 'k8', link => $L1, seq => 2, names => "$L1:1",
                amounts => [[0, 400]]);
 is($o->[1], 600, 'the lease is spent by what counted, once');
 
+# a link's reports that were answered are not kept: one at a time
+
+for my $n (1 .. 6) {
+    report(key => 'k9', link => $L1, seq => $n, amounts => [[0, 10]]);
+}
+my $rec = command('HGET', 'k9', "o$L1");
+is(scalar(() = $rec =~ /;/g), 0, 'a busy link keeps one report in Redis')
+    or diag $rec;
+is(spent('k9'), 60, 'and each counts');
+
 # nothing of the keys but numbers, ids and amounts
 
 my %h = @{ command('HGETALL', 'k3') };
