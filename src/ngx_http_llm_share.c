@@ -846,8 +846,9 @@ ngx_http_llm_lease_done(void *data, redisReply *reply)
 
         /* an error reply: the script did not run; no reply: who knows */
 
-        if (reply == NULL) {
+        if (reply == NULL && op->seq) {
             ngx_http_llm_lease_doubt(lease, share->link, op->seq);
+            sh->lost++;
         }
 
         sh->errors++;

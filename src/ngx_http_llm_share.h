@@ -63,6 +63,7 @@ typedef struct {
     ngx_msec_t                   next_sync;
     ngx_atomic_uint_t            replies;
     ngx_atomic_uint_t            errors;
+    ngx_atomic_uint_t            lost;       /* reports without a reply */
     ngx_atomic_uint_t            degraded;   /* admissions without it */
     time_t                       last_ok;
     time_t                       last_error;

@@ -1045,12 +1045,13 @@ ngx_http_llm_share_json(u_char *p, ngx_http_llm_consumers_snap_t *zone)
     p = ngx_sprintf(p, "\"redis\":{\"server\":\"");
     p = (u_char *) ngx_escape_json(p, name->data, name->len);
     p = ngx_sprintf(p, "\",\"state\":\"%s\",\"replies\":%uA,"
-                    "\"errors\":%uA,\"degraded_admissions\":%uA,"
-                    "\"lag_ms\":%M,",
+                    "\"errors\":%uA,\"lost_reports\":%uA,"
+                    "\"degraded_admissions\":%uA,\"lag_ms\":%M,",
                     zone->zone->share
                     ? states[ngx_http_llm_share_state(zone->zone->share)]
                     : "connecting",
-                    sh->replies, sh->errors, sh->degraded, sh->lag);
+                    sh->replies, sh->errors, sh->lost, sh->degraded,
+                    sh->lag);
 
     if (sh->last_ok) {
         p = ngx_sprintf(p, "\"last_reply_s_ago\":%T,",
@@ -1276,6 +1277,9 @@ static ngx_http_llm_metric_t  ngx_http_llm_share_metrics[] = {
       "Connections to Redis that failed, and replies that were errors." },
     { "llm_redis_degraded_admissions_total", "counter",
       "Admissions made on the instance's share, without Redis." },
+    { "llm_redis_lost_reports_total", "counter",
+      "Reports of spending that got no reply; the next report names "
+      "them, so that they count once." },
     { "llm_redis_lag_seconds", "gauge",
       "Round trip of the last reply from Redis." },
     { "llm_consumer_shared_used", "gauge",
@@ -1326,7 +1330,7 @@ ngx_http_llm_share_prometheus(u_char *p,
 
             sh = &zones[i].share;
 
-            if (m < 5) {
+            if (m < 6) {
                 p = ngx_sprintf(p, "%s{zone=\"", metric->name);
                 p = ngx_http_llm_label(p, &zones[i].shm_zone->shm.name);
                 p = ngx_sprintf(p, "\"} ");
@@ -1352,7 +1356,11 @@ ngx_http_llm_share_prometheus(u_char *p,
                     p = ngx_sprintf(p, "%uA\n", sh->degraded);
                     break;
 
-                default: /* 4 */
+                case 4:
+                    p = ngx_sprintf(p, "%uA\n", sh->lost);
+                    break;
+
+                default: /* 5 */
                     p = ngx_sprintf(p, "%M.%03M\n", sh->lag / 1000,
                                     sh->lag % 1000);
                 }
@@ -1379,7 +1387,7 @@ ngx_http_llm_share_prometheus(u_char *p,
                     p = ngx_sprintf(p, "\",consumer=\"");
                     p = ngx_http_llm_consumer_id(p, cs->digest);
                     p = ngx_sprintf(p, "\",budget=\"%s\"} %L\n", names[k],
-                                    m == 5 ? share->lease[k].spent
+                                    m == 6 ? share->lease[k].spent
                                            : share->lease[k].leased);
                 }
             }

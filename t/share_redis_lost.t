@@ -113,6 +113,11 @@ ok(redis_state()->{errors} > 0, 'the connection was given up');
 lag(0);
 ok(wait_for(5, sub { (redis_state()->{state} // '') eq 'connected' }),
    'connected again');
+my $lost = redis_state()->{lost_reports};
+ok($lost > 0, "llm_status counts $lost reports without a reply");
+my (undef, undef, $prom) = http_get($port, '/status?format=prometheus');
+like($prom, qr/^llm_redis_lost_reports_total\{zone="llm"\} $lost$/m,
+     'and so does Prometheus');
 sleep 1;
 
 is(spent_in_redis('q:*'), $served * $est,
