@@ -126,8 +126,14 @@ ngx_http_llm_admit(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
             /* a lease asked of Redis: a look again in a millisecond */
 
             if (rc == NGX_AGAIN) {
-                ngx_http_llm_choose_ahead(pool, ctx,
-                                          llcf->completion_reserve);
+
+                /* once, as the wait starts: a lease asked is not again */
+
+                if (ctx->share_since == (now ? now : 1)) {
+                    ngx_http_llm_choose_ahead(pool, ctx,
+                                              llcf->completion_reserve);
+                }
+
                 return ngx_http_llm_wait_again(r, 1);
             }
         }

@@ -937,17 +937,15 @@ ngx_http_llm_lease_restore(ngx_http_llm_lease_op_t *op, ngx_msec_t now)
 }
 
 
-/* a report whose reply was lost, to be named by the next ones */
+/*
+ * a report with amounts whose reply was lost, to be named by the next
+ * ones (one without amounts cannot count twice)
+ */
 
 static void
 ngx_http_llm_lease_doubt(ngx_http_llm_lease_t *lease, uint64_t link,
     uint64_t seq)
 {
-    if (seq == 0) {
-        /* it carried no amounts: nothing can count twice */
-        return;
-    }
-
     /* the oldest goes if there are too many; its amounts may count twice */
 
     ngx_memmove(&lease->doubt[1], &lease->doubt[0],
