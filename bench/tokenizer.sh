@@ -112,11 +112,24 @@ for enc in $encs; do
     row chat-1k "$enc" "$tmp/chat1k.json" --chat 20000 2000
 done
 
-# the worst cases: MB/s at 400 KB and at 4 MB, and how many times longer
-# the 4 MB run took (10 where the time is linear)
+# the worst cases: MB/s at 400 KB and at 4 MB, how many times longer the
+# 4 MB run took (10 where the time is linear) and how many times the
+# instructions (callgrind, counting alone): where the instructions are
+# ten times and the time more, what grew is the time memory takes, the
+# 4 MB piece's merge state being some 90 MB against 9
+sh build/deps.sh valgrind >&2
+
+# instructions of one count of a file, vocabulary load left out
+instr() {
+    valgrind --tool=callgrind --toggle-collect=ngx_http_llm_count_tokens \
+        --callgrind-out-file="$tmp/cg.out" .build/llm-count --encoding "$1" \
+        < "$2" >/dev/null 2>&1
+    awk '/^summary:/ {print $2}' "$tmp/cg.out"
+}
+
 echo
-printf '%-12s %-11s %12s %12s %10s\n' 'worst case' encoding \
-    'MB/s 400 KB' 'MB/s 4 MB' 'time 4M/400K'
+printf '%-12s %-11s %12s %12s %12s %13s\n' 'worst case' encoding \
+    'MB/s 400 KB' 'MB/s 4 MB' 'time 4M/400K' 'instr 4M/400K'
 for enc in $encs; do
     for w in word letter random; do
         small=$(.build/llm-count --encoding "$enc" --bench 3 \
@@ -127,7 +140,10 @@ for enc in $encs; do
         bm=$(echo "$big" | sed 's/.*: \([0-9.]*\) MB\/s.*/\1/')
         sns=$(echo "$small" | sed 's/.*, \([0-9]*\) ns per run.*/\1/')
         bns=$(echo "$big" | sed 's/.*, \([0-9]*\) ns per run.*/\1/')
-        printf '%-12s %-11s %12s %12s %10s\n' "$w" "$enc" "$sm" "$bm" \
-            "$(echo "$bns $sns" | awk '{printf "%.1f", $1 / $2}')"
+        si=$(instr "$enc" "$tmp/$w-400k.txt")
+        bi=$(instr "$enc" "$tmp/$w-4096k.txt")
+        printf '%-12s %-11s %12s %12s %12s %13s\n' "$w" "$enc" "$sm" "$bm" \
+            "$(echo "$bns $sns" | awk '{printf "%.1f", $1 / $2}')" \
+            "$(echo "$bi $si" | awk '{printf "%.1f", $1 / $2}')"
     done
 done

@@ -59,18 +59,35 @@ typedef struct {
     unsigned char            *text;
     size_t                    text_size;
 
-    /* merge state of a long piece: linked list and heap */
+    /*
+     * merge state of a long piece: linked list and heap; for a very long
+     * one the heap holds the lists of pairs by rank, with their heads, a
+     * bit for each list that is not empty, the positions of one rank,
+     * and a heap beside
+     */
     ngx_http_llm_tok_node_t  *nodes;
     uint64_t                 *heap;
     size_t                    nodes_size;
     size_t                    heap_size;
+    uint32_t                 *heads;
+    size_t                    heads_size;
+    uint64_t                 *marks;
+    size_t                    marks_size;
+    uint32_t                 *run;
+    size_t                    run_size;
+    uint64_t                 *side;
+    size_t                    side_size;
 
     /* recent pair lookups, allocated on the first count */
     uint32_t                 *cache;
     size_t                    cache_size;
 
-    /* pieces longer than this many bytes take the heap; tests lower it */
+    /*
+     * pieces longer than small_max bytes take the heap, those of
+     * bucket_min bytes or more the lists by rank; tests lower them
+     */
     size_t                    small_max;
+    size_t                    bucket_min;
 } ngx_http_llm_tok_ws_t;
 
 

@@ -4,7 +4,7 @@
 # on the shipped corpus (English, code, JSON, Japanese, Korean, Chinese,
 # emoji, mixed scripts), on hand-picked edge cases of both split patterns
 # (contractions, whitespace, digits, punctuation, invalid UTF-8, long runs)
-# and on random strings with a fixed seed; by both merge paths.
+# and on random strings with a fixed seed; by all three merge paths.
 
 use strict;
 use warnings;
@@ -29,12 +29,18 @@ for my $set (['corpus'], ['edge'], ['random', 3000]) {
                               "$enc $cases[$i][0]");
         }
 
-        # every piece through the heap merge instead of the array merge
-        my ($heap) = TokTest::counts($enc, \@cases, '--small-max', 0);
-        my @bad = grep { ($heap->[$_] // -1) != $ours->[$_] } 0 .. $#cases;
-        is(scalar @bad, 0, "$enc $set->[0]: heap merge equals array merge on "
-           . scalar(@cases) . " cases")
-            or diag(join "\n", map { $cases[$_][0] } @bad[0 .. 9]);
+        # every piece of two bytes or more through the heap merge, then
+        # through the lists by rank, instead of the array merge
+        for my $way (['heap', '--small-max', 0, '--bucket-min', 1 << 40],
+                     ['rank lists', '--small-max', 0, '--bucket-min', 2]) {
+            my ($name, @args) = @$way;
+            my ($other) = TokTest::counts($enc, \@cases, @args);
+            my @bad = grep { ($other->[$_] // -1) != $ours->[$_] }
+                      0 .. $#cases;
+            is(scalar @bad, 0, "$enc $set->[0]: $name merge equals array "
+               . "merge on " . scalar(@cases) . " cases")
+                or diag(join "\n", map { $cases[$_][0] } @bad[0 .. 9]);
+        }
     }
 }
 

@@ -11,6 +11,9 @@
  * Reads stdin: text, or with --chat a chat-completion body (an object
  * with "messages", or the array itself), or with --hex-lines one string
  * per line in hex (so tests can pass any bytes) and prints a count per line.
+ * Tests choose the merge a piece takes with --small-max N (longer pieces
+ * leave the arrays on the stack) and --bucket-min N (pieces of N bytes or
+ * more take the lists by rank).
  */
 
 
@@ -41,6 +44,7 @@ typedef struct {
     unsigned                estimate;
     long                    bench;
     long                    small_max;
+    long                    bucket_min;
 } ngx_http_llm_count_opts_t;
 
 
@@ -72,6 +76,7 @@ main(int argc, char **argv)
 
     memset(&o, 0, sizeof(o));
     o.small_max = -1;
+    o.bucket_min = -1;
 
     for (i = 1; i < argc; i++) {
 
@@ -98,6 +103,9 @@ main(int argc, char **argv)
 
         } else if (strcmp(argv[i], "--small-max") == 0 && i + 1 < argc) {
             o.small_max = atol(argv[++i]);
+
+        } else if (strcmp(argv[i], "--bucket-min") == 0 && i + 1 < argc) {
+            o.bucket_min = atol(argv[++i]);
 
         } else {
             ngx_http_llm_count_usage();
@@ -184,6 +192,10 @@ main(int argc, char **argv)
 
     if (o.small_max >= 0) {
         ws.small_max = (size_t) o.small_max;
+    }
+
+    if (o.bucket_min >= 0) {
+        ws.bucket_min = (size_t) o.bucket_min;
     }
 
     in = ngx_http_llm_count_read(stdin, &len);

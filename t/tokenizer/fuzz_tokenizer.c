@@ -2,9 +2,10 @@
 /*
  * Copyright (C) nginx-llm-router authors
  *
- * libFuzzer target: the split patterns and both merge paths on arbitrary
- * bytes, for both vocabularies, under ASan and UBSan.  The array merge
- * and the heap merge must agree; nothing may read out of bounds.
+ * libFuzzer target: the split patterns and the three merge paths on
+ * arbitrary bytes, for both vocabularies, under ASan and UBSan.  The
+ * array merge, the heap merge and the lists by rank must agree; nothing
+ * may read out of bounds.
  *
  *   build/tokenizer.sh --fuzz SECONDS
  *
@@ -22,6 +23,7 @@
 static ngx_http_llm_vocab_t   *ngx_http_llm_fuzz_vocab[2];
 static ngx_http_llm_tok_ws_t   ngx_http_llm_fuzz_ws;
 static ngx_http_llm_tok_ws_t   ngx_http_llm_fuzz_heap_ws;
+static ngx_http_llm_tok_ws_t   ngx_http_llm_fuzz_lists_ws;
 
 
 int LLVMFuzzerInitialize(int *argc, char ***argv);
@@ -57,6 +59,10 @@ LLVMFuzzerInitialize(int *argc, char ***argv)
     ngx_http_llm_tok_ws_init(&ngx_http_llm_fuzz_ws, NULL, NULL, NULL);
     ngx_http_llm_tok_ws_init(&ngx_http_llm_fuzz_heap_ws, NULL, NULL, NULL);
     ngx_http_llm_fuzz_heap_ws.small_max = 0;
+    ngx_http_llm_fuzz_heap_ws.bucket_min = (size_t) -1;
+    ngx_http_llm_tok_ws_init(&ngx_http_llm_fuzz_lists_ws, NULL, NULL, NULL);
+    ngx_http_llm_fuzz_lists_ws.small_max = 0;
+    ngx_http_llm_fuzz_lists_ws.bucket_min = 2;
 
     return 0;
 }
@@ -84,10 +90,12 @@ LLVMFuzzerTestOneInput(const unsigned char *data, size_t size)
                                       &ngx_http_llm_fuzz_ws, copy, size);
         b = ngx_http_llm_count_tokens(ngx_http_llm_fuzz_vocab[i],
                                       &ngx_http_llm_fuzz_heap_ws, copy, size);
+        w = ngx_http_llm_count_tokens(ngx_http_llm_fuzz_vocab[i],
+                                      &ngx_http_llm_fuzz_lists_ws, copy, size);
 
-        if (a != b || a > size * 3) {
-            fprintf(stderr, "fuzz: counts %zu and %zu for %zu bytes\n",
-                    a, b, size);
+        if (a != b || a != w || a > size * 3) {
+            fprintf(stderr, "fuzz: counts %zu, %zu and %zu for %zu bytes\n",
+                    a, b, w, size);
             abort();
         }
 

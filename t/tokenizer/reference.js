@@ -2,6 +2,8 @@
 // code must equal), for t/tokenizer_*.t and bench/tokenizer.sh.
 //
 //   node reference.js ENCODING --hex-lines < FILE   one count per hex line
+//                                                   (ENCODING may be a
+//                                                   vocabulary's .json)
 //   node reference.js ENCODING --chat < BODY        cookbook chat framing
 //   node reference.js ENCODING --bench N < FILE     throughput, like llm-count
 //
@@ -15,10 +17,17 @@ const path = require('path');
 const dir = process.env.TIKTOKEN_DIR
     || path.join(__dirname, '..', '..', '.build', 'npm', 'node_modules',
                  'tiktoken');
-const { get_encoding } = require(dir);
+const { get_encoding, Tiktoken } = require(dir);
 
+// an encoding's name, or a vocabulary file of the same form (a test's own)
 const [encoding, mode, arg] = process.argv.slice(2);
-const enc = get_encoding(encoding);
+let enc;
+if (encoding.endsWith('.json')) {
+    const v = JSON.parse(fs.readFileSync(encoding, 'utf8'));
+    enc = new Tiktoken(v.bpe_ranks, v.special_tokens || {}, v.pat_str);
+} else {
+    enc = get_encoding(encoding);
+}
 const input = fs.readFileSync(0);
 
 function count(s) {
