@@ -113,6 +113,8 @@ double ngx_http_llm_vocab_load_msec(const ngx_http_llm_vocab_t *vocab);
 void ngx_http_llm_tok_ws_init(ngx_http_llm_tok_ws_t *ws,
     ngx_http_llm_alloc_pt alloc, ngx_http_llm_free_pt free, void *ctx);
 void ngx_http_llm_tok_ws_cleanup(ngx_http_llm_tok_ws_t *ws);
+/* the bytes a workspace holds between counts */
+size_t ngx_http_llm_tok_ws_memory(const ngx_http_llm_tok_ws_t *ws);
 
 /*
  * The number of tokens tiktoken's encode_ordinary() returns for the text:

@@ -234,6 +234,12 @@ main(int argc, char **argv)
 
     printf("%zu\n", count);
 
+    if (o.info) {
+        /* what the workspace keeps after the count */
+        fprintf(stderr, "workspace: %zu bytes\n",
+                ngx_http_llm_tok_ws_memory(&ws));
+    }
+
     if (o.bench > 0) {
 
         /*
