@@ -26,7 +26,8 @@ while [ $# -gt 0 ]; do
     esac
 done
 
-pkgs="libcjson-dev python3"
+# valgrind: t/tokenizer_linear.t counts instructions
+pkgs="libcjson-dev python3 valgrind"
 # Node.js may come from elsewhere (nodesource bundles npm): ask Debian
 # only for what is missing
 command -v node >/dev/null 2>&1 || pkgs="$pkgs nodejs"
