@@ -1570,7 +1570,13 @@ ngx_http_llm_tok_piece(const ngx_http_llm_vocab_t *vocab,
         return ngx_http_llm_tok_merge_small(vocab, ws, p, len);
     }
 
-    if (len >= ws->bucket_min) {
+    /*
+     * the lists are indexed by rank: a vocabulary whose ranks leave most
+     * numbers unused (none of tiktoken's) would have them scan and hold
+     * the unused ones for every piece
+     */
+
+    if (len >= ws->bucket_min && vocab->ntokens / 2 <= vocab->count) {
         return ngx_http_llm_tok_merge_buckets(vocab, ws, p, len);
     }
 
@@ -2042,7 +2048,7 @@ ngx_http_llm_tok_merge_buckets(const ngx_http_llm_vocab_t *vocab,
                 /* newest block first, each read backwards; then turned */
 
                 for (e = heads[cur]; e != NGX_HTTP_LLM_TOK_NONE; e = b[0]) {
-                    b = (uint32_t *) ws->heap + e * NGX_HTTP_LLM_TOK_BLOCK;
+                    b = (uint32_t *) ws->heap + (size_t) e * NGX_HTTP_LLM_TOK_BLOCK;
 
                     for (c = b[1]; c-- > 0; ) {
                         run[rn++] = b[2 + c];
@@ -2170,7 +2176,7 @@ ngx_http_llm_tok_list_add(ngx_http_llm_tok_ws_t *ws, size_t *nb, uint32_t r,
     e = ws->heads[r];
 
     if (e != NGX_HTTP_LLM_TOK_NONE) {
-        b = (uint32_t *) ws->heap + e * NGX_HTTP_LLM_TOK_BLOCK;
+        b = (uint32_t *) ws->heap + (size_t) e * NGX_HTTP_LLM_TOK_BLOCK;
 
         if (b[1] < NGX_HTTP_LLM_TOK_BLOCK - 2) {
             b[2 + b[1]++] = pos;

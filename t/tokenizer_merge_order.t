@@ -95,4 +95,32 @@ for my $way (['default', ''],
 
 unlink $vocab;
 
+# a vocabulary whose ranks leave most numbers unused: the lists, indexed
+# by rank, would scan and hold 16 million of them for each long piece;
+# such a vocabulary keeps to the heap
+
+my $sparse = TokTest::write_temp(
+    "{\"pat_str\": $pat, \"special_tokens\": {}, \"bpe_ranks\": \""
+    . join('\n', (map { encode_base64(chr($_), '') . " $_" } 0 .. 255),
+           encode_base64('ab', '') . ' 300',
+           encode_base64('abab', '') . ' 16777215')
+    . "\"}");
+rename $sparse, "$sparse.json" or die $!;
+$sparse .= '.json';
+
+my $hex = TokTest::write_temp(unpack('H*', 'ab' x 1000) . "\n");
+my $word = TokTest::write_temp('ab' x 1000);
+my ($sref) = TokTest::run_lines(
+    "node $TokTest::REF $sparse --hex-lines < $hex");
+my $cmd = "$TokTest::COUNT --vocab $sparse --encoding o200k_base --info "
+          . "< $word 2>&1";
+my $out = `$cmd`;
+my ($sours) = $out =~ /^(\d+)$/m;
+my ($kept) = $out =~ /workspace: (\d+) bytes/;
+is($sours, $sref, "ranks up to 16,777,215: a 2,000-byte word, $sref tokens");
+ok(defined $kept && $kept < 4 * 1024 * 1024,
+   'ranks up to 16,777,215: nothing kept for their lists ('
+   . ($kept // '?') . ' bytes)');
+unlink $sparse;
+
 done_testing();
