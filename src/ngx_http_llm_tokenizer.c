@@ -2048,7 +2048,8 @@ ngx_http_llm_tok_merge_buckets(const ngx_http_llm_vocab_t *vocab,
                 /* newest block first, each read backwards; then turned */
 
                 for (e = heads[cur]; e != NGX_HTTP_LLM_TOK_NONE; e = b[0]) {
-                    b = (uint32_t *) ws->heap + (size_t) e * NGX_HTTP_LLM_TOK_BLOCK;
+                    b = (uint32_t *) ws->heap
+                        + (size_t) e * NGX_HTTP_LLM_TOK_BLOCK;
 
                     for (c = b[1]; c-- > 0; ) {
                         run[rn++] = b[2 + c];
