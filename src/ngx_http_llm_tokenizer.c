@@ -1813,9 +1813,9 @@ static size_t
 ngx_http_llm_tok_merge_heap(const ngx_http_llm_vocab_t *vocab,
     ngx_http_llm_tok_ws_t *ws, const unsigned char *p, size_t len)
 {
-    size_t                    count, hn, i, j, k;
+    size_t                    count, hn, i, k;
     uint32_t                  r, pos, nx, pv;
-    uint64_t                  key, *heap, tmp;
+    uint64_t                  key, *heap;
     ngx_http_llm_tok_node_t  *nodes;
 
     if (ngx_http_llm_tok_parts(vocab, ws, p, len) != 0
@@ -1903,16 +1903,8 @@ ngx_http_llm_tok_merge_heap(const ngx_http_llm_vocab_t *vocab,
                 continue;
             }
 
-            /* push and sift up */
-            j = hn++;
-            heap[j] = ngx_http_llm_tok_key(nodes[i].rank, i);
-
-            while (j > 0 && heap[(j - 1) / 2] > heap[j]) {
-                tmp = heap[j];
-                heap[j] = heap[(j - 1) / 2];
-                heap[(j - 1) / 2] = tmp;
-                j = (j - 1) / 2;
-            }
+            heap[hn] = ngx_http_llm_tok_key(nodes[i].rank, i);
+            ngx_http_llm_tok_sift_up(heap, hn++);
         }
     }
 
