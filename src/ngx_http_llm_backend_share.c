@@ -107,6 +107,23 @@ ngx_http_llm_backend_lease(ngx_http_llm_zone_t *zone,
 
 
 /*
+ * A request that waits for its consumers' leases will spend from this
+ * backend's: the reports must not give them back as unused meanwhile,
+ * since once given back they are no longer there to spend
+ */
+
+void
+ngx_http_llm_backend_wanted(ngx_http_llm_backend_sh_t *sh, ngx_msec_t now)
+{
+    ngx_uint_t  k;
+
+    for (k = 0; k < 2; k++) {
+        sh->share->lease[k].used = now;
+    }
+}
+
+
+/*
  * A charge (or, negative, a refund or a correction) of the backend's
  * windows, in the slot of "at"; Redis hears of it at the next report
  */

@@ -534,8 +534,15 @@ ngx_http_llm_lease_want(ngx_http_llm_budget_t *b, int64_t need,
         return 0;
     }
 
-    return ngx_max(ngx_http_llm_lease_target(b, need) - ngx_max(have, 0),
-                   need - have);
+    /*
+     * a credit below zero (usage beyond the estimate) is settled by the
+     * report the request goes with: Redis takes it out of the lease and
+     * never below zero, so asking for it as well would hold too much
+     */
+
+    have = ngx_max(have, 0);
+
+    return ngx_max(ngx_http_llm_lease_target(b, need), need) - have;
 }
 
 
@@ -809,6 +816,16 @@ ngx_http_llm_lease_send(ngx_http_llm_share_t *share,
         b->ring[op->slot[i] % b->nslots] = 0;
     }
 
+    /*
+     * what is given back is no longer this instance's from now on: a
+     * request that spent it before the reply would spend what Redis
+     * has already freed for the others
+     */
+
+    if (b->ask < 0) {
+        b->lease->credit += b->ask;
+    }
+
     b->lease->busy = now ? now : 1;
     op->sent = b->lease->busy;
 
@@ -905,6 +922,15 @@ ngx_http_llm_lease_done(void *data, redisReply *reply)
 
     if (op->ask > 0 && grant < op->ask) {
         lease->exhausted = now ? now : 1;
+    }
+
+    /*
+     * asked for: a request is about to spend it, so the reports do not
+     * give it back as unused before it can
+     */
+
+    if (op->ask > 0 && grant > 0) {
+        lease->used = now;
     }
 
     if (lease->busy == op->sent) {

@@ -834,7 +834,9 @@ ngx_http_llm_choose(ngx_http_llm_pool_t *pool, ngx_http_llm_ctx_t *ctx,
 /*
  * While a request waits for its consumers' leases, the backends' that it
  * will need are asked for too, so that a first request after a pause
- * waits one round trip to Redis, not two in turn
+ * waits one round trip to Redis, not two in turn.  It will need those of
+ * the first priority it may go to: a lower one (a spill-over) only when
+ * Redis said that all of the first are full.
  */
 
 void
@@ -842,8 +844,9 @@ ngx_http_llm_choose_ahead(ngx_http_llm_pool_t *pool, ngx_http_llm_ctx_t *ctx,
     ngx_uint_t reserve)
 {
     int64_t                     credit;
+    ngx_int_t                   rc;
     ngx_msec_t                  now, w;
-    ngx_uint_t                  i, charge;
+    ngx_uint_t                  i, charge, prio, next, more, done;
     ngx_http_llm_zone_t        *zone;
     ngx_http_llm_backend_t     *b;
     ngx_http_llm_backend_sh_t  *sh;
@@ -858,25 +861,50 @@ ngx_http_llm_choose_ahead(ngx_http_llm_pool_t *pool, ngx_http_llm_ctx_t *ctx,
 
     now = ngx_current_msec;
     b = pool->backends.elts;
+    prio = 0;
+    done = 0;
 
     ngx_shmtx_lock(&zone->shpool->mutex);
 
-    for (i = 0; i < pool->backends.nelts; i++) {
-        sh = b[i].sh;
-        charge = ngx_http_llm_charge_for(ctx, &b[i], reserve);
+    /* the priorities in order, each pass its backends and the next one */
 
-        if (sh->share == NULL
-            || (b[i].tpm && charge > b[i].tpm)
-            || (ngx_msec_int_t) (sh->cooldown_until - now) > 0)
-        {
-            continue;
+    do {
+        next = NGX_MAX_UINT32_VALUE;
+        more = 0;
+
+        for (i = 0; i < pool->backends.nelts; i++) {
+            sh = b[i].sh;
+            charge = ngx_http_llm_charge_for(ctx, &b[i], reserve);
+
+            if (sh->share == NULL
+                || b[i].priority < prio
+                || (b[i].tpm && charge > b[i].tpm)
+                || (ngx_msec_int_t) (sh->cooldown_until - now) > 0)
+            {
+                continue;
+            }
+
+            if (b[i].priority > prio) {
+                next = ngx_min(next, b[i].priority);
+                more = 1;
+                continue;
+            }
+
+            w = 0;
+
+            rc = ngx_http_llm_backend_lease(zone, pool, sh, ctx, charge, 1,
+                                            now, &w, &credit);
+
+            if (rc == NGX_OK) {
+                ngx_http_llm_backend_wanted(sh, now);
+            }
+
+            done |= (rc != NGX_BUSY);
         }
 
-        w = 0;
+        prio = next;
 
-        (void) ngx_http_llm_backend_lease(zone, pool, sh, ctx, charge, 1, now,
-                                          &w, &credit);
-    }
+    } while (!done && more);
 
     ngx_shmtx_unlock(&zone->shpool->mutex);
 }

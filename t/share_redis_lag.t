@@ -72,14 +72,8 @@ $ga->start_nginx(conf($pa, $ga->start_lag($rport, $lag)), ports => [$pa],
 $gb->start_nginx(conf($pb, $gb->start_lag($rport, $lag)), ports => [$pb],
                  workers => 2);
 
-sub redis {
-    my ($port) = @_;
-    my ($s) = llm_status($port);
-    return $s ? $s->{consumers}[0]{redis} // {} : {};
-}
-
-ok(wait_for(10, sub { (redis($pa)->{state} // '') eq 'connected'
-                      && (redis($pb)->{state} // '') eq 'connected' }),
+ok(wait_for(10, sub { (status_redis($pa)->{state} // '') eq 'connected'
+                      && (status_redis($pb)->{state} // '') eq 'connected' }),
    'both instances connect through the slow link');
 
 my $chat = '/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21';
@@ -109,7 +103,8 @@ my @q = map {
 } 1, 2;
 my @qs = map { local $/; my $r = <$_>; $r =~ m{^HTTP/1\.1 (\d+)} ? $1 : 0 } @q;
 is("@qs", '200 200', 'two requests 250 ms apart pass');
-is(redis($pa)->{errors}, 0, 'the second command is not timed out with the first');
+is(status_redis($pa)->{errors}, 0,
+   'the second command is not timed out with the first');
 
 # the first request of each instance after a pause, when it holds no
 # lease: its consumer's lease and its backend's, both asked at once.
@@ -154,7 +149,7 @@ is(join(' ', keys %steady), '200', 'steady traffic: every request passes');
 # command's own start, not from an earlier one's
 
 for my $p ($pa, $pb) {
-    my $r = redis($p);
+    my $r = status_redis($p);
     is($r->{errors}, 0, 'no command timed out');
     is($r->{degraded_admissions}, 0, 'no admission went without Redis');
 }

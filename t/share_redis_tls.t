@@ -111,12 +111,6 @@ my $good = "llm:1m redis=rediss://127.0.0.1:$rport "
          . "redis_ssl_certificate=$pki/client.crt "
          . "redis_ssl_certificate_key=$pki/client.key";
 
-sub redis_link {
-    my ($port) = @_;
-    my ($s) = llm_status($port);
-    return $s ? $s->{consumers}[0]{redis} // {} : {};
-}
-
 my $chat = '/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21';
 my $body = json_encode({ messages => [ { role => 'user',
                                          content => 'hello there' } ],
@@ -131,10 +125,10 @@ $ga->start_nginx(conf($pa, $good), ports => [$pa], workers => 2);
 $gb->start_nginx(conf($pb, "$good redis_ssl_name=redis.test"),
                  ports => [$pb], workers => 2);
 
-ok(wait_for(5, sub { (redis_link($pa)->{state} // '') eq 'connected'
-                     && (redis_link($pb)->{state} // '') eq 'connected' }),
+ok(wait_for(5, sub { (status_redis($pa)->{state} // '') eq 'connected'
+                     && (status_redis($pb)->{state} // '') eq 'connected' }),
    'both instances connect over TLS, by address and by name')
-    or diag explain redis_link($pa), redis_link($pb);
+    or diag explain status_redis($pa), status_redis($pb);
 
 my @codes;
 for my $port ($pa, $pb, $pa, $pb) {
@@ -207,10 +201,10 @@ for my $case (@down) {
     $t->allow_log(qr/alert certificate required/);
     my $p = free_port();
     $t->start_nginx(conf($p, $zone), ports => [$p]);
-    ok(wait_for(3, sub { (redis_link($p)->{state} // '') eq 'down' }),
+    ok(wait_for(3, sub { (status_redis($p)->{state} // '') eq 'down' }),
        "$what: the link is down");
-    like(redis_link($p)->{last_error} // '', $re,
-         "$what: llm_status says why") or diag explain redis_link($p);
+    like(status_redis($p)->{last_error} // '', $re,
+         "$what: llm_status says why") or diag explain status_redis($p);
     my ($s) = http_post($p, "/wide$chat", $body, 'X-App' => 'x');
     is($s, 200, "$what: requests flow on the instance's share");
     like($t->error_log,
@@ -232,7 +226,7 @@ for my $case (@down) {
                              . "redis_ssl_certificate=$pki/client.crt "
                              . "redis_ssl_certificate_key=$pki/client.key"),
                     ports => [$p]);
-    ok(wait_for(3, sub { (redis_link($p)->{state} // '') eq 'connected' }),
+    ok(wait_for(3, sub { (status_redis($p)->{state} // '') eq 'connected' }),
        'redis_ssl_verify=off connects without verifying');
     $t->cleanup;
 }

@@ -27,7 +27,7 @@ use Digest::SHA qw(sha256_hex);
 use Exporter qw(import);
 our @EXPORT = qw(http_request http_get http_post http_parallel post_raw
                  json_decode json_encode free_port wait_for llm_status
-                 status_consumer vocab_dir);
+                 status_consumer status_redis redis_trouble vocab_dir);
 
 my $TOP = abs_path(dirname(__FILE__) . '/../..');
 my @ALL;
@@ -988,6 +988,27 @@ sub status_consumer {
     my $id = substr sha256_hex(($var // '$http_x_app') . "\0$key"), 0, 16;
     my ($c) = grep { $_->{consumer} eq $id } @{ $s->{consumers}[0]{top} };
     return $c;
+}
+
+# the Redis link of the first zone in llm_status ({} without one)
+sub status_redis {
+    my ($port) = @_;
+    my ($s) = llm_status($port);
+    return $s ? $s->{consumers}[0]{redis} // {} : {};
+}
+
+# what the instances on @ports admitted without Redis, their failed
+# commands and their reports without a reply: a machine loaded past
+# redis_timeout= has an instance admit on its share of a budget, as
+# designed, and the shared counts are then no longer exact
+sub redis_trouble {
+    my $n = 0;
+    for my $port (@_) {
+        my $r = status_redis($port);
+        $n += ($r->{degraded_admissions} // 0) + ($r->{errors} // 0)
+              + ($r->{lost_reports} // 0);
+    }
+    return $n;
 }
 
 sub json_decode { JSON::PP->new->utf8->decode($_[0]) }
