@@ -278,6 +278,7 @@ ngx_http_llm_backend_budget(ngx_http_llm_pool_t *pool,
     b->lease = &sh->share->lease[k];
     b->limit = sh->share->limit[k];
     b->ask = 0;
+    b->least = 0;
     b->key_len = 0;
 
     if (k == NGX_HTTP_LLM_BUDGET_BACKEND_TOKENS) {

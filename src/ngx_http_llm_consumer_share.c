@@ -269,6 +269,7 @@ ngx_http_llm_consumer_budget(ngx_http_llm_zone_t *zone,
     b->lease = &cs->share->lease[k];
     b->limit = cs->share->limit[k];
     b->ask = 0;
+    b->least = 0;
     b->key_len = 0;
 
     switch (k) {

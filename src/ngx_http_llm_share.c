@@ -19,7 +19,9 @@
  * its age, so that Redis counts it in the slot it was spent in; the same
  * call renews the lease.  Redis grants a lease only out of what is left
  * after everything spent in the window and every other instance's
- * lease, so the instances together never admit more than the limit.
+ * lease, so the instances together never admit more than the limit;
+ * to a request it grants what the request lacks or nothing, as a part
+ * of that would only keep from the others what they could use.
  *
  * A lease lapses in Redis redis_sync x 10 (at least a second) after its
  * last renewal, so a stopped instance's share comes back by itself; the
@@ -56,6 +58,7 @@ static ngx_str_t  ngx_http_llm_lease_script = ngx_string(
 "local ask = tonumber(ARGV[5])\n"
 "local ttl = tonumber(ARGV[6])\n"
 "local link = ARGV[8]\n"
+"local least = tonumber(ARGV[11])\n"
 "local t = redis.call('TIME')\n"
 "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
 "local keep = math.min(tonumber(ARGV[7]), 600000)\n"
@@ -139,7 +142,7 @@ static ngx_str_t  ngx_http_llm_lease_script = ngx_string(
 "  mine, seen = find(link, ARGV[9])\n"
 "end\n"
 "local placed = {}\n"
-"for i = 11, #ARGV - 1, 2 do\n"
+"for i = 12, #ARGV - 1, 2 do\n"
 "  local age, d = tonumber(ARGV[i]), tonumber(ARGV[i + 1])\n"
 "  if not seen then\n"
 "    local s = 0\n"
@@ -173,7 +176,9 @@ static ngx_str_t  ngx_http_llm_lease_script = ngx_string(
 "end\n"
 "local grant = 0\n"
 "local room = limit - spent - leased - own\n"
-"if ask > 0 and room > 0 then grant = math.min(ask, room) end\n"
+"if ask > 0 and room > 0 and room >= least then\n"
+"  grant = math.min(ask, room)\n"
+"end\n"
 "own = own + grant\n"
 "if own > 0 then\n"
 "  redis.call('HSET', key, 'l' .. inst, own .. ':' .. (now + ttl))\n"
@@ -201,7 +206,7 @@ typedef struct {
 } ngx_http_llm_lease_op_t;
 
 
-#define NGX_HTTP_LLM_LEASE_ARGS  14
+#define NGX_HTTP_LLM_LEASE_ARGS  15
 #define NGX_HTTP_LLM_DOUBTS_LEN                                               \
     (NGX_HTTP_LLM_DOUBTS * (16 + 1 + NGX_INT64_LEN + 1))
 
@@ -542,6 +547,14 @@ ngx_http_llm_lease_want(ngx_http_llm_budget_t *b, int64_t need,
 
     have = ngx_max(have, 0);
 
+    /*
+     * less than the request lacks would cover no request of its size:
+     * Redis grants at least that or nothing, so that what is left stays
+     * for the other instances' smaller requests
+     */
+
+    b->least = need - have;
+
     return ngx_max(ngx_http_llm_lease_target(b, need), need) - have;
 }
 
@@ -765,6 +778,8 @@ ngx_http_llm_lease_send(ngx_http_llm_share_t *share,
     }
 
     argvlen[13] = (u_char *) p - (u_char *) argv[13];
+
+    ngx_http_llm_arg(14, "%L", b->least);
 
     /*
      * the ring's amounts, newest first, each with its age in ms counted

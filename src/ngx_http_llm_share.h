@@ -96,6 +96,7 @@ typedef struct {
     ngx_msec_t                   slot_ms;    /* 0: one period */
     int64_t                      limit;
     int64_t                      ask;        /* < 0: gives back */
+    int64_t                      least;      /* a grant below: none */
     ngx_msec_t                   expire;     /* of the key, from now */
     u_char                       key[160];
     size_t                       key_len;

@@ -146,6 +146,22 @@ ok($est > 10 && $est < 40, "a request is charged $est tokens");
 my $usage = 3 * $est;
 my $limit = 5 * $est + int($est / 2);
 
+# two sizes of request for a budget of mixed sizes, below
+my $small_body = json_encode({ messages => [ { role => 'user',
+                                               content => 'hello there' } ],
+                               max_tokens => 150 });
+my $big_body = json_encode({ messages => [ { role => 'user',
+                                             content => 'hello there' } ],
+                             max_tokens => 800 });
+my (undef, $sh) = http_post($pa, $chat, $small_body, 'X-App' => 'probe');
+my (undef, $bh) = http_post($pa, $chat, $big_body, 'X-App' => 'probe');
+my ($small, $big) = ($sh->{'x-estimate'} // 0, $bh->{'x-estimate'} // 0);
+
+# room for the big one, not for both; an eighth below the small one
+my $mixed = $big + int($small / 2);
+ok($small > 100 && $big > 7 * $small / 4 && $mixed < 8 * $small,
+   "requests of $small and $big tokens, tpm=$mixed");
+
 my $json = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
          . "Connection: close\r\n\r\n";
 my $canned = $ga->start_canned({
@@ -153,6 +169,7 @@ my $canned = $ga->start_canned({
               . ($usage - 2) . ',"completion_tokens":2,"total_tokens":'
               . $usage . '}}',
     '/exact' => $json . '{"choices":[]}',
+    '/mixed' => $json . '{"choices":[]}',
 });
 
 my $gc = LLMTest->new;
@@ -178,6 +195,12 @@ for my $g ([$gc, $pc], [$gd, $pd]) {
             proxy_pass http://pool;
         }
 
+        location /mixed/ {
+            llm_route pool;
+            llm_limit \$http_x_app tpm=$mixed;
+            proxy_pass http://pool;
+        }
+
         location = /status {
             llm_status consumers=5;
             access_log off;
@@ -199,6 +222,23 @@ for my $step (['big', $pc], ['exact', $pc], ['exact', $pd], ['exact', $pd]) {
 is("@debt", '200 200 200 429',
    "tpm=$limit: usage of $usage then $est on one instance leaves $est "
    . 'for the other');
+
+###########################################################################
+# a request that asks for more than is left gets nothing: part of what
+# it lacks would cover no request of its size, and held as a lease it
+# would keep from the other instance what its smaller requests could use
+
+my @mixed;
+for my $step ([$small_body, $pc], [$big_body, $pc], [$small_body, $pd],
+              [$small_body, $pd])
+{
+    my ($s) = http_post($step->[1], "/mixed$chat", $step->[0],
+                        'X-App' => 'mixed');
+    push @mixed, $s;
+}
+is("@mixed", '200 429 200 200',
+   "tpm=$mixed: after $small, $big is refused and leaves the rest to "
+   . 'the other instance');
 
 $gd->cleanup;
 $gc->cleanup;

@@ -76,7 +76,8 @@ sub report {
     my @amounts = map { @$_ } @{ $o{amounts} || [] };
     return command('EVAL', $script, 1, $o{key}, $inst, $o{slot_ms} // 0,
                    $o{nslots} // 1, 1000000, $o{ask} // 0, 1000, 3600000,
-                   $o{link}, $o{seq}, $o{names} // '', @amounts);
+                   $o{link}, $o{seq}, $o{names} // '', $o{least} // 0,
+                   @amounts);
 }
 
 sub spent {
@@ -151,6 +152,15 @@ report(key => 'k8', link => $L1, seq => 1, amounts => [[0, 300]]);
 my $o = report(key => 'k8', link => $L1, seq => 2, names => "$L1:1",
                amounts => [[0, 400]]);
 is($o->[1], 600, 'the lease is spent by what counted, once');
+
+# a grant covers at least what the request lacks, or is nothing: 500
+# left of the limit
+
+report(key => 'k10', link => $L1, seq => 1, amounts => [[0, 999_500]]);
+$g = report(key => 'k10', link => $L1, seq => 0, ask => 1000, least => 800);
+is("$g->[0] $g->[1]", '0 0', 'less left than the request lacks: nothing');
+$g = report(key => 'k10', link => $L1, seq => 0, ask => 1000, least => 400);
+is("$g->[0] $g->[1]", '500 500', 'enough for it: what is left');
 
 # a link's reports that were answered are not kept: one at a time
 
