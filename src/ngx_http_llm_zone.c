@@ -846,7 +846,7 @@ ngx_http_llm_choose_ahead(ngx_http_llm_pool_t *pool, ngx_http_llm_ctx_t *ctx,
     int64_t                     credit;
     ngx_int_t                   rc;
     ngx_msec_t                  now, w;
-    ngx_uint_t                  i, charge, prio, next, more, done;
+    ngx_uint_t                  i, charge, prio, next, done;
     ngx_http_llm_zone_t        *zone;
     ngx_http_llm_backend_t     *b;
     ngx_http_llm_backend_sh_t  *sh;
@@ -870,7 +870,6 @@ ngx_http_llm_choose_ahead(ngx_http_llm_pool_t *pool, ngx_http_llm_ctx_t *ctx,
 
     do {
         next = NGX_MAX_UINT32_VALUE;
-        more = 0;
 
         for (i = 0; i < pool->backends.nelts; i++) {
             sh = b[i].sh;
@@ -886,7 +885,6 @@ ngx_http_llm_choose_ahead(ngx_http_llm_pool_t *pool, ngx_http_llm_ctx_t *ctx,
 
             if (b[i].priority > prio) {
                 next = ngx_min(next, b[i].priority);
-                more = 1;
                 continue;
             }
 
@@ -904,7 +902,7 @@ ngx_http_llm_choose_ahead(ngx_http_llm_pool_t *pool, ngx_http_llm_ctx_t *ctx,
 
         prio = next;
 
-    } while (!done && more);
+    } while (!done && next != NGX_MAX_UINT32_VALUE);
 
     ngx_shmtx_unlock(&zone->shpool->mutex);
 }
