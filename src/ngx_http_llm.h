@@ -433,6 +433,7 @@ typedef struct ngx_http_llm_ctx_s  ngx_http_llm_ctx_t;
 
 
 #define NGX_HTTP_LLM_USAGE_MAX  1024
+#define NGX_HTTP_LLM_GAP_MAX    512
 
 
 /* the reply scanner's state: see ngx_http_llm_usage.c */
@@ -462,7 +463,19 @@ typedef struct {
     unsigned                     found:1;
     unsigned                     walk:1;     /* llm_body_walk */
     unsigned                     whole:1;    /* read from the end */
+    unsigned                     replay:1;   /* of the gap's bytes */
 
+    /*
+     * a stream's bytes from a text's closing quote to the next text's
+     * opening quote; how many of them the last buffer ended with
+     */
+    size_t                       gap_len;
+    size_t                       gap_at;
+    size_t                       gap_rec;    /* recorded so far */
+    u_char                      *gap;        /* NGX_HTTP_LLM_GAP_MAX, or
+                                                NULL: not kept */
+
+    /* left as it is allocated: written before it is read */
     u_char                       buf[NGX_HTTP_LLM_USAGE_MAX];
 } ngx_http_llm_scan_t;
 

@@ -192,14 +192,22 @@ ngx_http_llm_scan_reply(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
         return;
     }
 
-    /* the usage object's buffer is written before it is read */
+    /*
+     * the usage object's buffer is written before it is read, and so is
+     * a stream's gap, kept after it (see ngx_http_llm_scan_texts())
+     */
 
-    ctx->scan = ngx_palloc(r->pool, sizeof(ngx_http_llm_scan_t));
+    ctx->scan = ngx_palloc(r->pool, sizeof(ngx_http_llm_scan_t)
+                                    + (ctx->sse ? NGX_HTTP_LLM_GAP_MAX : 0));
     if (ctx->scan == NULL) {
         return;
     }
 
     ngx_memzero(ctx->scan, offsetof(ngx_http_llm_scan_t, buf));
+
+    if (ctx->sse) {
+        ctx->scan->gap = (u_char *) (ctx->scan + 1);
+    }
 
     llcf = ngx_http_get_module_loc_conf(r, ngx_http_llm_module);
     ctx->scan->walk = llcf->body_walk;

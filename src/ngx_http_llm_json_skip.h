@@ -22,11 +22,15 @@
  * spans is set: one or two spans, below 16), and the two bytes after the
  * opening quote are one of the pairs ("cousde": content, usage, delta).
  * The caller compares the whole key; some strings found here are not
- * one.  The spellings every event of a chat stream has are taken here,
- * without a return: a delta object ("delta":{) is passed over, and a
- * text ("content":") counted in *counted where it is not empty (when it
- * opens, where the caller would count it when it closes: the two differ
- * only for a reply cut inside a text).
+ * one.  The spellings every event of a chat stream has are taken here:
+ * a delta object ("delta":{) is passed over, and a text ("content":")
+ * counted in *counted where it is not empty (when it opens, where the
+ * caller would count it when it closes: the two differ only for a reply
+ * cut inside a text).  A counted text found 32 bytes at a time also
+ * ends the pass, at the text's opening quote, not yet read, with
+ * NGX_HTTP_LLM_JSON_TEXT set: from there to the next text a stream's
+ * events are often the same bytes, which the caller can compare instead
+ * of reading them again.
  *
  * *state says where p is (NGX_HTTP_LLM_JSON_INSIDE a string,
  * NGX_HTTP_LLM_JSON_ESCAPED: the byte at p is escaped) and, on return,
@@ -53,6 +57,7 @@
 #define NGX_HTTP_LLM_JSON_INSIDE   1
 #define NGX_HTTP_LLM_JSON_ESCAPED  2
 #define NGX_HTTP_LLM_JSON_FOUND    4
+#define NGX_HTTP_LLM_JSON_TEXT     8
 
 
 typedef struct {
@@ -92,7 +97,7 @@ ngx_http_llm_json_skip_pair(const unsigned char *p,
 }
 
 
-/* 1 where a usual spelling is at p, counted if it is the second */
+/* where a usual spelling is at p: 1 the first, 2 the second, counted */
 
 static inline int
 ngx_http_llm_json_skip_spelling(const unsigned char *p,
@@ -109,7 +114,7 @@ ngx_http_llm_json_skip_spelling(const unsigned char *p,
         && memcmp(p, keys->count, keys->count_len) == 0)
     {
         *counted += (p[keys->count_len] != '"');
-        return 1;
+        return 2;
     }
 
     return 0;
@@ -371,12 +376,20 @@ ngx_http_llm_json_skip(const unsigned char *p, const unsigned char *end,
 
             if (ngx_http_llm_json_skip_pair(p + i + 1, keys)
                 && ((st ^ __builtin_parity(odd ^ (q & ((1u << i) - 1))))
-                    & NGX_HTTP_LLM_JSON_INSIDE) == 0
-                && !ngx_http_llm_json_skip_spelling(p + i, end, keys,
-                                                    counted))
+                    & NGX_HTTP_LLM_JSON_INSIDE) == 0)
             {
-                *state = NGX_HTTP_LLM_JSON_FOUND;
-                return p + i;
+                switch (ngx_http_llm_json_skip_spelling(p + i, end, keys,
+                                                        counted))
+                {
+                case 0:
+                    *state = NGX_HTTP_LLM_JSON_FOUND;
+                    return p + i;
+
+                case 2:
+                    /* "content":" read: outside a string before the " */
+                    *state = NGX_HTTP_LLM_JSON_TEXT;
+                    return p + i + keys->count_len - 1;
+                }
             }
 
             near &= near - 1;

@@ -28,7 +28,9 @@
  * never one of those looked for, as it is not in the reply's tree.
  * Between the strings it wants, the scan passes over 32 bytes at a time
  * (ngx_http_llm_json_skip.h): most of a stream's event is strings it
- * has no use for.
+ * has no use for.  And most of those are the same bytes in every event:
+ * from one text to the next, what is the same as last time is compared,
+ * not read again (ngx_http_llm_scan_texts()).
  */
 
 
@@ -79,8 +81,12 @@ typedef struct {
 
 static ngx_inline u_char *ngx_http_llm_scan_string(ngx_http_llm_scan_t *s,
     ngx_http_llm_scan_state_t *v, u_char *p, u_char *last);
-static ngx_inline u_char *ngx_http_llm_scan_between(
-    ngx_http_llm_scan_state_t *v, u_char *p, u_char *last);
+static ngx_inline u_char *ngx_http_llm_scan_between(ngx_http_llm_scan_t *s,
+    ngx_http_llm_scan_state_t *v, u_char *p, u_char *last, size_t rec);
+static ngx_inline u_char *ngx_http_llm_scan_texts(ngx_http_llm_scan_t *s,
+    ngx_http_llm_scan_state_t *v, u_char **q, u_char *last);
+static u_char *ngx_http_llm_scan_resume(ngx_http_llm_scan_t *s, u_char *p,
+    u_char *last, ngx_log_t *log, ngx_uint_t *text);
 static ngx_inline u_char *ngx_http_llm_scan_after_key(
     ngx_http_llm_scan_t *s, ngx_http_llm_scan_state_t *v, u_char *p,
     u_char *last, ngx_log_t *log);
@@ -97,7 +103,10 @@ void
 ngx_http_llm_scan(ngx_http_llm_scan_t *s, u_char *p, u_char *last,
     ngx_log_t *log)
 {
-    ngx_http_llm_scan_state_t  v;
+    u_char                     *end;
+    size_t                      rec;
+    ngx_uint_t                  text;
+    ngx_http_llm_scan_state_t   v;
 
     if (s->whole) {
         return;
@@ -109,6 +118,17 @@ ngx_http_llm_scan(ngx_http_llm_scan_t *s, u_char *p, u_char *last,
         if (s->depth) {
             return;
         }
+    }
+
+    text = 0;
+
+    /* a gap recorded up to the last buffer's end goes on at this start */
+
+    rec = s->gap_rec;
+    s->gap_rec = 0;
+
+    if (s->gap_at) {
+        p = ngx_http_llm_scan_resume(s, p, last, log, &text);
     }
 
     /* the state in locals: the key's bytes cannot alias them */
@@ -124,17 +144,28 @@ ngx_http_llm_scan(ngx_http_llm_scan_t *s, u_char *p, u_char *last,
     v.klen = s->klen;
     v.deltas = s->deltas;
 
+    if (text) {
+        end = ngx_http_llm_scan_texts(s, &v, &p, last);
+
+        if (end) {
+            p = (end == last) ? last : end + 1;
+        }
+    }
+
     while (p < last) {
 
         if (v.in_string) {
             p = ngx_http_llm_scan_string(s, &v, p, last);
 
         } else if (!v.after_string && !v.after_colon) {
-            p = ngx_http_llm_scan_between(&v, p, last);
+            p = ngx_http_llm_scan_between(s, &v, p, last, rec);
 
         } else {
             p = ngx_http_llm_scan_after_key(s, &v, p, last, log);
         }
+
+        /* only where the last buffer ended */
+        rec = 0;
     }
 
     /* inside the usage object these two are its own */
@@ -228,24 +259,80 @@ ngx_http_llm_scan_string(ngx_http_llm_scan_t *s, ngx_http_llm_scan_state_t *v,
 /*
  * Nothing pending: strings that cannot be "content", "usage" or "delta"
  * are passed over a block at a time, and the bytes between strings
- * (blanks, punctuation, numbers, SSE's "data:") do not matter.
+ * (blanks, punctuation, numbers, SSE's "data:") do not matter.  The
+ * skip stops at a text in the usual spelling, counted: see
+ * ngx_http_llm_scan_texts().
  */
 
 static ngx_inline u_char *
-ngx_http_llm_scan_between(ngx_http_llm_scan_state_t *v, u_char *p,
-    u_char *last)
+ngx_http_llm_scan_between(ngx_http_llm_scan_t *s,
+    ngx_http_llm_scan_state_t *v, u_char *p, u_char *last, size_t rec)
 {
-    u_char    *q;
-    size_t     counted;
+    u_char    *q, *end;
+    size_t     counted, n;
     unsigned   st;
 
-    st = 0;
-    counted = 0;
-    q = (u_char *) ngx_http_llm_json_skip(p, last, &ngx_http_llm_scan_keys,
-                                          &st, &counted);
+    /*
+     * a gap is recorded from a text's closing quote, end, or from p when
+     * the last buffer ended in it (rec of its bytes are in s->gap)
+     */
 
-    /* non-empty texts in the usual spelling, counted on the way */
-    v->deltas += counted;
+    end = rec ? p : NULL;
+
+    for ( ;; ) {
+        st = 0;
+        counted = 0;
+        q = (u_char *) ngx_http_llm_json_skip(p, last,
+                                              &ngx_http_llm_scan_keys, &st,
+                                              &counted);
+
+        /* non-empty texts in the usual spelling, counted on the way */
+        v->deltas += counted;
+
+        if (!(st & NGX_HTTP_LLM_JSON_TEXT)) {
+            break;
+        }
+
+        /*
+         * what was read from the last text's end to this one's opening
+         * quote, if nothing was counted on the way but this text
+         */
+
+        n = end ? (size_t) (q + 1 - end) : NGX_HTTP_LLM_GAP_MAX + 1;
+
+        if (rec + n <= NGX_HTTP_LLM_GAP_MAX
+            && counted == (size_t) (q[1] != '"') && s->gap && !s->replay)
+        {
+            ngx_memcpy(s->gap + rec, end, n);
+            s->gap_len = rec + n;
+        }
+
+        rec = 0;
+
+        end = ngx_http_llm_scan_texts(s, v, &q, last);
+
+        if (end == NULL) {
+            /* the usual reading takes the text from its opening quote */
+            return q;
+        }
+
+        if (end == last) {
+            return last;
+        }
+
+        p = end + 1;
+    }
+
+    /* the buffer ends in a gap: its bytes so far, for the next one */
+
+    if (end && q == last && st == 0 && counted == 0
+        && rec + (last - end) < NGX_HTTP_LLM_GAP_MAX && s->gap && !s->replay)
+    {
+        ngx_memcpy(s->gap + rec, end, last - end);
+        s->gap_rec = rec + (last - end);
+        s->gap_len = 0;
+        return last;
+    }
 
     if (st & NGX_HTTP_LLM_JSON_FOUND) {
         v->in_string = 1;
@@ -277,6 +364,125 @@ ngx_http_llm_scan_between(ngx_http_llm_scan_state_t *v, u_char *p,
     }
 
     return p + 1;
+}
+
+
+/*
+ * A stream's events, from one text to the next, are mostly the same
+ * bytes (the id, the model, the keys, "finish_reason": null): where
+ * they are those of last time, the next text starts where it did then,
+ * and the bytes between need not be read again.  The reading of bytes
+ * the same as before, from the same state, outside a string, comes to
+ * the same end: the next text's opening quote, with nothing wanted on
+ * the way.  q is a counted text's opening quote; the return is the
+ * closing quote of the last text of the run (the gap that follows it
+ * is not that of last time); last, where the buffer ends in what may
+ * be the same gap (s->gap_at: how much of it, for the next buffer to
+ * go on with); or NULL, with *q the opening quote of a text the usual
+ * reading is to take: one with an escape, one that goes on past the
+ * buffer, or one that starts as a wanted key does, which the skip
+ * would look at.
+ */
+
+static ngx_inline u_char *
+ngx_http_llm_scan_texts(ngx_http_llm_scan_t *s,
+    ngx_http_llm_scan_state_t *v, u_char **q, u_char *last)
+{
+    u_char  *c;
+    size_t   n, avail;
+
+    for ( ;; ) {
+        if (last - *q < 3
+            || ngx_http_llm_json_skip_pair(*q + 1, &ngx_http_llm_scan_keys))
+        {
+            return NULL;
+        }
+
+        c = (u_char *) ngx_http_llm_json_special(*q + 1, last);
+
+        if (c == last || *c != '"') {
+            return NULL;
+        }
+
+        /* the same bytes to the next text's quote, and its first byte */
+
+        n = s->gap_len;
+        avail = last - c;
+
+        if (n == 0) {
+            return c;
+        }
+
+        if (avail > n) {
+            if (ngx_memcmp(c, s->gap, n) != 0) {
+                return c;
+            }
+
+            v->deltas += (c[n] != '"');
+            *q = c + n - 1;
+            continue;
+        }
+
+        /* the gap, or its text's first byte, is yet to come */
+
+        if (avail == n || s->replay || ngx_memcmp(c, s->gap, avail) != 0) {
+            return c;
+        }
+
+        s->gap_at = avail;
+
+        return last;
+    }
+}
+
+
+/*
+ * A buffer after one that ended in what may be the same gap as last
+ * time: where it goes on with the gap and the next text's first byte,
+ * the text's opening quote, with *text set; where it goes on with the
+ * gap only, last; where it does not, the gap's bytes that came before
+ * are read as the usual reading would have read them (nothing wanted
+ * is among them), and then this buffer from its start.
+ */
+
+static u_char *
+ngx_http_llm_scan_resume(ngx_http_llm_scan_t *s, u_char *p, u_char *last,
+    ngx_log_t *log, ngx_uint_t *text)
+{
+    size_t  m, n, k;
+
+    m = s->gap_at;
+    n = s->gap_len;
+
+    if (p == last) {
+        return last;
+    }
+
+    s->gap_at = 0;
+
+    k = ngx_min((size_t) (last - p), n - m);
+
+    if (ngx_memcmp(p, s->gap + m, k) == 0) {
+
+        if (m + k < n) {
+            s->gap_at = m + k;
+            return last;
+        }
+
+        if (p + k < last) {
+            s->deltas += (p[k] != '"');
+            *text = 1;
+            return p + k - 1;
+        }
+    }
+
+    /* after the closing quote, outside any string */
+
+    s->replay = 1;
+    ngx_http_llm_scan(s, s->gap + 1, s->gap + m, log);
+    s->replay = 0;
+
+    return p;
 }
 
 

@@ -81,6 +81,43 @@ stream('/python', 0, python => 1);
 stream('/crlf', 0, crlf => 1);
 stream('/pythonusage', 1, python => 1);
 
+# events whose bytes between texts change now and then (the scanner
+# passes over bytes the same as the last event's without reading them):
+# an id that changes every 7 events, a field of 600 bytes every 11th, a
+# "usage": null every 13th, an escape in the model's name every 17th
+my $varying = '';
+my $nvarying = 0;
+for my $i (1 .. 90) {
+    my $text = $texts[$i % @texts];
+    my $c = chunk($text);
+    my $id = int($i / 7);
+    $c =~ s/chatcmpl-9xY/chatcmpl-$id/;
+    $c =~ s/"object"/"pad":"${\('p' x 600)}","object"/ if $i % 11 == 0;
+    $c =~ s/"choices"/"usage":null,"choices"/ if $i % 13 == 0;
+    $c =~ s/gpt-4o-2024-08-06/gpt-4o-\\u0032024/ if $i % 17 == 0;
+    $varying .= $c;
+    $nvarying++ if length $text;
+}
+$reply{'/varying'} = $head . Encode::encode_utf8($varying . "data: [DONE]\n\n");
+$want{'/varying'} = [ 'counted', $nvarying ];
+
+# and gaps that differ in a few bytes only, every other event or at
+# random: a pad of 1 to 120 bytes, a created time that ticks
+srand 11;
+my ($varying2, $nvarying2) = ('', 0);
+for my $i (1 .. 120) {
+    my $text = $texts[int rand @texts];
+    my $c = chunk($text);
+    my $pad = 'q' x (1 + int rand 120);
+    $c =~ s/"object"/"pad":"$pad","object"/ if $i % 2 || rand() < 0.3;
+    $c =~ s/"created":1733/"created":${\(1733 + int($i \/ 4))}/;
+    $varying2 .= $c;
+    $nvarying2++ if length $text;
+}
+$reply{'/varying2'} = $head . Encode::encode_utf8($varying2
+                                                  . "data: [DONE]\n\n");
+$want{'/varying2'} = [ 'counted', $nvarying2 ];
+
 # Responses-style events: the text is the string value of "delta"
 my $resp = '';
 for my $i (1 .. 30) {

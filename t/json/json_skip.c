@@ -99,6 +99,13 @@ skipped(const unsigned char *text, size_t len, const size_t *cuts,
                 continue;
             }
 
+            /* a counted text's opening quote: the reading goes on there */
+
+            if (*state & NGX_HTTP_LLM_JSON_TEXT) {
+                *state = 0;
+                continue;
+            }
+
             for ( /* void */ ; p < end; p++) {
                 if (ngx_http_llm_json_skip_byte(p, text + len, &keys, state,
                                                 counted)
