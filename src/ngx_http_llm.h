@@ -475,8 +475,14 @@ typedef struct {
     u_char                      *gap;        /* NGX_HTTP_LLM_GAP_MAX, or
                                                 NULL: not kept */
 
-    /* left as it is allocated: written before it is read */
-    u_char                       buf[NGX_HTTP_LLM_USAGE_MAX];
+    /*
+     * a usage object split across buffers is copied, up to
+     * NGX_HTTP_LLM_USAGE_MAX bytes, into buf, made from pool when first
+     * needed: most objects end in the buffer they start in, and are read
+     * where they are
+     */
+    u_char                      *buf;
+    ngx_pool_t                  *pool;
 } ngx_http_llm_scan_t;
 
 

@@ -193,8 +193,8 @@ ngx_http_llm_scan_reply(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
     }
 
     /*
-     * the usage object's buffer is written before it is read, and so is
-     * a stream's gap, kept after it (see ngx_http_llm_scan_texts())
+     * a stream's gap is kept after the scanner's state (see
+     * ngx_http_llm_scan_texts()), written before it is read
      */
 
     ctx->scan = ngx_palloc(r->pool, sizeof(ngx_http_llm_scan_t)
@@ -203,7 +203,9 @@ ngx_http_llm_scan_reply(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
         return;
     }
 
-    ngx_memzero(ctx->scan, offsetof(ngx_http_llm_scan_t, buf));
+    ngx_memzero(ctx->scan, sizeof(ngx_http_llm_scan_t));
+
+    ctx->scan->pool = r->pool;
 
     if (ctx->sse) {
         ctx->scan->gap = (u_char *) (ctx->scan + 1);

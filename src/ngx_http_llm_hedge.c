@@ -980,6 +980,8 @@ ngx_http_llm_hedge_hold(ngx_http_llm_attempt_t *a, ngx_chain_t *in,
         if (a->scan == NULL) {
             return NGX_ERROR;
         }
+
+        a->scan->pool = a->request->pool;
     }
 
     for (cl = in; cl; cl = cl->next) {

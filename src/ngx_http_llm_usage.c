@@ -90,9 +90,10 @@ static u_char *ngx_http_llm_scan_resume(ngx_http_llm_scan_t *s, u_char *p,
 static ngx_inline u_char *ngx_http_llm_scan_after_key(
     ngx_http_llm_scan_t *s, ngx_http_llm_scan_state_t *v, u_char *p,
     u_char *last, ngx_log_t *log);
-static u_char *ngx_http_llm_scan_usage(ngx_http_llm_scan_t *s, u_char *p,
-    u_char *last, ngx_log_t *log);
-static void ngx_http_llm_usage_parse(ngx_http_llm_scan_t *s, ngx_log_t *log);
+static u_char *ngx_http_llm_scan_usage(ngx_http_llm_scan_t *s,
+    u_char *start, u_char *p, u_char *last, ngx_log_t *log);
+static void ngx_http_llm_usage_parse(ngx_http_llm_scan_t *s, u_char *start,
+    size_t len, ngx_log_t *log);
 static u_char *ngx_http_llm_last_usage(u_char *start, u_char *p);
 static void ngx_http_llm_usage_set(ngx_http_llm_scan_t *s, ngx_uint_t *n,
     ngx_log_t *log);
@@ -113,7 +114,7 @@ ngx_http_llm_scan(ngx_http_llm_scan_t *s, u_char *p, u_char *last,
     }
 
     if (s->depth) {
-        p = ngx_http_llm_scan_usage(s, p, last, log);
+        p = ngx_http_llm_scan_usage(s, p, p, last, log);
 
         if (s->depth) {
             return;
@@ -514,13 +515,12 @@ ngx_http_llm_scan_after_key(ngx_http_llm_scan_t *s,
     case '{':
         if (v->after_colon && v->usage_key) {
             s->depth = 1;
-            s->len = 1;
+            s->len = 0;
             s->overflow = 0;
-            s->buf[0] = '{';
             s->in_string = 0;
             s->escaped = 0;
 
-            p = ngx_http_llm_scan_usage(s, p, last, log);
+            p = ngx_http_llm_scan_usage(s, p - 1, p, last, log);
         }
 
         v->after_colon = 0;
@@ -538,20 +538,21 @@ ngx_http_llm_scan_after_key(ngx_http_llm_scan_t *s,
 
 /*
  * Inside the usage object: only its depth and strings matter, kept in
- * locals, and what was read is copied at once.  Returns where the object
- * ended, or last.
+ * locals.  The object's bytes in this buffer start at start (its '{'
+ * when it opens here) and are read from p.  An object that ends in the
+ * buffer it opened in is read where it is; one split across buffers is
+ * copied, piece by piece.  Returns where the object ended, or last.
  */
 
 static u_char *
-ngx_http_llm_scan_usage(ngx_http_llm_scan_t *s, u_char *p, u_char *last,
-    ngx_log_t *log)
+ngx_http_llm_scan_usage(ngx_http_llm_scan_t *s, u_char *start, u_char *p,
+    u_char *last, ngx_log_t *log)
 {
-    u_char      ch, *q, *start;
+    u_char      ch, *q;
     size_t      n;
     unsigned    in_string, escaped;
     ngx_uint_t  depth;
 
-    start = p;
     depth = s->depth;
     in_string = s->in_string;
     escaped = s->escaped;
@@ -597,20 +598,35 @@ ngx_http_llm_scan_usage(ngx_http_llm_scan_t *s, u_char *p, u_char *last,
         }
     }
 
-    n = ngx_min((size_t) (p - start), NGX_HTTP_LLM_USAGE_MAX - s->len);
-
-    if (n < (size_t) (p - start)) {
-        s->overflow = 1;
-    }
-
-    s->len = ngx_cpymem(s->buf + s->len, start, n) - s->buf;
-
     s->depth = depth;
     s->in_string = in_string;
     s->escaped = escaped;
 
+    if (depth == 0 && s->len == 0) {
+        ngx_http_llm_usage_parse(s, start, p - start, log);
+        return p;
+    }
+
+    if (s->buf == NULL && !s->overflow) {
+        s->buf = ngx_pnalloc(s->pool, NGX_HTTP_LLM_USAGE_MAX);
+
+        if (s->buf == NULL) {
+            /* the allocation's failure is logged: the object is lost */
+            s->overflow = 1;
+        }
+    }
+
+    n = ngx_min((size_t) (p - start), NGX_HTTP_LLM_USAGE_MAX - s->len);
+
+    if (n < (size_t) (p - start) || s->buf == NULL) {
+        s->overflow = 1;
+
+    } else {
+        s->len = ngx_cpymem(s->buf + s->len, start, n) - s->buf;
+    }
+
     if (depth == 0) {
-        ngx_http_llm_usage_parse(s, log);
+        ngx_http_llm_usage_parse(s, s->buf, s->len, log);
     }
 
     return p;
@@ -618,22 +634,29 @@ ngx_http_llm_scan_usage(ngx_http_llm_scan_t *s, u_char *p, u_char *last,
 
 
 static void
-ngx_http_llm_usage_parse(ngx_http_llm_scan_t *s, ngx_log_t *log)
+ngx_http_llm_usage_parse(ngx_http_llm_scan_t *s, u_char *start, size_t len,
+    ngx_log_t *log)
 {
     cJSON       *obj;
     size_t       at;
     ngx_str_t    text;
     ngx_uint_t   i, n[NGX_HTTP_LLM_U_LAST];
 
-    if (s->overflow) {
-        ngx_log_error(NGX_LOG_WARN, log, 0,
-                      "llm: usage object longer than %d bytes ignored",
-                      NGX_HTTP_LLM_USAGE_MAX);
+    /* the same bound wherever the object is read */
+
+    if (s->overflow || len > NGX_HTTP_LLM_USAGE_MAX) {
+
+        if (s->buf || len) {
+            ngx_log_error(NGX_LOG_WARN, log, 0,
+                          "llm: usage object longer than %d bytes ignored",
+                          NGX_HTTP_LLM_USAGE_MAX);
+        }
+
         return;
     }
 
-    text.data = s->buf;
-    text.len = s->len;
+    text.data = start;
+    text.len = len;
 
     /* the usual object is walked; the tree reads anything else */
 

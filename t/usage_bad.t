@@ -55,6 +55,23 @@ my %reply = (
 # a backend that answers each path with its canned bytes, then closes
 my $bport = $t->start_canned(\%reply, slow => qr/^\/trickle/);
 
+# usage objects of a stream near the copy's bound, read where they are
+# (one write) or copied across reads of 300 bytes
+my $usage = sub {
+    my ($prompt, $pad) = @_;
+    return 'data: {"choices":[],"usage":{"prompt_tokens":' . $prompt
+        . ',"completion_tokens":3,"total_tokens":' . ($prompt + 3)
+        . ',"note":"' . ('z' x $pad) . '"}}' . "\n\n" . "data: [DONE]\n\n";
+};
+my %big = (
+    '/bigfits' => $sse . $delta x 3 . $usage->(13, 900),
+    '/bighuge' => $sse . $delta x 3 . $usage->(14, 2000),
+    '/piecesfits' => $sse . $delta x 3 . $usage->(15, 900),
+    '/pieceshuge' => $sse . $delta x 3 . $usage->(16, 2000),
+);
+my $pport = $t->start_canned(\%big, slow => qr/^\/pieces/,
+                             piece => sub { 300 }, pause => 0.01);
+
 my $listen = free_port();
 $t->start_nginx(<<"END", ports => [$listen]);
     llm_zone llm:1m;
@@ -65,6 +82,11 @@ $t->start_nginx(<<"END", ports => [$listen]);
     upstream pool {
         llm_balance zone=llm;
         server 127.0.0.1:$bport;
+    }
+
+    upstream big {
+        llm_balance zone=llm;
+        server 127.0.0.1:$pport;
     }
 
     server {
@@ -82,6 +104,17 @@ $t->start_nginx(<<"END", ports => [$listen]);
             proxy_buffering off;
         }
 
+        location /big {
+            llm_route big;
+            proxy_pass http://big;
+        }
+
+        location /pieces {
+            llm_route big;
+            proxy_pass http://big;
+            proxy_buffering off;
+        }
+
         location = /llm/status {
             llm_status;
         }
@@ -90,7 +123,7 @@ END
 
 my $body = json_encode({ messages => [ { role => 'user', content => 'hi' } ],
                          max_tokens => 5 });
-for my $path (sort keys %reply) {
+for my $path (sort(keys %reply), sort(keys %big)) {
     my ($st) = http_post($listen, $path, $body);
     ok($st == 200 || $st == 502, "$path answered ($st)");
 }
@@ -119,8 +152,22 @@ is($log{'/tricklesse'}[4], 2, 'a stream a byte at a time: completion');
 is($log{'/crlf'}[2], 'reported', 'CRLF events: reported');
 is($log{'/crlf'}[3], 11, 'CRLF events: prompt tokens');
 is($log{'/crlf'}[4], 4, 'CRLF events: completion tokens');
+is($log{'/bigfits'}[2], 'reported', 'usage of 1000 bytes: reported');
+is($log{'/bigfits'}[3], 13, 'usage of 1000 bytes: prompt tokens');
+is($log{'/bighuge'}[2], 'counted', 'usage past the bound: from deltas');
+is($log{'/bighuge'}[4], 3, 'usage past the bound: the three deltas');
+is($log{'/piecesfits'}[2], 'reported',
+   'usage of 1000 bytes across reads: reported');
+is($log{'/piecesfits'}[3], 15,
+   'usage of 1000 bytes across reads: prompt tokens');
+is($log{'/pieceshuge'}[2], 'counted',
+   'usage past the bound across reads: from deltas');
+is($log{'/pieceshuge'}[4], 3,
+   'usage past the bound across reads: the three deltas');
 
 my $err = $t->error_log;
+my $over = () = $err =~ /\[warn\].*usage object longer than 1024 bytes/g;
+is($over, 3, 'each usage past the bound logged once');
 like($err, qr/\[warn\].*llm: malformed usage object in the reply/,
      'malformed usage logged at warn');
 like($err, qr/\[warn\].*usage object without prompt or input tokens/,
