@@ -166,8 +166,12 @@ static ngx_inline ngx_int_t ngx_http_llm_walk_text(ngx_http_llm_walk_t *w,
 #define ngx_http_llm_walk_blank(c)                                           \
     ((c) == ' ' || (c) == '\n' || (c) == '\r' || (c) == '\t')
 
+/* most bytes where a blank may be are above ' ': one compare passes them */
+
 #define ngx_http_llm_walk_blanks(p, end)                                     \
-    while ((p) < (end) && ngx_http_llm_walk_blank(*(p))) { (p)++; }
+    while ((p) < (end) && *(p) <= ' ' && ngx_http_llm_walk_blank(*(p))) {    \
+        (p)++;                                                               \
+    }
 
 #define ngx_http_llm_walk_digit(c)  ((unsigned) ((c) - '0') < 10)
 
