@@ -90,6 +90,8 @@ static u_char *ngx_http_llm_scan_resume(ngx_http_llm_scan_t *s, u_char *p,
 static ngx_inline u_char *ngx_http_llm_scan_after_key(
     ngx_http_llm_scan_t *s, ngx_http_llm_scan_state_t *v, u_char *p,
     u_char *last, ngx_log_t *log);
+static u_char *ngx_http_llm_scan_walk(ngx_http_llm_scan_t *s, u_char *p,
+    u_char *last, ngx_log_t *log);
 static u_char *ngx_http_llm_scan_usage(ngx_http_llm_scan_t *s,
     u_char *start, u_char *p, u_char *last, ngx_log_t *log);
 static void ngx_http_llm_usage_parse(ngx_http_llm_scan_t *s, u_char *start,
@@ -493,6 +495,8 @@ static ngx_inline u_char *
 ngx_http_llm_scan_after_key(ngx_http_llm_scan_t *s,
     ngx_http_llm_scan_state_t *v, u_char *p, u_char *last, ngx_log_t *log)
 {
+    u_char  *q;
+
     switch (*p++) {
 
     case ' ': case '\t': case '\r': case '\n':
@@ -514,13 +518,20 @@ ngx_http_llm_scan_after_key(ngx_http_llm_scan_t *s,
 
     case '{':
         if (v->after_colon && v->usage_key) {
-            s->depth = 1;
-            s->len = 0;
-            s->overflow = 0;
-            s->in_string = 0;
-            s->escaped = 0;
+            q = ngx_http_llm_scan_walk(s, p - 1, last, log);
 
-            p = ngx_http_llm_scan_usage(s, p - 1, p, last, log);
+            if (q) {
+                p = q;
+
+            } else {
+                s->depth = 1;
+                s->len = 0;
+                s->overflow = 0;
+                s->in_string = 0;
+                s->escaped = 0;
+
+                p = ngx_http_llm_scan_usage(s, p - 1, p, last, log);
+            }
         }
 
         v->after_colon = 0;
@@ -533,6 +544,36 @@ ngx_http_llm_scan_after_key(ngx_http_llm_scan_t *s,
     }
 
     return p;
+}
+
+
+/*
+ * A usage object of the usual spelling that ends in this buffer, walked
+ * where it is without first finding its end: the byte after it, or NULL
+ * to leave it to ngx_http_llm_scan_usage() (split, longer than the
+ * bound, or spelled otherwise)
+ */
+
+static u_char *
+ngx_http_llm_scan_walk(ngx_http_llm_scan_t *s, u_char *p, u_char *last,
+    ngx_log_t *log)
+{
+    u_char      *q;
+    ngx_uint_t   n[NGX_HTTP_LLM_U_LAST];
+
+    if (!s->walk) {
+        return NULL;
+    }
+
+    q = ngx_http_llm_walk_usage(p, last, n);
+
+    if (q == NULL || q - p > NGX_HTTP_LLM_USAGE_MAX) {
+        return NULL;
+    }
+
+    ngx_http_llm_usage_set(s, n, log);
+
+    return q;
 }
 
 
