@@ -943,13 +943,26 @@ ngx_http_llm_walk_key(u_char *p, u_char *end, ngx_str_t *key)
     key->len = p - key->data;
 
     p++;
-    ngx_http_llm_walk_blanks(p, end);
 
-    if (p == end || *p != ':') {
-        return NULL;
+    /* the usual spellings, ':' and ': ' right after the key, at once */
+
+    if (end - p > 2 && *p == ':') {
+        p += 1 + (p[1] == ' ');
+
+        if (*p > ' ') {
+            return p;
+        }
+
+    } else {
+        ngx_http_llm_walk_blanks(p, end);
+
+        if (p == end || *p != ':') {
+            return NULL;
+        }
+
+        p++;
     }
 
-    p++;
     ngx_http_llm_walk_blanks(p, end);
 
     return (p < end) ? p : NULL;
@@ -962,6 +975,20 @@ ngx_http_llm_walk_next(u_char *p, u_char *end, u_char close,
 {
     if (p == NULL) {
         return NULL;
+    }
+
+    /* the usual spellings, ',' and ', ' right after the value, at once */
+
+    if (end - p > 2 && *p == ',') {
+        p += 1 + (p[1] == ' ');
+
+        if (*p > ' ') {
+            return p;
+        }
+
+        ngx_http_llm_walk_blanks(p, end);
+
+        return p;
     }
 
     ngx_http_llm_walk_blanks(p, end);
