@@ -305,13 +305,20 @@ ngx_http_llm_deployment_from_uri(ngx_str_t *uri, ngx_str_t *deployment)
     /*
      * the first "/deployments/" in any case, compared as it is usually
      * spelt first: ngx_strlcasestrn() called ngx_strncasecmp(), 17
-     * instructions a byte, at every slash of the path
+     * instructions a byte, at every slash of the path; memchr() goes
+     * from slash to slash
      */
 
     for (p = uri->data; last - p >= (ssize_t) sizeof("/deployments/") - 1;
          p++)
     {
-        if (p[0] == '/' && (p[1] | 0x20) == 'd'
+        p = memchr(p, '/', last - p);
+
+        if (p == NULL || last - p < (ssize_t) sizeof("/deployments/") - 1) {
+            return;
+        }
+
+        if ((p[1] | 0x20) == 'd'
             && (ngx_memcmp(p + 2, "eployments/", sizeof("eployments/") - 1)
                 == 0
                 || ngx_strncasecmp(p + 2, (u_char *) "eployments/",
