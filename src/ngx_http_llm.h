@@ -436,6 +436,26 @@ typedef struct ngx_http_llm_ctx_s  ngx_http_llm_ctx_t;
 #define NGX_HTTP_LLM_GAP_MAX    512
 
 
+/*
+ * the reply scanner's reading state, taken into locals at each buffer
+ * and put back whole at its end: a stream read an event at a time does
+ * that at every read (see ngx_http_llm_usage.c)
+ */
+
+typedef struct {
+    size_t                       klen;
+    ngx_uint_t                   deltas;
+    u_char                       in_string;
+    u_char                       escaped;
+    u_char                       after_string;
+    u_char                       after_colon;
+    u_char                       usage_key;
+    u_char                       text_key;
+    u_char                       value_of_text;
+    u_char                       value_chars;
+} ngx_http_llm_scan_state_t;
+
+
 /* the reply scanner's state: see ngx_http_llm_usage.c */
 
 typedef struct {
@@ -444,21 +464,17 @@ typedef struct {
     ngx_uint_t                   total;
     ngx_uint_t                   cached;
     ngx_uint_t                   reasoning;
-    ngx_uint_t                   deltas;
 
+    ngx_http_llm_scan_state_t    state;
+
+    /* inside a usage object: its depth and its own strings */
     ngx_uint_t                   depth;
     size_t                       len;
-    size_t                       klen;
+    u_char                       in_string;
+    u_char                       escaped;
+
     u_char                       key[16];
 
-    unsigned                     in_string:1;
-    unsigned                     escaped:1;
-    unsigned                     after_string:1;
-    unsigned                     after_colon:1;
-    unsigned                     usage_key:1;
-    unsigned                     text_key:1;
-    unsigned                     value_of_text:1;
-    unsigned                     value_chars:1;
     unsigned                     overflow:1;
     unsigned                     found:1;
     unsigned                     walk:1;     /* llm_body_walk */

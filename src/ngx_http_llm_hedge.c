@@ -1010,7 +1010,7 @@ ngx_http_llm_hedge_text(ngx_http_llm_attempt_t *a)
 {
     u_char  *p, *last;
 
-    if (a->scan->deltas) {
+    if (a->scan->state.deltas) {
         return 1;
     }
 

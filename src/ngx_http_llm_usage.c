@@ -64,21 +64,6 @@ static const ngx_http_llm_json_keys_t  ngx_http_llm_scan_keys = {
 };
 
 
-/* the scan's state while it reads a buffer, kept in registers */
-typedef struct {
-    size_t      klen;
-    ngx_uint_t  deltas;
-    ngx_uint_t  in_string;
-    ngx_uint_t  escaped;
-    ngx_uint_t  after_string;
-    ngx_uint_t  after_colon;
-    ngx_uint_t  usage_key;
-    ngx_uint_t  text_key;
-    ngx_uint_t  value_of_text;
-    ngx_uint_t  value_chars;
-} ngx_http_llm_scan_state_t;
-
-
 static ngx_inline u_char *ngx_http_llm_scan_string(ngx_http_llm_scan_t *s,
     ngx_http_llm_scan_state_t *v, u_char *p, u_char *last);
 static ngx_inline u_char *ngx_http_llm_scan_between(ngx_http_llm_scan_t *s,
@@ -109,7 +94,7 @@ ngx_http_llm_scan(ngx_http_llm_scan_t *s, u_char *p, u_char *last,
     u_char                     *end;
     size_t                      rec;
     ngx_uint_t                  text;
-    ngx_http_llm_scan_state_t   v;
+    ngx_http_llm_scan_state_t  *v;
 
     if (s->whole) {
         return;
@@ -134,21 +119,16 @@ ngx_http_llm_scan(ngx_http_llm_scan_t *s, u_char *p, u_char *last,
         p = ngx_http_llm_scan_resume(s, p, last, log, &text);
     }
 
-    /* the state in locals: the key's bytes cannot alias them */
+    /*
+     * the state is read where it is kept: taking it into locals and
+     * back cost more, with a stream read an event at a time, than the
+     * reloads after a key's bytes are written
+     */
 
-    v.in_string = s->in_string;
-    v.escaped = s->escaped;
-    v.after_string = s->after_string;
-    v.after_colon = s->after_colon;
-    v.usage_key = s->usage_key;
-    v.text_key = s->text_key;
-    v.value_of_text = s->value_of_text;
-    v.value_chars = s->value_chars;
-    v.klen = s->klen;
-    v.deltas = s->deltas;
+    v = &s->state;
 
     if (text) {
-        end = ngx_http_llm_scan_texts(s, &v, &p, last);
+        end = ngx_http_llm_scan_texts(s, v, &p, last);
 
         if (end) {
             p = (end == last) ? last : end + 1;
@@ -157,35 +137,19 @@ ngx_http_llm_scan(ngx_http_llm_scan_t *s, u_char *p, u_char *last,
 
     while (p < last) {
 
-        if (v.in_string) {
-            p = ngx_http_llm_scan_string(s, &v, p, last);
+        if (v->in_string) {
+            p = ngx_http_llm_scan_string(s, v, p, last);
 
-        } else if (!v.after_string && !v.after_colon) {
-            p = ngx_http_llm_scan_between(s, &v, p, last, rec);
+        } else if (!v->after_string && !v->after_colon) {
+            p = ngx_http_llm_scan_between(s, v, p, last, rec);
 
         } else {
-            p = ngx_http_llm_scan_after_key(s, &v, p, last, log);
+            p = ngx_http_llm_scan_after_key(s, v, p, last, log);
         }
 
         /* only where the last buffer ended */
         rec = 0;
     }
-
-    /* inside the usage object these two are its own */
-
-    if (s->depth == 0) {
-        s->in_string = v.in_string;
-        s->escaped = v.escaped;
-    }
-
-    s->after_string = v.after_string;
-    s->after_colon = v.after_colon;
-    s->usage_key = v.usage_key;
-    s->text_key = v.text_key;
-    s->value_of_text = v.value_of_text;
-    s->value_chars = v.value_chars;
-    s->klen = v.klen;
-    s->deltas = v.deltas;
 }
 
 
@@ -473,7 +437,7 @@ ngx_http_llm_scan_resume(ngx_http_llm_scan_t *s, u_char *p, u_char *last,
         }
 
         if (p + k < last) {
-            s->deltas += (p[k] != '"');
+            s->state.deltas += (p[k] != '"');
             *text = 1;
             return p + k - 1;
         }
@@ -981,9 +945,9 @@ ngx_http_llm_usage_of(ngx_http_llm_ctx_t *ctx, ngx_http_llm_scan_t *out)
      * token a text delta, as Azure sends them, and our own prompt count
      */
 
-    if (ctx->sse && s->deltas) {
+    if (ctx->sse && s->state.deltas) {
         out->prompt = ctx->prompt_tokens;
-        out->completion = s->deltas;
+        out->completion = s->state.deltas;
         out->total = out->prompt + out->completion;
         out->cached = 0;
         out->reasoning = 0;
