@@ -437,9 +437,9 @@ typedef struct ngx_http_llm_ctx_s  ngx_http_llm_ctx_t;
 
 
 /*
- * the reply scanner's reading state, taken into locals at each buffer
- * and put back whole at its end: a stream read an event at a time does
- * that at every read (see ngx_http_llm_usage.c)
+ * the reply scanner's reading state from one buffer to the next, read
+ * where it is, a byte a flag: bit fields cost a stream read an event at
+ * a time some instructions at every read (see ngx_http_llm_usage.c)
  */
 
 typedef struct {
