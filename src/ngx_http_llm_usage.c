@@ -647,16 +647,17 @@ ngx_http_llm_usage_parse(ngx_http_llm_scan_t *s, u_char *start, size_t len,
     ngx_str_t    text;
     ngx_uint_t   i, n[NGX_HTTP_LLM_U_LAST];
 
+    if (s->overflow && s->buf == NULL) {
+        /* lost to an allocation that failed, and said so */
+        return;
+    }
+
     /* the same bound wherever the object is read */
 
     if (s->overflow || len > NGX_HTTP_LLM_USAGE_MAX) {
-
-        if (s->buf || len) {
-            ngx_log_error(NGX_LOG_WARN, log, 0,
-                          "llm: usage object longer than %d bytes ignored",
-                          NGX_HTTP_LLM_USAGE_MAX);
-        }
-
+        ngx_log_error(NGX_LOG_WARN, log, 0,
+                      "llm: usage object longer than %d bytes ignored",
+                      NGX_HTTP_LLM_USAGE_MAX);
         return;
     }
 
