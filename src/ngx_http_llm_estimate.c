@@ -309,15 +309,10 @@ ngx_http_llm_deployment_from_uri(ngx_str_t *uri, ngx_str_t *deployment)
      * from slash to slash
      */
 
-    for (p = uri->data; last - p >= (ssize_t) sizeof("/deployments/") - 1;
-         p++)
+    for (p = memchr(uri->data, '/', uri->len);
+         p && last - p >= (ssize_t) sizeof("/deployments/") - 1;
+         p = memchr(p + 1, '/', last - p - 1))
     {
-        p = memchr(p, '/', last - p);
-
-        if (p == NULL || last - p < (ssize_t) sizeof("/deployments/") - 1) {
-            return;
-        }
-
         if ((p[1] | 0x20) == 'd'
             && (ngx_memcmp(p + 2, "eployments/", sizeof("eployments/") - 1)
                 == 0

@@ -248,13 +248,12 @@ ngx_http_llm_weigh(ngx_http_llm_guess_t *g, const unsigned char *p,
 
     unsigned  odd, stop, k;
     size_t    blocks;
-    __m128i   b, c, s, qb, letter, digit, space, line, keep;
+    __m128i   b, c, s, letter, digit, space, line, keep;
 
     letter = _mm_setzero_si128();
     digit = letter;
     space = letter;
     line = letter;
-    qb = letter;
     blocks = 0;
 
     /*
@@ -298,16 +297,8 @@ ngx_http_llm_weigh(ngx_http_llm_guess_t *g, const unsigned char *p,
         b = _mm_loadu_si128((const __m128i *) p);
 
         if (json) {
-            /*
-             * a quote, a backslash, a control byte or, in the signed
-             * compare, a byte of 0x80 or more: the block takes the
-             * slower way
-             */
-
-            qb = _mm_or_si128(_mm_cmpeq_epi8(b, _mm_set1_epi8('"')),
-                              _mm_cmpeq_epi8(b, _mm_set1_epi8('\\')));
-            s = _mm_or_si128(qb, _mm_cmplt_epi8(b, _mm_set1_epi8(0x20)));
-            odd = (unsigned) _mm_movemask_epi8(s);
+            /* such a block takes the slower way */
+            odd = (unsigned) _mm_movemask_epi8(ngx_http_llm_unusual(b));
 
         } else {
             odd = (unsigned) _mm_movemask_epi8(b);
@@ -329,7 +320,11 @@ ngx_http_llm_weigh(ngx_http_llm_guess_t *g, const unsigned char *p,
         }
 
         if (json) {
-            s = _mm_or_si128(qb, _mm_cmpeq_epi8(b, _mm_setzero_si128()));
+            /* where the string's scan would stop: '"', '\\' or NUL */
+            s = _mm_or_si128(_mm_or_si128(
+                                 _mm_cmpeq_epi8(b, _mm_set1_epi8('"')),
+                                 _mm_cmpeq_epi8(b, _mm_set1_epi8('\\'))),
+                             _mm_cmpeq_epi8(b, _mm_setzero_si128()));
             stop = (unsigned) _mm_movemask_epi8(s);
 
         } else {

@@ -80,7 +80,7 @@ static u_char *ngx_http_llm_scan_walk(ngx_http_llm_scan_t *s, u_char *p,
 static u_char *ngx_http_llm_scan_usage(ngx_http_llm_scan_t *s,
     u_char *start, u_char *p, u_char *last, ngx_log_t *log);
 static void ngx_http_llm_usage_parse(ngx_http_llm_scan_t *s, u_char *start,
-    size_t len, ngx_log_t *log);
+    size_t len, ngx_uint_t walk, ngx_log_t *log);
 static u_char *ngx_http_llm_last_usage(u_char *start, u_char *p);
 static void ngx_http_llm_usage_set(ngx_http_llm_scan_t *s, ngx_uint_t *n,
     ngx_log_t *log);
@@ -607,8 +607,13 @@ ngx_http_llm_scan_usage(ngx_http_llm_scan_t *s, u_char *start, u_char *p,
     s->in_string = in_string;
     s->escaped = escaped;
 
+    /*
+     * an object that opened in this buffer was offered to the walk
+     * already (ngx_http_llm_scan_walk()): the tree reads it
+     */
+
     if (depth == 0 && s->len == 0) {
-        ngx_http_llm_usage_parse(s, start, p - start, log);
+        ngx_http_llm_usage_parse(s, start, p - start, 0, log);
         return p;
     }
 
@@ -631,7 +636,7 @@ ngx_http_llm_scan_usage(ngx_http_llm_scan_t *s, u_char *start, u_char *p,
     }
 
     if (depth == 0) {
-        ngx_http_llm_usage_parse(s, s->buf, s->len, log);
+        ngx_http_llm_usage_parse(s, s->buf, s->len, s->walk, log);
     }
 
     return p;
@@ -640,7 +645,7 @@ ngx_http_llm_scan_usage(ngx_http_llm_scan_t *s, u_char *start, u_char *p,
 
 static void
 ngx_http_llm_usage_parse(ngx_http_llm_scan_t *s, u_char *start, size_t len,
-    ngx_log_t *log)
+    ngx_uint_t walk, ngx_log_t *log)
 {
     cJSON       *obj;
     size_t       at;
@@ -666,7 +671,7 @@ ngx_http_llm_usage_parse(ngx_http_llm_scan_t *s, u_char *start, size_t len,
 
     /* the usual object is walked; the tree reads anything else */
 
-    if (!s->walk
+    if (!walk
         || ngx_http_llm_walk_usage(text.data, text.data + text.len, n)
            != text.data + text.len)
     {

@@ -949,6 +949,11 @@ ngx_http_llm_walk_key(u_char *p, u_char *end, ngx_str_t *key)
     if (end - p > 2 && *p == ':') {
         p += 1 + (p[1] == ' ');
 
+        /*
+         * a value right there: out without the blanks' bound test (with
+         * the same in ngx_http_llm_walk_next(), 90 instructions a body)
+         */
+
         if (*p > ' ') {
             return p;
         }
@@ -981,6 +986,8 @@ ngx_http_llm_walk_next(u_char *p, u_char *end, u_char close,
 
     if (end - p > 2 && *p == ',') {
         p += 1 + (p[1] == ' ');
+
+        /* see ngx_http_llm_walk_key() */
 
         if (*p > ' ') {
             return p;
