@@ -13,7 +13,9 @@ use warnings;
 
 use Cwd qw(abs_path);
 use Digest::MD5 qw(md5_hex);
+use Fcntl qw(O_WRONLY O_CREAT O_EXCL);
 use File::Basename qw(dirname);
+use File::Spec;
 use File::Temp qw(tempdir);
 use IO::Select;
 use IO::Socket::INET;
@@ -73,23 +75,65 @@ sub top { $_[0]{top} }
 # a port below the kernel's ephemeral range (32768-60999 on Linux): a
 # port that range gave out may be taken as the source port of an
 # outgoing connection before nginx binds it (CI once saw "Address already
-# in use" that way); free on every address, and not given out before
+# in use" that way); free on every address, and not given out before.
+#
+# Tests run two at a time (prove -j2), and a port is free only until its
+# server binds it, so each port given is also kept in a file of its own
+# in a directory every test shares, created with O_EXCL and holding the
+# test's pid: another test skips it until that test ends (its END below
+# removes the file) or dies (its pid is gone)
 
-my %given;
+my (%given, $PORTS);
+
+sub reserve_port {
+    my ($port) = @_;
+
+    my $file = "$PORTS/$port";
+    for (1 .. 2) {
+        if (sysopen my $fh, $file, O_WRONLY | O_CREAT | O_EXCL, 0600) {
+            print $fh "$$\n";
+            close $fh;
+            return 1;
+        }
+        return 0 unless $!{EEXIST};
+
+        # held by a test still running, or being written this instant
+        open my $fh, '<', $file or next;
+        my $pid = <$fh> // '';
+        close $fh;
+        return 0 unless $pid =~ /^(\d+)$/ && !kill(0, $1) && $!{ESRCH};
+        unlink $file;
+    }
+    return 0;
+}
 
 sub free_port {
+    $PORTS //= $ENV{LLM_PORT_DIR}
+               // File::Spec->tmpdir . "/llmtest-ports-$<";
+    mkdir $PORTS, 0700;
+
     for (1 .. 1000) {
         my $port = 10000 + int(rand(22000));
         next if $given{$port};
+        next unless reserve_port($port);
         my $s = IO::Socket::INET->new(LocalAddr => '0.0.0.0',
                                       LocalPort => $port, Proto => 'tcp',
-                                      Listen => 1, ReuseAddr => 1)
-            or next;
+                                      Listen => 1, ReuseAddr => 1);
+        if (!$s) {
+            unlink "$PORTS/$port";
+            next;
+        }
         close $s;
-        $given{$port} = 1;
+        $given{$port} = $$;
         return $port;
     }
     die "no free port";
+}
+
+sub release_ports {
+    for my $port (keys %given) {
+        unlink "$PORTS/$port" if $given{$port} == $$;
+    }
 }
 
 # nginx.conf around the http block a test gives; returns the conf text
@@ -1074,6 +1118,7 @@ sub cleanup {
 END {
     my $status = $?;
     $_->cleanup for @ALL;
+    release_ports();
     $? = $status;
 }
 
