@@ -16,6 +16,26 @@ bench_setup() {
           [ -n "${KEEP:-}" ] || rm -rf "$work"' EXIT
 
     bench_client
+    bench_azure_stream
+}
+
+# the same 20-token answer streamed as Azure sends it, written by the
+# simulator's own code (tools/aoai_sim): a prompt_filter_results event,
+# the role, 20 deltas each with its content_filter_results and
+# "usage":null, the finish, the usage, [DONE]; some 10.7 KB, too long
+# for a "return" line: $work/azure-stream.txt, served as a file
+bench_azure_stream() {
+    python3 - "$top/tools" "$work/azure-stream.txt" <<'PY'
+import sys, types
+sys.path.insert(0, sys.argv[1])
+from aoai_sim import replies
+call = types.SimpleNamespace(op='chat', include_usage=True, choices=1,
+                             prompt_tokens=250)
+reply = replies.Reply(call, 'gpt-4o', 20, 'stop', fixed_ids=True)
+with open(sys.argv[2], 'wb') as f:
+    for _, data, _ in reply.stream_events():
+        f.write(data)
+PY
 }
 
 # a redis-server of the benchmark's own on 18993, for /shared/ (see
@@ -97,9 +117,11 @@ PY
 
 # the nginx.conf of bench/overhead.sh and bench/latency.sh, one for both
 # so that they measure the same configurations: the backend (a server of
-# the same nginx, answering $reply, or $sse under /sse-*) and, on port
+# the same nginx, answering $reply, $sse under /sse-*, or the file of
+# bench_azure_stream under /azure-*) and, on port
 # 18991, /plain/ (proxy_pass), /estimate/, /exact/, /nocache/,
-# /sse-plain/ and /sse-estimate/; $1 goes at the top, $2 into "http {"
+# /sse-plain/, /sse-estimate/, /azure-plain/ and /azure-estimate/; $1
+# goes at the top, $2 into "http {"
 bench_conf() {
     shared_zone=llm quiet_zone=llm
     [ -z "${bench_redis:-}" ] || { shared_zone=shared; quiet_zone=quiet; }
@@ -156,6 +178,15 @@ bench_conf() {
             default_type text/event-stream;
             return 200 '$sse';
         }
+        # a file refuses POST (405): answered with the file instead
+        location ~ ^/azure- {
+            error_page 405 =200 /azure-stream.txt;
+            return 405;
+        }
+        location = /azure-stream.txt {
+            default_type text/event-stream;
+            root $work;
+        }
     }
 
     server {
@@ -194,6 +225,21 @@ bench_conf() {
         }
 
         location /sse-estimate/ {
+            llm_route pool;
+            llm_count estimate;
+            proxy_pass http://pool;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+
+        # the same with the stream as Azure sends it (bench_azure_stream)
+        location /azure-plain/ {
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+
+        location /azure-estimate/ {
             llm_route pool;
             llm_count estimate;
             proxy_pass http://pool;

@@ -11,6 +11,10 @@
 #             reached: the cost of running the attempt as a subrequest
 #   sse-plain, sse-estimate
 #             plain and estimate with a streamed answer (SSE, 22 events)
+#   azure-plain, azure-estimate
+#             the same answer streamed as Azure sends it (25 events,
+#             10.7 KB: each delta with its content filter results and
+#             "usage":null)
 #   limit     estimate with an llm_limit line (tpm, rpm) on one consumer,
 #             to a backend with tpm= and rpm=
 #   shared    the same in a zone shared through a redis-server of its own
@@ -58,12 +62,13 @@ printf '%-6s %-12s %10s %9s %9s %8s\n' body mode 'req/s' 'p50 ms' 'p99 ms' ratio
 for size in 1k 20k; do
     base=""
     for mode in plain estimate exact nocache hedge sse-plain \
-                sse-estimate limit shared shared-quiet; do
+                sse-estimate azure-plain azure-estimate limit shared \
+                shared-quiet; do
         # streamed answers against plain streaming, limits against plain;
         # at 20 KB the limits' 100m tokens a minute run out within the
         # run, and 429s are no measure of speed
         case $size:$mode in 20k:limit|20k:shared*) continue ;; esac
-        [ "$mode" != sse-plain ] || base=""
+        [ "$mode" != sse-plain ] && [ "$mode" != azure-plain ] || base=""
         [ "$mode" != limit ] || base=$plain_rps
         out=$(BODY="$work/body-$size.json" wrk -t1 -c8 -d"${secs}s" \
               --latency -s "$work/post.lua" \
@@ -131,8 +136,9 @@ bench_start "$work/cg.conf" 18991
 for size in 1k 20k; do
     base=""
     for mode in plain estimate exact nocache hedge sse-plain \
-                sse-estimate limit shared shared-quiet; do
-        [ "$mode" != sse-plain ] || base=""
+                sse-estimate azure-plain azure-estimate limit shared \
+                shared-quiet; do
+        [ "$mode" != sse-plain ] && [ "$mode" != azure-plain ] || base=""
         [ "$mode" != limit ] || base=$plain
         c0=$(bench_redis_commands)
         set -- $(bench_measure 18991 \
