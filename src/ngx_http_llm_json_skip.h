@@ -23,7 +23,9 @@
  * opening quote are one of the pairs ("cousde": content, usage, delta).
  * The caller compares the whole key; some strings found here are not
  * one.  The spellings every event of a chat stream has are taken here:
- * a delta object ("delta":{) is passed over, and a text ("content":")
+ * a delta object ("delta":{) and a null usage ("usage":null, in every
+ * event of a stream asked to end with usage) are passed over, and a
+ * text ("content":")
  * counted in *counted where it is not empty (when it opens, where the
  * caller would count it when it closes: the two differ only for a reply
  * cut inside a text).  A counted text found 32 bytes at a time also
@@ -66,12 +68,12 @@ typedef struct {
     unsigned     spans;
 
     /*
-     * the usual spelling of two wanted keys and what follows them: the
-     * first is passed over, the second counted where the text after it
-     * is not empty
+     * the usual spellings of wanted keys and what follows them: those of
+     * pass are passed over, count is counted where the text after it is
+     * not empty
      */
-    const char  *pass;
-    size_t       pass_len;
+    const char  *pass[2];
+    size_t       pass_len[2];
     const char  *count;
     size_t       count_len;
 } ngx_http_llm_json_keys_t;
@@ -97,17 +99,25 @@ ngx_http_llm_json_skip_pair(const unsigned char *p,
 }
 
 
-/* where a usual spelling is at p: 1 the first, 2 the second, counted */
+/*
+ * where a usual spelling is at p: 1 one passed over, 2 the counted one;
+ * the key's first byte tells them apart before a compare
+ */
 
 static inline int
 ngx_http_llm_json_skip_spelling(const unsigned char *p,
     const unsigned char *end, const ngx_http_llm_json_keys_t *keys,
     size_t *counted)
 {
-    if ((size_t) (end - p) > keys->pass_len
-        && memcmp(p, keys->pass, keys->pass_len) == 0)
-    {
-        return 1;
+    unsigned  i;
+
+    for (i = 0; i < 2; i++) {
+        if (p[1] == (unsigned char) keys->pass[i][1]
+            && (size_t) (end - p) > keys->pass_len[i]
+            && memcmp(p, keys->pass[i], keys->pass_len[i]) == 0)
+        {
+            return 1;
+        }
     }
 
     if ((size_t) (end - p) > keys->count_len

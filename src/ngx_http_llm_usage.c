@@ -55,11 +55,14 @@ ngx_http_llm_usage_name_t  ngx_http_llm_usage_names[] = {
 /*
  * the keys the scan looks for, by their first two bytes and the place of
  * their closing quote: "content" (8), "usage" and "delta" (6); and the
- * spelling of every event of a chat stream: a delta object, a text
+ * spellings of every event of a chat stream: a delta object and, when
+ * the stream ends with usage, Azure's "usage":null, both passed over
+ * (neither is anything the scan keeps), and a text, counted
  */
 static const ngx_http_llm_json_keys_t  ngx_http_llm_scan_keys = {
     "cousde", 3, (1 << 6) | (1 << 8),
-    "\"delta\":{", sizeof("\"delta\":{") - 1,
+    { "\"delta\":{", "\"usage\":null" },
+    { sizeof("\"delta\":{") - 1, sizeof("\"usage\":null") - 1 },
     "\"content\":\"", sizeof("\"content\":\"") - 1
 };
 

@@ -30,19 +30,25 @@ SKIP: {
 my $head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
          . "Connection: close\r\n\r\n";
 
-# Azure's chunk, and the same in Python's spacing
+# Azure's chunk, and the same in Python's spacing; with null, as Azure
+# sends it to a client that asked for usage: its content filter's
+# results and "usage":null in every chunk
 sub chunk {
     my ($text, %o) = @_;
     my $sep = $o{python} ? ': ' : ':';
     my $com = $o{python} ? ', ' : ',';
     my $j = JSON::PP->new->canonical;
     my $t = $j->encode($text);
+    my $filter = $o{null} ? '"content_filter_results":{"hate":{"filtered":'
+        . 'false,"severity":"safe"},"self_harm":{"filtered":false,'
+        . '"severity":"safe"}},' : '';
     return 'data: {"id"' . $sep . '"chatcmpl-9xY"' . $com . '"object"' . $sep
         . '"chat.completion.chunk"' . $com . '"created"' . $sep . '1733'
         . $com . '"model"' . $sep . '"gpt-4o-2024-08-06"' . $com
-        . '"choices"' . $sep . '[{"index"' . $sep . '0' . $com . '"delta"'
-        . $sep . '{"content"' . $sep . $t . '}' . $com . '"logprobs"' . $sep
-        . 'null' . $com . '"finish_reason"' . $sep . 'null}]}'
+        . '"choices"' . $sep . '[{' . $filter . '"index"' . $sep . '0' . $com
+        . '"delta"' . $sep . '{"content"' . $sep . $t . '}' . $com
+        . '"logprobs"' . $sep . 'null' . $com . '"finish_reason"' . $sep
+        . 'null}]' . ($o{null} ? $com . '"usage"' . $sep . 'null' : '') . '}'
         . ($o{crlf} ? "\r\n\r\n" : "\n\n");
 }
 
@@ -80,6 +86,9 @@ stream('/azurecount', 0);
 stream('/python', 0, python => 1);
 stream('/crlf', 0, crlf => 1);
 stream('/pythonusage', 1, python => 1);
+stream('/azurenull', 1, null => 1);
+stream('/azurenullcount', 0, null => 1);
+stream('/pythonnull', 0, null => 1, python => 1);
 
 # events whose bytes between texts change now and then (the scanner
 # passes over bytes the same as the last event's without reading them):

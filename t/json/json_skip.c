@@ -32,7 +32,8 @@
 
 static const ngx_http_llm_json_keys_t  keys = {
     "cousde", 3, (1 << 6) | (1 << 8),
-    "\"delta\":{", sizeof("\"delta\":{") - 1,
+    { "\"delta\":{", "\"usage\":null" },
+    { sizeof("\"delta\":{") - 1, sizeof("\"usage\":null") - 1 },
     "\"content\":\"", sizeof("\"content\":\"") - 1
 };
 
@@ -194,12 +195,13 @@ static const char  *pieces[] = {
     "\"delta\"", "{", "}", ":", ",", " ", "\n", "data: [DONE]\n\n",
     "\xe6\xbc\xa2", "\"text\":\"", "0123456789abcdef", "\"cou\"", "\"usa\"",
     "\"content\":\"\"", "\"delta\":{}", "\"content\":\"", "\"delta\":",
+    "\"usage\":null", "\"usage\":nul", "null}",
 
     "\"de\\\"x\"", "\\\"content\\\"", "\\\\\"", "\\\\", "\\",
     "\"a\\u0022b\"", "\"\\\\\"usage\\\"\"", "\"\\n\\n\\t\""
 };
 
-#define CLEAN  30
+#define CLEAN  33
 
 
 static unsigned long  seed;
