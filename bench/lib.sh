@@ -179,7 +179,7 @@ bench_conf() {
             return 200 '$sse';
         }
         # a file refuses POST (405): answered with the file instead
-        location ~ ^/azure- {
+        location /azure- {
             error_page 405 =200 /azure-stream.txt;
             return 405;
         }

@@ -23,6 +23,7 @@
 #include "ngx_http_llm_upstream.h"
 #include "ngx_http_llm_variables.h"
 #include "ngx_http_llm_vocab.h"
+#include "ngx_http_llm_walk.h"
 #include "ngx_http_llm_zone.h"
 
 
@@ -365,6 +366,7 @@ ngx_http_llm_init_process(ngx_cycle_t *cycle)
 
     ngx_http_llm_json_init();
     ngx_http_llm_guess_prepare();
+    ngx_http_llm_walk_prepare();
 
     /* each zone shared through Redis: this worker's connection to it */
 

@@ -130,6 +130,16 @@ static ngx_http_llm_walk_name_t  ngx_http_llm_walk_names[] = {
 };
 
 
+/*
+ * The names above and the usage names by length: bit i of [len] is set
+ * where name i is len bytes long (all are shorter than 32), so that a
+ * key is compared with the one or two names of its length only.  Made
+ * once in each process, before threads may walk.
+ */
+static uint32_t  ngx_http_llm_walk_lens[32];
+static uint32_t  ngx_http_llm_usage_lens[32];
+
+
 static ngx_inline ngx_uint_t ngx_http_llm_walk_member(ngx_str_t *key);
 static u_char *ngx_http_llm_walk_messages(ngx_http_request_t *r,
     ngx_http_llm_ctx_t *ctx, ngx_http_llm_walk_t *w, u_char *p,
@@ -336,21 +346,46 @@ ngx_http_llm_walk(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
 }
 
 
+void
+ngx_http_llm_walk_prepare(void)
+{
+    ngx_str_t   *s;
+    ngx_uint_t   i;
+
+    for (i = 0; i < sizeof(ngx_http_llm_walk_names)
+                    / sizeof(ngx_http_llm_walk_name_t); i++)
+    {
+        ngx_http_llm_walk_lens[ngx_http_llm_walk_names[i].name.len]
+                                                            |= 1 << i;
+    }
+
+    for (i = 0; i < NGX_HTTP_LLM_U_LAST; i++) {
+        s = ngx_http_llm_usage_names[i].details.len
+            ? &ngx_http_llm_usage_names[i].details
+            : &ngx_http_llm_usage_names[i].name;
+
+        ngx_http_llm_usage_lens[s->len] |= 1 << i;
+    }
+}
+
+
 /* a member's name: one the walk counts, declines, or skips */
 
 static ngx_inline ngx_uint_t
 ngx_http_llm_walk_member(ngx_str_t *key)
 {
-    ngx_uint_t  i;
+    uint32_t     m;
+    ngx_uint_t   i;
+    ngx_str_t   *name;
 
-    for (i = 0; i < sizeof(ngx_http_llm_walk_names)
-                    / sizeof(ngx_http_llm_walk_name_t); i++)
-    {
-        if (key->len == ngx_http_llm_walk_names[i].name.len
-            && key->data[0] == ngx_http_llm_walk_names[i].name.data[0]
-            && ngx_memcmp(key->data, ngx_http_llm_walk_names[i].name.data,
-                          key->len)
-               == 0)
+    m = (key->len < 32) ? ngx_http_llm_walk_lens[key->len] : 0;
+
+    for ( /* void */ ; m; m &= m - 1) {
+        i = __builtin_ctz(m);
+        name = &ngx_http_llm_walk_names[i].name;
+
+        if (key->data[0] == name->data[0]
+            && ngx_memcmp(key->data, name->data, key->len) == 0)
         {
             return ngx_http_llm_walk_names[i].member;
         }
@@ -669,6 +704,7 @@ ngx_http_llm_walk_add(ngx_http_llm_sum_t *sum, ngx_uint_t kind,
 u_char *
 ngx_http_llm_walk_usage(u_char *p, u_char *end, ngx_uint_t *n)
 {
+    uint32_t                    m;
     uint64_t                    v;
     ngx_str_t                   key, *s;
     ngx_uint_t                  i, seen, done;
@@ -691,13 +727,17 @@ ngx_http_llm_walk_usage(u_char *p, u_char *end, ngx_uint_t *n)
             return NULL;
         }
 
-        for (i = 0; i < NGX_HTTP_LLM_U_LAST; i++) {
-            name = &ngx_http_llm_usage_names[i];
+        m = (key.len < 32) ? ngx_http_llm_usage_lens[key.len] : 0;
+        i = NGX_HTTP_LLM_U_LAST;
+
+        for ( /* void */ ; m; m &= m - 1) {
+            name = &ngx_http_llm_usage_names[__builtin_ctz(m)];
             s = name->details.len ? &name->details : &name->name;
 
-            if (key.len == s->len && key.data[0] == s->data[0]
+            if (key.data[0] == s->data[0]
                 && ngx_memcmp(key.data, s->data, key.len) == 0)
             {
+                i = __builtin_ctz(m);
                 break;
             }
         }

@@ -14,6 +14,7 @@
 #include "ngx_http_llm.h"
 
 
+void ngx_http_llm_walk_prepare(void);
 u_char *ngx_http_llm_walk_usage(u_char *p, u_char *end, ngx_uint_t *n);
 
 
