@@ -9,6 +9,8 @@
 #
 #   bench/stream_reads.sh [requests]      default 30 (about a minute)
 #
+# STREAM=azure sends instead the answer as Azure streams it, 25 events
+# (bench/lib.sh's bench_azure_stream), one a read.
 # MODULE=FILE.so measures another build of the module (bench/variant.sh).
 set -eu
 
@@ -31,6 +33,12 @@ my @e = (('data: {' . $id . '"choices":[{"index":0,"delta":{"content":'
          'data: {' . $id . '"choices":[],"usage":{"prompt_tokens":250,'
           . '"completion_tokens":20,"total_tokens":270}}' . "\n\n",
          "data: [DONE]\n\n");
+# another stream's events, from a file
+if ($ARGV[1]) {
+    open my $f, '<', $ARGV[1] or die "$ARGV[1]: $!";
+    my $s = do { local $/; <$f> };
+    @e = $s =~ /(.*?\n\n)/gs;
+}
 my $len = 0;
 $len += length for @e;
 while (my $c = $srv->accept) {
@@ -56,7 +64,9 @@ while (my $c = $srv->accept) {
     close $c;
 }
 PL
-perl "$work/backend.pl" 18995 &
+events=
+[ "${STREAM:-}" != azure ] || events=$work/azure-stream.txt
+perl "$work/backend.pl" 18995 $events &
 backend=$!
 trap 'kill $backend 2>/dev/null || true; rm -rf "$work"' EXIT
 

@@ -220,17 +220,20 @@ ngx_http_llm_json_skip_mask(const unsigned char *p, __m128i c)
  * The last bytes of a buffer, fewer than 64, from a copy padded with
  * blanks.  A key may go on in the next buffer, so the reading stops at
  * the first quote that opens a string too near the end to be told from
- * a wanted one (NGX_HTTP_LLM_JSON_LOOK bytes), and leaves the text from
- * there, and any with a backslash, to the byte-by-byte reading.
+ * a wanted one with the bytes at hand (in the last NGX_HTTP_LLM_JSON_LOOK
+ * bytes), and leaves the text from there, and any with a backslash, to
+ * the byte-by-byte reading.
  */
 
 #define NGX_HTTP_LLM_JSON_LOOK  16
+
+#define ngx_http_llm_json_max(a, b)  ((a) > (b) ? (a) : (b))
 
 static inline const unsigned char *
 ngx_http_llm_json_skip_tail(const unsigned char *p, const unsigned char *end,
     const ngx_http_llm_json_keys_t *keys, unsigned *state, size_t *counted)
 {
-    size_t          len;
+    size_t          len, need;
     unsigned        i, s1, s2;
     uint64_t        q, inside, open, late, near;
     __m128i         quote, backslash;
@@ -275,13 +278,39 @@ ngx_http_llm_json_skip_tail(const unsigned char *p, const unsigned char *end,
     late = (len > NGX_HTTP_LLM_JSON_LOOK)
            ? open & (~0ULL << (len - NGX_HTTP_LLM_JSON_LOOK)) : open;
 
+    s1 = __builtin_ctz(keys->spans);
+    s2 = 31 - __builtin_clz(keys->spans);
+
+    /*
+     * A late quote is told here all the same where every byte the
+     * telling reads is in the buffer: its two first bytes where they
+     * are no pair, or the bytes to the longest span and spelling.  An
+     * event of a stream often ends with such a string ("usage":null},
+     * "finish_reason":null}]}), and one read here lets the caller keep
+     * comparing the next event with the last.
+     */
+
+    need = s2;
+    need = ngx_http_llm_json_max(need, keys->pass_len[0]);
+    need = ngx_http_llm_json_max(need, keys->pass_len[1]);
+    need = ngx_http_llm_json_max(need, keys->count_len);
+
+    while (late) {
+        i = __builtin_ctzll(late);
+
+        if (len - i <= need
+            && (len - i < 3 || ngx_http_llm_json_skip_pair(pad + i + 1, keys)))
+        {
+            break;
+        }
+
+        late &= late - 1;
+    }
+
     if (late) {
         /* only the quotes before the first late one */
         open &= (late & -late) - 1;
     }
-
-    s1 = __builtin_ctz(keys->spans);
-    s2 = 31 - __builtin_clz(keys->spans);
 
     near = open & ((q >> s1) | (q >> s2));
 

@@ -5,8 +5,9 @@
 # path with the byte-by-byte reading on random texts cut at random; then,
 # through nginx, long streams in several spellings (Azure's, Python's
 # ": ", CRLF, Responses-style string deltas, the keys looked for inside
-# texts, escapes) each sent at once and in random small pieces: the
-# usage reported, or the text deltas counted, are those the events hold.
+# texts, escapes) each sent at once, in random small pieces and an event
+# a read: the usage reported, or the text deltas counted, are those the
+# events hold.
 
 use strict;
 use warnings;
@@ -138,15 +139,27 @@ for my $i (1 .. 30) {
 $reply{'/responses'} = $head . $resp;
 $want{'/responses'} = [ 'counted', 24 ];
 
-# each path also cut into random pieces
+# each path also cut into random pieces, and the chat streams an event
+# a read, as a slow generation sends them
 for my $name (keys %reply) {
     $reply{"${name}split"} = $reply{$name};
     $want{"${name}split"} = $want{$name};
+    next if $name =~ /responses|varying/;
+    $reply{"${name}events"} = $reply{$name};
+    $want{"${name}events"} = $want{$name};
 }
 
 srand 7;
-my $bport = $t->start_canned(\%reply, prefix => '/s', slow => qr/split$/,
-                             piece => sub { 1 + int rand 97 },
+my $bport = $t->start_canned(\%reply, prefix => '/s',
+                             slow => qr/(?:split|events)$/,
+                             piece => sub {
+                                 my ($out, $at, $path) = @_;
+                                 return 1 + int rand 97
+                                     unless $path =~ /events$/;
+                                 my $end = index $out, "\n\n", $at;
+                                 return $end < 0 ? length($out) - $at
+                                                 : $end + 2 - $at;
+                             },
                              pause => 0.001);
 
 my $listen = free_port();

@@ -467,7 +467,7 @@ sub start_canned {
                 my $at = index($out, "\r\n\r\n") + 4;
                 syswrite $c, substr($out, 0, $at);
                 while ($at < length $out) {
-                    my $n = $piece->();
+                    my $n = $piece->($out, $at, $path);
                     syswrite $c, substr($out, $at, $n);
                     $at += $n;
                     select undef, undef, undef, $pause;
