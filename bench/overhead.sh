@@ -58,7 +58,7 @@ bench_conf "daemon on;" "llm_tokenizer o200k_base $vocab/o200k_base.json;" \
 "$LLM_NGINX" -p "$work" -c "$work/nginx.conf"
 sleep 1
 
-printf '%-6s %-12s %10s %9s %9s %8s\n' body mode 'req/s' 'p50 ms' 'p99 ms' ratio
+printf '%-6s %-14s %10s %9s %9s %8s\n' body mode 'req/s' 'p50 ms' 'p99 ms' ratio
 for size in 1k 20k; do
     base=""
     for mode in plain estimate exact nocache hedge sse-plain \
@@ -81,7 +81,7 @@ for size in 1k 20k; do
         p99=$(echo "$out" | awk '$1 == "99%" {print $2}')
         [ -n "$base" ] || base=$rps
         [ "$mode" != plain ] || plain_rps=$rps
-        printf '%-6s %-12s %10s %9s %9s %7.1f%%\n' "$size" "$mode" "$rps" \
+        printf '%-6s %-14s %10s %9s %9s %7.1f%%\n' "$size" "$mode" "$rps" \
             "$p50" "$p99" "$(echo "$rps $base" | awk '{print 100*$1/$2}')"
     done
 done
@@ -130,7 +130,7 @@ bench_conf "daemon off; master_process off;" \
 echo "   by where they go: nginx (and the rest), libc, JSON (the walk,"
 echo "   our reader and cJSON), counting (tokenizer, guess, repeat cache),"
 echo "   the module's own code"
-printf '%-6s %-12s %10s %7s %9s %8s %9s %9s %8s\n' body mode instr/req ratio \
+printf '%-6s %-14s %10s %7s %9s %8s %9s %9s %8s\n' body mode instr/req ratio \
     nginx libc json count module
 bench_start "$work/cg.conf" 18991
 for size in 1k 20k; do
@@ -150,7 +150,7 @@ for size in 1k 20k; do
         [ "$mode" != shared ] || { shared=$1; shared_cmds=$((c1 - c0)); }
         [ "$mode" != shared-quiet ] \
             || { quiet=$1; quiet_cmds=$((c1 - c0)); }
-        printf '%-6s %-12s %10s %6.2fx %9s %8s %9s %9s %8s\n' "$size" \
+        printf '%-6s %-14s %10s %6.2fx %9s %8s %9s %9s %8s\n' "$size" \
             "$mode" "$1" "$(echo "$1 $base" | awk '{print $1/$2}')" \
             "$2" "$3" "$4" "$5" "$6"
     done
