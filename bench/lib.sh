@@ -23,12 +23,19 @@ bench_setup() {
 # simulator's own code (tools/aoai_sim): a prompt_filter_results event,
 # the role, 20 deltas each with its content_filter_results and
 # "usage":null, the finish, the usage, [DONE]; some 10.7 KB, too long
-# for a "return" line: $work/azure-stream.txt, served as a file
+# for a "return" line: $work/azure-stream.txt, served as a file.
+# AZURE_FILTERS=all adds the results of three more filters to every
+# event (jailbreak, protected material: code and text), 14.7 KB
 bench_azure_stream() {
-    python3 - "$top/tools" "$work/azure-stream.txt" <<'PY'
+    python3 - "$top/tools" "$work/azure-stream.txt" \
+        "${AZURE_FILTERS:-}" <<'PY'
 import sys, types
 sys.path.insert(0, sys.argv[1])
 from aoai_sim import replies
+if sys.argv[3] == 'all':
+    for name in ('jailbreak', 'protected_material_code',
+                 'protected_material_text'):
+        replies.FILTER_OK[name] = {'filtered': False, 'detected': False}
 call = types.SimpleNamespace(op='chat', include_usage=True, choices=1,
                              prompt_tokens=250)
 reply = replies.Reply(call, 'gpt-4o', 20, 'stop', fixed_ids=True)

@@ -434,6 +434,7 @@ typedef struct ngx_http_llm_ctx_s  ngx_http_llm_ctx_t;
 
 #define NGX_HTTP_LLM_USAGE_MAX  1024
 #define NGX_HTTP_LLM_GAP_MAX    512
+#define NGX_HTTP_LLM_GAP_LIMIT  2048
 
 
 /*
@@ -488,8 +489,9 @@ typedef struct {
     size_t                       gap_len;
     size_t                       gap_at;
     size_t                       gap_rec;    /* recorded so far */
-    u_char                      *gap;        /* NGX_HTTP_LLM_GAP_MAX, or
-                                                NULL: not kept */
+    size_t                       gap_size;
+    u_char                      *gap;        /* gap_size bytes, or NULL:
+                                                not kept */
 
     /*
      * a usage object split across buffers is copied, up to

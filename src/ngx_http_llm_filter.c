@@ -209,6 +209,7 @@ ngx_http_llm_scan_reply(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
 
     if (ctx->sse) {
         ctx->scan->gap = (u_char *) (ctx->scan + 1);
+        ctx->scan->gap_size = NGX_HTTP_LLM_GAP_MAX;
     }
 
     llcf = ngx_http_get_module_loc_conf(r, ngx_http_llm_module);

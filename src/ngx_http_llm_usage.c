@@ -71,6 +71,8 @@ static ngx_inline u_char *ngx_http_llm_scan_string(ngx_http_llm_scan_t *s,
     ngx_http_llm_scan_state_t *v, u_char *p, u_char *last);
 static ngx_inline u_char *ngx_http_llm_scan_between(ngx_http_llm_scan_t *s,
     ngx_http_llm_scan_state_t *v, u_char *p, u_char *last, size_t rec);
+static ngx_inline ngx_uint_t ngx_http_llm_scan_gap_room(
+    ngx_http_llm_scan_t *s, size_t size);
 static ngx_inline u_char *ngx_http_llm_scan_texts(ngx_http_llm_scan_t *s,
     ngx_http_llm_scan_state_t *v, u_char **q, u_char *last);
 static u_char *ngx_http_llm_scan_resume(ngx_http_llm_scan_t *s, u_char *p,
@@ -268,10 +270,11 @@ ngx_http_llm_scan_between(ngx_http_llm_scan_t *s,
          * quote, if nothing was counted on the way but this text
          */
 
-        n = end ? (size_t) (q + 1 - end) : NGX_HTTP_LLM_GAP_MAX + 1;
+        n = end ? (size_t) (q + 1 - end) : NGX_HTTP_LLM_GAP_LIMIT + 1;
 
-        if (rec + n <= NGX_HTTP_LLM_GAP_MAX
-            && counted == (size_t) (q[1] != '"') && s->gap && !s->replay)
+        if (rec + n <= NGX_HTTP_LLM_GAP_LIMIT
+            && counted == (size_t) (q[1] != '"') && s->gap && !s->replay
+            && ngx_http_llm_scan_gap_room(s, rec + n))
         {
             ngx_memcpy(s->gap + rec, end, n);
             s->gap_len = rec + n;
@@ -296,7 +299,8 @@ ngx_http_llm_scan_between(ngx_http_llm_scan_t *s,
     /* the buffer ends in a gap: its bytes so far, for the next one */
 
     if (end && q == last && st == 0 && counted == 0
-        && rec + (last - end) < NGX_HTTP_LLM_GAP_MAX && s->gap && !s->replay)
+        && rec + (last - end) < NGX_HTTP_LLM_GAP_LIMIT && s->gap && !s->replay
+        && ngx_http_llm_scan_gap_room(s, rec + (last - end)))
     {
         ngx_memcpy(s->gap + rec, end, last - end);
         s->gap_rec = rec + (last - end);
@@ -334,6 +338,37 @@ ngx_http_llm_scan_between(ngx_http_llm_scan_t *s,
     }
 
     return p + 1;
+}
+
+
+/*
+ * Room for a gap of size bytes.  The gap's first buffer, kept after the
+ * scanner's state, holds NGX_HTTP_LLM_GAP_MAX, enough for most streams;
+ * a longer one (an Azure deployment whose content filter reports more
+ * categories in every event) gets a buffer of NGX_HTTP_LLM_GAP_LIMIT,
+ * made once, the first time it is needed, with what was recorded so far.
+ */
+
+static ngx_inline ngx_uint_t
+ngx_http_llm_scan_gap_room(ngx_http_llm_scan_t *s, size_t size)
+{
+    u_char  *gap;
+
+    if (size <= s->gap_size) {
+        return 1;
+    }
+
+    gap = ngx_pnalloc(s->pool, NGX_HTTP_LLM_GAP_LIMIT);
+    if (gap == NULL) {
+        return 0;
+    }
+
+    ngx_memcpy(gap, s->gap, s->gap_size);
+
+    s->gap = gap;
+    s->gap_size = NGX_HTTP_LLM_GAP_LIMIT;
+
+    return 1;
 }
 
 

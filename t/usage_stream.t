@@ -33,7 +33,9 @@ my $head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
 
 # Azure's chunk, and the same in Python's spacing; with null, as Azure
 # sends it to a client that asked for usage: its content filter's
-# results and "usage":null in every chunk
+# results and "usage":null in every chunk; wide makes the results that
+# many bytes longer (the bytes from one text to the next are kept in 512
+# bytes, then in 2,048)
 sub chunk {
     my ($text, %o) = @_;
     my $sep = $o{python} ? ': ' : ':';
@@ -41,8 +43,9 @@ sub chunk {
     my $j = JSON::PP->new->canonical;
     my $t = $j->encode($text);
     my $filter = $o{null} ? '"content_filter_results":{"hate":{"filtered":'
-        . 'false,"severity":"safe"},"self_harm":{"filtered":false,'
-        . '"severity":"safe"}},' : '';
+        . 'false,"severity":"safe"},'
+        . ($o{wide} ? '"other":"' . ('w' x $o{wide}) . '",' : '')
+        . '"self_harm":{"filtered":false,"severity":"safe"}},' : '';
     return 'data: {"id"' . $sep . '"chatcmpl-9xY"' . $com . '"object"' . $sep
         . '"chat.completion.chunk"' . $com . '"created"' . $sep . '1733'
         . $com . '"model"' . $sep . '"gpt-4o-2024-08-06"' . $com
@@ -90,6 +93,9 @@ stream('/pythonusage', 1, python => 1);
 stream('/azurenull', 1, null => 1);
 stream('/azurenullcount', 0, null => 1);
 stream('/pythonnull', 0, null => 1, python => 1);
+stream('/wide', 1, null => 1, wide => 400);
+stream('/widecount', 0, null => 1, wide => 400);
+stream('/widest', 1, null => 1, wide => 2100);
 
 # events whose bytes between texts change now and then (the scanner
 # passes over bytes the same as the last event's without reading them):
