@@ -68,7 +68,7 @@ for size in 1k 20k; do
         # at 20 KB the limits' 100m tokens a minute run out within the
         # run, and 429s are no measure of speed
         case $size:$mode in 20k:limit|20k:shared*) continue ;; esac
-        [ "$mode" != sse-plain ] && [ "$mode" != azure-plain ] || base=""
+        case $mode in sse-plain|azure-plain) base="" ;; esac
         [ "$mode" != limit ] || base=$plain_rps
         out=$(BODY="$work/body-$size.json" wrk -t1 -c8 -d"${secs}s" \
               --latency -s "$work/post.lua" \
@@ -138,7 +138,7 @@ for size in 1k 20k; do
     for mode in plain estimate exact nocache hedge sse-plain \
                 sse-estimate azure-plain azure-estimate limit shared \
                 shared-quiet; do
-        [ "$mode" != sse-plain ] && [ "$mode" != azure-plain ] || base=""
+        case $mode in sse-plain|azure-plain) base="" ;; esac
         [ "$mode" != limit ] || base=$plain
         c0=$(bench_redis_commands)
         set -- $(bench_measure 18991 \

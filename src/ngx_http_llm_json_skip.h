@@ -25,10 +25,9 @@
  * one.  The spellings every event of a chat stream has are taken here:
  * a delta object ("delta":{) and a null usage ("usage":null, in every
  * event of a stream asked to end with usage) are passed over, and a
- * text ("content":")
- * counted in *counted where it is not empty (when it opens, where the
- * caller would count it when it closes: the two differ only for a reply
- * cut inside a text).  A counted text found 32 bytes at a time also
+ * text ("content":") counted in *counted where it is not empty (when it
+ * opens, where the caller would count it when it closes: the two differ
+ * only for a reply cut inside a text).  A counted text found 32 bytes at a time also
  * ends the pass, at the text's opening quote, not yet read, with
  * NGX_HTTP_LLM_JSON_TEXT set: from there to the next text a stream's
  * events are often the same bytes, which the caller can compare instead
