@@ -33,6 +33,8 @@
 # is repeatable to the instruction.
 #
 #   bench/overhead.sh [seconds per wrk run] [requests under callgrind]
+#
+# MODULE=FILE.so measures another build of the module (bench/variant.sh).
 set -eu
 
 top=$(cd "$(dirname "$0")/.." && pwd)
@@ -41,6 +43,7 @@ n2=${2:-500}
 
 . "$top/bench/lib.sh"
 bench_setup
+LLM_MODULE=${MODULE:-$LLM_MODULE}
 bench_redis
 bench_bodies 1k 20k
 
