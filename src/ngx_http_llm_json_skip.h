@@ -27,19 +27,20 @@
  * event of a stream asked to end with usage) are passed over, and a
  * text ("content":") counted in *counted where it is not empty (when it
  * opens, where the caller would count it when it closes: the two differ
- * only for a reply cut inside a text).  A counted text found 32 bytes at a time also
- * ends the pass, at the text's opening quote, not yet read, with
- * NGX_HTTP_LLM_JSON_TEXT set: from there to the next text a stream's
- * events are often the same bytes, which the caller can compare instead
- * of reading them again.
+ * only for a reply cut inside a text).  A counted text found 32 bytes
+ * at a time also ends the pass, at the text's opening quote, not yet
+ * read, with NGX_HTTP_LLM_JSON_TEXT set: from there to the next text a
+ * stream's events are often the same bytes, which the caller can compare
+ * instead of reading them again.
  *
  * *state says where p is (NGX_HTTP_LLM_JSON_INSIDE a string,
  * NGX_HTTP_LLM_JSON_ESCAPED: the byte at p is escaped) and, on return,
  * where the returned position is, before its byte is read.  The return
  * is the opening quote of a string that may be wanted, with
  * NGX_HTTP_LLM_JSON_FOUND set, or the place from where the caller is to
- * read byte by byte: the end, a string that opens in the last 16 bytes,
- * a backslash in the last 64 (or p itself without SSE2).  Other blocks
+ * read byte by byte: the end, a string that opens in the last 16 bytes
+ * and cannot be told from a wanted key with the bytes there, a
+ * backslash in the last 64 (or p itself without SSE2).  Other blocks
  * with a backslash are read byte by byte here too, so the result is
  * exactly that of the byte-by-byte reading, even for text that is not
  * JSON.  Plain C99 without nginx headers, so that a test can

@@ -728,21 +728,20 @@ ngx_http_llm_walk_usage(u_char *p, u_char *end, ngx_uint_t *n)
         }
 
         m = (key.len < 32) ? ngx_http_llm_usage_lens[key.len] : 0;
-        i = NGX_HTTP_LLM_U_LAST;
 
         for ( /* void */ ; m; m &= m - 1) {
-            name = &ngx_http_llm_usage_names[__builtin_ctz(m)];
+            i = __builtin_ctz(m);
+            name = &ngx_http_llm_usage_names[i];
             s = name->details.len ? &name->details : &name->name;
 
             if (key.data[0] == s->data[0]
                 && ngx_memcmp(key.data, s->data, key.len) == 0)
             {
-                i = __builtin_ctz(m);
                 break;
             }
         }
 
-        if (i == NGX_HTTP_LLM_U_LAST) {
+        if (m == 0) {
             p = ngx_http_llm_walk_value(p, end, 1);
             goto next;
         }
