@@ -17,6 +17,9 @@ bench_setup() {
 
     bench_client
     bench_azure_stream
+
+    # MODULE=FILE.so: another build of the module (bench/variant.sh)
+    LLM_MODULE=${MODULE:-$LLM_MODULE}
 }
 
 # the same 20-token answer streamed as Azure sends it, written by the

@@ -43,7 +43,6 @@ n2=${2:-500}
 
 . "$top/bench/lib.sh"
 bench_setup
-LLM_MODULE=${MODULE:-$LLM_MODULE}
 bench_redis
 bench_bodies 1k 20k
 

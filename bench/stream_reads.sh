@@ -20,7 +20,6 @@ n=${1:-30}
 . "$top/bench/lib.sh"
 bench_setup
 bench_bodies 1k
-LLM_MODULE=${MODULE:-$LLM_MODULE}
 
 cat >"$work/backend.pl" <<'PL'
 use strict; use IO::Socket::INET; use Socket qw(IPPROTO_TCP TCP_NODELAY);

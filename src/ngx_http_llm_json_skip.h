@@ -111,7 +111,7 @@ ngx_http_llm_json_skip_spelling(const unsigned char *p,
 {
     unsigned  i;
 
-    for (i = 0; i < 2; i++) {
+    for (i = 0; i < sizeof(keys->pass) / sizeof(keys->pass[0]); i++) {
         if (p[1] == (unsigned char) keys->pass[i][1]
             && (size_t) (end - p) > keys->pass_len[i]
             && memcmp(p, keys->pass[i], keys->pass_len[i]) == 0)
