@@ -17,6 +17,7 @@ bench_setup() {
 
     bench_client
     bench_azure_stream
+    bench_openai_stream
 
     # MODULE=FILE.so: another build of the module (bench/variant.sh)
     LLM_MODULE=${MODULE:-$LLM_MODULE}
@@ -45,6 +46,50 @@ reply = replies.Reply(call, 'gpt-4o', 20, 'stop', fixed_ids=True)
 with open(sys.argv[2], 'wb') as f:
     for _, data, _ in reply.stream_events():
         f.write(data)
+PY
+}
+
+# the same answer as OpenAI streams it: its ids, service_tier and
+# system_fingerprint, "usage":null, and "obfuscation", a string of
+# random letters of random length in every event, which OpenAI adds
+# (unless stream_options.include_obfuscation is false) so that an
+# event's size does not tell its text's; some 7.8 KB in
+# $work/openai-stream.txt, the same each run
+bench_openai_stream() {
+    python3 - "$work/openai-stream.txt" <<'PY'
+import json, random, sys
+rnd = random.Random(17)
+head = {"id": "chatcmpl-CvQx3bT2kS9m4VnE8pLr1uZ0aYdFh",
+        "object": "chat.completion.chunk", "created": 1765100000,
+        "model": "gpt-4o-2024-08-06", "service_tier": "default",
+        "system_fingerprint": "fp_cbf1785567"}
+letters = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+words = ("Nginx passes each request to an upstream server and keeps the "
+         "connection open for the next one").split()
+def event(choices, usage=None):
+    e = dict(head, choices=choices, usage=usage)
+    e["obfuscation"] = "".join(rnd.choice(letters)
+                               for _ in range(rnd.randint(1, 16)))
+    return "data: " + json.dumps(e, separators=(",", ":")) + "\n\n"
+def choice(delta, finish=None):
+    return [{"index": 0, "delta": delta, "logprobs": None,
+             "finish_reason": finish}]
+out = [event(choice({"role": "assistant", "content": "",
+                     "refusal": None}))]
+for i in range(20):
+    out.append(event(choice({"content": (" " if i else "")
+                                        + words[i % len(words)]})))
+out.append(event(choice({}, "stop")))
+out.append(event([], {"prompt_tokens": 250, "completion_tokens": 20,
+                      "total_tokens": 270,
+                      "prompt_tokens_details": {"cached_tokens": 0,
+                                                "audio_tokens": 0},
+                      "completion_tokens_details": {
+                          "reasoning_tokens": 0, "audio_tokens": 0,
+                          "accepted_prediction_tokens": 0,
+                          "rejected_prediction_tokens": 0}}))
+out.append("data: [DONE]\n\n")
+open(sys.argv[1], "w").write("".join(out))
 PY
 }
 
@@ -197,6 +242,14 @@ bench_conf() {
             default_type text/event-stream;
             root $work;
         }
+        location /openai- {
+            error_page 405 =200 /openai-stream.txt;
+            return 405;
+        }
+        location = /openai-stream.txt {
+            default_type text/event-stream;
+            root $work;
+        }
     }
 
     server {
@@ -250,6 +303,21 @@ bench_conf() {
         }
 
         location /azure-estimate/ {
+            llm_route pool;
+            llm_count estimate;
+            proxy_pass http://pool;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+
+        # and as OpenAI sends it (bench_openai_stream)
+        location /openai-plain/ {
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+
+        location /openai-estimate/ {
             llm_route pool;
             llm_count estimate;
             proxy_pass http://pool;

@@ -15,6 +15,9 @@
 #             the same answer streamed as Azure sends it (25 events,
 #             10.7 KB: each delta with its content filter results and
 #             "usage":null)
+#   openai-plain, openai-estimate
+#             the same answer streamed as OpenAI sends it (24 events,
+#             7.8 KB: each with a random "obfuscation" string)
 #   limit     estimate with an llm_limit line (tpm, rpm) on one consumer,
 #             to a backend with tpm= and rpm=
 #   shared    the same in a zone shared through a redis-server of its own
@@ -64,13 +67,13 @@ printf '%-6s %-14s %10s %9s %9s %8s\n' body mode 'req/s' 'p50 ms' 'p99 ms' ratio
 for size in 1k 20k; do
     base=""
     for mode in plain estimate exact nocache hedge sse-plain \
-                sse-estimate azure-plain azure-estimate limit shared \
-                shared-quiet; do
+                sse-estimate azure-plain azure-estimate openai-plain \
+                openai-estimate limit shared shared-quiet; do
         # streamed answers against plain streaming, limits against plain;
         # at 20 KB the limits' 100m tokens a minute run out within the
         # run, and 429s are no measure of speed
         case $size:$mode in 20k:limit|20k:shared*) continue ;; esac
-        case $mode in sse-plain|azure-plain) base="" ;; esac
+        case $mode in sse-plain|azure-plain|openai-plain) base="" ;; esac
         [ "$mode" != limit ] || base=$plain_rps
         out=$(BODY="$work/body-$size.json" wrk -t1 -c8 -d"${secs}s" \
               --latency -s "$work/post.lua" \
@@ -138,9 +141,9 @@ bench_start "$work/cg.conf" 18991
 for size in 1k 20k; do
     base=""
     for mode in plain estimate exact nocache hedge sse-plain \
-                sse-estimate azure-plain azure-estimate limit shared \
-                shared-quiet; do
-        case $mode in sse-plain|azure-plain) base="" ;; esac
+                sse-estimate azure-plain azure-estimate openai-plain \
+                openai-estimate limit shared shared-quiet; do
+        case $mode in sse-plain|azure-plain|openai-plain) base="" ;; esac
         [ "$mode" != limit ] || base=$plain
         c0=$(bench_redis_commands)
         set -- $(bench_measure 18991 \

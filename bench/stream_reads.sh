@@ -10,7 +10,8 @@
 #   bench/stream_reads.sh [requests]      default 30 (about a minute)
 #
 # STREAM=azure sends instead the answer as Azure streams it, 25 events
-# (bench/lib.sh's bench_azure_stream), one a read.
+# (bench/lib.sh's bench_azure_stream), one a read; STREAM=openai, as
+# OpenAI streams it (bench_openai_stream), 24 events.
 # MODULE=FILE.so measures another build of the module (bench/variant.sh).
 set -eu
 
@@ -64,7 +65,9 @@ while (my $c = $srv->accept) {
 }
 PL
 events=
-[ "${STREAM:-}" != azure ] || events=$work/azure-stream.txt
+case ${STREAM:-} in
+azure|openai) events=$work/$STREAM-stream.txt ;;
+esac
 perl "$work/backend.pl" 18995 $events &
 backend=$!
 trap 'kill $backend 2>/dev/null || true; rm -rf "$work"' EXIT
