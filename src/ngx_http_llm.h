@@ -493,6 +493,10 @@ typedef struct {
     u_char                      *gap;        /* gap_size bytes, or NULL:
                                                 not kept */
 
+    /* where the last value the events differ in opens and closes */
+    size_t                       gap_value;
+    size_t                       gap_value_end;
+
     /*
      * a usage object split across buffers is copied, up to
      * NGX_HTTP_LLM_USAGE_MAX bytes, into buf, made from pool when first

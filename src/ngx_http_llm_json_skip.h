@@ -18,20 +18,20 @@
  * strings they hold.
  *
  * A wanted key is known by its length and its first two bytes: a quote
- * opens it, another closes it "span" bytes further on (bit span of
- * spans is set: one or two spans, below 16), and the two bytes after the
- * opening quote are one of the pairs ("cousde": content, usage, delta).
- * The caller compares the whole key; some strings found here are not
- * one.  The spellings every event of a chat stream has are taken here:
- * a delta object ("delta":{) and a null usage ("usage":null, in every
- * event of a stream asked to end with usage) are passed over, and a
- * text ("content":") counted in *counted where it is not empty (when it
- * opens, where the caller would count it when it closes: the two differ
- * only for a reply cut inside a text).  A counted text found 32 bytes
- * at a time also ends the pass, at the text's opening quote, not yet
- * read, with NGX_HTTP_LLM_JSON_TEXT set: from there to the next text a
- * stream's events are often the same bytes, which the caller can compare
- * instead of reading them again.
+ * opens it, the two bytes after are one of the pairs ("cousde": content,
+ * usage, delta), and another quote closes it that pair's span bytes
+ * further on (8 for "co", 6 for the others; bit span of spans is set for
+ * each, one or two spans, below 16).  The caller compares the whole key;
+ * some strings found here are not one.  The spellings every event of a
+ * chat stream has are taken here: a delta object ("delta":{) and a null
+ * usage ("usage":null, in every event of a stream asked to end with
+ * usage) are passed over, and a text ("content":") counted in *counted
+ * where it is not empty (when it opens, where the caller would count it
+ * when it closes: the two differ only for a reply cut inside a text).
+ * A counted text found 32 bytes at a time also ends the pass, at the
+ * text's opening quote, not yet read, with NGX_HTTP_LLM_JSON_TEXT set:
+ * from there to the next text a stream's events are often the same
+ * bytes, which the caller can compare instead of reading them again.
  *
  * *state says where p is (NGX_HTTP_LLM_JSON_INSIDE a string,
  * NGX_HTTP_LLM_JSON_ESCAPED: the byte at p is escaped) and, on return,
@@ -63,9 +63,10 @@
 
 
 typedef struct {
-    const char  *pairs;
-    unsigned     npairs;
-    unsigned     spans;
+    const char     *pairs;
+    unsigned char   span[4];     /* 4 pairs at most */
+    unsigned        npairs;
+    unsigned        spans;
 
     /*
      * the usual spellings of wanted keys and what follows them: those of
@@ -96,6 +97,32 @@ ngx_http_llm_json_skip_pair(const unsigned char *p,
     }
 
     return 0;
+}
+
+
+/*
+ * whether a wanted key may open with the quote at p, len bytes from p
+ * at hand: a pair's two bytes, and a quote at that pair's span (a value
+ * such as "default", OpenAI's service tier in every event of a stream,
+ * is none: "de" is delta's, whose span is 6)
+ */
+
+#define ngx_http_llm_json_skip_opens_as(i)                                  \
+    (keys->npairs > i                                                        \
+     && p[1] == (unsigned char) keys->pairs[2 * i]                           \
+     && p[2] == (unsigned char) keys->pairs[2 * i + 1]                       \
+     && len > keys->span[i] && p[keys->span[i]] == '"')
+
+static inline int
+ngx_http_llm_json_skip_opens(const unsigned char *p, size_t len,
+    const ngx_http_llm_json_keys_t *keys)
+{
+    /* four pairs at most, unrolled: a loop cost 15 instructions a quote */
+
+    return ngx_http_llm_json_skip_opens_as(0)
+           || ngx_http_llm_json_skip_opens_as(1)
+           || ngx_http_llm_json_skip_opens_as(2)
+           || ngx_http_llm_json_skip_opens_as(3);
 }
 
 
@@ -140,21 +167,7 @@ static inline int
 ngx_http_llm_json_skip_key(const unsigned char *p, const unsigned char *end,
     const ngx_http_llm_json_keys_t *keys, size_t *counted)
 {
-    unsigned  spans, span;
-
-    if (end - p < 3) {
-        return 0;
-    }
-
-    for (spans = keys->spans; spans; spans &= spans - 1) {
-        span = __builtin_ctz(spans);
-
-        if (end - p > span && p[span] == '"') {
-            break;
-        }
-    }
-
-    if (spans == 0 || !ngx_http_llm_json_skip_pair(p + 1, keys)) {
+    if (end - p < 3 || !ngx_http_llm_json_skip_opens(p, end - p, keys)) {
         return 0;
     }
 
@@ -317,7 +330,7 @@ ngx_http_llm_json_skip_tail(const unsigned char *p, const unsigned char *end,
     while (near) {
         i = __builtin_ctzll(near);
 
-        if (ngx_http_llm_json_skip_pair(pad + i + 1, keys)
+        if (ngx_http_llm_json_skip_opens(pad + i, len - i, keys)
             && !ngx_http_llm_json_skip_spelling(pad + i, pad + len, keys,
                                                 counted))
         {
@@ -413,7 +426,7 @@ ngx_http_llm_json_skip(const unsigned char *p, const unsigned char *end,
 
             /* a wanted key's first bytes, after a quote that opens */
 
-            if (ngx_http_llm_json_skip_pair(p + i + 1, keys)
+            if (ngx_http_llm_json_skip_opens(p + i, end - (p + i), keys)
                 && ((st ^ __builtin_parity(odd ^ (q & ((1u << i) - 1))))
                     & NGX_HTTP_LLM_JSON_INSIDE) == 0)
             {

@@ -37,6 +37,26 @@
 /* "content", the longest key the scanner looks for */
 #define NGX_HTTP_LLM_KEY_MAX  7
 
+/*
+ * the compare of a text's gap runs at every text of a stream, inlined;
+ * gcc would not inline it once the gap's alignment, seldom run, was
+ * beside it (some 300 instructions a stream)
+ */
+#if (defined __GNUC__)
+#define ngx_http_llm_scan_inline  ngx_inline __attribute__((always_inline))
+#define ngx_http_llm_scan_cold    __attribute__((noinline))
+#else
+#define ngx_http_llm_scan_inline  ngx_inline
+#define ngx_http_llm_scan_cold
+#endif
+
+/* string values of their own that a gap may differ in, at most */
+#define NGX_HTTP_LLM_GAP_VALUES  4
+
+#define ngx_http_llm_scan_shape(c)                                          \
+    ((c) == '{' || (c) == '}' || (c) == '[' || (c) == ']' || (c) == ','      \
+     || (c) == ':')
+
 
 ngx_http_llm_usage_name_t  ngx_http_llm_usage_names[] = {
     { ngx_null_string, ngx_string("prompt_tokens") },
@@ -60,7 +80,7 @@ ngx_http_llm_usage_name_t  ngx_http_llm_usage_names[] = {
  * (neither is anything the scan keeps), and a text, counted
  */
 static const ngx_http_llm_json_keys_t  ngx_http_llm_scan_keys = {
-    "cousde", 3, (1 << 6) | (1 << 8),
+    "cousde", { 8, 6, 6 }, 3, (1 << 6) | (1 << 8),
     { "\"delta\":{", "\"usage\":null" },
     { sizeof("\"delta\":{") - 1, sizeof("\"usage\":null") - 1 },
     "\"content\":\"", sizeof("\"content\":\"") - 1
@@ -73,8 +93,15 @@ static ngx_inline u_char *ngx_http_llm_scan_between(ngx_http_llm_scan_t *s,
     ngx_http_llm_scan_state_t *v, u_char *p, u_char *last, size_t rec);
 static ngx_inline ngx_uint_t ngx_http_llm_scan_gap_room(
     ngx_http_llm_scan_t *s, size_t size);
-static ngx_inline u_char *ngx_http_llm_scan_texts(ngx_http_llm_scan_t *s,
-    ngx_http_llm_scan_state_t *v, u_char **q, u_char *last);
+static ngx_http_llm_scan_inline u_char *ngx_http_llm_scan_texts(
+    ngx_http_llm_scan_t *s, ngx_http_llm_scan_state_t *v, u_char **q,
+    u_char *last);
+static ngx_http_llm_scan_cold size_t ngx_http_llm_scan_align(
+    ngx_http_llm_scan_t *s, u_char *c, size_t avail, size_t *m);
+static ngx_uint_t ngx_http_llm_scan_in_value(u_char *gap, size_t from,
+    size_t j, size_t *o);
+static ngx_inline size_t ngx_http_llm_scan_same(u_char *a, u_char *b,
+    size_t len);
 static u_char *ngx_http_llm_scan_resume(ngx_http_llm_scan_t *s, u_char *p,
     u_char *last, ngx_log_t *log, ngx_uint_t *text);
 static ngx_inline u_char *ngx_http_llm_scan_after_key(
@@ -278,6 +305,7 @@ ngx_http_llm_scan_between(ngx_http_llm_scan_t *s,
         {
             ngx_memcpy(s->gap + rec, end, n);
             s->gap_len = rec + n;
+            s->gap_value = 0;
         }
 
         rec = 0;
@@ -389,16 +417,17 @@ ngx_http_llm_scan_gap_room(ngx_http_llm_scan_t *s, size_t size)
  * would look at.
  */
 
-static ngx_inline u_char *
+static ngx_http_llm_scan_inline u_char *
 ngx_http_llm_scan_texts(ngx_http_llm_scan_t *s,
     ngx_http_llm_scan_state_t *v, u_char **q, u_char *last)
 {
     u_char  *c;
-    size_t   n, avail;
+    size_t   n, k, m, avail;
 
     for ( ;; ) {
         if (last - *q < 3
-            || ngx_http_llm_json_skip_pair(*q + 1, &ngx_http_llm_scan_keys))
+            || ngx_http_llm_json_skip_opens(*q, last - *q,
+                                            &ngx_http_llm_scan_keys))
         {
             return NULL;
         }
@@ -418,26 +447,296 @@ ngx_http_llm_scan_texts(ngx_http_llm_scan_t *s,
             return c;
         }
 
-        if (avail > n) {
-            if (ngx_memcmp(c, s->gap, n) != 0) {
-                return c;
-            }
-
+        if (avail > n && ngx_memcmp(c, s->gap, n) == 0) {
             v->deltas += (c[n] != '"');
             *q = c + n - 1;
             continue;
         }
 
-        /* the gap, or its text's first byte, is yet to come */
-
-        if (avail == n || s->replay || ngx_memcmp(c, s->gap, avail) != 0) {
+        if (s->replay) {
             return c;
         }
 
-        s->gap_at = avail;
+        if (avail < n && ngx_memcmp(c, s->gap, avail) == 0) {
+            k = avail;
+            m = avail;
 
-        return last;
+        } else {
+            /* the same but for values of their own */
+
+            k = ngx_http_llm_scan_align(s, c, avail, &m);
+
+            if (k == 0) {
+                return c;
+            }
+        }
+
+        if (m < n) {
+            /* the rest of the gap is yet to come */
+            s->gap_at = m;
+            return last;
+        }
+
+        if (k == avail) {
+            /* the text's first byte is yet to come */
+            return c;
+        }
+
+        v->deltas += (c[k] != '"');
+        *q = c + k - 1;
     }
+}
+
+
+/*
+ * The bytes at c (avail of them) against the gap where they differ in
+ * string values only: a stream whose every event has a value of its own
+ * (OpenAI's "obfuscation", random letters of random length that hide
+ * the size of an event's text) is otherwise the same from one text to
+ * the next.  A value is taken as the same where it is a string after a
+ * colon, without an escape in either, ends in this buffer, and does not
+ * start as a key the skip stops at: the reading of these bytes then
+ * comes to what that of the gap did, nothing wanted on the way.  The
+ * return is how many bytes at c match the gap's first *m: the whole gap
+ * (*m == s->gap_len), or c's bytes run out first (the return is avail);
+ * 0 where they do not match.
+ */
+
+static ngx_http_llm_scan_cold size_t
+ngx_http_llm_scan_align(ngx_http_llm_scan_t *s, u_char *c, size_t avail,
+    size_t *m)
+{
+    u_char      *gap, *q, *e;
+    size_t       i, j, n, o, len, from;
+    ngx_uint_t   values;
+
+    gap = s->gap;
+    n = s->gap_len;
+
+    i = 0;
+    j = 0;
+
+    /* after the text's closing quote, outside any string */
+    from = 1;
+    values = 0;
+
+    /*
+     * the value the last event differed in: the same bytes to its
+     * opening quote, and the rest compared from its closing quote
+     */
+
+    o = s->gap_value;
+
+    if (o && avail > o + 2 && ngx_memcmp(c, gap, o + 1) == 0
+        && !ngx_http_llm_json_skip_opens(c + o, avail - o,
+                                         &ngx_http_llm_scan_keys))
+    {
+        e = (u_char *) ngx_http_llm_json_special(c + o + 1, c + avail);
+
+        if (e < c + avail && *e == '"') {
+            i = e - c;
+            j = s->gap_value_end;
+            from = j + 1;
+            values = 1;
+        }
+    }
+
+    for ( /* void */ ; /* void */ ; values++) {
+        len = ngx_min(avail - i, n - j);
+
+        /* the caller compared from the start */
+
+        if (values && ngx_memcmp(c + i, gap + j, len) == 0) {
+            o = len;
+
+        } else {
+            o = ngx_http_llm_scan_same(c + i, gap + j, len);
+        }
+
+        i += o;
+        j += o;
+
+        if (j == n || i == avail) {
+            *m = j;
+            return i;
+        }
+
+        /*
+         * where either byte is JSON's punctuation the two differ in
+         * shape, not in a value's letters (a quote is where one of the
+         * values ends first)
+         */
+
+        if (values == NGX_HTTP_LLM_GAP_VALUES
+            || ngx_http_llm_scan_shape(gap[j])
+            || ngx_http_llm_scan_shape(c[i]))
+        {
+            return 0;
+        }
+
+        /*
+         * in a value of the gap, opened at o after a colon, closed at q:
+         * most often the one the last event differed in
+         */
+
+        if (j > s->gap_value && j <= s->gap_value_end) {
+            o = s->gap_value;
+            q = gap + s->gap_value_end;
+
+        } else {
+            if (!ngx_http_llm_scan_in_value(gap, from, j, &o)) {
+                return 0;
+            }
+
+            q = (u_char *) ngx_http_llm_json_special(gap + j, gap + n);
+
+            if (q == gap + n || *q != '"') {
+                return 0;
+            }
+
+            s->gap_value = o;
+            s->gap_value_end = q - gap;
+        }
+
+        /* the value opens at the same place here: c's bytes match to j */
+
+        o = i - (j - o);
+
+        if (avail - o < 3
+            || ngx_http_llm_json_skip_opens(c + o, avail - o,
+                                            &ngx_http_llm_scan_keys))
+        {
+            return 0;
+        }
+
+        /* to its closing quote, from where it differs */
+
+        e = (u_char *) ngx_http_llm_json_special(c + i, c + avail);
+
+        if (e == c + avail || *e != '"') {
+            return 0;
+        }
+
+        i = e - c;
+        j = q - gap;
+        from = j + 1;
+    }
+}
+
+
+/*
+ * Whether byte j of the gap is in a string value: the quotes from "from"
+ * (outside any string) to j, without a backslash, are odd in number, and
+ * the last of them, *o, follows a colon
+ */
+
+static ngx_uint_t
+ngx_http_llm_scan_in_value(u_char *gap, size_t from, size_t j, size_t *o)
+{
+    size_t    k, at;
+    unsigned  odd, quotes, slash, bits;
+#if (defined __SSE2__ && defined __GNUC__)
+    __m128i   b;
+#endif
+
+    odd = 0;
+    at = 0;
+    k = from;
+
+#if (defined __SSE2__ && defined __GNUC__)
+
+    /* 16 bytes at a time; the last block ends at j, over the one before */
+
+    while (k < j && j >= 16) {
+        bits = 16;
+
+        if (j - k < 16) {
+            bits = j - k;
+            k = j - 16;
+        }
+
+        b = _mm_loadu_si128((const __m128i *) (gap + k));
+        quotes = (unsigned) _mm_movemask_epi8(
+                                _mm_cmpeq_epi8(b, _mm_set1_epi8('"')));
+        slash = (unsigned) _mm_movemask_epi8(
+                                _mm_cmpeq_epi8(b, _mm_set1_epi8('\\')));
+
+        /* only the bits not read in the block before */
+
+        quotes = (quotes >> (16 - bits)) << (16 - bits);
+        slash = (slash >> (16 - bits)) << (16 - bits);
+
+        if (slash) {
+            return 0;
+        }
+
+        if (quotes) {
+            odd ^= __builtin_parity(quotes);
+            at = k + 31 - __builtin_clz(quotes);
+        }
+
+        k += 16;
+    }
+
+#endif
+
+    for ( /* void */ ; k < j; k++) {
+        if (gap[k] == '\\') {
+            return 0;
+        }
+
+        if (gap[k] == '"') {
+            odd ^= 1;
+            at = k;
+        }
+    }
+
+    if (!odd
+        || !(gap[at - 1] == ':'
+             || (at >= 2 && gap[at - 1] == ' ' && gap[at - 2] == ':')))
+    {
+        return 0;
+    }
+
+    *o = at;
+
+    return 1;
+}
+
+
+/* how many bytes at a and b are the same, of len */
+
+static ngx_inline size_t
+ngx_http_llm_scan_same(u_char *a, u_char *b, size_t len)
+{
+    size_t    i;
+#if (defined __SSE2__ && defined __GNUC__)
+    unsigned  same;
+#endif
+
+    i = 0;
+
+#if (defined __SSE2__ && defined __GNUC__)
+
+    while (len - i >= 16) {
+        same = (unsigned) _mm_movemask_epi8(_mm_cmpeq_epi8(
+                   _mm_loadu_si128((const __m128i *) (a + i)),
+                   _mm_loadu_si128((const __m128i *) (b + i))));
+
+        if (same != 0xffff) {
+            return i + __builtin_ctz(~same);
+        }
+
+        i += 16;
+    }
+
+#endif
+
+    while (i < len && a[i] == b[i]) {
+        i++;
+    }
+
+    return i;
 }
 
 

@@ -3,10 +3,11 @@
 # Streams read by the reply scanner's fast path, which passes over the
 # strings it has no use for 32 bytes at a time: json-skip compares that
 # path with the byte-by-byte reading on random texts cut at random; then,
-# through nginx, long streams in several spellings (Azure's, Python's
-# ": ", CRLF, Responses-style string deltas, the keys looked for inside
-# texts, escapes) each sent at once, in random small pieces and an event
-# a read: the usage reported, or the text deltas counted, are those the
+# through nginx, long streams in several spellings (Azure's, OpenAI's
+# with a value of its own in every event, Python's ": ", CRLF,
+# Responses-style string deltas, the keys looked for inside texts,
+# escapes) each sent at once, in random small pieces and an event a
+# read: the usage reported, or the text deltas counted, are those the
 # events hold.
 
 use strict;
@@ -96,6 +97,82 @@ stream('/pythonnull', 0, null => 1, python => 1);
 stream('/wide', 1, null => 1, wide => 400);
 stream('/widecount', 0, null => 1, wide => 400);
 stream('/widest', 1, null => 1, wide => 2100);
+
+# OpenAI's chunk: its service tier ("default", which starts as "delta"
+# does) and fingerprint, "usage":null, and in every chunk an
+# "obfuscation" string of random letters and length, so that the bytes
+# from one text to the next differ in that value only; $obf is the
+# value as JSON, $extra what goes after the choices
+sub chunk_openai {
+    my ($text, $obf, %o) = @_;
+    my $sep = $o{python} ? ': ' : ':';
+    my $com = $o{python} ? ', ' : ',';
+    my $j = JSON::PP->new->canonical;
+    my $choice = '{"index"' . $sep . '0' . $com . '"delta"' . $sep
+        . '{"content"' . $sep . $j->encode($text) . '}' . $com
+        . '"logprobs"' . $sep . 'null' . $com . '"finish_reason"' . $sep
+        . 'null}';
+    return 'data: {"id"' . $sep . '"chatcmpl-CvQx3b"' . $com . '"object"'
+        . $sep . '"chat.completion.chunk"' . $com . '"created"' . $sep
+        . '1765100000' . $com . '"model"' . $sep . '"gpt-4o-2024-08-06"'
+        . $com . '"service_tier"' . $sep . '"default"' . $com
+        . '"system_fingerprint"' . $sep . '"fp_cbf1785567"' . $com
+        . '"choices"' . $sep . '[' . $choice . ($o{two} ? $com . $choice : '')
+        . ']' . ($o{extra} // '') . $com . '"usage"' . $sep . 'null' . $com
+        . '"obfuscation"' . $sep . $obf . "}\n\n";
+}
+
+my @letters = ('a' .. 'z', 'A' .. 'Z', '0' .. '9');
+
+# values the scanner must not take as the same where they are not: an
+# escape, keys it looks for, JSON's punctuation, a value past a read, a
+# number, null; and, beside a new value, a text more (a second choice)
+# or a string "content" after the choices
+my @tricky = ('"usage"', '"content"', '"delta"', '"dexyz"', '""', '"a\\"b"',
+              '"\\\\"', '"x:y,z}{["', '"' . ('o' x 700) . '"', '12',
+              'null', '"co"', '"defau"', '"\\u0041"', '"usage\\""');
+
+sub stream_openai {
+    my ($name, $usage_too, %o) = @_;
+    my $body = '';
+    my $n = 0;
+    my $i = 0;
+    for my $round (1 .. 3) {
+        for my $text (@texts) {
+            my $obf = '"' . join('', map { $letters[rand @letters] }
+                                     0 .. int rand 16) . '"';
+            my %e = (python => $o{python});
+            if ($o{keyvalue}) {
+                # not JSON: a "value" followed by a colon, as a key is,
+                # spelt "usage" once, after a plain text ("end")
+                my $k = join('', map { $letters[rand 26] } 1 .. 5);
+                $k = 'usage' if $i == 31;
+                $obf = qq{"$k":{"prompt_tokens":7,"completion_tokens":9}};
+            }
+            if ($o{tricky}) {
+                $obf = $tricky[$i % @tricky] if $i % 2;
+                $e{two} = 1 if $i % 9 == 4;
+                $e{extra} = ',"x":"content"' if $i % 11 == 6;
+            }
+            $body .= chunk_openai($text, $obf, %e);
+            $n += ($e{two} ? 2 : 1) if length $text;
+            $i++;
+        }
+    }
+    $body .= $usage if $usage_too;
+    $body .= "data: [DONE]\n\n";
+    $reply{$name} = $head . Encode::encode_utf8($body);
+    $want{$name} = $o{keyvalue} ? [ 'reported', 7, 9 ]
+                 : $usage_too ? [ 'reported', 321, 45 ] : [ 'counted', $n ];
+}
+
+srand 5;
+stream_openai('/openai', 1);
+stream_openai('/openaicount', 0);
+stream_openai('/openaipython', 0, python => 1);
+stream_openai('/openaitricky', 0, tricky => 1);
+stream_openai('/openaitrickyusage', 1, tricky => 1);
+stream_openai('/openaikeyvalue', 0, keyvalue => 1);
 
 # events whose bytes between texts change now and then (the scanner
 # passes over bytes the same as the last event's without reading them):

@@ -31,7 +31,7 @@
 
 
 static const ngx_http_llm_json_keys_t  keys = {
-    "cousde", 3, (1 << 6) | (1 << 8),
+    "cousde", { 8, 6, 6 }, 3, (1 << 6) | (1 << 8),
     { "\"delta\":{", "\"usage\":null" },
     { sizeof("\"delta\":{") - 1, sizeof("\"usage\":null") - 1 },
     "\"content\":\"", sizeof("\"content\":\"") - 1
@@ -181,9 +181,10 @@ LLVMFuzzerTestOneInput(const unsigned char *data, size_t size)
 
 
 /*
- * pieces a streamed reply is made of, and some that trouble a reader;
- * those with a backslash last, as a text without one takes the skip's
- * fast path
+ * pieces a streamed reply is made of, and some that trouble a reader
+ * (strings that start as a wanted key does, but are of another key's
+ * length); those with a backslash last, as a text without one takes the
+ * skip's fast path
  */
 
 static const char  *pieces[] = {
@@ -196,12 +197,14 @@ static const char  *pieces[] = {
     "\xe6\xbc\xa2", "\"text\":\"", "0123456789abcdef", "\"cou\"", "\"usa\"",
     "\"content\":\"\"", "\"delta\":{}", "\"content\":\"", "\"delta\":",
     "\"usage\":null", "\"usage\":nul", "null}",
+    "\"service_tier\":\"default\"", "\"conte\"", "\"usage_x\"",
+    "\"deltas\"",
 
     "\"de\\\"x\"", "\\\"content\\\"", "\\\\\"", "\\\\", "\\",
     "\"a\\u0022b\"", "\"\\\\\"usage\\\"\"", "\"\\n\\n\\t\""
 };
 
-#define CLEAN  33
+#define CLEAN  37
 
 
 static unsigned long  seed;
