@@ -306,6 +306,7 @@ ngx_http_llm_scan_between(ngx_http_llm_scan_t *s,
             ngx_memcpy(s->gap + rec, end, n);
             s->gap_len = rec + n;
             s->gap_value = 0;
+            s->gap_value_end = 0;
         }
 
         rec = 0;
@@ -584,7 +585,17 @@ ngx_http_llm_scan_align(ngx_http_llm_scan_t *s, u_char *c, size_t avail,
             q = gap + s->gap_value_end;
 
         } else {
-            if (!ngx_http_llm_scan_in_value(gap, from, j, &o)) {
+            /*
+             * and one the skip passed over there: a replay of the gap
+             * after a read that ends in a value passed over here reads
+             * the gap's value, not the one received
+             */
+
+            if (!ngx_http_llm_scan_in_value(gap, from, j, &o)
+                || n - o < 3
+                || ngx_http_llm_json_skip_opens(gap + o, n - o,
+                                                &ngx_http_llm_scan_keys))
+            {
                 return 0;
             }
 
@@ -625,15 +636,18 @@ ngx_http_llm_scan_align(ngx_http_llm_scan_t *s, u_char *c, size_t avail,
 
 
 /*
- * Whether byte j of the gap is in a string value: the quotes from "from"
- * (outside any string) to j, without a backslash, are odd in number, and
- * the last of them, *o, follows a colon
+ * Whether byte j of the gap is in a string value of its own: the quotes
+ * from "from" (outside any string) to j, without a backslash, are odd in
+ * number, the last of them, *o, follows a colon, and the key before the
+ * colon is none the scanner looks for (the value of "content" or
+ * "delta" is a text, empty in the gap maybe, but counted where it is
+ * not)
  */
 
 static ngx_uint_t
 ngx_http_llm_scan_in_value(u_char *gap, size_t from, size_t j, size_t *o)
 {
-    size_t    k, at;
+    size_t    k, at, key;
     unsigned  odd, quotes, slash, bits;
 #if (defined __SSE2__ && defined __GNUC__)
     __m128i   b;
@@ -691,9 +705,31 @@ ngx_http_llm_scan_in_value(u_char *gap, size_t from, size_t j, size_t *o)
         }
     }
 
-    if (!odd
-        || !(gap[at - 1] == ':'
-             || (at >= 2 && gap[at - 1] == ' ' && gap[at - 2] == ':')))
+    if (!odd || at < 2) {
+        return 0;
+    }
+
+    /* the key's closing quote, right before the colon */
+
+    if (gap[at - 1] == ':') {
+        key = at - 2;
+
+    } else if (at >= 3 && gap[at - 1] == ' ' && gap[at - 2] == ':') {
+        key = at - 3;
+
+    } else {
+        return 0;
+    }
+
+    /* a wanted key of either length may close there */
+
+    if (gap[key] != '"'
+        || (key >= 6
+            && ngx_http_llm_json_skip_opens(gap + key - 6, 7,
+                                            &ngx_http_llm_scan_keys))
+        || (key >= 8
+            && ngx_http_llm_json_skip_opens(gap + key - 8, 9,
+                                            &ngx_http_llm_scan_keys)))
     {
         return 0;
     }

@@ -222,9 +222,71 @@ for my $i (1 .. 30) {
 $reply{'/responses'} = $head . $resp;
 $want{'/responses'} = [ 'counted', 24 ];
 
+# streams cut at given places, each read a piece of the list: where the
+# compare must not pass over a value (a text's own, empty last time; a
+# value the record spells as a key, when the next read replays the
+# record; a record shorter than the last one's value), the counts are
+# those of the plain reading
+my %cuts;
+
+sub two_texts {
+    my ($a, $b) = @_;
+    return 'data: {"id":"chatcmpl-1","object":"chat.completion.chunk",'
+        . '"choices":[{"index":0,"delta":{"content":"' . $a . '"}},'
+        . '{"index":1,"delta":{"content":"' . $b . '"}}]}' . "\n\n";
+}
+
+sub with_value {
+    my ($text, $k, $v) = @_;
+    return 'data: {"choices":[{"delta":{"content":"' . $text . '"}}],'
+        . '"' . $k . '":' . $v . ',"z":1}' . "\n\n";
+}
+
+sub cut {
+    my ($name, $want, @pieces) = @_;
+    $reply{$name} = $head . join '', @pieces;
+    $cuts{$name} = [ map { length } @pieces ];
+    $want{$name} = $want;
+}
+
+cut('/cutempty', [ 'counted', 6 ],
+    two_texts('Hi', ''), two_texts('Yo', ''), two_texts('Ok', 'abc'),
+    two_texts('Zz', ''), two_texts('Qq', ''), "data: [DONE]\n\n");
+
+cut('/cutreplayusage', [ 'counted', 4 ],
+    with_value('A', 'k', '"usage":null') . with_value('B', 'k', '"usage":null')
+    . 'data: {"choices":[{"delta":{"content":"C"}}],"k":"abcde"',
+    ':{"prompt_tokens":5,"completion_tokens":6,"total_tokens":11},"z":1}'
+    . "\n\n" . with_value('D', 'k', '"x"') . "data: [DONE]\n\n");
+
+cut('/cutreplaydelta', [ 'counted', 4 ],
+    with_value('A', 'k', '"delta":{}') . with_value('B', 'k', '"delta":{}')
+    . 'data: {"choices":[{"delta":{"content":"C"}}],"k":"abcde":',
+    '"hello","z":1}' . "\n\n" . with_value('D', 'k', '"x"')
+    . "data: [DONE]\n\n");
+
+# a value remembered from one record, then a shorter record: 30 KB in
+# one read (the location's buffers are 64 KB), so that a compare past
+# the record's end would read past the buffer
+{
+    my $e = sub {
+        'data: {"choices":[{"delta":{"content":"' . $_[0] . '"}}],'
+        . '"padpadpadpadpadpadpadpad":1,"obfuscation":"' . $_[1] . '"}'
+        . "\n\n";
+    };
+    cut('/cutstale', [ 'counted', 305 ],
+        join '', $e->('T1', 'aaaa'), $e->('T2', 'b' x 10), $e->('T3', 'cc'),
+        'data: {"choices":[{"delta":{"content":"X"}},{"delta":{"content":'
+        . '"Y"}},{"delta":{"contenX":"Z"}}],"padpadpadpadpadpadpadpad":1,'
+        . '"obfuscation":"q"}' . "\n\n",
+        (map { $e->("w$_", 'o' x ($_ % 7 + 1)) } 1 .. 300),
+        "data: [DONE]\n\n");
+}
+
 # each path also cut into random pieces, and the chat streams an event
 # a read, as a slow generation sends them
 for my $name (keys %reply) {
+    next if $cuts{$name};
     $reply{"${name}split"} = $reply{$name};
     $want{"${name}split"} = $want{$name};
     next if $name =~ /responses|varying/;
@@ -232,11 +294,26 @@ for my $name (keys %reply) {
     $want{"${name}events"} = $want{$name};
 }
 
+# the length of the piece that starts at $at, 20 ms after the last, so
+# that nginx reads each piece alone
+sub cut_at {
+    my ($lengths, $out, $at) = @_;
+    my $off = index($out, "\r\n\r\n") + 4;
+    select undef, undef, undef, 0.02;
+    for my $l (@$lengths) {
+        return $l if $off == $at;
+        $off += $l;
+    }
+    return length($out) - $at;
+}
+
 srand 7;
 my $bport = $t->start_canned(\%reply, prefix => '/s',
-                             slow => qr/(?:split|events)$/,
+                             slow => qr/(?:split|events|^\/cut.*)$/,
                              piece => sub {
                                  my ($out, $at, $path) = @_;
+                                 return cut_at($cuts{$path}, $out, $at)
+                                     if $cuts{$path};
                                  return 1 + int rand 97
                                      unless $path =~ /events$/;
                                  my $end = index $out, "\n\n", $at;
@@ -265,6 +342,16 @@ $t->start_nginx(<<"END", ports => [$listen]);
             llm_route pool;
             proxy_pass http://pool;
             proxy_buffering off;
+        }
+
+        # reads of up to 64 KB
+        location /s/cut {
+            llm_route pool;
+            proxy_pass http://pool;
+            proxy_buffering off;
+            proxy_buffer_size 64k;
+            proxy_buffers 4 64k;
+            proxy_busy_buffers_size 64k;
         }
 
         location = /llm/status {
