@@ -98,6 +98,8 @@ static ngx_http_llm_scan_inline u_char *ngx_http_llm_scan_texts(
     u_char *last);
 static ngx_http_llm_scan_cold size_t ngx_http_llm_scan_align(
     ngx_http_llm_scan_t *s, u_char *c, size_t avail, size_t *m);
+static ngx_inline u_char *ngx_http_llm_scan_value_end(u_char *p, size_t o,
+    size_t at, size_t len);
 static ngx_uint_t ngx_http_llm_scan_in_value(u_char *gap, size_t from,
     size_t j, size_t *o);
 static ngx_inline size_t ngx_http_llm_scan_same(u_char *a, u_char *b,
@@ -528,13 +530,10 @@ ngx_http_llm_scan_align(ngx_http_llm_scan_t *s, u_char *c, size_t avail,
 
     o = s->gap_value;
 
-    if (o && avail > o + 2 && ngx_memcmp(c, gap, o + 1) == 0
-        && !ngx_http_llm_json_skip_opens(c + o, avail - o,
-                                         &ngx_http_llm_scan_keys))
-    {
-        e = (u_char *) ngx_http_llm_json_special(c + o + 1, c + avail);
+    if (o && avail > o + 2 && ngx_memcmp(c, gap, o + 1) == 0) {
+        e = ngx_http_llm_scan_value_end(c, o, o + 1, avail);
 
-        if (e < c + avail && *e == '"') {
+        if (e) {
             i = e - c;
             j = s->gap_value_end;
             from = j + 1;
@@ -585,23 +584,19 @@ ngx_http_llm_scan_align(ngx_http_llm_scan_t *s, u_char *c, size_t avail,
             q = gap + s->gap_value_end;
 
         } else {
-            /*
-             * and one the skip passed over there: a replay of the gap
-             * after a read that ends in a value passed over here reads
-             * the gap's value, not the one received
-             */
-
-            if (!ngx_http_llm_scan_in_value(gap, from, j, &o)
-                || n - o < 3
-                || ngx_http_llm_json_skip_opens(gap + o, n - o,
-                                                &ngx_http_llm_scan_keys))
-            {
+            if (!ngx_http_llm_scan_in_value(gap, from, j, &o)) {
                 return 0;
             }
 
-            q = (u_char *) ngx_http_llm_json_special(gap + j, gap + n);
+            /*
+             * the gap's value, as the one here, must not start as a key:
+             * a read that ends after a value passed over, and a next
+             * one that differs, replay the gap's value, not this one
+             */
 
-            if (q == gap + n || *q != '"') {
+            q = ngx_http_llm_scan_value_end(gap, o, j, n);
+
+            if (q == NULL) {
                 return 0;
             }
 
@@ -611,20 +606,9 @@ ngx_http_llm_scan_align(ngx_http_llm_scan_t *s, u_char *c, size_t avail,
 
         /* the value opens at the same place here: c's bytes match to j */
 
-        o = i - (j - o);
+        e = ngx_http_llm_scan_value_end(c, i - (j - o), i, avail);
 
-        if (avail - o < 3
-            || ngx_http_llm_json_skip_opens(c + o, avail - o,
-                                            &ngx_http_llm_scan_keys))
-        {
-            return 0;
-        }
-
-        /* to its closing quote, from where it differs */
-
-        e = (u_char *) ngx_http_llm_json_special(c + i, c + avail);
-
-        if (e == c + avail || *e != '"') {
+        if (e == NULL) {
             return 0;
         }
 
@@ -632,6 +616,30 @@ ngx_http_llm_scan_align(ngx_http_llm_scan_t *s, u_char *c, size_t avail,
         j = q - gap;
         from = j + 1;
     }
+}
+
+
+/*
+ * The closing quote of the value that opens at p[o], from p[at] on, of
+ * len bytes; NULL where the value starts as a key the scanner looks for,
+ * has an escape, or goes on past len
+ */
+
+static ngx_inline u_char *
+ngx_http_llm_scan_value_end(u_char *p, size_t o, size_t at, size_t len)
+{
+    u_char  *q;
+
+    if (len - o < 3
+        || ngx_http_llm_json_skip_opens(p + o, len - o,
+                                        &ngx_http_llm_scan_keys))
+    {
+        return NULL;
+    }
+
+    q = (u_char *) ngx_http_llm_json_special(p + at, p + len);
+
+    return (q < p + len && *q == '"') ? q : NULL;
 }
 
 
