@@ -30,7 +30,8 @@
  * (ngx_http_llm_json_skip.h): most of a stream's event is strings it
  * has no use for.  And most of those are the same bytes in every event:
  * from one text to the next, what is the same as last time is compared,
- * not read again (ngx_http_llm_scan_texts()).
+ * not read again, a value that changes in every event aside
+ * (ngx_http_llm_scan_texts()).
  */
 
 
@@ -417,7 +418,9 @@ ngx_http_llm_scan_gap_room(ngx_http_llm_scan_t *s, size_t size)
  * go on with); or NULL, with *q the opening quote of a text the usual
  * reading is to take: one with an escape, one that goes on past the
  * buffer, or one that starts as a wanted key does, which the skip
- * would look at.
+ * would look at.  Bytes that differ from last time only inside string
+ * values of their own come to the same end too, as
+ * ngx_http_llm_scan_align() says.
  */
 
 static ngx_http_llm_scan_inline u_char *
