@@ -20,8 +20,8 @@
  * A wanted key is known by its length and its first two bytes: a quote
  * opens it, the two bytes after are one of the pairs ("cousde": content,
  * usage, delta), and another quote closes it that pair's span bytes
- * further on (8 for "co", 6 for the others; bit span of spans is set for
- * each, one or two spans, below 16).  The caller compares the whole key;
+ * further on (8 for "co", 6 for the others; two spans at most, below
+ * 16, for a quote's two looks ahead).  The caller compares the whole key;
  * some strings found here are not one.  The spellings every event of a
  * chat stream has are taken here: a delta object ("delta":{) and a null
  * usage ("usage":null, in every event of a stream asked to end with
@@ -66,7 +66,6 @@ typedef struct {
     const char     *pairs;
     unsigned char   span[4];     /* 4 pairs at most */
     unsigned        npairs;
-    unsigned        spans;
 
     /*
      * the usual spellings of wanted keys and what follows them: those of
@@ -123,6 +122,22 @@ ngx_http_llm_json_skip_opens(const unsigned char *p, size_t len,
            || ngx_http_llm_json_skip_opens_as(1)
            || ngx_http_llm_json_skip_opens_as(2)
            || ngx_http_llm_json_skip_opens_as(3);
+}
+
+
+/*
+ * bit span set for each pair's span: a constant where keys is (the
+ * caller's static keys), so the look ahead below costs nothing more
+ */
+
+#define ngx_http_llm_json_skip_span(i)                                      \
+    (keys->npairs > i ? 1u << keys->span[i] : 0)
+
+static inline unsigned
+ngx_http_llm_json_skip_spans(const ngx_http_llm_json_keys_t *keys)
+{
+    return ngx_http_llm_json_skip_span(0) | ngx_http_llm_json_skip_span(1)
+           | ngx_http_llm_json_skip_span(2) | ngx_http_llm_json_skip_span(3);
 }
 
 
@@ -291,8 +306,8 @@ ngx_http_llm_json_skip_tail(const unsigned char *p, const unsigned char *end,
     late = (len > NGX_HTTP_LLM_JSON_LOOK)
            ? open & (~0ULL << (len - NGX_HTTP_LLM_JSON_LOOK)) : open;
 
-    s1 = __builtin_ctz(keys->spans);
-    s2 = 31 - __builtin_clz(keys->spans);
+    s1 = __builtin_ctz(ngx_http_llm_json_skip_spans(keys));
+    s2 = 31 - __builtin_clz(ngx_http_llm_json_skip_spans(keys));
 
     /*
      * A late quote is told here all the same where every byte the
@@ -372,8 +387,8 @@ ngx_http_llm_json_skip(const unsigned char *p, const unsigned char *end,
         return ngx_http_llm_json_skip_tail(p, end, keys, state, counted);
     }
 
-    s1 = __builtin_ctz(keys->spans);
-    s2 = 31 - __builtin_clz(keys->spans);
+    s1 = __builtin_ctz(ngx_http_llm_json_skip_spans(keys));
+    s2 = 31 - __builtin_clz(ngx_http_llm_json_skip_spans(keys));
 
     quote = _mm_set1_epi8('"');
     backslash = _mm_set1_epi8('\\');

@@ -81,7 +81,7 @@ ngx_http_llm_usage_name_t  ngx_http_llm_usage_names[] = {
  * (neither is anything the scan keeps), and a text, counted
  */
 static const ngx_http_llm_json_keys_t  ngx_http_llm_scan_keys = {
-    "cousde", { 8, 6, 6 }, 3, (1 << 6) | (1 << 8),
+    "cousde", { 8, 6, 6 }, 3,
     { "\"delta\":{", "\"usage\":null" },
     { sizeof("\"delta\":{") - 1, sizeof("\"usage\":null") - 1 },
     "\"content\":\"", sizeof("\"content\":\"") - 1
@@ -500,12 +500,13 @@ ngx_http_llm_scan_texts(ngx_http_llm_scan_t *s,
  * (OpenAI's "obfuscation", random letters of random length that hide
  * the size of an event's text) is otherwise the same from one text to
  * the next.  A value is taken as the same where it is a string after a
- * colon, without an escape in either, ends in this buffer, and does not
- * start as a key the skip stops at: the reading of these bytes then
- * comes to what that of the gap did, nothing wanted on the way.  The
- * return is how many bytes at c match the gap's first *m: the whole gap
- * (*m == s->gap_len), or c's bytes run out first (the return is avail);
- * 0 where they do not match.
+ * colon and a key the scan does not look for, without an escape in
+ * either, ends in this buffer, and starts, in both, unlike a key the
+ * skip stops at: the reading of these bytes then comes to what that of
+ * the gap did, nothing wanted on the way.  The return is how many bytes
+ * at c match the gap's first *m: the whole gap (*m == s->gap_len), or
+ * c's bytes run out first (the return is avail); 0 where they do not
+ * match.
  */
 
 static ngx_http_llm_scan_cold size_t

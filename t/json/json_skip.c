@@ -31,7 +31,7 @@
 
 
 static const ngx_http_llm_json_keys_t  keys = {
-    "cousde", { 8, 6, 6 }, 3, (1 << 6) | (1 << 8),
+    "cousde", { 8, 6, 6 }, 3,
     { "\"delta\":{", "\"usage\":null" },
     { sizeof("\"delta\":{") - 1, sizeof("\"usage\":null") - 1 },
     "\"content\":\"", sizeof("\"content\":\"") - 1
