@@ -434,15 +434,16 @@ bench_measure() {
            $(bench_groups "$dump")
     rm -f "$dump"
     echo "$@" | awk '{
-        for (i = 2; i <= 7; i++)
-            printf "%d%s", $i / $1, i < 7 ? " " : "\n" }'
+        for (i = 2; i <= 8; i++)
+            printf "%d%s", $i / $1, i < 8 ? " " : "\n" }'
 }
 
 
 # the instructions of a callgrind dump by where they were spent: nginx
 # with everything else, libc, JSON (the walk, our reader, cJSON),
 # counting (the tokenizer, the guess, the repeat cache), the module's
-# own code
+# own code; and, across those, the reading of the reply
+# (ngx_http_llm_scan() and all it calls: usage, a stream's texts)
 bench_groups() {
     # self costs from the file itself: a cost line after "calls=" is the
     # call's inclusive cost and is skipped; names are compressed as
@@ -475,11 +476,13 @@ bench_groups() {
         }
         /^calls=/ { skip = 1; next }
         /^[0-9+*-]/ {
+            # the reply'"'"'s reading, calls included
+            if (fn == "ngx_http_llm_scan") scan += $2
             if (skip) { skip = 0; next }
             sum[g] += $2
         }
         END {
-            printf "%d %d %d %d %d\n", sum["nginx"], sum["libc"],
-                   sum["json"], sum["count"], sum["module"]
+            printf "%d %d %d %d %d %d\n", sum["nginx"], sum["libc"],
+                   sum["json"], sum["count"], sum["module"], scan
         }' "$1"
 }

@@ -134,9 +134,10 @@ bench_conf "daemon off; master_process off;" \
 
 echo "   by where they go: nginx (and the rest), libc, JSON (the walk,"
 echo "   our reader and cJSON), counting (tokenizer, guess, repeat cache),"
-echo "   the module's own code"
-printf '%-6s %-14s %10s %7s %9s %8s %9s %9s %8s\n' body mode instr/req ratio \
-    nginx libc json count module
+echo "   the module's own code; reply: of all those, the reading of the"
+echo "   reply (its usage, a stream's texts), calls included"
+printf '%-6s %-14s %10s %7s %9s %8s %9s %9s %8s %7s\n' body mode instr/req \
+    ratio nginx libc json count module reply
 bench_start "$work/cg.conf" 18991
 for size in 1k 20k; do
     base=""
@@ -155,9 +156,9 @@ for size in 1k 20k; do
         [ "$mode" != shared ] || { shared=$1; shared_cmds=$((c1 - c0)); }
         [ "$mode" != shared-quiet ] \
             || { quiet=$1; quiet_cmds=$((c1 - c0)); }
-        printf '%-6s %-14s %10s %6.2fx %9s %8s %9s %9s %8s\n' "$size" \
-            "$mode" "$1" "$(echo "$1 $base" | awk '{print $1/$2}')" \
-            "$2" "$3" "$4" "$5" "$6"
+        printf '%-6s %-14s %10s %6.2fx %9s %8s %9s %9s %8s %7s\n' \
+            "$size" "$mode" "$1" "$(echo "$1 $base" | awk '{print $1/$2}')" \
+            "$2" "$3" "$4" "$5" "$6" "$7"
     done
     # the reports: what /shared/ cost more than /shared-quiet/, per lease
     # script the measurement saw (each one a budget's report)

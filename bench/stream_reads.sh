@@ -107,7 +107,8 @@ for mode in sse-plain sse-estimate; do
              "/$mode/openai/deployments/gpt-4o/chat/completions" \
              "$work/body-1k.json" "$n")
     [ "$mode" != sse-plain ] || base=$1
-    printf '%-13s %8s %6.2fx  module over plain %d\n' "$mode" "$1" \
-        "$(echo "$1 $base" | awk '{print $1/$2}')" $(($1 - base))
+    printf '%-13s %8s %6.2fx  module over plain %d, reading the reply %d\n' \
+        "$mode" "$1" "$(echo "$1 $base" | awk '{print $1/$2}')" \
+        $(($1 - base)) "$7"
 done
 bench_stop
