@@ -619,6 +619,7 @@ struct ngx_http_llm_ctx_s {
     unsigned                     replace_body:1;
     unsigned                     sse:1;
     unsigned                     first_byte:1;
+    unsigned                     reply_ended:1;  /* its last buffer went */
     unsigned                     accounted:1;
     unsigned                     queued:1;
     unsigned                     cleanup:1;

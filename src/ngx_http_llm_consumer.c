@@ -886,8 +886,8 @@ ngx_http_llm_consumers_refund(ngx_http_llm_ctx_t *ctx)
 /*
  * The log phase: a reply with usage corrects the consumers' windows to
  * it; a request that was not served (a 429 of every backend, an error,
- * no reply) costs its consumers nothing; a success without usage keeps
- * the estimate.
+ * no reply, a reply cut short) costs its consumers nothing; a success
+ * without usage keeps the estimate.
  */
 
 void
@@ -904,7 +904,11 @@ ngx_http_llm_consumers_account(ngx_http_llm_ctx_t *ctx, ngx_uint_t status)
         return;
     }
 
-    if (status >= NGX_HTTP_OK && status < NGX_HTTP_SPECIAL_RESPONSE) {
+    /* a 2xx cut short after its header failed, as a 5xx does */
+
+    if (status >= NGX_HTTP_OK && status < NGX_HTTP_SPECIAL_RESPONSE
+        && (ctx->reply_ended || ctx->request->header_only))
+    {
         ctx->consumers_charged = 0;
         return;
     }

@@ -251,6 +251,17 @@ ngx_http_llm_body_filter(ngx_http_request_t *r, ngx_chain_t *in)
         return ngx_http_next_body_filter(r, in);
     }
 
+    /*
+     * a reply cut after its header (the backend closed, timed out) is
+     * finalized without its last buffer: the consumers are given back
+     */
+
+    for (cl = in; cl; cl = cl->next) {
+        if (cl->buf->last_buf || cl->buf->last_in_chain) {
+            ctx->reply_ended = 1;
+        }
+    }
+
     if (ctx->scan) {
 
         /* a JSON reply whole in its first buffer, as most are */

@@ -5,8 +5,8 @@
 # when the request ends, whatever path it took: refused by an access
 # module (deny, auth_basic, auth_request, limit_req), a bad body, a
 # local 429, a backend's 401 or 404 (refused before Azure's limiter: no
-# charge), a 500, a 500 turned into an error_page, a timeout, a client
-# that goes away, a success.  Each path reads llm_status before and after.
+# charge), a 500, a 500 turned into an error_page, a timeout, a reply
+# cut after its header, a client that goes away, a success.  Each path reads llm_status before and after.
 
 use strict;
 use warnings;
@@ -126,6 +126,15 @@ my $conf = <<"END";
                     address=127.0.0.1:$silent_port;
     }
 
+    # the second deployment, for the cut reply: the first is cooling
+    # down by then
+    upstream cut {
+        llm_balance zone=llm;
+        llm_backend two http://res-two.openai.azure.com
+                    deployment=dep-two tpm=8000 key_file=$dir/one.key
+                    address=127.0.0.1:$port2;
+    }
+
     upstream nodep {
         llm_balance zone=llm;
         ${\ backend('one', 'one.key', 'no-such-deployment')}
@@ -144,6 +153,7 @@ ${\ routed('limited', 'pool', '            limit_req zone=rl nodelay;')}
 ${\ routed('badkey', 'badkey')}
 ${\ routed('nodep', 'nodep')}
 ${\ routed('unlimited', 'unlimited')}
+${\ routed('cut', 'cut')}
 
         location /silent/ {
             llm_route silent;
@@ -488,6 +498,33 @@ is($after->{consumer_tokens}, $before->{consumer_tokens},
 
 $t->sim_update('one', { faults => { hang => 0 } });
 
+# a JSON reply cut after its header (the backend closes half way, as a
+# timeout does after the header): the client's 200 is cut short, the
+# request failed; the backend keeps its charge, the consumer is given
+# back, as for a 5xx
+
+$t->sim_update('two', { faults => { cut => 1 } });
+$before = snapshot('cut');
+($st) = post('cut');
+$after = settled('cut');
+is($after->{in_flight}, 0, 'cut reply: nothing in flight');
+is($after->{window_requests}, $before->{window_requests} + 1,
+   'cut reply: the backend keeps its charge');
+is($after->{consumer_tokens}, $before->{consumer_tokens},
+   'cut reply: the consumer pays nothing');
+is($after->{quota_used}, $before->{quota_used},
+   'cut reply: nor its quota');
+$t->sim_update('two', { faults => { cut => 0 } });
+
+# the same reply whole: the consumer keeps the charge
+
+$before = snapshot('cut');
+($st, my $hh, my $bb) = post('cut');
+is($st, 200, 'whole reply: 200') or diag explain [$st, $hh, $bb];
+$after = settled('cut');
+cmp_ok($after->{consumer_tokens}, '>', $before->{consumer_tokens},
+       'whole reply: the consumer pays');
+
 # a client gone while nginx still waits for the backend's TLS handshake:
 # the request never reached the backend, which keeps nothing
 
@@ -499,5 +536,5 @@ is_deeply($after, $before, 'client gone before the request was sent: '
                            . 'nothing charged')
     or diag explain { before => $before, after => $after };
 
-$t->allow_log(qr/upstream timed out/);
+$t->allow_log(qr/upstream timed out|upstream prematurely closed/);
 $t->done;
