@@ -12,6 +12,7 @@
 #include "ngx_http_llm_audio.h"
 #include "ngx_http_llm_estimate.h"
 #include "ngx_http_llm_image.h"
+#include "ngx_http_llm_json_reader.h"
 #include "ngx_http_llm_vocab.h"
 
 
@@ -85,6 +86,8 @@ static ngx_int_t ngx_http_llm_number(ngx_http_llm_sum_t *sum, ngx_uint_t i,
     ngx_uint_t max, ngx_uint_t *value);
 static ngx_int_t ngx_http_llm_copy_string(ngx_pool_t *pool, cJSON *item,
     ngx_str_t *dst);
+static ngx_uint_t ngx_http_llm_member_is(u_char *key, u_char *key_end,
+    ngx_str_t *name);
 
 
 ngx_int_t
@@ -830,6 +833,39 @@ ngx_http_llm_copy_string(ngx_pool_t *pool, cJSON *item, ngx_str_t *dst)
 }
 
 
+/* whether the raw key from key to key_end is name */
+
+static ngx_uint_t
+ngx_http_llm_member_is(u_char *key, u_char *key_end, ngx_str_t *name)
+{
+    size_t  len;
+    u_char  buf[128];
+
+    len = key_end - key;
+
+    if (len == name->len && ngx_strncmp(key, name->data, len) == 0) {
+        return 1;
+    }
+
+    /*
+     * a key spelled with escapes ("m\u006fdel") is the same member to the
+     * tree, which read the request, and to the backend, which must not
+     * get the client's value there; decoded as the tree decodes keys,
+     * up to a NUL byte
+     */
+
+    if (len >= sizeof(buf) || ngx_strlchr(key, key_end, '\\') == NULL
+        || ngx_http_llm_json_unescape(key, key_end, buf)
+           != NGX_HTTP_LLM_JSON_READ)
+    {
+        return 0;
+    }
+
+    return ngx_strlen(buf) == name->len
+           && ngx_memcmp(buf, name->data, name->len) == 0;
+}
+
+
 /*
  * The bytes of a top-level string member's value, quotes included, in
  * the raw body: the v1 API names the deployment in "model", which each
@@ -903,8 +939,7 @@ ngx_http_llm_find_member(ngx_str_t *json, ngx_str_t *name, size_t *start,
             }
 
             if (p < last && *p == '"'
-                && (size_t) (key_end - key) == name->len
-                && ngx_strncmp(key, name->data, name->len) == 0)
+                && ngx_http_llm_member_is(key, key_end, name))
             {
                 *start = p - json->data;
                 p++;

@@ -1115,7 +1115,7 @@ ngx_http_llm_rebuild_request(ngx_http_request_t *r,
     ngx_http_llm_peer_data_t *pd, ngx_http_llm_backend_t *b)
 {
     off_t                 content_length;
-    u_char               *p, *start, *end, *last;
+    u_char               *p, *start, *end, *last, *path_end;
     size_t                len;
     ngx_int_t             rc;
     ngx_str_t             saved, base, uri;
@@ -1138,10 +1138,13 @@ ngx_http_llm_rebuild_request(ngx_http_request_t *r,
 
         /*
          * the path proxy would send: the client's own, or after a rewrite
-         * the escaped new URI and its arguments
+         * the escaped new URI and its arguments; and so where the
+         * client's has dot segments or escapes ("/x/../", "%2E"): the
+         * deployment was read from the URI nginx made of it, and the
+         * backend must get that one, not one it would resolve otherwise
          */
 
-        if (valid) {
+        if (valid && !r->complex_uri && !r->quoted_uri) {
             base = saved;
 
         } else {
@@ -1168,15 +1171,21 @@ ngx_http_llm_rebuild_request(ngx_http_request_t *r,
             }
         }
 
+        /* in the path only: "/deployments/" in the query is not one */
+
         last = base.data + base.len;
-        p = ngx_strlcasestrn(base.data, last, prefix, sizeof(prefix) - 2);
+        path_end = ngx_strlchr(base.data, last, '?');
+
+        if (path_end == NULL) {
+            path_end = last;
+        }
+
+        p = ngx_strlcasestrn(base.data, path_end, prefix, sizeof(prefix) - 2);
 
         if (p) {
             start = p + sizeof(prefix) - 1;
 
-            for (end = start; end < last && *end != '/' && *end != '?';
-                 end++)
-            {
+            for (end = start; end < path_end && *end != '/'; end++) {
                 /* void */
             }
 

@@ -268,6 +268,41 @@ is_deeply([keys %{ $stats->{beta}{paths} }], [$v1], 'v1: path unchanged');
 $t->sim_update('alpha', { faults => { overload429 => 0 } });
 
 ###########################################################################
+# the deployment the backend gets is always the one admitted and charged:
+# a "model" key spelled with an escape is replaced too, "/deployments/"
+# in the query is not the path's, and a path with dot segments goes out
+# as nginx read it, not as the client spelt it
+
+sleep 1.5;
+$t->sim_reset;
+my $mb = '{"m\\u006fdel":"client-model","max_tokens":5,'
+       . '"messages":[{"role":"user","content":"hi"}]}';
+($st, $h, $raw) = call($v1, $mb);
+is($st, 200, 'v1, escaped "model": the backend\'s own model') or diag $raw;
+
+($st, $h, $raw) = call("$v1?x=/openai/deployments/elsewhere/",
+                       json_encode({ model => 'client-model', max_tokens => 5,
+                                     messages => [ { role => 'user',
+                                                     content => 'hi' } ] }));
+is($st, 200, 'v1, "/deployments/" in the query: the body\'s model replaced')
+    or diag $raw;
+
+for my $path ('/openai/deployments/anything/../client-name/chat/completions',
+              '/openai/deployments/anything/%2E%2E/client-name/'
+              . 'chat/completions',
+              '/openai/./deployments/client-name/chat/completions')
+{
+    ($st, $h, $raw) = call("$path?api-version=2024-10-21");
+    is($st, 200, "$path: 200") or diag $raw;
+    my $b = $h->{'x-backend'} // '';
+    my $paths = $t->sim_stats->{deployments}{$b}{paths} // {};
+    ok($paths->{"/openai/deployments/dep-$b/chat/completions"},
+       "$path: sent as /openai/deployments/dep-$b/chat/completions")
+        or diag explain $paths;
+    $t->sim_reset;
+}
+
+###########################################################################
 # every backend throttled on a retry: one 429, not nginx's 502
 
 $t->sim_update($_, { faults => { overload429 => 1 } }) for @names;
