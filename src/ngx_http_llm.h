@@ -553,6 +553,8 @@ struct ngx_http_llm_ctx_s {
     ngx_msec_t                   charged_at;
     ngx_uint_t                   attempts;
     ngx_msec_t                   retry_after; /* when throttled locally */
+    ngx_msec_t                   cooled_until; /* the first backend that
+                                                  answered 429 may retry */
     ngx_buf_t                   *throttled_body;
 
     /* the attempt that answered: its charge, for the PTU correction */

@@ -959,8 +959,19 @@ ngx_http_llm_no_peer(ngx_peer_connection_t *pc, ngx_http_llm_peer_data_t *pd,
     pc->name = &pd->pool->upstream->host;
 
     if (wait == NGX_MAX_INT32_VALUE) {
-        /* nothing is throttled: the backends are down */
-        return NGX_BUSY;
+
+        /*
+         * none of the backends left is throttled, they are down: a
+         * backend that answered this request's 429 says when to retry,
+         * else the client gets nginx's 502
+         */
+
+        if (ctx->cooled_until == 0) {
+            return NGX_BUSY;
+        }
+
+        wait = ngx_max((ngx_msec_int_t) (ctx->cooled_until
+                                         - ngx_current_msec), 1);
     }
 
     /* the filter turns nginx's 502 into one 429 for the client */
@@ -1301,6 +1312,13 @@ ngx_http_llm_free_peer(ngx_peer_connection_t *pc, void *data,
         ngx_http_llm_backend_done(b, ctx, NGX_HTTP_LLM_DONE_THROTTLED,
                                   cooldown, &sig);
         ctx->throttle = NGX_HTTP_LLM_THROTTLE_BACKEND;
+
+        if (ctx->cooled_until == 0
+            || (ngx_msec_int_t) (ngx_current_msec + cooldown
+                                 - ctx->cooled_until) < 0)
+        {
+            ctx->cooled_until = ngx_current_msec + cooldown;
+        }
 
         state &= ~NGX_PEER_FAILED;
 

@@ -74,6 +74,9 @@ my $proxy = <<"END";
             add_header X-Throttle \$llm_throttle always;
 END
 
+# nothing listens there
+my $dead = free_port();
+
 $t->start_nginx(<<"END", ports => [$listen]);
     llm_zone llm:1m;
 
@@ -102,6 +105,18 @@ $t->start_nginx(<<"END", ports => [$listen]);
                     address=127.0.0.1:$p{delta};
     }
 
+    # a backend that refuses connections, marked down by its first
+    # failure, and one that answers
+    upstream halfdown {
+        llm_balance zone=llm;
+        llm_backend dead http://res-dead.openai.azure.com
+                    deployment=dep-small key_file=$dir/small.key
+                    address=127.0.0.1:$dead max_fails=1 fail_timeout=30s;
+        llm_backend small http://res-small.openai.azure.com
+                    deployment=dep-small key_file=$dir/small.key
+                    priority=2 address=127.0.0.1:$p{small};
+    }
+
     upstream small {
         llm_balance zone=llm;
         llm_backend small http://res-small.openai.azure.com
@@ -122,6 +137,13 @@ $proxy
             llm_route bearer;
             rewrite ^/bearer(/.*)\$ \$1 break;
             proxy_pass https://bearer;
+$proxy
+        }
+
+        location /halfdown/ {
+            llm_route halfdown;
+            rewrite ^/halfdown(/.*)\$ \$1 break;
+            proxy_pass http://halfdown;
 $proxy
         }
 
@@ -314,5 +336,21 @@ $j = eval { json_decode($raw) };
 is($j->{error}{code}, '429', 'all throttled: Azure shape');
 ok($h->{'retry-after'} >= 1, 'all throttled: Retry-After');
 is($h->{'content-type'}, 'application/json', 'all throttled: JSON');
+$t->sim_update($_, { faults => { overload429 => 0 } }) for @names;
+
+# one backend down (its connection refused, max_fails), the other
+# throttled: a 429 with the throttled one's Retry-After, not nginx's 502
+
+($st, $h, $raw) = call("/halfdown$chat");
+is($st, 200, 'half down: the live backend answers') or diag $raw;
+is($h->{'x-backend'}, 'small', 'half down: after the dead one failed');
+$t->sim_update('small', { faults => { overload429 => 1 } });
+($st, $h, $raw) = call("/halfdown$chat");
+is($st, 429, 'half down, the other throttled: 429') or diag $raw;
+$j = eval { json_decode($raw) };
+is($j->{error}{code}, '429', 'half down, the other throttled: Azure shape');
+ok(($h->{'retry-after'} // 0) >= 1,
+   'half down, the other throttled: Retry-After');
+$t->sim_update('small', { faults => { overload429 => 0 } });
 
 $t->done;
