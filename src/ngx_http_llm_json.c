@@ -49,7 +49,7 @@ ngx_http_llm_json_parse(ngx_str_t *text, cJSON **root, size_t *error_at,
     ngx_log_t *log)
 {
     int           rc;
-    const char   *end;
+    const char   *end, *last;
 
     if (ngx_http_llm_json_scratch(log) == NULL) {
         return NGX_ERROR;
@@ -78,6 +78,26 @@ ngx_http_llm_json_parse(ngx_str_t *text, cJSON **root, size_t *error_at,
 
     if (*root == NULL) {
         *error_at = end ? (size_t) (end - (const char *) text->data) : 0;
+        return NGX_DECLINED;
+    }
+
+    /*
+     * only blanks may follow the value: a second object after the first
+     * is two values, which the backend would read otherwise, or refuse
+     */
+
+    last = (const char *) text->data + text->len;
+
+    while (end < last
+           && (*end == ' ' || *end == '\t' || *end == '\r' || *end == '\n'))
+    {
+        end++;
+    }
+
+    if (end != last) {
+        /* the tree goes with the pool, in ngx_http_llm_json_done() */
+        *root = NULL;
+        *error_at = end - (const char *) text->data;
         return NGX_DECLINED;
     }
 

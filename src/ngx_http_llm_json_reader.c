@@ -113,7 +113,16 @@ ngx_http_llm_json_read(const unsigned char *text, size_t len, cJSON **root,
         return rc;
     }
 
-    /* like cJSON_ParseWithLengthOpts() without require_null_terminated */
+    /*
+     * bytes after the value, blanks aside, are not JSON: left to cJSON,
+     * which finds where its value ends (ngx_http_llm_json_parse())
+     */
+
+    ngx_http_llm_json_blanks(&in);
+
+    if (in.p != in.end) {
+        return NGX_HTTP_LLM_JSON_DECLINED;
+    }
 
     *root = item;
 

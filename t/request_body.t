@@ -260,7 +260,12 @@ is($h->{'x-llm-estimate'}, '[]', 'no llm_route, no estimate');
 my $before = () = $t->echo_requests;
 
 # malformed and non-object JSON, empty body: 400, Azure's shape, not proxied
-for my $bad ('{"messages": [', '[1,2,3]', '"text"', 'not json at all', '') {
+# and an object with bytes after it: a second object, or anything else
+# (an object followed by blanks is JSON)
+for my $bad ('{"messages": [', '[1,2,3]', '"text"', 'not json at all', '',
+             '{"messages":[],"max_tokens":5}{"max_tokens":99999}',
+             '{"messages":[]} garbage', "{\"messages\":[]}\n,")
+{
     my ($bst, $bh, $bj, $raw) = post_json($chat, $bad);
     is($bst, 400, "400 for '$bad'");
     is($bh->{'content-type'}, 'application/json', "JSON error for '$bad'");
@@ -294,6 +299,8 @@ is($j->{error}{code}, 'UnsupportedContentEncoding', '415 in Azure shape');
 
 my $after = () = $t->echo_requests;
 is($after, $before, 'no refused request reached the backend');
+($st) = post_json($chat, "\n {\"messages\":[]} \r\n\t");
+is($st, 200, 'blanks around the object are JSON');
 
 $t->stop_nginx;
 my $log = $t->read_file('llm.log');
