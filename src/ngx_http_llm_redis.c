@@ -325,10 +325,38 @@ ngx_http_llm_redis_setup_done(void *data, redisReply *reply)
 {
     ngx_http_llm_redis_t  *rs = data;
 
+    u_char      *p, *q, *last;
+    const char  *hidden;
+
     if (reply && reply->type == REDIS_REPLY_ERROR) {
+
+        /*
+         * the error goes to the log and to llm_status: not what it may
+         * repeat of AUTH's argument, the password (Redis's words for a
+         * command it does not know end "with args beginning with: ...",
+         * and a proxy in front of it may say anything)
+         */
+
+        p = (u_char *) reply->str;
+        last = p + ngx_min(reply->len, 80);
+        hidden = "";
+
+        q = ngx_strlcasestrn(p, last, (u_char *) "with args", 9 - 1);
+        if (q) {
+            last = q;
+        }
+
+        if (rs->conf->password.len
+            && ngx_strlcasestrn(p, last, rs->conf->password.data,
+                                rs->conf->password.len - 1))
+        {
+            last = p;
+            hidden = "an error that repeats the password, not shown";
+        }
+
         ngx_snprintf((u_char *) rs->error, sizeof(rs->error) - 1,
-                     "refused the connection's set-up: %*s%Z",
-                     ngx_min(reply->len, 80), reply->str);
+                     "refused the connection's set-up: %*s%s%Z",
+                     (size_t) (last - p), p, hidden);
         ngx_http_llm_redis_fail(rs, NULL);
     }
 }
