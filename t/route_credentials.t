@@ -183,4 +183,13 @@ my $seen = json_decode($raw)->{headers};
 is($seen->{'api-key'}, 'client-secret', 'plain: the client headers pass');
 is($seen->{host}, 'plain', 'plain: the Host proxy sets');
 
+# the credentials go in after proxy built the request: even nginx's
+# debug log, which prints every header proxy sets, has none of them
+my $log = $t->error_log;
+SKIP: {
+    skip 'nginx without --with-debug', 2 unless $log =~ /\[debug\]/;
+    unlike($log, qr/key-(alpha|beta|gamma)/, 'no backend key in the debug log');
+    unlike($log, qr/tok-delta/, 'nor a bearer token');
+}
+
 $t->done;
