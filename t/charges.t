@@ -135,6 +135,14 @@ my $conf = <<"END";
                     address=127.0.0.1:$port2;
     }
 
+    # a mirror's copy of each request goes here
+    upstream shadow {
+        llm_balance zone=llm;
+        llm_backend two http://res-two.openai.azure.com
+                    deployment=dep-two tpm=100k key_file=$dir/one.key
+                    address=127.0.0.1:$port2;
+    }
+
     upstream nodep {
         llm_balance zone=llm;
         ${\ backend('one', 'one.key', 'no-such-deployment')}
@@ -184,6 +192,23 @@ ${\ routed('intercept', 'pool',
             llm_limit \$http_x_app tpm=1000000 quota=10000000/day;
             rewrite ^/tf(/.*)\$ \$1 break;
             proxy_pass http://pool;
+$proxy
+        }
+
+        # every request copied to another pool, as shadow traffic
+        location /mirrored/ {
+            mirror /shadow-copy;
+            llm_route cut;
+            rewrite ^/mirrored(/.*)\$ \$1 break;
+            proxy_pass http://cut;
+$proxy
+        }
+
+        location = /shadow-copy {
+            internal;
+            llm_route shadow;
+            rewrite ^ /openai/deployments/gpt-4o/chat/completions break;
+            proxy_pass http://shadow;
 $proxy
         }
 
@@ -524,6 +549,22 @@ is($st, 200, 'whole reply: 200') or diag explain [$st, $hh, $bb];
 $after = settled('cut');
 cmp_ok($after->{consumer_tokens}, '>', $before->{consumer_tokens},
        'whole reply: the consumer pays');
+
+# a mirror's copy (a subrequest) is charged to the pool it goes to as a
+# request of its own: its tokens too, not only one request; the client's
+# consumer pays for its own request once
+
+$before = snapshot('shadow');
+($st) = post('mirrored', body => json_encode({ messages => [
+    { role => 'user', content => 'hello there ' x 50 } ],
+    max_tokens => 20 }));
+is($st, 200, 'mirror: the client\'s answer');
+my $mirrored = settled('shadow');
+is($mirrored->{window_requests}, $before->{window_requests} + 1,
+   'mirror: the copy\'s backend charged one request');
+cmp_ok($mirrored->{window_tokens} - $before->{window_tokens}, '>', 100,
+       'mirror: and the copy\'s tokens');
+is($mirrored->{in_flight}, 0, 'mirror: nothing in flight');
 
 # a client gone while nginx still waits for the backend's TLS handshake:
 # the request never reached the backend, which keeps nothing
