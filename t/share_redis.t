@@ -494,18 +494,19 @@ $c->stop_nginx;
 my $fake = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => 0,
                                  Listen => 8, ReuseAddr => 1) or die;
 my $fport = $fake->sockport;
+my $cdir = $c->dir;
 my $fpid = fork // die;
 if ($fpid == 0) {
     local $SIG{ALRM} = sub { exit 0 };
     alarm 20;
-    # Redis's own words first, then a proxy's that name the password
-    my $n = 0;
+    # Redis's own words, then, once the test says so, a proxy's that
+    # name the password (the link connects again every second or so)
     while (my $s = $fake->accept) {
         sysread($s, my $in, 4096);
-        print $s $n++ == 0
-            ? "-ERR unknown command 'AUTH', with args beginning "
-              . "with: 'echoed-secret-pw' \r\n"
-            : "-ERR echoed-secret-pw is not the password\r\n";
+        print $s -e "$cdir/proxy-words"
+            ? "-ERR echoed-secret-pw is not the password\r\n"
+            : "-ERR unknown command 'AUTH', with args beginning "
+              . "with: 'echoed-secret-pw' \r\n";
         close $s;
     }
     exit 0;
@@ -520,6 +521,8 @@ like($said, qr/unknown command/, 'with the server\'s reason')
     or diag $said;
 unlike($said, qr/echoed-secret/, 'but not the password it repeated');
 # the next connection's error names the password: not shown at all
+open my $pw, '>', "$cdir/proxy-words" or die;
+close $pw;
 ok(wait_for(6, sub { (status_redis($pc)->{last_error} // '')
                      =~ /not shown/ }),
    'an error naming the password is not shown') or diag explain
