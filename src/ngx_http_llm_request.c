@@ -50,6 +50,10 @@ ngx_http_llm_request_handler(ngx_http_request_t *r)
     ngx_http_llm_ctx_t       *ctx;
     ngx_http_llm_loc_conf_t  *llcf;
 
+    if (r != r->main) {
+        return NGX_DECLINED;
+    }
+
     llcf = ngx_http_get_module_loc_conf(r, ngx_http_llm_module);
 
     if (!llcf->route) {
@@ -57,22 +61,6 @@ ngx_http_llm_request_handler(ngx_http_request_t *r)
     }
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_llm_module);
-
-    /*
-     * llm_hedge's attempts come with a context made from the main
-     * request's; another module's subrequest here (a mirror's copy) is
-     * a request to a backend of its own, read, admitted and charged as
-     * one, not sent on one request's charge and no tokens
-     */
-
-    if (r != r->main && (ctx == NULL || ctx->attempt)) {
-        if (ctx) {
-            return NGX_DECLINED;
-        }
-
-        ngx_log_debug0(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
-                       "llm route handler: a subrequest");
-    }
 
     if (ctx) {
         if (ctx->error == 0) {

@@ -781,7 +781,7 @@ ngx_http_llm_upstream_init_peer(ngx_http_request_t *r,
     ngx_http_upstream_srv_conf_t *us)
 {
     size_t                     words;
-    ngx_http_llm_ctx_t        *ctx;
+    ngx_http_llm_ctx_t        *ctx, *mctx;
     ngx_http_llm_pool_t       *pool;
     ngx_http_llm_peer_data_t  *pd;
 
@@ -837,6 +837,28 @@ ngx_http_llm_upstream_init_peer(ngx_http_request_t *r,
         ngx_http_set_ctx(r, ctx, ngx_http_llm_module);
         ctx->start = ngx_current_msec;
         ctx->request = r;
+
+        /*
+         * another module's subrequest (a mirror's copy, a cache's
+         * background update) is not admitted, nor does it wait, nor
+         * charge a consumer: its backend is charged the estimate of the
+         * client's request, whose body it sends, not one request and no
+         * tokens
+         */
+
+        mctx = (r != r->main)
+               ? ngx_http_get_module_ctx(r->main, ngx_http_llm_module)
+               : NULL;
+
+        if (mctx && mctx->parsed) {
+            ctx->parsed = 1;
+            ctx->embeddings = mctx->embeddings;
+            ctx->has_reserve = mctx->has_reserve;
+            ctx->explicit_reserve = mctx->explicit_reserve;
+            ctx->prompt_estimate = mctx->prompt_estimate;
+            ctx->prompt_tokens = mctx->prompt_tokens;
+            ctx->choices = mctx->choices;
+        }
     }
 
     /*

@@ -199,6 +199,7 @@ $proxy
         location /mirrored/ {
             mirror /shadow-copy;
             llm_route cut;
+            llm_limit \$http_x_app tpm=1000000 quota=10000000/day;
             rewrite ^/mirrored(/.*)\$ \$1 break;
             proxy_pass http://cut;
 $proxy
@@ -207,6 +208,7 @@ $proxy
         location = /shadow-copy {
             internal;
             llm_route shadow;
+            llm_limit \$http_x_app tpm=1000000 quota=10000000/day;
             rewrite ^ /openai/deployments/gpt-4o/chat/completions break;
             proxy_pass http://shadow;
 $proxy
@@ -550,9 +552,9 @@ $after = settled('cut');
 cmp_ok($after->{consumer_tokens}, '>', $before->{consumer_tokens},
        'whole reply: the consumer pays');
 
-# a mirror's copy (a subrequest) is charged to the pool it goes to as a
-# request of its own: its tokens too, not only one request; the client's
-# consumer pays for its own request once
+# a mirror's copy (a subrequest) is not admitted where it goes, nor does
+# it wait there; its backend is charged the client's request's tokens
+# too, not only one request; the consumer pays for its own request once
 
 $before = snapshot('shadow');
 ($st) = post('mirrored', body => json_encode({ messages => [
@@ -565,6 +567,8 @@ is($mirrored->{window_requests}, $before->{window_requests} + 1,
 cmp_ok($mirrored->{window_tokens} - $before->{window_tokens}, '>', 100,
        'mirror: and the copy\'s tokens');
 is($mirrored->{in_flight}, 0, 'mirror: nothing in flight');
+is($mirrored->{consumer_requests}, $before->{consumer_requests} + 1,
+   'mirror: the consumer pays for its request, not for the copy');
 
 # a client gone while nginx still waits for the backend's TLS handshake:
 # the request never reached the backend, which keeps nothing
