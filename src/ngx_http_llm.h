@@ -622,6 +622,7 @@ struct ngx_http_llm_ctx_s {
     unsigned                     sse:1;
     unsigned                     first_byte:1;
     unsigned                     reply_ended:1;  /* its last buffer went */
+    unsigned                     reply_cut:1;    /* a 2xx that did not */
     unsigned                     accounted:1;
     unsigned                     queued:1;
     unsigned                     cleanup:1;

@@ -153,6 +153,21 @@ ngx_http_llm_log_handler(ngx_http_request_t *r)
     /* a hedged attempt, logged with log_subrequest: its hedge settles it */
 
     if (ctx && ctx->attempt == NULL) {
+
+        /*
+         * a 2xx whose last buffer never went: nginx ended a reply cut
+         * short (the backend closed, timed out), which failed as a 5xx
+         * does (a reply that left by an internal redirect, such as
+         * X-Accel-Redirect, is settled elsewhere, and did not fail)
+         */
+
+        if (r->headers_out.status >= NGX_HTTP_OK
+            && r->headers_out.status < NGX_HTTP_SPECIAL_RESPONSE
+            && !ctx->reply_ended && !r->header_only)
+        {
+            ctx->reply_cut = 1;
+        }
+
         ngx_http_llm_charge_settle(ctx, r->headers_out.status);
     }
 

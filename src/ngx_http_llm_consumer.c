@@ -907,7 +907,7 @@ ngx_http_llm_consumers_account(ngx_http_llm_ctx_t *ctx, ngx_uint_t status)
     /* a 2xx cut short after its header failed, as a 5xx does */
 
     if (status >= NGX_HTTP_OK && status < NGX_HTTP_SPECIAL_RESPONSE
-        && (ctx->reply_ended || ctx->request->header_only))
+        && !ctx->reply_cut)
     {
         ctx->consumers_charged = 0;
         return;

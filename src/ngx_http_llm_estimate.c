@@ -883,8 +883,16 @@ ngx_http_llm_find_member(ngx_str_t *json, ngx_str_t *name, size_t *start,
     p = json->data;
     last = p + json->len;
 
-    while (p < last && (*p == ' ' || *p == '\t' || *p == '\r' || *p == '\n'))
-    {
+    /*
+     * read as cJSON, which read the request, does: a UTF-8 BOM first,
+     * and any byte up to the space as a blank
+     */
+
+    if (last - p >= 3 && p[0] == 0xef && p[1] == 0xbb && p[2] == 0xbf) {
+        p += 3;
+    }
+
+    while (p < last && *p <= ' ') {
         p++;
     }
 
@@ -919,9 +927,7 @@ ngx_http_llm_find_member(ngx_str_t *json, ngx_str_t *name, size_t *start,
                 break;
             }
 
-            while (p < last && (*p == ' ' || *p == '\t' || *p == '\r'
-                                || *p == '\n'))
-            {
+            while (p < last && *p <= ' ') {
                 p++;
             }
 
@@ -932,9 +938,7 @@ ngx_http_llm_find_member(ngx_str_t *json, ngx_str_t *name, size_t *start,
 
             p++;
 
-            while (p < last && (*p == ' ' || *p == '\t' || *p == '\r'
-                                || *p == '\n'))
-            {
+            while (p < last && *p <= ' ') {
                 p++;
             }
 

@@ -114,11 +114,17 @@ ngx_http_llm_json_read(const unsigned char *text, size_t len, cJSON **root,
     }
 
     /*
-     * bytes after the value, blanks aside, are not JSON: left to cJSON,
-     * which finds where its value ends (ngx_http_llm_json_parse())
+     * bytes after the value other than JSON's four blanks (cJSON's skip
+     * takes any control byte) are not JSON: left to cJSON, which finds
+     * where its value ends (ngx_http_llm_json_parse())
      */
 
-    ngx_http_llm_json_blanks(&in);
+    while (in.p < in.end
+           && (*in.p == ' ' || *in.p == '\t' || *in.p == '\r'
+               || *in.p == '\n'))
+    {
+        in.p++;
+    }
 
     if (in.p != in.end) {
         return NGX_HTTP_LLM_JSON_DECLINED;

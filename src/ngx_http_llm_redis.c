@@ -325,6 +325,7 @@ ngx_http_llm_redis_setup_done(void *data, redisReply *reply)
 {
     ngx_http_llm_redis_t  *rs = data;
 
+    size_t       n;
     u_char      *p, *q, *last;
     const char  *hidden;
 
@@ -338,7 +339,7 @@ ngx_http_llm_redis_setup_done(void *data, redisReply *reply)
          */
 
         p = (u_char *) reply->str;
-        last = p + ngx_min(reply->len, 80);
+        last = p + reply->len;
         hidden = "";
 
         q = ngx_strlcasestrn(p, last, (u_char *) "with args", 9 - 1);
@@ -346,13 +347,16 @@ ngx_http_llm_redis_setup_done(void *data, redisReply *reply)
             last = q;
         }
 
-        if (rs->conf->password.len
-            && ngx_strlcasestrn(p, last, rs->conf->password.data,
-                                rs->conf->password.len - 1))
-        {
+        /* its first bytes anywhere, a cut copy too: all of it hidden */
+
+        n = ngx_min(rs->conf->password.len, 6);
+
+        if (n && ngx_strlcasestrn(p, last, rs->conf->password.data, n - 1)) {
             last = p;
             hidden = "an error that repeats the password, not shown";
         }
+
+        last = ngx_min(last, p + 80);
 
         ngx_snprintf((u_char *) rs->error, sizeof(rs->error) - 1,
                      "refused the connection's set-up: %*s%s%Z",

@@ -264,7 +264,8 @@ my $before = () = $t->echo_requests;
 # (an object followed by blanks is JSON)
 for my $bad ('{"messages": [', '[1,2,3]', '"text"', 'not json at all', '',
              '{"messages":[],"max_tokens":5}{"max_tokens":99999}',
-             '{"messages":[]} garbage', "{\"messages\":[]}\n,")
+             '{"messages":[]} garbage', "{\"messages\":[]}\n,",
+             "{\"messages\":[]}\x00", "{\"messages\":[]} \x0c")
 {
     my ($bst, $bh, $bj, $raw) = post_json($chat, $bad);
     is($bst, 400, "400 for '$bad'");

@@ -302,6 +302,12 @@ my $mb = '{"m\\u006fdel":"client-model","max_tokens":5,'
 ($st, $h, $raw) = call($v1, $mb);
 is($st, 200, 'v1, escaped "model": the backend\'s own model') or diag $raw;
 
+# a UTF-8 BOM first, which cJSON and Python's reader both skip
+($st, $h, $raw) = call($v1, "\xEF\xBB\xBF" . json_encode({
+    model => 'client-model', max_tokens => 5,
+    messages => [ { role => 'user', content => 'hi' } ] }));
+is($st, 200, 'v1, a BOM first: the backend\'s own model') or diag $raw;
+
 ($st, $h, $raw) = call("$v1?x=/openai/deployments/elsewhere/",
                        json_encode({ model => 'client-model', max_tokens => 5,
                                      messages => [ { role => 'user',

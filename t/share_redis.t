@@ -504,7 +504,8 @@ if ($fpid == 0) {
     while (my $s = $fake->accept) {
         sysread($s, my $in, 4096);
         print $s -e "$cdir/proxy-words"
-            ? "-ERR echoed-secret-pw is not the password\r\n"
+            ? "-ERR proxy: upstream authentication failed for tenant "
+              . "default, password=echoed-secret-pw\r\n"
             : "-ERR unknown command 'AUTH', with args beginning "
               . "with: 'echoed-secret-pw' \r\n";
         close $s;
