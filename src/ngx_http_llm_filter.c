@@ -253,7 +253,8 @@ ngx_http_llm_body_filter(ngx_http_request_t *r, ngx_chain_t *in)
 
     /*
      * a reply cut after its header (the backend closed, timed out) is
-     * finalized without its last buffer: the consumers are given back
+     * finalized without its last buffer: the log phase tells it from a
+     * whole one by this (ngx_http_llm_log_handler())
      */
 
     for (cl = in; cl; cl = cl->next) {
