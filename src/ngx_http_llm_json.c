@@ -88,9 +88,7 @@ ngx_http_llm_json_parse(ngx_str_t *text, cJSON **root, size_t *error_at,
 
     last = (const char *) text->data + text->len;
 
-    while (end < last
-           && (*end == ' ' || *end == '\t' || *end == '\r' || *end == '\n'))
-    {
+    while (end < last && ngx_http_llm_json_space(*end)) {
         end++;
     }
 

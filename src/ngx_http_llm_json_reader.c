@@ -119,10 +119,7 @@ ngx_http_llm_json_read(const unsigned char *text, size_t len, cJSON **root,
      * where its value ends (ngx_http_llm_json_parse())
      */
 
-    while (in.p < in.end
-           && (*in.p == ' ' || *in.p == '\t' || *in.p == '\r'
-               || *in.p == '\n'))
-    {
+    while (in.p < in.end && ngx_http_llm_json_space(*in.p)) {
         in.p++;
     }
 

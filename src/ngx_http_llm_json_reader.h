@@ -40,6 +40,11 @@ int ngx_http_llm_json_read(const unsigned char *text, size_t len,
     cJSON **root, ngx_http_llm_json_alloc_pt alloc, void *data);
 
 
+/* JSON's own four blanks, the only bytes that may follow a body's value */
+#define ngx_http_llm_json_space(c)                                           \
+    ((c) == ' ' || (c) == '\t' || (c) == '\r' || (c) == '\n')
+
+
 /* decodes a string's escapes, as the reader does: ngx_http_llm_walk() */
 int ngx_http_llm_json_unescape(const unsigned char *p,
     const unsigned char *end, unsigned char *dst);
