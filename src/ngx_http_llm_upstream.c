@@ -843,7 +843,8 @@ ngx_http_llm_upstream_init_peer(ngx_http_request_t *r,
          * background update) is not admitted, nor does it wait, nor
          * charge a consumer: its backend is charged the estimate of the
          * client's request, whose body it sends, not one request and no
-         * tokens
+         * tokens; a v1 body names each backend's deployment as the
+         * client's request's does, from the same places in the body
          */
 
         mctx = (r != r->main)
@@ -858,6 +859,12 @@ ngx_http_llm_upstream_init_peer(ngx_http_request_t *r,
             ctx->prompt_estimate = mctx->prompt_estimate;
             ctx->prompt_tokens = mctx->prompt_tokens;
             ctx->choices = mctx->choices;
+            ctx->body = mctx->body;
+            ctx->model_start = mctx->model_start;
+            ctx->model_end = mctx->model_end;
+            ctx->model_found = mctx->model_found;
+            ctx->inject_at = mctx->inject_at;
+            ctx->inject_usage = mctx->inject_usage;
         }
     }
 

@@ -214,6 +214,24 @@ $proxy
 $proxy
         }
 
+        # the same with the v1 API, whose body names the deployment
+        location /v1mirrored/ {
+            mirror /shadow-v1;
+            llm_route cut;
+            llm_limit \$http_x_app tpm=1000000 quota=10000000/day;
+            rewrite ^/v1mirrored(/.*)\$ \$1 break;
+            proxy_pass http://cut;
+$proxy
+        }
+
+        location = /shadow-v1 {
+            internal;
+            llm_route shadow;
+            rewrite ^ /openai/v1/chat/completions break;
+            proxy_pass http://shadow;
+$proxy
+        }
+
         location = /no {
             internal;
             return 403;
@@ -569,6 +587,23 @@ cmp_ok($mirrored->{window_tokens} - $before->{window_tokens}, '>', 100,
 is($mirrored->{in_flight}, 0, 'mirror: nothing in flight');
 is($mirrored->{consumer_requests}, $before->{consumer_requests} + 1,
    'mirror: the consumer pays for its request, not for the copy');
+
+# the v1 API: the copy's body names its backend's deployment, as the
+# client's request's does (the simulator answers 404 to another model)
+
+$before = snapshot('shadow');
+my $seen = $t->sim_stats->{deployments}{two}{status}{200} // 0;
+($st) = http_post($listen, '/v1mirrored/openai/v1/chat/completions',
+                  json_encode({ model => 'gpt-4o', max_tokens => 20,
+                                messages => [ { role => 'user',
+                                                content => 'hi ' x 40 } ] }),
+                  'X-App' => 'app-1');
+is($st, 200, 'v1 mirror: the client\'s answer');
+$mirrored = settled('shadow');
+is($t->sim_stats->{deployments}{two}{status}{200}, $seen + 2,
+   'v1 mirror: the copy is served its backend\'s model, as the client');
+cmp_ok($mirrored->{window_tokens} - $before->{window_tokens}, '>', 30,
+       'v1 mirror: the copy\'s backend keeps its tokens');
 
 # a client gone while nginx still waits for the backend's TLS handshake:
 # the request never reached the backend, which keeps nothing
