@@ -26,6 +26,12 @@
 #define NGX_HTTP_LLM_STATUS_JSON        0
 #define NGX_HTTP_LLM_STATUS_PROMETHEUS  1
 
+/*
+ * a backend's Prometheus samples that carry its names, at most: some 30
+ * today (families of 5 samples, and the shared leases, included)
+ */
+#define NGX_HTTP_LLM_STATUS_SAMPLES     64
+
 
 typedef struct {
     ngx_http_llm_backend_sh_t   sh;
@@ -81,6 +87,8 @@ static u_char *ngx_http_llm_leases_json(u_char *p, const char **names,
 static u_char *ngx_http_llm_backends_shared_prometheus(u_char *p,
     ngx_http_llm_pool_t **pools, ngx_uint_t npools,
     ngx_http_llm_snap_t **snaps);
+static size_t ngx_http_llm_status_backend_size(ngx_http_llm_pool_t *pool,
+    ngx_http_llm_backend_t *b);
 static size_t ngx_http_llm_genai_labels_len(ngx_http_llm_pool_t *pool,
     ngx_http_llm_backend_t *b);
 static u_char *ngx_http_llm_backends_genai_prometheus(ngx_http_request_t *r,
@@ -192,12 +200,14 @@ ngx_http_llm_status_handler(ngx_http_request_t *r)
 
         ngx_http_llm_snapshot(pools[i], snaps[i], &totals[i]);
 
-        size += 512 + 16 * pools[i]->name.len
-                + pools[i]->backends.nelts * (6144 + 32 * 256);
+        /* the pool's own samples, a name escaped in each */
+
+        size += 1024 + 32 * pools[i]->name.len;
 
         be = pools[i]->backends.elts;
 
         for (j = 0; j < pools[i]->backends.nelts; j++) {
+            size += ngx_http_llm_status_backend_size(pools[i], &be[j]);
             size += ngx_http_llm_genai_size(&snaps[i][j].sh.genai,
                         ngx_http_llm_genai_labels_len(pools[i], &be[j]));
         }
@@ -645,6 +655,26 @@ ngx_http_llm_backends_genai_prometheus(ngx_http_request_t *r, u_char *p,
     }
 
     return p;
+}
+
+
+/*
+ * Room for a backend's part of either format: its figures, and its names,
+ * which the configuration lets run to hundreds of bytes; JSON spells a
+ * control byte in six, Prometheus doubles a quote or a backslash in each
+ * sample's labels.
+ */
+
+static size_t
+ngx_http_llm_status_backend_size(ngx_http_llm_pool_t *pool,
+    ngx_http_llm_backend_t *b)
+{
+    size_t  names;
+
+    names = pool->name.len + b->name.len + b->host.len + b->deployment.len;
+
+    return 6144 + 6 * names
+           + NGX_HTTP_LLM_STATUS_SAMPLES * (256 + 2 * names);
 }
 
 

@@ -197,4 +197,56 @@ SKIP: {
 ($st) = http_post($listen, '/llm/status', '{}');
 is($st, 405, 'POST refused');
 
+# names as long as the configuration takes (a pool's and a backend's 511
+# bytes together), every byte one that both formats escape: the page has
+# room for each sample's labels
+
+my $t2 = LLMTest->new;
+my $l2 = free_port();
+my $esc = '\\"\\\\' x 150;    # in nginx.conf: 300 bytes, " and \
+my $pname = 'p' x 200;
+$t2->start_nginx(<<"END", ports => [$l2]);
+    llm_zone "$esc:1m";
+
+    upstream $pname {
+        llm_balance "zone=$esc";
+${\ join '', map { <<"B" } 1 .. 4 }
+        llm_backend "$esc$_" http://a.example tpm=100k rpm=600
+                    key_file=$dir/a.key address=127.0.0.1:$p{a};
+B
+    }
+
+    server {
+        listen 127.0.0.1:$l2;
+
+        location /one/ {
+            llm_route $pname;
+            llm_limit \$http_x_app tpm=100k quota=1m/day;
+            rewrite ^/one(/.*)\$ \$1 break;
+            proxy_pass http://$pname;
+        }
+
+        location = /llm/status {
+            llm_status;
+        }
+    }
+END
+
+is_deeply([ map { (http_post($l2, "/one$chat", $body, 'X-App' => "app$_"))[0] }
+            1 .. 3 ], [ 200, 200, 200 ], 'long names: three consumers');
+
+($st, $h, $raw) = http_get($l2, '/llm/status');
+is($st, 200, 'long names: JSON');
+my $long = eval { json_decode($raw) };
+is(scalar @{ $long->{pools}[0]{backends} // [] }, 4,
+   'long names: every backend in valid JSON');
+is(length $long->{pools}[0]{backends}[0]{name}, 301,
+   'long names: a name whole');
+
+($st, $h, $raw) = http_get($l2, '/llm/status?format=prometheus');
+is($st, 200, 'long names: Prometheus');
+my $lines = () = $raw =~ /^llm_backend_limit_tokens\{pool="p{200}",backend="(?:\\"\\\\){150}\d"\} 100000$/mg;
+is($lines, 4, 'long names: escaped, every backend');
+
+$t2->cleanup;
 $t->done;
