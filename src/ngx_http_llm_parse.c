@@ -90,12 +90,14 @@ ngx_http_llm_parse_duration(ngx_str_t *value)
         }
 
         while (p < last && *p >= '0' && *p <= '9') {
-            whole = whole * 10 + (*p++ - '0');
-
-            if (whole > 100000000) {
-                return -1;
+            if (whole < NGX_HTTP_LLM_DELAY_MAX) {
+                whole = whole * 10 + (*p - '0');
             }
+
+            p++;
         }
+
+        whole = ngx_min(whole, NGX_HTTP_LLM_DELAY_MAX);
 
         if (p < last && *p == '.') {
             p++;
@@ -134,9 +136,43 @@ ngx_http_llm_parse_duration(ngx_str_t *value)
         }
 
         total += whole * unit + frac * unit / scale;
+        total = ngx_min(total, NGX_HTTP_LLM_DELAY_MAX);
     }
 
     return total;
+}
+
+
+/*
+ * Retry-After's "30" (unit 1000) or retry-after-ms's "1500" (unit 1):
+ * milliseconds, or -1.  A rest beyond NGX_HTTP_LLM_DELAY_MAX, up to one
+ * past any integer, is that long: the caller's cooldown_max cuts it.
+ */
+
+ngx_int_t
+ngx_http_llm_parse_delay(ngx_str_t *value, ngx_int_t unit)
+{
+    u_char     *p, *last;
+    ngx_int_t   n;
+
+    p = value->data;
+    last = p + value->len;
+
+    if (p == last) {
+        return -1;
+    }
+
+    for (n = 0; p < last; p++) {
+        if (*p < '0' || *p > '9') {
+            return -1;
+        }
+
+        if (n < NGX_HTTP_LLM_DELAY_MAX) {
+            n = n * 10 + (*p - '0');
+        }
+    }
+
+    return ngx_min(n, NGX_HTTP_LLM_DELAY_MAX / unit) * unit;
 }
 
 

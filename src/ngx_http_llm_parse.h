@@ -18,6 +18,10 @@
 #define NGX_HTTP_LLM_OPTION_SEC     4   /* time_t, "10s", "1m" */
 
 
+/* the longest rest a reply header may ask for, in ms: 27 hours */
+#define NGX_HTTP_LLM_DELAY_MAX      100000000
+
+
 /* a table of options ends with an empty name */
 
 typedef struct {
@@ -33,6 +37,7 @@ ngx_int_t ngx_http_llm_parse_option(ngx_str_t *value,
     ngx_http_llm_option_t *options, void *conf);
 ngx_int_t ngx_http_llm_parse_count(u_char *p, size_t len);
 ngx_int_t ngx_http_llm_parse_duration(ngx_str_t *value);
+ngx_int_t ngx_http_llm_parse_delay(ngx_str_t *value, ngx_int_t unit);
 ngx_int_t ngx_http_llm_parse_permille(ngx_str_t *value);
 
 

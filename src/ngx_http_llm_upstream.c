@@ -1499,7 +1499,7 @@ ngx_http_llm_cooldown(ngx_http_upstream_t *u, ngx_http_llm_pool_t *pool,
                                    (u_char *) "x-ms-retry-after-ms",
                                    h[i].key.len) == 0))
         {
-            ms_value = ngx_atoi(h[i].value.data, h[i].value.len);
+            ms_value = ngx_http_llm_parse_delay(&h[i].value, 1);
             continue;
         }
 
@@ -1537,8 +1537,7 @@ ngx_http_llm_cooldown(ngx_http_upstream_t *u, ngx_http_llm_pool_t *pool,
             && ngx_strncasecmp(h[i].key.data, (u_char *) "retry-after",
                                h[i].key.len) == 0)
         {
-            n = ngx_atoi(h[i].value.data, h[i].value.len);
-            s_value = (n == NGX_ERROR) ? -1 : n * 1000;
+            s_value = ngx_http_llm_parse_delay(&h[i].value, 1000);
             continue;
         }
 

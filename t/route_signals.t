@@ -22,12 +22,21 @@ my $t = LLMTest->new;
 my $dir = $t->dir;
 
 my $ctl = free_port();
-my %p = map { $_ => free_port() } qw(ptu xms spare);
+my %p = map { $_ => free_port() } qw(ptu xms spare big1 big2 big3);
+
+# rests asked for beyond any integer, in seconds (and as many thousands
+# of milliseconds): big1's and big2's milliseconds beyond 2^63, their
+# seconds' thousands too; big3's both
 my @deployments = (
     { name => 'ptu', kind => 'ptu', tpm => 100000 },
     { name => 'xms', tpm => 100000, retry_ms_header => 'x-ms-retry-after-ms',
       overload_retry_s => 1.5, faults => { overload429 => 1 } },
     { name => 'spare', tpm => 100000 },
+    map { { name => "big$_->[0]", tpm => 100000,
+            retry_ms_header => 'x-ms-retry-after-ms',
+            overload_retry_s => $_->[1], faults => { overload429 => 1 } } }
+        [1, 18446744073709552], [2, 9223372036854776],
+        [3, 99999999999999999999],
 );
 for (@deployments) {
     %$_ = (%$_, port => $p{$_->{name}}, host => "$_->{name}.example",
@@ -64,6 +73,13 @@ $t->start_nginx(<<"END", ports => [$listen]);
         ${\ backend('xms', 'priority=1') }
         ${\ backend('spare', 'priority=2') }
     }
+${\ join '', map { <<"B" } 1 .. 3 }
+    upstream big$_ {
+        llm_balance zone=llm;
+        ${\ backend("big$_", 'priority=1') }
+        ${\ backend('spare', 'priority=2') }
+    }
+B
 
     server {
         listen 127.0.0.1:$listen;
@@ -85,6 +101,14 @@ $t->start_nginx(<<"END", ports => [$listen]);
             rewrite ^/x(/.*)\$ \$1 break;
             proxy_pass http://x;
         }
+
+${\ join '', map { <<"L" } 1 .. 3 }
+        location /big$_/ {
+            llm_route big$_;
+            rewrite ^/big$_(/.*)\$ \$1 break;
+            proxy_pass http://big$_;
+        }
+L
 
         location = /status {
             llm_status;
@@ -155,5 +179,16 @@ my ($first) = grep { / ptu / } @log;
 like($spare, qr/^200 spare "\Q$id429\E" \S+$/,
      'the access log has both ids');
 like($first, qr/^200 ptu "-" /, 'no id when no attempt failed');
+
+###########################################################################
+# a rest asked for beyond any integer: the longest the pool allows
+# (cooldown_max, 60 s), not a product wrapped round to a few seconds
+
+for (1 .. 3) {
+    ($st, $h) = http_post($listen, "/big$_$chat", $body);
+    is($h->{'x-backend'}, 'spare', "big$_: the spare answers");
+    my $rest = backend_status("big$_", "big$_")->{cooldown_ms};
+    cmp_ok($rest, '>', 59000, "big$_: rests cooldown_max, $rest ms");
+}
 
 $t->done;
