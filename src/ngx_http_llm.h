@@ -215,11 +215,27 @@ typedef struct {
 } ngx_http_llm_consumer_sh_t;
 
 
+/*
+ * A worker process whose configuration's backends have their state in
+ * the zone: the state of one removed since lives until no such worker
+ * is left (a stream keeps an old worker through any number of reloads)
+ */
+
+typedef struct {
+    ngx_queue_t                  queue;
+    ngx_pid_t                    pid;
+    ngx_uint_t                   generation;
+} ngx_http_llm_worker_sh_t;
+
+
 typedef struct {
     ngx_rbtree_t                 rbtree;
     ngx_rbtree_node_t            sentinel;
     ngx_queue_t                  queue;
     ngx_uint_t                   generation;
+
+    ngx_queue_t                  workers;    /* ngx_http_llm_worker_sh_t */
+    ngx_uint_t                   untracked;  /* workers without a record */
 
     ngx_rbtree_t                 consumers;
     ngx_rbtree_node_t            consumer_sentinel;
@@ -236,6 +252,11 @@ typedef struct {
     ngx_slab_pool_t             *shpool;
     ngx_array_t                  pools;      /* ngx_http_llm_pool_t * */
     ngx_str_t                    name;
+
+    /* this configuration's generation, and this worker's record of it */
+    ngx_uint_t                   generation;
+    ngx_http_llm_worker_sh_t    *worker;
+    unsigned                     entered:1;
 
     /* llm_zone redis=: the options, and this worker's link */
     ngx_http_llm_share_conf_t   *share_conf;

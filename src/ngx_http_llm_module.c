@@ -384,6 +384,10 @@ ngx_http_llm_init_process(ngx_cycle_t *cycle)
         for (i = 0; i < lmcf->pools.nelts; i++) {
             zone = pools[i]->shm_zone->data;
 
+            /* the zone's backends' state is in use until this one exits */
+
+            ngx_http_llm_zone_enter(zone, cycle->log);
+
             if (zone->share_conf && zone->share == NULL
                 && ngx_http_llm_zone_share(cycle, zone) != NGX_OK)
             {
@@ -502,6 +506,12 @@ ngx_http_llm_exit_process(ngx_cycle_t *cycle)
             /* pools of one zone: once */
             zone->share = NULL;
         }
+    }
+
+    /* the reports went: the backends' state is no longer this one's */
+
+    for (i = 0; i < lmcf->pools.nelts; i++) {
+        ngx_http_llm_zone_leave(pools[i]->shm_zone->data);
     }
 }
 

@@ -25,6 +25,8 @@ static ngx_http_llm_backend_sh_t *ngx_http_llm_zone_node(
     ngx_http_llm_backend_t *b, ngx_uint_t gen);
 static ngx_uint_t ngx_http_llm_zone_sweep(ngx_http_llm_zone_t *zone,
     ngx_uint_t gen);
+static ngx_uint_t ngx_http_llm_zone_oldest(ngx_http_llm_zone_t *zone,
+    ngx_uint_t gen);
 static void ngx_http_llm_rbtree_insert_value(ngx_rbtree_node_t *temp,
     ngx_rbtree_node_t *node, ngx_rbtree_node_t *sentinel);
 static ngx_http_llm_backend_sh_t *ngx_http_llm_lookup(
@@ -286,6 +288,7 @@ ngx_http_llm_init_zone(ngx_shm_zone_t *shm_zone, void *data)
     ngx_shmtx_lock(&zone->shpool->mutex);
 
     gen = ++zone->sh->generation;
+    zone->generation = gen;
 
     /* a full zone evicts consumers: not worth a message each time */
 
@@ -347,6 +350,8 @@ ngx_http_llm_zone_new(ngx_shm_zone_t *shm_zone, ngx_http_llm_zone_t *zone)
                     ngx_http_llm_rbtree_insert_value);
     ngx_queue_init(&zone->sh->queue);
     zone->sh->generation = 0;
+    ngx_queue_init(&zone->sh->workers);
+    zone->sh->untracked = 0;
 
     ngx_http_llm_consumers_init(zone->sh);
 
@@ -453,18 +458,22 @@ full:
 
 
 /*
- * The state of backends gone from the configuration is freed one reload
- * later: workers of the configuration just replaced may still use it
+ * The state of backends gone from the configuration is freed once no
+ * worker of a configuration that had them is left: an old worker serves
+ * its requests to their end, a stream maybe minutes long, through any
+ * number of reloads, and settles each in its backend's state.  So the
+ * state goes at the first reload after the last such worker exited.
  */
 
 static ngx_uint_t
 ngx_http_llm_zone_sweep(ngx_http_llm_zone_t *zone, ngx_uint_t gen)
 {
-    ngx_uint_t                  nfreed;
+    ngx_uint_t                  nfreed, oldest;
     ngx_queue_t                *q, *next;
     ngx_http_llm_backend_sh_t  *node;
 
     nfreed = 0;
+    oldest = ngx_http_llm_zone_oldest(zone, gen);
 
     for (q = ngx_queue_head(&zone->sh->queue);
          q != ngx_queue_sentinel(&zone->sh->queue);
@@ -473,7 +482,7 @@ ngx_http_llm_zone_sweep(ngx_http_llm_zone_t *zone, ngx_uint_t gen)
         next = ngx_queue_next(q);
         node = ngx_queue_data(q, ngx_http_llm_backend_sh_t, queue);
 
-        if (node->generation + 1 < gen) {
+        if (node->generation + 1 < gen && node->generation < oldest) {
             ngx_queue_remove(q);
             ngx_rbtree_delete(&zone->sh->rbtree, &node->node);
 
@@ -487,6 +496,115 @@ ngx_http_llm_zone_sweep(ngx_http_llm_zone_t *zone, ngx_uint_t gen)
     }
 
     return nfreed;
+}
+
+
+/*
+ * The oldest generation a worker still runs, gen when none; under the
+ * zone's lock, in the master.  A record whose process is gone (a worker
+ * that crashed never leaves) is dropped on the way.  While a worker runs
+ * without a record (the zone was full when it started), nothing is old
+ * enough.
+ */
+
+static ngx_uint_t
+ngx_http_llm_zone_oldest(ngx_http_llm_zone_t *zone, ngx_uint_t gen)
+{
+    ngx_uint_t                 oldest;
+    ngx_queue_t               *q, *next;
+    ngx_http_llm_worker_sh_t  *w;
+
+    if (zone->sh->untracked) {
+        return 0;
+    }
+
+    oldest = gen;
+
+    for (q = ngx_queue_head(&zone->sh->workers);
+         q != ngx_queue_sentinel(&zone->sh->workers);
+         q = next)
+    {
+        next = ngx_queue_next(q);
+        w = ngx_queue_data(q, ngx_http_llm_worker_sh_t, queue);
+
+        if (kill(w->pid, 0) == -1 && ngx_errno == NGX_ESRCH) {
+            ngx_queue_remove(q);
+            ngx_slab_free_locked(zone->shpool, w);
+            continue;
+        }
+
+        oldest = ngx_min(oldest, w->generation);
+    }
+
+    return oldest;
+}
+
+
+/*
+ * A worker starts: its record in the zone, under its configuration's
+ * generation, for the sweep to see.  A zone without room for it keeps
+ * removed backends' state for good rather than free it under the worker.
+ */
+
+void
+ngx_http_llm_zone_enter(ngx_http_llm_zone_t *zone, ngx_log_t *log)
+{
+    ngx_http_llm_worker_sh_t  *w;
+
+    if (zone->entered) {
+        return;
+    }
+
+    zone->entered = 1;
+
+    ngx_shmtx_lock(&zone->shpool->mutex);
+
+    w = ngx_slab_alloc_locked(zone->shpool, sizeof(ngx_http_llm_worker_sh_t));
+
+    if (w == NULL) {
+        zone->sh->untracked++;
+        ngx_shmtx_unlock(&zone->shpool->mutex);
+
+        ngx_log_error(NGX_LOG_WARN, log, 0,
+                      "llm_zone \"%V\" is full: the state of backends "
+                      "removed from the configuration is kept",
+                      &zone->name);
+        return;
+    }
+
+    w->pid = ngx_pid;
+    w->generation = zone->generation;
+    ngx_queue_insert_tail(&zone->sh->workers, &w->queue);
+
+    zone->worker = w;
+
+    ngx_shmtx_unlock(&zone->shpool->mutex);
+}
+
+
+/* a worker exits, its requests served and its reports sent */
+
+void
+ngx_http_llm_zone_leave(ngx_http_llm_zone_t *zone)
+{
+    if (!zone->entered) {
+        return;
+    }
+
+    zone->entered = 0;
+
+    ngx_shmtx_lock(&zone->shpool->mutex);
+
+    if (zone->worker) {
+        ngx_queue_remove(&zone->worker->queue);
+        ngx_slab_free_locked(zone->shpool, zone->worker);
+        zone->worker = NULL;
+
+    } else {
+        zone->sh->untracked--;
+    }
+
+    ngx_shmtx_unlock(&zone->shpool->mutex);
 }
 
 

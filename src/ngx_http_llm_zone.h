@@ -17,6 +17,8 @@
 char *ngx_http_llm_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 ngx_int_t ngx_http_llm_zone_add_pool(ngx_conf_t *cf, ngx_shm_zone_t *zone,
     ngx_http_llm_pool_t *pool);
+void ngx_http_llm_zone_enter(ngx_http_llm_zone_t *zone, ngx_log_t *log);
+void ngx_http_llm_zone_leave(ngx_http_llm_zone_t *zone);
 ngx_uint_t ngx_http_llm_pool_fits(ngx_http_llm_pool_t *pool,
     ngx_http_llm_ctx_t *ctx, ngx_uint_t reserve, ngx_uint_t *need,
     ngx_uint_t *most);
