@@ -174,6 +174,13 @@ ngx_http_llm_admit(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
         return ngx_http_llm_wait_again(r, 1);
     }
 
+    /*
+     * Redis answered what this request waited for, if anything: a wait
+     * for it after the queue's is a new one
+     */
+
+    ctx->share_since = 0;
+
     /* llm_wait: queue while room is expected within the time allowed */
 
     if (llcf->wait && wait != NGX_MAX_INT32_VALUE) {

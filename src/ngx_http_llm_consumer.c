@@ -292,9 +292,7 @@ ngx_http_llm_consumers_shared(ngx_http_llm_zone_t *zone,
     if (zone->share && !ctx->share_local) {
         state = ngx_http_llm_share_state(zone->share);
 
-        if (ctx->share_since
-            && now - ctx->share_since >= zone->share_conf->redis.timeout)
-        {
+        if (ngx_http_llm_share_gave_up(zone->share, ctx->share_since, now)) {
             ctx->share_local = 1;
 
         } else if (state == NGX_HTTP_LLM_REDIS_READY) {

@@ -400,6 +400,36 @@ ngx_http_llm_share_state(ngx_http_llm_share_t *share)
 }
 
 
+/*
+ * Whether a request that has waited for Redis since "since" gives it up
+ * and goes on with this instance's share of each limit: after
+ * redis_timeout= while the first connection is made.  On a link that
+ * answers, a request's asks may wait behind others' (a small budget is
+ * asked for request by request, a round trip each): a reply that is late
+ * fails the link, which ends every wait; the request's own wait gives up
+ * only at ten times redis_timeout=, so that none waits for ever.
+ */
+
+ngx_uint_t
+ngx_http_llm_share_gave_up(ngx_http_llm_share_t *share, ngx_msec_t since,
+    ngx_msec_t now)
+{
+    ngx_msec_t  patience;
+
+    if (since == 0) {
+        return 0;
+    }
+
+    patience = share->conf->redis.timeout;
+
+    if (ngx_http_llm_share_state(share) == NGX_HTTP_LLM_REDIS_READY) {
+        patience *= NGX_HTTP_LLM_SHARE_PATIENCE;
+    }
+
+    return (ngx_msec_int_t) (now - since) >= (ngx_msec_int_t) patience;
+}
+
+
 /* one worker of the instance reports, each redis_sync= period */
 
 ngx_uint_t

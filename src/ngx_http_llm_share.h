@@ -30,6 +30,9 @@ typedef struct {
 
 #define NGX_HTTP_LLM_DOUBTS  4
 
+/* a request's wait for a link that answers, in redis_timeout= periods */
+#define NGX_HTTP_LLM_SHARE_PATIENCE  10
+
 
 typedef struct {
     int64_t                      credit;     /* may be spent here */
@@ -112,6 +115,8 @@ ngx_int_t ngx_http_llm_share_init(ngx_cycle_t *cycle,
 ngx_int_t ngx_http_llm_share_flush(ngx_http_llm_share_t *share);
 void ngx_http_llm_share_exit(ngx_http_llm_share_t *share);
 ngx_uint_t ngx_http_llm_share_state(ngx_http_llm_share_t *share);
+ngx_uint_t ngx_http_llm_share_gave_up(ngx_http_llm_share_t *share,
+    ngx_msec_t since, ngx_msec_t now);
 
 ngx_uint_t ngx_http_llm_lease_ok(ngx_http_llm_lease_t *lease, int64_t need,
     ngx_msec_t now);

@@ -1047,9 +1047,7 @@ ngx_http_llm_choose_shared(ngx_http_llm_zone_t *zone,
         return NGX_OK;
     }
 
-    if (ctx->share_since
-        && now - ctx->share_since >= zone->share_conf->redis.timeout)
-    {
+    if (ngx_http_llm_share_gave_up(zone->share, ctx->share_since, now)) {
         ctx->share_local = 1;
     }
 

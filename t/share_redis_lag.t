@@ -54,6 +54,12 @@ sub conf {
             proxy_pass http://pool;
         }
 
+        location /six/ {
+            llm_route pool;
+            llm_limit \$http_x_app rpm=6;
+            proxy_pass http://pool;
+        }
+
         location = /status {
             llm_status consumers=10;
             access_log off;
@@ -144,6 +150,22 @@ while (time < $until) {
     }
 }
 is(join(' ', keys %steady), '200', 'steady traffic: every request passes');
+
+# rpm=6, reserved request by request: B spends 5, then 10 come to A at
+# once.  Each waits for the asks of those before it, one round trip
+# each, past redis_timeout= in all for the last ones; Redis answers every
+# ask in time, so they are judged by Redis (one more passes), not by A's
+# share of the limit (three more would)
+
+for (1 .. 5) {
+    my ($s) = post($pb, '/six', 'six');
+    is($s, 200, "rpm=6: B's request $_");
+}
+my @burst = http_parallel($pa, (LLMTest::raw_post('localhost', "/six$chat",
+                                                  $body, 'X-App' => 'six'))
+                               x 10);
+is(scalar(grep { $_->[0] == 200 } @burst), 1,
+   'rpm=6: of 10 at once on A, one passes');
 
 # a reply 300 ms away is not late: redis_timeout= counts from each
 # command's own start, not from an earlier one's
