@@ -24,6 +24,7 @@
 #define NGX_HTTP_LLM_REDIS_OUT       (64 * 1024)
 #define NGX_HTTP_LLM_REDIS_PENDING   1024
 #define NGX_HTTP_LLM_REDIS_BACKOFF   1000   /* the longest, in ms */
+#define NGX_HTTP_LLM_REDIS_HEALTHY   10000  /* without a failure: well */
 
 
 typedef struct {
@@ -54,6 +55,10 @@ struct ngx_http_llm_redis_s {
     ngx_msec_t                     backoff;
     ngx_uint_t                     state;
     char                           error[128];
+
+    /* a failure was said: the next are told at info, until it works */
+    unsigned                       warned:1;
+    ngx_msec_t                     failed;     /* the last failure */
 
     ngx_http_llm_redis_handler_pt  state_handler;
     void                          *state_data;
@@ -371,6 +376,8 @@ ngx_http_llm_redis_script_done(void *data, redisReply *reply)
 {
     ngx_http_llm_redis_t  *rs = data;
 
+    ngx_uint_t  level;
+
     if (reply == NULL) {
         return;
     }
@@ -388,12 +395,12 @@ ngx_http_llm_redis_script_done(void *data, redisReply *reply)
     }
 
     if (rs->state != NGX_HTTP_LLM_REDIS_READY) {
-        ngx_log_error(NGX_LOG_NOTICE, rs->log, 0,
-                      "llm: redis %V: connected", &rs->conf->name);
+        level = rs->warned ? NGX_LOG_INFO : NGX_LOG_NOTICE;
+        ngx_log_error(level, rs->log, 0, "llm: redis %V: connected",
+                      &rs->conf->name);
     }
 
     rs->state = NGX_HTTP_LLM_REDIS_READY;
-    rs->backoff = 0;
     rs->error[0] = '\0';
 
     if (rs->state_handler) {
@@ -656,6 +663,34 @@ ngx_http_llm_redis_read_handler(ngx_event_t *rev)
                 /* the handler failed the connection */
                 return;
             }
+
+            if (p.handler == ngx_http_llm_redis_setup_done
+                || p.handler == ngx_http_llm_redis_script_done)
+            {
+                continue;
+            }
+
+            /*
+             * a command's reply taken, and none refused for a while: the
+             * link works, not just its set-up (a replica takes the
+             * script, then refuses to run it; a Redis out of memory runs
+             * the reports that write nothing), so a failure now is news,
+             * tried again soon
+             */
+
+            if (rs->warned
+                && ngx_current_msec - rs->failed
+                   >= NGX_HTTP_LLM_REDIS_HEALTHY)
+            {
+                ngx_log_error(NGX_LOG_NOTICE, rs->log, 0,
+                              "llm: redis %V answers again",
+                              &rs->conf->name);
+                rs->warned = 0;
+            }
+
+            if (!rs->warned) {
+                rs->backoff = 0;
+            }
         }
     }
 
@@ -725,6 +760,30 @@ ngx_http_llm_redis_abort(ngx_http_llm_redis_t *rs)
 }
 
 
+/*
+ * A reply its command's caller cannot use: the link is failed as one
+ * that did not answer, with the reply's first words as the cause.  An
+ * error means the store cannot do the work now (loading its data, a
+ * replica's read-only, out of memory, a script still running, a key of
+ * another type): asking again at once would be refused again.
+ */
+
+void
+ngx_http_llm_redis_reject(ngx_http_llm_redis_t *rs, const char *what,
+    redisReply *reply)
+{
+    size_t  n;
+
+    n = (reply->type == REDIS_REPLY_ERROR || reply->type == REDIS_REPLY_STATUS)
+        ? ngx_min(reply->len, 80) : 0;
+
+    ngx_snprintf((u_char *) rs->error, sizeof(rs->error) - 1, "%s%s%*s%Z",
+                 what, n ? ": " : "", n, n ? reply->str : "");
+
+    ngx_http_llm_redis_fail(rs, NULL);
+}
+
+
 /* the system's words for it, as the warning and llm_status show them */
 
 static void
@@ -758,7 +817,7 @@ ngx_http_llm_redis_fail_errno(ngx_http_llm_redis_t *rs, const char *what,
 static void
 ngx_http_llm_redis_fail(ngx_http_llm_redis_t *rs, const char *error)
 {
-    ngx_uint_t  was;
+    ngx_uint_t  was, level;
 
     if (error) {
         ngx_cpystrn((u_char *) rs->error, (u_char *) error,
@@ -772,12 +831,15 @@ ngx_http_llm_redis_fail(ngx_http_llm_redis_t *rs, const char *error)
 
     was = rs->state;
     rs->state = NGX_HTTP_LLM_REDIS_DOWN;
+    rs->failed = ngx_current_msec;
 
     if (was != NGX_HTTP_LLM_REDIS_DOWN) {
-        ngx_log_error(NGX_LOG_WARN, rs->log, 0,
+        level = rs->warned ? NGX_LOG_INFO : NGX_LOG_WARN;
+        ngx_log_error(level, rs->log, 0,
                       "llm: redis %V %s: shared budgets fall back to this "
                       "instance's share until it answers again",
                       &rs->conf->name, rs->error);
+        rs->warned = 1;
     }
 
     ngx_http_llm_redis_abort(rs);

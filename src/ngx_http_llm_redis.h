@@ -74,6 +74,8 @@ ngx_int_t ngx_http_llm_redis_send(ngx_http_llm_redis_t *rs, int argc,
 ngx_uint_t ngx_http_llm_redis_state(ngx_http_llm_redis_t *rs);
 u_char *ngx_http_llm_redis_script_sha(ngx_http_llm_redis_t *rs);
 const char *ngx_http_llm_redis_error(ngx_http_llm_redis_t *rs);
+void ngx_http_llm_redis_reject(ngx_http_llm_redis_t *rs, const char *what,
+    redisReply *reply);
 void ngx_http_llm_redis_drain(ngx_http_llm_redis_t *rs);
 ngx_int_t ngx_http_llm_redis_wait(ngx_http_llm_redis_t *rs);
 

@@ -932,14 +932,22 @@ ngx_http_llm_lease_done(void *data, redisReply *reply)
 
         ngx_shmtx_unlock(&share->shpool->mutex);
 
-        if (reply && reply->type == REDIS_REPLY_ERROR) {
-            ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
-                          "llm: redis %V answered a lease with: %*s",
-                          &share->conf->redis.name,
-                          ngx_min(reply->len, 200), reply->str);
+        ngx_free(op);
+
+        /*
+         * the link goes down, said once: requests go on with this
+         * instance's share at once, rather than ask again each
+         * millisecond what Redis will refuse again
+         */
+
+        if (reply) {
+            ngx_http_llm_redis_reject(share->redis,
+                                      (reply->type == REDIS_REPLY_ERROR)
+                                      ? "answered a lease with"
+                                      : "sent a reply to a lease that is "
+                                        "not the script's", reply);
         }
 
-        ngx_free(op);
         return;
     }
 
