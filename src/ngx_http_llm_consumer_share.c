@@ -202,9 +202,23 @@ ngx_http_llm_consumer_lease(ngx_http_llm_zone_t *zone,
             ngx_http_llm_consumer_budget(zone, cs, k, &b);
 
             *kind = k;
-            *wait = b.slot_ms ? b.slot_ms
-                              : (ngx_msec_t) ngx_max(cs->quota_end
-                                                     - ngx_time(), 1) * 1000;
+
+            if (b.slot_ms) {
+                *wait = b.slot_ms;
+
+            } else if (lease->spent + n > b.limit) {
+                /* the period's budget is spent: until it ends */
+                *wait = (ngx_msec_t) ngx_max(cs->quota_end - ngx_time(), 1)
+                        * 1000;
+
+            } else {
+                /*
+                 * what is left is held as other instances' leases: it is
+                 * spent or comes back within a lease's life
+                 */
+                *wait = zone->share_conf->ttl;
+            }
+
             rc = NGX_BUSY;
             continue;
         }
