@@ -26,6 +26,16 @@
 #define NGX_HTTP_LLM_REDIS_BACKOFF   1000   /* the longest, in ms */
 #define NGX_HTTP_LLM_REDIS_HEALTHY   10000  /* without a failure: well */
 
+/* no reply the module asks for has more elements than a lease's four */
+#define NGX_HTTP_LLM_REDIS_ELEMENTS  64
+
+
+#if (HIREDIS_MAJOR < 1)
+static redisReplyObjectFunctions  ngx_http_llm_redis_functions;
+static void *(*ngx_http_llm_redis_create_array)(const redisReadTask *task,
+    int elements);
+#endif
+
 
 typedef struct {
     ngx_http_llm_redis_handler_pt  handler;
@@ -65,6 +75,11 @@ struct ngx_http_llm_redis_s {
 };
 
 
+static redisReader *ngx_http_llm_redis_reader(void);
+#if (HIREDIS_MAJOR < 1)
+static void *ngx_http_llm_redis_array(const redisReadTask *task,
+    int elements);
+#endif
 static void ngx_http_llm_redis_connect(ngx_event_t *ev);
 static void ngx_http_llm_redis_write_handler(ngx_event_t *wev);
 static void ngx_http_llm_redis_read_handler(ngx_event_t *rev);
@@ -107,7 +122,7 @@ ngx_http_llm_redis_create(ngx_cycle_t *cycle, ngx_http_llm_redis_conf_t *rcf,
         return NULL;
     }
 
-    rs->reader = redisReaderCreate();
+    rs->reader = ngx_http_llm_redis_reader();
     if (rs->reader == NULL) {
         return NULL;
     }
@@ -625,7 +640,8 @@ ngx_http_llm_redis_read_handler(ngx_event_t *rev)
             reply = NULL;
 
             if (redisReaderGetReply(rs->reader, &reply) != REDIS_OK) {
-                ngx_http_llm_redis_fail(rs, "sent a reply that is not RESP");
+                ngx_http_llm_redis_fail(rs, "sent a reply that is not RESP "
+                                        "or longer than any asked for");
                 return;
             }
 
@@ -784,6 +800,61 @@ ngx_http_llm_redis_reject(ngx_http_llm_redis_t *rs, const char *what,
 }
 
 
+/*
+ * hiredis's reader, that refuses an array longer than any reply asked
+ * for as its header comes: it would make room for every element first
+ * (a header of 400 million, 3 GB of pointers), and freeing that held
+ * the event loop.  hiredis 1.0 bounds arrays itself; 0.14 takes our
+ * function for arrays, which calls its own.
+ */
+
+static redisReader *
+ngx_http_llm_redis_reader(void)
+{
+    redisReader  *reader;
+
+    reader = redisReaderCreate();
+    if (reader == NULL) {
+        return NULL;
+    }
+
+#if (HIREDIS_MAJOR >= 1)
+
+    reader->maxelements = NGX_HTTP_LLM_REDIS_ELEMENTS;
+
+#else
+
+    if (ngx_http_llm_redis_create_array == NULL) {
+        ngx_http_llm_redis_functions = *reader->fn;
+        ngx_http_llm_redis_create_array =
+                                    ngx_http_llm_redis_functions.createArray;
+        ngx_http_llm_redis_functions.createArray = ngx_http_llm_redis_array;
+    }
+
+    reader->fn = &ngx_http_llm_redis_functions;
+
+#endif
+
+    return reader;
+}
+
+
+#if (HIREDIS_MAJOR < 1)
+
+static void *
+ngx_http_llm_redis_array(const redisReadTask *task, int elements)
+{
+    if (elements > NGX_HTTP_LLM_REDIS_ELEMENTS) {
+        /* the reader says "Out of memory": the link is failed */
+        return NULL;
+    }
+
+    return ngx_http_llm_redis_create_array(task, elements);
+}
+
+#endif
+
+
 /* the system's words for it, as the warning and llm_status show them */
 
 static void
@@ -827,7 +898,7 @@ ngx_http_llm_redis_fail(ngx_http_llm_redis_t *rs, const char *error)
     ngx_http_llm_redis_close_connection(rs);
 
     redisReaderFree(rs->reader);
-    rs->reader = redisReaderCreate();
+    rs->reader = ngx_http_llm_redis_reader();
 
     was = rs->state;
     rs->state = NGX_HTTP_LLM_REDIS_DOWN;
