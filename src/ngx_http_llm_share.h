@@ -30,6 +30,12 @@ typedef struct {
 
 #define NGX_HTTP_LLM_DOUBTS  4
 
+/*
+ * a shared zone's name, at most: a budget's key, "llm:" name ":" 64 hex
+ * digits ":q:" and a time, fits the budget's key[160]
+ */
+#define NGX_HTTP_LLM_SHARE_NAME_MAX  64
+
 /* a request's wait for a link that answers, in redis_timeout= periods */
 #define NGX_HTTP_LLM_SHARE_PATIENCE  10
 

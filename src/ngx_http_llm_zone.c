@@ -132,6 +132,16 @@ ngx_http_llm_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         }
     }
 
+    /* the name is in every key the zone writes in Redis */
+
+    if (scf && name.len > NGX_HTTP_LLM_SHARE_NAME_MAX) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "llm_zone \"%V\" shared through Redis needs a "
+                           "name of at most %d bytes", &name,
+                           NGX_HTTP_LLM_SHARE_NAME_MAX);
+        return NGX_CONF_ERROR;
+    }
+
     if (scf) {
         rv = ngx_http_llm_share_conf_done(cf, scf);
 

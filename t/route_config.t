@@ -120,6 +120,20 @@ conf_error('zone size', qr/zone "llm:4k" is too small/, <<"END");
     llm_zone llm:4k;
 END
 
+# the name is in every key a shared zone writes in Redis (key[160]): a
+# longer one overran it and killed the worker at its first consumer
+conf_error('shared zone name too long',
+           qr/llm_zone "z{65}" shared through Redis needs a name of at most 64/,
+           <<"END");
+    llm_zone ${\ ('z' x 65) }:64k redis=redis://127.0.0.1:6379;
+END
+
+($rc, $out) = $t->test_conf(<<"END");
+    llm_zone ${\ ('z' x 64) }:64k redis=redis://127.0.0.1:6379;
+    llm_zone ${\ ('y' x 300) }:64k;
+END
+is($rc, 0, 'a shared zone name of 64 bytes, a local one of 300') or diag $out;
+
 conf_error('zone declared twice', qr/duplicate zone "llm"/, <<"END");
     llm_zone llm:64k;
     llm_zone llm:64k;
