@@ -20,13 +20,14 @@ use LLMTest;
 my $t = LLMTest->new;
 my $dir = $t->dir;
 
-# one deployment, slow: a stream of 16 tokens at 4 a second
+# one deployment, slow: a stream of 20 tokens at 2 a second, ten seconds
+# for three reloads on a loaded machine
 my $ctl = free_port();
 my $port = free_port();
 $t->start_sim({ control_port => $ctl, deployments => [
     { name => 'd', port => $port, host => 'd.example', deployment => 'd',
       api_key => 'k', tpm => 1000000, ttft_ms => [0, 0],
-      tokens_per_s => 4, completion_tokens => 16 } ] });
+      tokens_per_s => 2, completion_tokens => 20 } ] });
 
 open my $fh, '>', "$dir/k.key" or die;
 print $fh "k\n";
@@ -120,6 +121,8 @@ my @old = workers();
 reload('yy');
 reload('yy');
 reload('yy', 'ww');
+
+ok(! -e $out, 'the stream still under way after three reloads');
 
 waitpid $pid, 0;
 my ($st) = split /\n/, $t->read_file('stream.out');
