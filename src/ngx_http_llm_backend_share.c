@@ -74,6 +74,13 @@ ngx_http_llm_backend_lease(ngx_http_llm_zone_t *zone,
             continue;
         }
 
+        /* Redis refused its key lately: this instance's own window */
+
+        if (ngx_http_llm_lease_refused(zone->share_conf, lease, now)) {
+            rc = (rc == NGX_OK) ? NGX_DECLINED : rc;
+            continue;
+        }
+
         ngx_http_llm_backend_budget(pool, sh, k, &b, ttl);
 
         if (lease->exhausted

@@ -177,6 +177,22 @@ ngx_http_llm_consumer_lease(ngx_http_llm_zone_t *zone,
             continue;
         }
 
+        if (ngx_http_llm_lease_refused(zone->share_conf, lease, now)) {
+
+            /* the request goes on without Redis, in a moment */
+
+            if (!renew && !ctx->share_local) {
+                ctx->share_local = 1;
+                (void) ngx_atomic_fetch_add(&zone->sh->share.degraded, 1);
+            }
+
+            if (!renew) {
+                rc = (rc == NGX_BUSY) ? rc : NGX_AGAIN;
+            }
+
+            continue;
+        }
+
         if (ngx_http_llm_consumer_busy(zone, cs, now)
             && lease->busy)
         {

@@ -801,6 +801,38 @@ ngx_http_llm_redis_reject(ngx_http_llm_redis_t *rs, const char *what,
 
 
 /*
+ * An error of the whole server, not of the command's keys: loading its
+ * data, a replica's read-only, out of memory, a script still running, a
+ * replica or a cluster not ready.  Asked again, any command would be
+ * refused the same, for a while.
+ */
+
+ngx_uint_t
+ngx_http_llm_redis_server_error(redisReply *reply)
+{
+    ngx_uint_t  i;
+
+    static ngx_str_t  codes[] = {
+        ngx_string("LOADING"), ngx_string("READONLY"), ngx_string("OOM"),
+        ngx_string("BUSY"), ngx_string("MASTERDOWN"), ngx_string("MISCONF"),
+        ngx_string("NOREPLICAS"), ngx_string("CLUSTERDOWN"),
+        ngx_string("TRYAGAIN")
+    };
+
+    for (i = 0; i < sizeof(codes) / sizeof(codes[0]); i++) {
+        if (reply->len > codes[i].len
+            && ngx_strncmp(reply->str, codes[i].data, codes[i].len) == 0
+            && reply->str[codes[i].len] == ' ')
+        {
+            return 1;
+        }
+    }
+
+    return 0;
+}
+
+
+/*
  * hiredis's reader, that refuses an array longer than any reply asked
  * for as its header comes: it would make room for every element first
  * (a header of 400 million, 3 GB of pointers), and freeing that held

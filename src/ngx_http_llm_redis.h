@@ -76,6 +76,7 @@ u_char *ngx_http_llm_redis_script_sha(ngx_http_llm_redis_t *rs);
 const char *ngx_http_llm_redis_error(ngx_http_llm_redis_t *rs);
 void ngx_http_llm_redis_reject(ngx_http_llm_redis_t *rs, const char *what,
     redisReply *reply);
+ngx_uint_t ngx_http_llm_redis_server_error(redisReply *reply);
 void ngx_http_llm_redis_drain(ngx_http_llm_redis_t *rs);
 ngx_int_t ngx_http_llm_redis_wait(ngx_http_llm_redis_t *rs);
 

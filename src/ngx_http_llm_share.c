@@ -664,6 +664,23 @@ ngx_http_llm_lease_busy(ngx_http_llm_share_conf_t *scf,
 }
 
 
+/*
+ * Redis refused the lease's script for its key lately (a key of another
+ * type, set by hand): its requests go on with this instance's share for
+ * a lease's life, asking nothing; the reports still go, and the first
+ * one Redis takes ends it
+ */
+
+ngx_uint_t
+ngx_http_llm_lease_refused(ngx_http_llm_share_conf_t *scf,
+    ngx_http_llm_lease_t *lease, ngx_msec_t now)
+{
+    return lease->refused
+           && (ngx_msec_int_t) (now - lease->refused)
+              < (ngx_msec_int_t) scf->ttl;
+}
+
+
 /* the ring holds something Redis has not heard of yet */
 
 ngx_uint_t
@@ -884,7 +901,7 @@ ngx_http_llm_lease_done(void *data, redisReply *reply)
     ngx_http_llm_lease_op_t  *op = data;
 
     int64_t                   grant, own, pending;
-    ngx_uint_t                i, ok;
+    ngx_uint_t                i, ok, keyed, said;
     ngx_msec_t                now;
     ngx_http_llm_lease_t     *lease;
     ngx_http_llm_share_t     *share;
@@ -930,14 +947,42 @@ ngx_http_llm_lease_done(void *data, redisReply *reply)
             lease->busy = 0;
         }
 
+        /*
+         * an error of this budget's key only: its requests go on with
+         * this instance's share, said once, and the link serves the
+         * others; rather than ask again each millisecond
+         */
+
+        keyed = (reply && reply->type == REDIS_REPLY_ERROR
+                 && !ngx_http_llm_redis_server_error(reply));
+
+        said = (lease->refused != 0);
+
+        if (keyed) {
+            lease->refused = now ? now : 1;
+        }
+
         ngx_shmtx_unlock(&share->shpool->mutex);
 
         ngx_free(op);
 
+        if (keyed) {
+            if (!said) {
+                ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
+                              "llm: redis %V refused a budget's key: %*s; "
+                              "its requests go on with this instance's "
+                              "share", &share->conf->redis.name,
+                              ngx_min(reply->len, 200), reply->str);
+            }
+
+            return;
+        }
+
         /*
-         * the link goes down, said once: requests go on with this
-         * instance's share at once, rather than ask again each
-         * millisecond what Redis will refuse again
+         * the server cannot do the work now, or is not Redis: the link
+         * goes down, said once, and requests go on with this instance's
+         * share at once, rather than ask again each millisecond what
+         * Redis will refuse again
          */
 
         if (reply) {
@@ -972,6 +1017,7 @@ ngx_http_llm_lease_done(void *data, redisReply *reply)
     lease->spent = reply->element[2]->integer;
     lease->leased = reply->element[3]->integer + own;
     lease->synced = now;
+    lease->refused = 0;
 
     if (op->ask > 0 && grant < op->ask) {
         lease->exhausted = now ? now : 1;

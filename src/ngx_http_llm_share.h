@@ -47,6 +47,7 @@ typedef struct {
     int64_t                      last;       /* and how much */
     ngx_msec_t                   busy;       /* a reply awaited since */
     ngx_msec_t                   exhausted;  /* a reply gave less */
+    ngx_msec_t                   refused;    /* an error of its key's */
     ngx_msec_t                   synced;     /* the last reply */
     int64_t                      spent;      /* by all, at that reply */
     int64_t                      leased;     /* held by all, idem */
@@ -127,6 +128,8 @@ ngx_uint_t ngx_http_llm_share_gave_up(ngx_http_llm_share_t *share,
 ngx_uint_t ngx_http_llm_lease_ok(ngx_http_llm_lease_t *lease, int64_t need,
     ngx_msec_t now);
 ngx_uint_t ngx_http_llm_lease_busy(ngx_http_llm_share_conf_t *scf,
+    ngx_http_llm_lease_t *lease, ngx_msec_t now);
+ngx_uint_t ngx_http_llm_lease_refused(ngx_http_llm_share_conf_t *scf,
     ngx_http_llm_lease_t *lease, ngx_msec_t now);
 ngx_uint_t ngx_http_llm_lease_pending(ngx_http_llm_budget_t *b);
 void ngx_http_llm_lease_spend(ngx_http_llm_budget_t *b, int64_t value,

@@ -92,9 +92,10 @@ for my $f (@faults) {
     my ($name, $said, @cmds) = @$f;
     my $undo = pop @cmds;
 
-    $t->redis_cli($rport, @$_) for @cmds;
-    my $calls = script_calls();
+    # the log from before the fault: the reports may meet it first
     my $log = length $t->error_log;
+    my $calls = script_calls();
+    $t->redis_cli($rport, @$_) for @cmds;
 
     my @ms;
     for (1 .. 5) {
@@ -141,5 +142,49 @@ for my $f (@faults) {
         substr($t->error_log, $log) =~ /\[notice\].*redis .* answers again/;
     }), "$name: 'answers again' once well for a while");
 }
+
+# one consumer's keys overwritten by hand (WRONGTYPE, an error of those
+# keys only): that consumer's requests go on with the instance's share,
+# said once; the link stays up and the other consumers stay shared
+
+sleep 1;
+my $flat = $t->redis_cli($rport, '--scan', '--pattern', "'llm:*'");
+my %before = map { $_ => 1 } grep { !/:b:/ } split /\n/, $flat;
+http_post($listen, $chat, $body, 'X-App' => 'spoiled');
+sleep 0.5;
+my @spoiled = grep { !/:b:/ && !$before{$_} } split /\n/,
+              $t->redis_cli($rport, '--scan', '--pattern', "'llm:*'");
+cmp_ok(scalar @spoiled, '>=', 1, 'the consumer\'s keys in Redis');
+my $log = length $t->error_log;
+my $degraded = status_redis($listen)->{degraded_admissions};
+for (@spoiled) {
+    $t->redis_cli($rport, 'DEL', $_);
+    $t->redis_cli($rport, 'SET', $_, 'byhand');
+}
+sleep 0.3;
+
+my @ms;
+for (1 .. 5) {
+    my $t0 = time;
+    my ($st) = http_post($listen, $chat, $body, 'X-App' => 'spoiled');
+    is($st, 200, "a spoiled key: request $_ passes");
+    push @ms, 1000 * (time - $t0);
+}
+is(scalar(grep { $_ >= 400 } @ms), 0,
+   sprintf('a spoiled key: none waits redis_timeout= (%s ms)',
+           join ', ', map { sprintf '%.0f', $_ } @ms));
+for (1 .. 5) {
+    is((post())[0], 200, "a spoiled key: another consumer's request $_");
+}
+my $r = status_redis($listen);
+is($r->{state}, 'connected', 'a spoiled key: the link stays up');
+is($r->{degraded_admissions} - $degraded, 5,
+   'a spoiled key: its consumer\'s five without Redis, not the others\'');
+my @said = grep { /refused a budget's key/ } split /\n/,
+           substr($t->error_log, $log);
+ok(@said >= 1 && @said <= @spoiled,
+   'a spoiled key: said once a key, not once a call')
+    or diag join "\n", @said;
+like($said[0] // '', qr/\[error\].*WRONGTYPE/, 'a spoiled key: with Redis\'s words');
 
 $t->done;
