@@ -20,6 +20,8 @@
 static void ngx_http_llm_wait_handler(ngx_http_request_t *r);
 static ngx_int_t ngx_http_llm_wait_again(ngx_http_request_t *r,
     ngx_msec_t delay);
+static ngx_msec_t ngx_http_llm_lease_look(ngx_http_llm_ctx_t *ctx,
+    ngx_msec_t now);
 static ngx_int_t ngx_http_llm_enqueue(ngx_http_request_t *r,
     ngx_http_llm_ctx_t *ctx);
 static void ngx_http_llm_dequeue(ngx_http_llm_ctx_t *ctx);
@@ -134,7 +136,8 @@ ngx_http_llm_admit(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
                                               llcf->completion_reserve);
                 }
 
-                return ngx_http_llm_wait_again(r, 1);
+                return ngx_http_llm_wait_again(r,
+                                           ngx_http_llm_lease_look(ctx, now));
             }
         }
 
@@ -171,7 +174,7 @@ ngx_http_llm_admit(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
             ctx->share_since = now ? now : 1;
         }
 
-        return ngx_http_llm_wait_again(r, 1);
+        return ngx_http_llm_wait_again(r, ngx_http_llm_lease_look(ctx, now));
     }
 
     /*
@@ -499,6 +502,25 @@ ngx_http_llm_admit_tokens(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
 
 
 /* admission again after delay, unless the client goes away meanwhile */
+
+/*
+ * When a request that waits for Redis looks again: each millisecond at
+ * first, a reply being a round trip away on a near Redis; then a tenth
+ * of its wait so far, 20 ms at most.  A request may wait seconds behind
+ * others' asks on a far one (ngx_http_llm_share_gave_up()), and a look
+ * each millisecond for that long is thousands of admission passes.
+ */
+
+static ngx_msec_t
+ngx_http_llm_lease_look(ngx_http_llm_ctx_t *ctx, ngx_msec_t now)
+{
+    ngx_msec_t  waited;
+
+    waited = ctx->share_since ? now - ctx->share_since : 0;
+
+    return ngx_max(ngx_min(waited / 10, 20), 1);
+}
+
 
 static ngx_int_t
 ngx_http_llm_wait_again(ngx_http_request_t *r, ngx_msec_t delay)

@@ -161,11 +161,17 @@ for (1 .. 5) {
     my ($s) = post($pb, '/six', 'six');
     is($s, 200, "rpm=6: B's request $_");
 }
+my $log = length $ga->error_log;
 my @burst = http_parallel($pa, (LLMTest::raw_post('localhost', "/six$chat",
                                                   $body, 'X-App' => 'six'))
                                x 10);
 is(scalar(grep { $_->[0] == 200 } @burst), 1,
    'rpm=6: of 10 at once on A, one passes');
+
+# while they wait, each looks again each millisecond at first, then
+# less often: not a look a millisecond for the whole wait
+my $passes = () = substr($ga->error_log, $log) =~ /llm consumers: /g;
+cmp_ok($passes, '<', 1500, "rpm=6: $passes admission passes for 10");
 
 # a reply 300 ms away is not late: redis_timeout= counts from each
 # command's own start, not from an earlier one's
