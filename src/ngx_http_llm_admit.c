@@ -501,8 +501,6 @@ ngx_http_llm_admit_tokens(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
 }
 
 
-/* admission again after delay, unless the client goes away meanwhile */
-
 /*
  * When a request that waits for Redis looks again: each millisecond at
  * first, a reply being a round trip away on a near Redis; then a tenth
@@ -521,6 +519,8 @@ ngx_http_llm_lease_look(ngx_http_llm_ctx_t *ctx, ngx_msec_t now)
     return ngx_max(ngx_min(waited / 10, 20), 1);
 }
 
+
+/* admission again after delay, unless the client goes away meanwhile */
 
 static ngx_int_t
 ngx_http_llm_wait_again(ngx_http_request_t *r, ngx_msec_t delay)

@@ -777,11 +777,10 @@ ngx_http_llm_redis_abort(ngx_http_llm_redis_t *rs)
 
 
 /*
- * A reply its command's caller cannot use: the link is failed as one
- * that did not answer, with the reply's first words as the cause.  An
- * error means the store cannot do the work now (loading its data, a
- * replica's read-only, out of memory, a script still running, a key of
- * another type): asking again at once would be refused again.
+ * A reply its command's caller cannot use (an error of the whole server,
+ * see below, or a reply of another shape): the link is failed as one
+ * that did not answer, with the reply's first words as the cause, since
+ * asking again at once would be refused again.
  */
 
 void
@@ -790,7 +789,8 @@ ngx_http_llm_redis_reject(ngx_http_llm_redis_t *rs, const char *what,
 {
     size_t  n;
 
-    n = (reply->type == REDIS_REPLY_ERROR || reply->type == REDIS_REPLY_STATUS)
+    n = (reply->type == REDIS_REPLY_ERROR
+         || reply->type == REDIS_REPLY_STATUS)
         ? ngx_min(reply->len, 80) : 0;
 
     ngx_snprintf((u_char *) rs->error, sizeof(rs->error) - 1, "%s%s%*s%Z",
@@ -934,16 +934,21 @@ ngx_http_llm_redis_fail(ngx_http_llm_redis_t *rs, const char *error)
 
     was = rs->state;
     rs->state = NGX_HTTP_LLM_REDIS_DOWN;
-    rs->failed = ngx_current_msec;
+
+    /* a warning, unless the link failed again a moment ago */
 
     if (was != NGX_HTTP_LLM_REDIS_DOWN) {
-        level = rs->warned ? NGX_LOG_INFO : NGX_LOG_WARN;
+        level = (rs->warned
+                 && ngx_current_msec - rs->failed < NGX_HTTP_LLM_REDIS_HEALTHY)
+                ? NGX_LOG_INFO : NGX_LOG_WARN;
         ngx_log_error(level, rs->log, 0,
                       "llm: redis %V %s: shared budgets fall back to this "
                       "instance's share until it answers again",
                       &rs->conf->name, rs->error);
         rs->warned = 1;
     }
+
+    rs->failed = ngx_current_msec;
 
     ngx_http_llm_redis_abort(rs);
 

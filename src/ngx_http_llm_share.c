@@ -956,7 +956,7 @@ ngx_http_llm_lease_done(void *data, redisReply *reply)
         keyed = (reply && reply->type == REDIS_REPLY_ERROR
                  && !ngx_http_llm_redis_server_error(reply));
 
-        said = (lease->refused != 0);
+        said = ngx_http_llm_lease_refused(share->conf, lease, now);
 
         if (keyed) {
             lease->refused = now ? now : 1;
