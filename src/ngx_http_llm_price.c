@@ -34,6 +34,9 @@ static ngx_int_t ngx_http_llm_price_value(ngx_str_t *value, size_t skip,
     ngx_uint_t *out);
 static ngx_http_llm_price_t *ngx_http_llm_price_of(
     ngx_http_llm_main_conf_t *lmcf, ngx_str_t *model);
+static ngx_http_llm_price_t *ngx_http_llm_price_for(
+    ngx_http_llm_main_conf_t *lmcf, ngx_http_llm_ctx_t *ctx,
+    ngx_http_llm_backend_t *b);
 static ngx_uint_t ngx_http_llm_nano(ngx_uint_t millionths, ngx_uint_t per);
 
 
@@ -188,10 +191,41 @@ ngx_http_llm_price_of(ngx_http_llm_main_conf_t *lmcf, ngx_str_t *model)
 
 
 /*
- * What the request's usage cost, in billionths: the price of the
- * backend's deployment that served it, else of the request's model;
- * cached prompt tokens at their own price.  NGX_DECLINED: no price, or
- * no usage (nothing served, an answer from nginx's cache).
+ * The price a request is served at by backend b (NULL: none chosen
+ * yet): its deployment's, which the backend serves whatever the client
+ * named; else the deployment in the path, which Azure serves whatever
+ * the body names; else the body's model (the v1 API)
+ */
+
+static ngx_http_llm_price_t *
+ngx_http_llm_price_for(ngx_http_llm_main_conf_t *lmcf,
+    ngx_http_llm_ctx_t *ctx, ngx_http_llm_backend_t *b)
+{
+    ngx_http_llm_price_t  *price;
+
+    price = NULL;
+
+    if (b) {
+        price = ngx_http_llm_price_of(lmcf, &b->deployment);
+    }
+
+    if (price == NULL) {
+        price = ngx_http_llm_price_of(lmcf, &ctx->deployment);
+    }
+
+    if (price == NULL) {
+        price = ngx_http_llm_price_of(lmcf, &ctx->model);
+    }
+
+    return price;
+}
+
+
+/*
+ * What the request's usage cost, in billionths, at the price of the
+ * backend that served it (ngx_http_llm_price_for()); cached prompt
+ * tokens at their own price.  NGX_DECLINED: no price, or no usage
+ * (nothing served, an answer from nginx's cache).
  */
 
 ngx_int_t
@@ -211,15 +245,7 @@ ngx_http_llm_cost(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
         return NGX_DECLINED;
     }
 
-    price = NULL;
-
-    if (ctx->backend) {
-        price = ngx_http_llm_price_of(lmcf, &ctx->backend->deployment);
-    }
-
-    if (price == NULL) {
-        price = ngx_http_llm_price_of(lmcf, &ctx->model);
-    }
+    price = ngx_http_llm_price_for(lmcf, ctx, ctx->backend);
 
     if (price == NULL) {
         return NGX_DECLINED;
@@ -238,31 +264,45 @@ ngx_http_llm_cost(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
 
 /*
  * What the request may cost at most, in billionths, for a money budget
- * at admission, before a backend is chosen: the price of its model, the
- * prompt at input= and the completion limit times n at output=.  0: no
- * price for it.
+ * at admission, before a backend is chosen: at the dearest price any
+ * backend of its pool would serve it at, the prompt at input= and the
+ * completion limit times n at output=.  0: no price for it.
  */
 
 ngx_uint_t
 ngx_http_llm_cost_estimate(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
 {
-    ngx_uint_t                 prompt, completion;
+    ngx_uint_t                 i, n, prompt, completion, cost, most;
     ngx_http_llm_price_t      *price;
+    ngx_http_llm_backend_t    *b;
     ngx_http_llm_main_conf_t  *lmcf;
 
     lmcf = ngx_http_get_module_main_conf(r, ngx_http_llm_module);
 
-    price = ngx_http_llm_price_of(lmcf, &ctx->model);
-
-    if (price == NULL) {
+    if (lmcf->prices == NULL) {
         return 0;
     }
 
     prompt = ngx_min(ctx->prompt_tokens, ctx->tokens_estimate);
     completion = ctx->tokens_estimate - prompt;
 
-    return ngx_http_llm_nano(prompt * price->input
-                             + completion * price->output, price->per);
+    b = ctx->pool ? ctx->pool->backends.elts : NULL;
+    n = ctx->pool ? ctx->pool->backends.nelts : 0;
+    most = 0;
+
+    for (i = 0; i < ngx_max(n, 1); i++) {
+        price = ngx_http_llm_price_for(lmcf, ctx, n ? &b[i] : NULL);
+
+        if (price == NULL) {
+            continue;
+        }
+
+        cost = ngx_http_llm_nano(prompt * price->input
+                                 + completion * price->output, price->per);
+        most = ngx_max(most, cost);
+    }
+
+    return most;
 }
 
 

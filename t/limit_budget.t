@@ -181,6 +181,15 @@ is(spent($listen, 'b'), undef, '400: nothing spent, no consumer kept');
 is($st, 200, 'a model without a price passes a spent budget');
 is(spent($listen, 'a', $spent), $spent, '... and spends nothing');
 
+# a body that names another model: Azure serves the path's deployment,
+# and the budget prices that (a model without a price in the body passed
+# a spent budget, and a request that may cost more than all of it)
+($st) = chat($listen, 'a', model => 'not-priced');
+is($st, 429, 'the body names a model without a price: the spent budget '
+             . 'still holds');
+($st) = chat($listen, 'b', model => 'not-priced', max_tokens => 1000);
+is($st, 400, '... and one that may cost more than the budget: 400');
+
 # a failed request is given back
 my $before = spent($listen, 'c') // 0;
 ($st) = chat($listen, 'c', deployment => 'broken');
