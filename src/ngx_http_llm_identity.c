@@ -503,6 +503,13 @@ ngx_http_llm_identity_accept(ngx_http_llm_identity_t *id, cJSON *json)
         return;
     }
 
+    /*
+     * Entra's tokens live a day at most: a longer life said is taken as
+     * a day, so that the token is fetched again within one
+     */
+
+    life = ngx_min(life, NGX_HTTP_LLM_IDENTITY_LIFE_MAX);
+
     refresh = ngx_http_llm_identity_seconds(json, "refresh_in");
 
     if (refresh <= 0 || refresh >= life) {
@@ -548,25 +555,39 @@ ngx_http_llm_identity_accept(ngx_http_llm_identity_t *id, cJSON *json)
 static ngx_int_t
 ngx_http_llm_identity_seconds(cJSON *json, const char *name)
 {
-    cJSON  *item;
+    u_char     *p;
+    cJSON      *item;
+    ngx_int_t   n;
 
     item = cJSON_GetObjectItemCaseSensitive(json, name);
 
+    /* a time past any clock is the last one a 32-bit number holds */
+
     if (cJSON_IsNumber(item)) {
-        if (item->valuedouble < 0 || item->valuedouble > NGX_MAX_INT32_VALUE)
-        {
+        if (item->valuedouble < 0) {
             return NGX_ERROR;
         }
 
-        return (ngx_int_t) item->valuedouble;
+        return (item->valuedouble > NGX_MAX_INT32_VALUE)
+               ? NGX_MAX_INT32_VALUE : (ngx_int_t) item->valuedouble;
     }
 
-    if (cJSON_IsString(item)) {
-        return ngx_atoi((u_char *) item->valuestring,
-                        ngx_strlen(item->valuestring));
+    if (!cJSON_IsString(item) || item->valuestring[0] == '\0') {
+        return NGX_ERROR;
     }
 
-    return NGX_ERROR;
+    n = 0;
+
+    for (p = (u_char *) item->valuestring; *p; p++) {
+        if (*p < '0' || *p > '9') {
+            return NGX_ERROR;
+        }
+
+        n = (n > (NGX_MAX_INT32_VALUE - 9) / 10) ? NGX_MAX_INT32_VALUE
+                                                 : n * 10 + (*p - '0');
+    }
+
+    return n;
 }
 
 

@@ -21,6 +21,7 @@
 
 #define NGX_HTTP_LLM_TOKEN_MAX             16384
 #define NGX_HTTP_LLM_IDENTITY_BACKOFF      30000   /* the longest, in ms */
+#define NGX_HTTP_LLM_IDENTITY_LIFE_MAX     86400   /* a token's, in s */
 #define NGX_HTTP_LLM_IDENTITY_ERROR        160
 
 

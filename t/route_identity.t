@@ -258,6 +258,25 @@ ok(wait_for(20, sub { (identities()->{vm}{last_error} // '')
     or diag explain identities()->{vm};
 $t->identity_set({ hang => 0 });
 
+# a lifetime past any clock (IMDS sends it as a string): taken as a day,
+# so the token is valid and fetched again within the day (it overflowed
+# to a token expired at once, never fetched again: 503 for ever)
+
+my $issued = $t->identity_stats->{issued}{imds};
+$t->identity_set({ lifetime => 9223372036854775000 });
+ok(wait_for(15, sub { $t->identity_stats->{issued}{imds} > $issued
+                      && (identities()->{vm}{expires_in} // 0) > 8 }),
+   'a lifetime past any clock: a new token')
+    or diag explain identities()->{vm};
+$i = identities()->{vm};
+ok($i->{state} eq 'ready' && $i->{expires_in} <= 86400
+   && $i->{refresh_in} <= 43200,
+   "... valid for a day at most ($i->{state}, $i->{expires_in} s), "
+   . "fetched again halfway") or diag explain $i;
+($st) = chat('vm');
+is($st, 200, '... and served');
+$t->identity_set({ lifetime => 8 });
+
 # nothing secret in logs or status
 
 my $all = $t->error_log . $t->read_file('access.log')
