@@ -60,7 +60,7 @@ static const char  *ngx_http_llm_body_members[] = {
 };
 
 static const char  *ngx_http_llm_message_members[] = {
-    "role", "content", "name"
+    "role", "content", "name", "tool_calls", "function_call"
 };
 
 
@@ -75,6 +75,7 @@ static void ngx_http_llm_add_tokens(ngx_http_llm_sum_t *sum, u_char *text,
 static void ngx_http_llm_add_role(ngx_http_llm_sum_t *sum, cJSON *role);
 static void ngx_http_llm_add_content(ngx_http_llm_sum_t *sum,
     cJSON *content);
+static void ngx_http_llm_add_call(ngx_http_llm_sum_t *sum, cJSON *call);
 static void ngx_http_llm_add_input(ngx_http_llm_sum_t *sum, cJSON *input,
     ngx_uint_t *items);
 static void ngx_http_llm_add_tools(ngx_http_llm_sum_t *sum, cJSON *tools,
@@ -94,7 +95,7 @@ ngx_int_t
 ngx_http_llm_inspect(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
     cJSON *root)
 {
-    cJSON               *item, *msg, *m[NGX_HTTP_LLM_M_LAST], *mm[3];
+    cJSON               *item, *msg, *call, *m[NGX_HTTP_LLM_M_LAST], *mm[5];
     ngx_http_llm_sum_t   sum;
 
     ctx->duplicate = ngx_http_llm_members(root, ngx_http_llm_body_members,
@@ -126,7 +127,7 @@ ngx_http_llm_inspect(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
 
         ctx->duplicate = ngx_http_llm_members(msg,
                                               ngx_http_llm_message_members,
-                                              3, mm);
+                                              5, mm);
         if (ctx->duplicate) {
             return NGX_OK;
         }
@@ -138,6 +139,15 @@ ngx_http_llm_inspect(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
             ngx_http_llm_add_text(&sum, mm[2]->valuestring);
             sum.tokens++;
         }
+
+        /* the calls an assistant's message made, which the model reads */
+
+        cJSON_ArrayForEach(call, mm[3]) {
+            ngx_http_llm_add_call(&sum,
+                                  ngx_http_llm_member(&sum, call, "function"));
+        }
+
+        ngx_http_llm_add_call(&sum, mm[4]);
     }
 
     /* tool and function definitions, and a response schema */
@@ -584,9 +594,41 @@ ngx_http_llm_add_content(ngx_http_llm_sum_t *sum, cJSON *content)
 
 
 /*
+ * A function call, as the model reads it back: its name, its arguments
+ * and, for the Responses API's function_call_output, the output, with 3
+ * tokens around them as for a message.  Nothing for what is not one.
+ */
+
+static void
+ngx_http_llm_add_call(ngx_http_llm_sum_t *sum, cJSON *call)
+{
+    cJSON  *name, *arguments, *output;
+
+    if (!cJSON_IsObject(call)) {
+        return;
+    }
+
+    name = ngx_http_llm_member(sum, call, "name");
+    arguments = ngx_http_llm_member(sum, call, "arguments");
+    output = ngx_http_llm_member(sum, call, "output");
+
+    if (name == NULL && arguments == NULL && output == NULL) {
+        return;
+    }
+
+    sum->tokens += 3;
+
+    ngx_http_llm_add_content(sum, name);
+    ngx_http_llm_add_content(sum, arguments);
+    ngx_http_llm_add_content(sum, output);
+}
+
+
+/*
  * "prompt" and "input": a string, an array of strings, or (Responses
- * API) an array of items with a role and content; arrays of token ids
- * count one character and one token each
+ * API) an array of items with a role and content, or function calls and
+ * their outputs; arrays of token ids count one character and one token
+ * each
  */
 
 static void
@@ -627,6 +669,7 @@ ngx_http_llm_add_input(ngx_http_llm_sum_t *sum, cJSON *input,
             continue;
         }
 
+        ngx_http_llm_add_call(sum, item);
         ngx_http_llm_add_content(sum, item);
     }
 }

@@ -28,13 +28,14 @@
  * The walk reads strict JSON only, and counts only what it is sure
  * ngx_http_llm_inspect() would count the same: messages whose role,
  * content and name are strings or null, the numbers as plain integers.
- * Anything else (tools, content parts, prompts, a json_schema, a member
- * twice, escapes other than the simple ones and \uXXXX outside the
- * surrogates, a NUL byte, a number outside JSON's grammar or a
- * negative or fractional count, blanks other than JSON's four, trailing
- * bytes, nesting past 64) declines, and the body is read into the tree
- * as before.  A body the walk accepts is one the reader reads, so errors
- * are always cJSON's.  t/walk.t compares the two on generated bodies.
+ * Anything else (tools, an assistant's calls, content parts, prompts, a
+ * json_schema, a member twice, escapes other than the simple ones and
+ * \uXXXX outside the surrogates, a NUL byte, a number outside JSON's
+ * grammar or a negative or fractional count, blanks other than JSON's
+ * four, trailing bytes, nesting past 64) declines, and the body is read
+ * into the tree as before.  A body the walk accepts is one the reader
+ * reads, so errors are always cJSON's.  t/walk.t compares the two on
+ * generated bodies.
  */
 
 
@@ -543,6 +544,14 @@ ngx_http_llm_walk_message(ngx_http_llm_walk_t *w, u_char *p)
 
         } else if (key.len == 4 && ngx_memcmp(key.data, "name", 4) == 0) {
             kind = NGX_HTTP_LLM_WALK_NAME;
+
+        } else if ((key.len == 10
+                    && ngx_memcmp(key.data, "tool_calls", 10) == 0)
+                   || (key.len == 13
+                       && ngx_memcmp(key.data, "function_call", 13) == 0))
+        {
+            /* calls the model reads back: the tree's reader counts them */
+            return NULL;
 
         } else {
             p = ngx_http_llm_walk_value(p, end, 3);

@@ -303,6 +303,44 @@ is($after, $before, 'no refused request reached the backend');
 ($st) = post_json($chat, "\n {\"messages\":[]} \r\n\t");
 is($st, 200, 'blanks around the object are JSON');
 
+# what a model reads is counted wherever the body puts it: a tool call's
+# arguments, the Responses API's function calls and their outputs (each
+# was 0 or a few tokens, and a consumer's tpm= was passed by sending a
+# prompt there)
+
+my $text = 'the quick brown fox jumps over the lazy dog ' x 90;
+my ($base) = (post_json($chat, json_encode({ messages => [
+    { role => 'user', content => $text } ] })))[1]{'x-llm-estimate'};
+cmp_ok($base, '>', 800, "a text of ${\ length $text} characters: $base");
+
+my %where = (
+    'a tool call\'s arguments' => [ $chat, { messages => [
+        { role => 'user', content => 'go' },
+        { role => 'assistant', content => undef, tool_calls => [
+            { id => 'c1', type => 'function',
+              function => { name => 'f', arguments => $text } } ] },
+        { role => 'tool', tool_call_id => 'c1', content => 'done' } ] } ],
+    'a legacy function_call\'s arguments' => [ $chat, { messages => [
+        { role => 'assistant', content => undef,
+          function_call => { name => 'f', arguments => $text } } ] } ],
+    'a Responses function_call_output' => [ '/openai/v1/responses',
+        { model => 'gpt-4o', input => [
+            { type => 'function_call_output', call_id => 'c1',
+              output => $text } ] } ],
+    'a Responses function_call' => [ '/openai/v1/responses',
+        { model => 'gpt-4o', input => [
+            { type => 'function_call', call_id => 'c1', name => 'f',
+              arguments => $text } ] } ],
+);
+
+for my $name (sort keys %where) {
+    my ($uri, $b) = @{ $where{$name} };
+    my ($st, $h) = post_json($uri, json_encode($b));
+    my $e = $h->{'x-llm-estimate'} // 0;
+    ok($st == 200 && $e >= 0.9 * $base && $e <= 1.2 * $base + 20,
+       "$name: counted ($e, the text alone $base)");
+}
+
 $t->stop_nginx;
 my $log = $t->read_file('llm.log');
 like($log, qr{chat/completions\S* 200 m=gpt-4o-mini e=10$}m,

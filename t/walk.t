@@ -343,9 +343,14 @@ my $m = '{"model":"gpt-4o","messages":[{"role":"user","content":';
 my @picked = (
     [walked => "$chat}"], [walked => '{}'],
     [walked => '{"messages":[{"role":"system","content":"Be brief.",'
-               . '"name":"sys"},{"content":null,"role":"assistant",'
-               . "\"tool_calls\":$calls}],\"stream\":true,"
+               . '"name":"sys"},{"content":null,"role":"tool",'
+               . '"tool_call_id":"c1"}],"stream":true,'
                . '"max_tokens":10,"model":"gpt-4"}'],
+    # an assistant's calls, read back by the model: the tree counts them
+    [left => '{"messages":[{"content":null,"role":"assistant",'
+             . "\"tool_calls\":$calls}]}"],
+    [left => '{"messages":[{"content":null,"role":"assistant",'
+             . '"function_call":{"name":"f","arguments":"{}"}}]}'],
     [walked => '{ "model" : "gpt-4o-mini" , "messages" : [ { "role" : '
                . '"user" , "content" : "\u65e5\n\"\\\\ \u0000x" } ] , '
                . "\"n\" : 2 ,\n\t\"metadata\" : { \"a\" : [ 1.5e3 ] } }"],
