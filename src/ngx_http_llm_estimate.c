@@ -669,8 +669,9 @@ ngx_http_llm_add_input(ngx_http_llm_sum_t *sum, cJSON *input,
             continue;
         }
 
+        /* an object without content: a function call or its output */
+
         ngx_http_llm_add_call(sum, item);
-        ngx_http_llm_add_content(sum, item);
     }
 }
 
